@@ -1,0 +1,364 @@
+//! Every flag, default, environment twin and help text, in one place; and the dispatch from a
+//! parsed command line to the library.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::data::download::{self, DownloadOptions};
+use crate::device::{self, DeviceChoice};
+use crate::export::{self, load_model, resolve_model};
+use crate::predict::{Classifier, render_table};
+use crate::progress::{ProgressMode, Reporter};
+use crate::train::{self, TrainOptions};
+
+/// Model as a service: train, export, predict and serve a CIFAR-10 image classifier.
+#[derive(Debug, Parser)]
+#[command(
+    name = "maas",
+    version,
+    about,
+    propagate_version = true,
+    max_term_width = 100
+)]
+#[command(
+    after_help = "Exit codes: 0 success, 1 a failure at run time, 2 a usage error, 130 interrupted."
+)]
+pub struct Cli {
+    /// Where the model runs: a GPU when there is one (auto), the CPU, or a GPU or nothing.
+    #[arg(long, global = true, value_enum, default_value_t = DeviceChoice::Auto, env = "MAAS_DEVICE")]
+    pub device: DeviceChoice,
+    /// Print only results and errors.
+    #[arg(long, short, global = true, env = "MAAS_QUIET", value_parser = clap::builder::FalseyValueParser::new())]
+    pub quiet: bool,
+    /// When to draw progress bars on stderr (auto: when stderr is a terminal).
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto, env = "MAAS_PROGRESS")]
+    pub progress: ProgressMode,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train the model on CIFAR-10 (downloaded into --data when missing), checkpointing every epoch.
+    Train(TrainArgs),
+    /// Turn a checkpoint into one deployable model file.
+    Export(ExportArgs),
+    /// Classify image files.
+    Predict(PredictArgs),
+    /// Serve the model over HTTP (Open Inference Protocol / KServe v2, and /v1/predict).
+    Serve(ServeArgs),
+}
+
+/// `maas train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Train until this many epochs are complete (with --resume: in all).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub epochs: u32,
+    /// Samples per training step [default: 32].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub batch_size: Option<u32>,
+    /// Adam's learning rate [default: 0.001].
+    #[arg(long, value_name = "RATE", value_parser = positive_float)]
+    pub lr: Option<f64>,
+    /// Width of the hidden layer [default: 64].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub hidden: Option<u32>,
+    /// Seed of the initial weights and of each epoch's shuffle [default: 42].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Folder holding cifar-10-batches-bin/ (downloaded there when missing).
+    #[arg(long, value_name = "DIR", default_value = "data", env = "MAAS_DATA")]
+    pub data: PathBuf,
+    /// Folder for checkpoints, metrics.csv and run.json.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "checkpoints",
+        env = "MAAS_CHECKPOINTS"
+    )]
+    pub checkpoints: PathBuf,
+    /// Continue from the last complete checkpoint in --checkpoints.
+    #[arg(long)]
+    pub resume: bool,
+    /// Start a new run even where --checkpoints already holds one, replacing its files.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Train on the first N training images only (smoke runs, CI).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Print the run's summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Where to download CIFAR-10 from when it is missing (a mirror).
+    #[arg(long, value_name = "URL", default_value = download::DEFAULT_URL, env = "MAAS_CIFAR10_URL")]
+    pub cifar10_url: String,
+    /// The MD5 the downloaded archive must have.
+    #[arg(long, value_name = "HEX", default_value = download::ARCHIVE_MD5, env = "MAAS_CIFAR10_MD5", hide_short_help = true)]
+    pub cifar10_md5: String,
+}
+
+/// Output formats of `maas export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// maas's own self-contained file, for `predict` and `serve`.
+    Maas,
+    /// ONNX, for other runtimes.
+    Onnx,
+}
+
+/// `maas export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The checkpoint to export [default: best.ckpt in --checkpoints].
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: Option<PathBuf>,
+    /// Folder of the run whose best checkpoint is exported.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "checkpoints",
+        env = "MAAS_CHECKPOINTS"
+    )]
+    pub checkpoints: PathBuf,
+    /// The file format.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Maas)]
+    pub format: ExportFormat,
+    /// Where to write [default: model.maas, or model.onnx with --format onnx].
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Print what was written as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `maas predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Image files (PNG, JPEG, GIF, BMP, TIFF, WebP, ...; any size, grey, RGB or RGBA).
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+    /// The model [default: model.maas, else the best checkpoint in --checkpoints].
+    #[arg(long, value_name = "PATH", env = "MAAS_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Folder whose best checkpoint is used when there is no model file.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "checkpoints",
+        env = "MAAS_CHECKPOINTS"
+    )]
+    pub checkpoints: PathBuf,
+    /// How many of the most probable classes to list.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=10))]
+    pub top_k: u8,
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `maas serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The model [default: model.maas, else the best checkpoint in --checkpoints].
+    #[arg(long, value_name = "PATH", env = "MAAS_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Folder whose best checkpoint is used when there is no model file.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "checkpoints",
+        env = "MAAS_CHECKPOINTS"
+    )]
+    pub checkpoints: PathBuf,
+    /// Address to listen on; 0.0.0.0 listens on every interface.
+    #[arg(long, default_value = "127.0.0.1", env = "MAAS_HOST")]
+    pub host: String,
+    /// Port to listen on (0: any free port, printed on stderr).
+    #[arg(long, default_value_t = 8080, env = "MAAS_PORT")]
+    pub port: u16,
+    /// The model's name in the v2 routes (/v2/models/NAME/...).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "maas",
+        env = "MAAS_MODEL_NAME"
+    )]
+    pub model_name: String,
+    /// Most images in one forward pass when concurrent requests are batched together.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_batch: u32,
+    /// Longest a request waits for others to fill a batch, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2)]
+    pub max_wait_ms: u64,
+    /// Most requests waiting for the model; beyond it requests get 503.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queue: u32,
+    /// Largest request body in bytes; beyond it requests get 413.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Longest a request may take, in milliseconds, reading its body included.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    /// Require `Authorization: Bearer KEY` on every route but health and metrics.
+    #[arg(long, value_name = "KEY", env = "MAAS_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// A file of accepted API keys, one per line.
+    #[arg(long, value_name = "PATH", env = "MAAS_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+}
+
+fn positive_float(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(_) => Err(format!("{s} is not a positive number")),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
+}
+
+/// Runs the parsed command line; returns the exit code of a run that completed.
+pub fn run(cli: Cli, stop: &AtomicBool) -> Result<u8> {
+    let reporter = Reporter::new(cli.quiet, cli.progress);
+    match cli.command {
+        Command::Train(args) => run_train(args, cli.device, &reporter, stop),
+        Command::Export(args) => run_export(args, &reporter),
+        Command::Predict(args) => run_predict(args, cli.device, &reporter),
+        Command::Serve(args) => {
+            let (path, note) = resolve_model(args.model.as_deref(), &args.checkpoints)?;
+            if let Some(note) = note {
+                reporter.info(note);
+            }
+            let selected = select_device(cli.device, &reporter)?;
+            crate::serve::run(&args, &path, &selected, &reporter)?;
+            Ok(0)
+        }
+    }
+}
+
+fn select_device(choice: DeviceChoice, reporter: &Reporter) -> Result<device::Selected> {
+    let selected = device::select(choice)?;
+    reporter.info(format!("device: {}", selected.description));
+    Ok(selected)
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn run_train(
+    args: TrainArgs,
+    choice: DeviceChoice,
+    reporter: &Reporter,
+    stop: &AtomicBool,
+) -> Result<u8> {
+    let selected = select_device(choice, reporter)?;
+    let dataset = download::ensure_cifar10(
+        &args.data,
+        &DownloadOptions {
+            url: args.cifar10_url.clone(),
+            md5: args.cifar10_md5.to_lowercase(),
+            progress: reporter.bars,
+            quiet: reporter.quiet,
+        },
+    )?;
+    let opts = TrainOptions {
+        epochs: args.epochs as usize,
+        batch_size: args.batch_size.map(|b| b as usize),
+        lr: args.lr,
+        hidden: args.hidden.map(|h| h as usize),
+        seed: args.seed,
+        limit: args.limit.map(|l| l as usize),
+        dataset,
+        checkpoints: args.checkpoints,
+        resume: args.resume,
+        overwrite: args.overwrite,
+    };
+    let summary = train::train(&opts, &selected, reporter, stop)?;
+    if args.json {
+        print_json(&summary)?;
+    } else {
+        println!(
+            "trained {} epochs: test accuracy {:.4} (best {:.4} at epoch {}); checkpoints in {}",
+            summary.epochs,
+            summary.final_test_accuracy,
+            summary.best_test_accuracy,
+            summary.best_epoch,
+            summary.checkpoints.dir.display()
+        );
+    }
+    Ok(0)
+}
+
+fn run_export(args: ExportArgs, reporter: &Reporter) -> Result<u8> {
+    let checkpoint = args
+        .checkpoint
+        .unwrap_or_else(|| args.checkpoints.join("best.ckpt"));
+    if !checkpoint.exists() {
+        bail!(
+            "{}: not found; train a model first with `maas train`, or pass --checkpoint PATH",
+            checkpoint.display()
+        );
+    }
+    let output = match (&args.output, args.format) {
+        (Some(path), _) => path.clone(),
+        (None, ExportFormat::Maas) => PathBuf::from(export::DEFAULT_MODEL),
+        (None, ExportFormat::Onnx) => PathBuf::from("model.onnx"),
+    };
+    if args.format == ExportFormat::Onnx {
+        bail!(
+            "--format onnx: ONNX export is not available in this build of maas yet; use --format maas"
+        );
+    }
+    let model = export::export_maas(&checkpoint, &output)?;
+    let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+    let provenance = model.provenance.as_ref();
+    if args.json {
+        print_json(&serde_json::json!({
+            "output": output,
+            "format": "maas",
+            "bytes": size,
+            "checkpoint": checkpoint,
+            "model": model.config,
+            "provenance": provenance,
+        }))?;
+    } else {
+        println!(
+            "wrote {} ({size} bytes) from {}: {} epochs, test accuracy {:.4}",
+            output.display(),
+            checkpoint.display(),
+            provenance.map_or(0, |p| p.epochs),
+            provenance.map_or(0.0, |p| p.test_accuracy)
+        );
+    }
+    reporter.info(format!(
+        "classify with: maas predict --model {} IMAGE...",
+        output.display()
+    ));
+    Ok(0)
+}
+
+fn run_predict(args: PredictArgs, choice: DeviceChoice, reporter: &Reporter) -> Result<u8> {
+    let (path, note) = resolve_model(args.model.as_deref(), &args.checkpoints)?;
+    if let Some(note) = note {
+        reporter.info(note);
+    }
+    let loaded = load_model(&path)?;
+    let selected = select_device(choice, reporter)?;
+    let classifier = Classifier::new(&loaded, &selected.device);
+    let report = classifier.predict_files(Path::new(&path), &args.images, args.top_k as usize)?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", render_table(&report));
+        for e in &report.errors {
+            eprintln!("maas: error: {}: {}", e.file, e.error);
+        }
+    }
+    Ok(if report.errors.is_empty() { 0 } else { 1 })
+}

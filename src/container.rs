@@ -1,0 +1,301 @@
+//! The one on-disk format for model files and checkpoints: a signature, a format version, a JSON
+//! header, the arrays as little-endian f32, and a CRC-32 of everything before it.
+//!
+//! ```text
+//! "\x89MAAS\r\n\x1a" | u32 format version | u32 header length | header JSON | f32 data | u32 CRC-32
+//! ```
+//! The signature catches foreign files (and, like PNG's, text-mode mangling); the version lets an
+//! old maas refuse a file from a newer one by name; the checksum catches truncation and bit rot.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// The first bytes of every maas file.
+pub const SIGNATURE: &[u8; 8] = b"\x89MAAS\r\n\x1a";
+/// The format version this maas writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+const PREFIX_BYTES: usize = SIGNATURE.len() + 4 + 4;
+const CRC_BYTES: usize = 4;
+
+/// What a maas file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A deployable model (`maas export`).
+    Model,
+    /// A training checkpoint: a model plus the optimizer state to resume.
+    Checkpoint,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Model => "model",
+            Kind::Checkpoint => "checkpoint",
+        })
+    }
+}
+
+/// A named array of f32 values with its shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Array {
+    /// Name, unique in its file.
+    pub name: String,
+    /// Dimensions; their product is `values.len()`.
+    pub shape: Vec<usize>,
+    /// The values, row-major.
+    pub values: Vec<f32>,
+}
+
+impl Array {
+    /// An array named `name` of the given shape.
+    pub fn new(name: &str, shape: Vec<usize>, values: Vec<f32>) -> Self {
+        Self {
+            name: name.to_string(),
+            shape,
+            values,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ArrayEntry {
+    name: String,
+    shape: Vec<usize>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    kind: Kind,
+    arrays: Vec<ArrayEntry>,
+    meta: serde_json::Value,
+}
+
+/// A decoded maas file.
+#[derive(Debug, Clone)]
+pub struct Contents {
+    /// What the file holds.
+    pub kind: Kind,
+    /// The kind-specific header (model configuration, provenance, training state).
+    pub meta: serde_json::Value,
+    /// The arrays, in file order.
+    pub arrays: Vec<Array>,
+}
+
+impl Contents {
+    /// Takes the array named `name` out, checking its shape.
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let pos = self
+            .arrays
+            .iter()
+            .position(|a| a.name == name)
+            .with_context(|| format!("array `{name}` is missing"))?;
+        let array = self.arrays.swap_remove(pos);
+        if array.shape != shape {
+            bail!(
+                "array `{name}` has shape {:?}, expected {:?}",
+                array.shape,
+                shape
+            );
+        }
+        Ok(array.values)
+    }
+}
+
+/// Encodes a file of `kind` with the header `meta` and `arrays`.
+pub fn encode(kind: Kind, meta: serde_json::Value, arrays: &[Array]) -> Result<Vec<u8>> {
+    let header = Header {
+        kind,
+        arrays: arrays
+            .iter()
+            .map(|a| ArrayEntry {
+                name: a.name.clone(),
+                shape: a.shape.clone(),
+            })
+            .collect(),
+        meta,
+    };
+    let header = serde_json::to_vec(&header)?;
+    let values: usize = arrays.iter().map(|a| a.values.len()).sum();
+    let mut out = Vec::with_capacity(PREFIX_BYTES + header.len() + 4 * values + CRC_BYTES);
+    out.extend_from_slice(SIGNATURE);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&u32::try_from(header.len())?.to_le_bytes());
+    out.extend_from_slice(&header);
+    for array in arrays {
+        if array.shape.iter().product::<usize>() != array.values.len() {
+            bail!(
+                "array `{}`: shape {:?} does not match {} values",
+                array.name,
+                array.shape,
+                array.values.len()
+            );
+        }
+        for v in &array.values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// Decodes a maas file; every way a file can be wrong is an error saying which.
+pub fn decode(bytes: &[u8]) -> Result<Contents> {
+    if bytes.len() < SIGNATURE.len() || &bytes[..SIGNATURE.len()] != SIGNATURE {
+        bail!("not a maas model or checkpoint file (no maas signature)");
+    }
+    if bytes.len() < PREFIX_BYTES + CRC_BYTES {
+        bail!("truncated ({} bytes)", bytes.len());
+    }
+    let version = read_u32(bytes, SIGNATURE.len());
+    if version > FORMAT_VERSION {
+        bail!(
+            "made by a newer maas (file format {version}; this maas {} reads format {FORMAT_VERSION} and older): upgrade maas",
+            crate::VERSION
+        );
+    }
+    if version == 0 {
+        bail!("corrupted (format version 0)");
+    }
+    let header_len = read_u32(bytes, SIGNATURE.len() + 4) as usize;
+    let header_end = PREFIX_BYTES.saturating_add(header_len);
+    let header: Option<Header> = bytes
+        .get(PREFIX_BYTES..header_end)
+        .and_then(|h| serde_json::from_slice(h).ok());
+    let expected_len = header.as_ref().map(|h| {
+        let values: usize = h
+            .arrays
+            .iter()
+            .map(|a| a.shape.iter().product::<usize>())
+            .sum();
+        header_end + 4 * values + CRC_BYTES
+    });
+    match expected_len {
+        Some(expected) if bytes.len() < expected => {
+            bail!("truncated ({} of {expected} bytes)", bytes.len())
+        }
+        None if header_end + CRC_BYTES > bytes.len() => bail!("truncated ({} bytes)", bytes.len()),
+        _ => {}
+    }
+    let body_end = bytes.len() - CRC_BYTES;
+    let stored_crc = read_u32(bytes, body_end);
+    if crc32fast::hash(&bytes[..body_end]) != stored_crc {
+        bail!("corrupted (checksum mismatch)");
+    }
+    let (Some(header), Some(expected)) = (header, expected_len) else {
+        bail!("corrupted (unreadable header)");
+    };
+    if bytes.len() != expected {
+        bail!("corrupted ({} bytes, expected {expected})", bytes.len());
+    }
+    let mut offset = header_end;
+    let mut arrays = Vec::with_capacity(header.arrays.len());
+    for entry in header.arrays {
+        let n: usize = entry.shape.iter().product();
+        let values = bytes[offset..offset + 4 * n]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        offset += 4 * n;
+        arrays.push(Array {
+            name: entry.name,
+            shape: entry.shape,
+            values,
+        });
+    }
+    Ok(Contents {
+        kind: header.kind,
+        meta: header.meta,
+        arrays,
+    })
+}
+
+/// Reads and decodes the maas file at `path`; errors name the file.
+pub fn read(path: &Path) -> Result<Contents> {
+    if path.is_dir() {
+        bail!(
+            "{}: is a folder, expected a maas model or checkpoint file",
+            path.display()
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    decode(&bytes).with_context(|| format!("{}", path.display()))
+}
+
+/// Encodes and writes a maas file atomically.
+pub fn write(path: &Path, kind: Kind, meta: serde_json::Value, arrays: &[Array]) -> Result<()> {
+    let bytes = encode(kind, meta, arrays)?;
+    crate::fsutil::write_atomic(path, &bytes)
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let arrays = [
+            Array::new("w", vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+            Array::new("b", vec![1], vec![-1.5]),
+        ];
+        encode(Kind::Model, serde_json::json!({"hello": "world"}), &arrays).unwrap()
+    }
+
+    #[test]
+    fn round_trips_arrays_and_meta() {
+        let mut c = decode(&sample()).unwrap();
+        assert_eq!(c.kind, Kind::Model);
+        assert_eq!(c.meta["hello"], "world");
+        assert_eq!(c.take("b", &[1]).unwrap(), vec![-1.5]);
+        assert_eq!(c.take("w", &[2, 3]).unwrap()[5], 6.0);
+        assert!(c.take("w", &[2, 3]).is_err());
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = sample();
+        for len in 0..bytes.len() {
+            assert!(
+                decode(&bytes[..len]).is_err(),
+                "a file cut to {len} bytes was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_an_error() {
+        let bytes = sample();
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                assert!(
+                    decode(&b).is_err(),
+                    "a flip of bit {bit} of byte {i} was accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn names_the_problem() {
+        let bytes = sample();
+        let msg = |b: &[u8]| format!("{:#}", decode(b).unwrap_err());
+        assert!(msg(b"\x89PNG\r\n\x1a\n....").contains("not a maas"));
+        assert!(msg(&bytes[..bytes.len() - 10]).contains("truncated"));
+        let mut newer = bytes.clone();
+        newer[8] = 9;
+        assert!(msg(&newer).contains("newer maas"));
+        let mut flipped = bytes.clone();
+        let n = flipped.len();
+        flipped[n - 8] ^= 0x10;
+        assert!(msg(&flipped).contains("checksum"));
+    }
+}

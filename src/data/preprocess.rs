@@ -1,0 +1,173 @@
+//! Image to model input: THE one preprocessing, shared by training, prediction, serving and the
+//! metadata of every exported model, so that what the model saw in training is what it sees in
+//! production.
+//!
+//! CIFAR-10 records are already 32x32 RGB bytes, channel-major; any other image is decoded,
+//! turned to RGB (grey is replicated, alpha is dropped, as PIL's `convert("RGB")` does), resized
+//! to 32x32 with a triangle filter, and laid out channel-major. Both then go through
+//! [`normalize`]: bytes scaled to [0, 1].
+
+use std::io::Cursor;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use image::{DynamicImage, ImageReader, Limits, imageops::FilterType};
+use serde::{Deserialize, Serialize};
+
+/// Width and height of the model's input.
+pub const SIDE: u32 = 32;
+/// Values in one model input: 3 channels of 32x32.
+pub const INPUT_LEN: usize = 3 * (SIDE * SIDE) as usize;
+/// Largest image accepted, in pixels: larger ones are refused before they are decoded, so that a
+/// small file claiming huge dimensions (a decompression bomb) cannot exhaust memory.
+pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
+
+/// A description of the preprocessing, saved in every model file and checked on load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessing {
+    /// Colour channels and their order.
+    pub color: String,
+    /// Memory layout of the input.
+    pub layout: String,
+    /// Height and width the image is resized to.
+    pub size: [u32; 2],
+    /// Resampling filter used to resize.
+    pub resize: String,
+    /// Factor applied to each 0-255 byte.
+    pub scale: f32,
+}
+
+impl Preprocessing {
+    /// The preprocessing this maas applies.
+    pub fn current() -> Self {
+        Self {
+            color: "rgb".into(),
+            layout: "chw".into(),
+            size: [SIDE, SIDE],
+            resize: "triangle, aspect ratio not kept".into(),
+            scale: 1.0 / 255.0,
+        }
+    }
+}
+
+/// Channel-major RGB bytes (`[3, 32, 32]`) to model input values in [0, 1].
+pub fn normalize(pixels: &[u8], out: &mut Vec<f32>) {
+    out.extend(pixels.iter().map(|&p| f32::from(p) * (1.0 / 255.0)));
+}
+
+/// An image of any size and colour type to channel-major RGB bytes of 32x32.
+pub fn image_to_chw(image: &DynamicImage) -> Vec<u8> {
+    let rgb = if image.width() == SIDE && image.height() == SIDE {
+        image.to_rgb8()
+    } else {
+        image
+            .resize_exact(SIDE, SIDE, FilterType::Triangle)
+            .to_rgb8()
+    };
+    let plane = (SIDE * SIDE) as usize;
+    let mut chw = vec![0u8; 3 * plane];
+    for (i, px) in rgb.pixels().enumerate() {
+        for c in 0..3 {
+            chw[c * plane + i] = px.0[c];
+        }
+    }
+    chw
+}
+
+/// Decodes an encoded image (any format the `image` crate reads, told by its content).
+pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage> {
+    let reader = || -> Result<ImageReader<Cursor<&[u8]>>> {
+        let reader = ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .context("cannot read image")?;
+        if reader.format().is_none() {
+            anyhow::bail!(
+                "not an image in a format maas reads (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)"
+            );
+        }
+        Ok(reader)
+    };
+    // The header alone first: its dimensions decide whether decoding is safe at all.
+    let (w, h) = reader()?
+        .into_dimensions()
+        .context("cannot read the image's header")?;
+    let mut reader = reader()?;
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        anyhow::bail!("image is {w}x{h} pixels, more than the {MAX_PIXELS}-pixel limit");
+    }
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(1 << 30);
+    reader.limits(limits);
+    reader.decode().context("cannot decode image")
+}
+
+/// Reads and preprocesses the image file at `path` into model input values.
+pub fn load_image_file(path: &Path) -> Result<Vec<f32>> {
+    if path.is_dir() {
+        anyhow::bail!("is a folder, expected an image file");
+    }
+    let bytes = std::fs::read(path).context("cannot read")?;
+    image_bytes_to_input(&bytes)
+}
+
+/// Decodes and preprocesses an encoded image into model input values.
+pub fn image_bytes_to_input(bytes: &[u8]) -> Result<Vec<f32>> {
+    let image = decode_image(bytes)?;
+    let mut out = Vec::with_capacity(INPUT_LEN);
+    normalize(&image_to_chw(&image), &mut out);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageFormat, Rgb, RgbImage, RgbaImage};
+
+    fn png(image: &DynamicImage) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        image.write_to(&mut out, ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn channel_major_and_scaled_to_unit_range() {
+        let mut img = RgbImage::new(32, 32);
+        img.put_pixel(1, 0, Rgb([255, 0, 51]));
+        let input = image_bytes_to_input(&png(&DynamicImage::ImageRgb8(img))).unwrap();
+        assert_eq!(input.len(), INPUT_LEN);
+        assert_eq!(input[1], 1.0); // red plane, x = 1
+        assert_eq!(input[1024 + 1], 0.0); // green plane
+        assert!((input[2048 + 1] - 0.2).abs() < 1e-6); // blue plane
+    }
+
+    #[test]
+    fn any_size_grey_or_rgba_becomes_32x32_rgb() {
+        let grey =
+            DynamicImage::ImageLuma8(image::GrayImage::from_pixel(100, 60, image::Luma([128])));
+        let input = image_bytes_to_input(&png(&grey)).unwrap();
+        assert_eq!(input.len(), INPUT_LEN);
+        assert!(input.iter().all(|&v| (v - 128.0 / 255.0).abs() < 1e-6));
+        let rgba =
+            DynamicImage::ImageRgba8(RgbaImage::from_pixel(7, 9, image::Rgba([0, 255, 0, 10])));
+        let input = image_bytes_to_input(&png(&rgba)).unwrap();
+        assert!(
+            input[..1024].iter().all(|&v| v == 0.0) && input[1024..2048].iter().all(|&v| v == 1.0)
+        );
+    }
+
+    #[test]
+    fn garbage_and_bombs_are_errors() {
+        assert!(image_bytes_to_input(b"hello, I am text").is_err());
+        assert!(image_bytes_to_input(&[]).is_err());
+        let full = png(&DynamicImage::ImageRgb8(RgbImage::new(40, 40)));
+        assert!(image_bytes_to_input(&full[..full.len() / 2]).is_err());
+        // A PNG header that claims 100000 x 100000 pixels.
+        let mut bomb = full.clone();
+        bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let crc = crc32fast::hash(&bomb[12..29]);
+        bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+        let err = format!("{:#}", image_bytes_to_input(&bomb).unwrap_err());
+        assert!(err.contains("limit"), "{err}");
+    }
+}

@@ -1,0 +1,104 @@
+//! The CPU/GPU switch: burn's `flex` backend on the CPU, its `wgpu` backend on a GPU.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use anyhow::{Result, bail};
+use burn::tensor::{Device, DeviceType};
+
+/// What the user asked for with `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// A GPU when the machine has one, else the CPU.
+    Auto,
+    /// The CPU (burn's flex backend).
+    Cpu,
+    /// A GPU through wgpu (Vulkan, Metal or DX12); an error when there is none.
+    Gpu,
+}
+
+/// The device that will run the model, and how to name it to people.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    /// The burn device.
+    pub device: Device,
+    /// `cpu` or `gpu`.
+    pub kind: &'static str,
+    /// A human description, e.g. `gpu (NVIDIA H100, wgpu)`.
+    pub description: String,
+}
+
+impl Selected {
+    /// The CPU.
+    pub fn cpu() -> Self {
+        Self {
+            device: Device::flex(),
+            kind: "cpu",
+            description: "cpu (burn flex backend)".into(),
+        }
+    }
+}
+
+struct Adapter {
+    device: Device,
+    name: String,
+    hardware: bool,
+}
+
+/// Every wgpu adapter the machine offers; software rasterizers (llvmpipe) are marked as such.
+fn adapters() -> Vec<Adapter> {
+    // The graphics stack is outside our control; a driver that panics while being listed must
+    // not take maas down, it only means there is no usable GPU.
+    catch_unwind(AssertUnwindSafe(|| {
+        Device::enumerate(DeviceType::Wgpu)
+            .into_vec()
+            .into_iter()
+            .map(|device| {
+                let identity = device.identity();
+                let name = identity
+                    .as_ref()
+                    .map_or_else(|| "unknown adapter".to_string(), |i| i.name.clone());
+                let hardware = identity.is_some_and(|i| i.physical.is_some());
+                Adapter {
+                    device,
+                    name,
+                    hardware,
+                }
+            })
+            .collect()
+    }))
+    .unwrap_or_default()
+}
+
+/// Resolves `--device` to a device.
+///
+/// `auto` takes a hardware GPU and otherwise the CPU: a software rasterizer such as llvmpipe is
+/// slower than the CPU backend it would emulate. `gpu` takes a hardware GPU when there is one, and
+/// otherwise any wgpu adapter, software ones included, so that the GPU path can be exercised on a
+/// machine without a GPU.
+pub fn select(choice: DeviceChoice) -> Result<Selected> {
+    if choice == DeviceChoice::Cpu {
+        return Ok(Selected::cpu());
+    }
+    let mut found = adapters();
+    found.sort_by_key(|a| !a.hardware);
+    let pick = match (choice, found.into_iter().next()) {
+        (DeviceChoice::Gpu, None) => bail!(
+            "--device gpu: no GPU adapter found (no Vulkan, Metal or DX12 driver answered); \
+             use --device cpu, or install the GPU's Vulkan driver (mesa-vulkan-drivers gives a software one)"
+        ),
+        (DeviceChoice::Auto, Some(a)) if !a.hardware => None,
+        (_, a) => a,
+    };
+    Ok(match pick {
+        Some(a) => Selected {
+            device: a.device,
+            kind: "gpu",
+            description: format!(
+                "gpu ({}{}, burn wgpu backend)",
+                a.name,
+                if a.hardware { "" } else { ", software" }
+            ),
+        },
+        None => Selected::cpu(),
+    })
+}

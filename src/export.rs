@@ -1,0 +1,151 @@
+//! The deployable artifact: one file with the weights and everything needed to use them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{Checkpoint, TrainConfig, take_weights, weight_arrays};
+use crate::container::{self, Kind};
+use crate::model::{ModelConfig, Weights};
+
+/// Where a model came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The maas that exported it.
+    pub maas_version: String,
+    /// The checkpoint it was exported from.
+    pub source: String,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// Test accuracy of those weights.
+    pub test_accuracy: f64,
+    /// Test loss of those weights.
+    pub test_loss: f64,
+    /// The run's hyper-parameters.
+    pub train: TrainConfig,
+    /// Seconds since the Unix epoch when it was exported.
+    pub exported_at_unix: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ModelMeta {
+    model: ModelConfig,
+    provenance: Provenance,
+}
+
+/// A model ready to run: its configuration, weights and, for exported files, provenance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedModel {
+    /// Architecture, classes, preprocessing.
+    pub config: ModelConfig,
+    /// The weights.
+    pub weights: Weights,
+    /// Where it came from (`None` when read from a checkpoint).
+    pub provenance: Option<Provenance>,
+    /// The file it was read from.
+    pub path: PathBuf,
+}
+
+/// Writes the model of `checkpoint` to `out` as one self-contained file.
+pub fn export_maas(checkpoint: &Path, out: &Path) -> Result<LoadedModel> {
+    let ckpt = Checkpoint::load(checkpoint)?;
+    let last = ckpt
+        .meta
+        .history
+        .iter()
+        .find(|m| m.epoch == ckpt.meta.epoch)
+        .with_context(|| format!("{}: holds no completed epoch", checkpoint.display()))?;
+    let provenance = Provenance {
+        maas_version: crate::VERSION.into(),
+        source: checkpoint.display().to_string(),
+        epochs: ckpt.meta.epoch,
+        test_accuracy: last.test_accuracy,
+        test_loss: last.test_loss,
+        train: ckpt.meta.train.clone(),
+        exported_at_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    let meta = ModelMeta {
+        model: ckpt.meta.model.clone(),
+        provenance: provenance.clone(),
+    };
+    container::write(
+        out,
+        Kind::Model,
+        serde_json::to_value(&meta)?,
+        &weight_arrays("", &ckpt.weights),
+    )?;
+    Ok(LoadedModel {
+        config: ckpt.meta.model,
+        weights: ckpt.weights,
+        provenance: Some(provenance),
+        path: out.to_path_buf(),
+    })
+}
+
+/// Loads a model file (`maas export`) or a checkpoint, checking that this maas can run it.
+pub fn load_model(path: &Path) -> Result<LoadedModel> {
+    let mut contents = container::read(path)?;
+    match contents.kind {
+        Kind::Checkpoint => {
+            let ckpt = Checkpoint::from_contents(contents)
+                .with_context(|| format!("{}", path.display()))?;
+            Ok(LoadedModel {
+                config: ckpt.meta.model,
+                weights: ckpt.weights,
+                provenance: None,
+                path: path.to_path_buf(),
+            })
+        }
+        Kind::Model => {
+            let meta: ModelMeta = serde_json::from_value(contents.meta.clone())
+                .with_context(|| format!("{}: unreadable model header", path.display()))?;
+            meta.model
+                .check_supported()
+                .with_context(|| format!("{}", path.display()))?;
+            let weights = take_weights(&mut contents, "", meta.model.hidden)
+                .with_context(|| format!("{}", path.display()))?;
+            Ok(LoadedModel {
+                config: meta.model,
+                weights,
+                provenance: Some(meta.provenance),
+                path: path.to_path_buf(),
+            })
+        }
+    }
+}
+
+/// The default model file of `predict` and `serve`.
+pub const DEFAULT_MODEL: &str = "model.maas";
+
+/// Finds the model to use: `--model` when given; else `model.maas`; else the best checkpoint in
+/// `checkpoints`, with a note saying so. The note is `None` when the model was found where asked.
+pub fn resolve_model(
+    explicit: Option<&Path>,
+    checkpoints: &Path,
+) -> Result<(PathBuf, Option<String>)> {
+    if let Some(path) = explicit {
+        if !path.exists() {
+            bail!("{}: not found", path.display());
+        }
+        return Ok((path.to_path_buf(), None));
+    }
+    let default = Path::new(DEFAULT_MODEL);
+    if default.exists() {
+        return Ok((default.to_path_buf(), None));
+    }
+    let best = checkpoints.join("best.ckpt");
+    if best.exists() {
+        let note = format!(
+            "{DEFAULT_MODEL} not found: using the best checkpoint, {}",
+            best.display()
+        );
+        return Ok((best, Some(note)));
+    }
+    bail!(
+        "no model: neither {DEFAULT_MODEL} nor {} exists; train one with `maas train` (and `maas export`), or pass --model PATH",
+        best.display()
+    )
+}

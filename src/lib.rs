@@ -1,0 +1,22 @@
+//! maas: train, export, predict and serve one CIFAR-10 image classifier.
+//!
+//! The binary, the tests and `examples/` all use this library. Data flows one way: bytes on disk
+//! ([`data`]) become tensors on a device ([`device`]), go through the one model ([`model`]) and
+//! come back to people as labelled probabilities ([`predict`]).
+
+pub mod adam;
+pub mod checkpoint;
+pub mod cli;
+pub mod container;
+pub mod data;
+pub mod device;
+pub mod export;
+pub mod fsutil;
+pub mod model;
+pub mod predict;
+pub mod progress;
+pub mod serve;
+pub mod train;
+
+/// The version written into every file maas makes, for provenance.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

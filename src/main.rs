@@ -1,0 +1,43 @@
+//! The `maas` binary: parse, dispatch, and turn errors into one line and an exit code.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::Parser;
+use maas::cli::{Cli, run};
+use maas::train::Interrupted;
+
+fn main() -> ExitCode {
+    // A panic is a bug, but the user still gets one line rather than a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        eprintln!("maas: internal error: {message} (please report this)");
+    }));
+    let cli = Cli::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    // The first Ctrl-C lets the step in flight finish so no file is left half-written; a
+    // second one ends the process at once.
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    match run(cli, &stop) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) if err.is::<Interrupted>() => {
+            eprintln!("maas: {err}");
+            ExitCode::from(130)
+        }
+        Err(err) => {
+            eprintln!("maas: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! THE model: a 3x32x32 image, flattened channel-major, Dense(hidden) + ReLU, Dense(10).
+//!
+//! Training works on the logits with cross-entropy; inference returns softmax probabilities.
+//! Nothing here knows about files or the command line: the weights cross that boundary as a
+//! plain [`Weights`] value.
+
+use anyhow::{Result, bail};
+use burn::module::Param;
+use burn::nn::{Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::activation::{log_softmax, relu, softmax};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+use crate::data::preprocess::{INPUT_LEN, Preprocessing};
+
+/// The number of classes the model tells apart.
+pub const NUM_CLASSES: usize = 10;
+/// The default width of the hidden layer.
+pub const DEFAULT_HIDDEN: usize = 64;
+
+/// Everything needed to rebuild the model and feed it, saved beside its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// The architecture's name, so that a file of another architecture is refused by name.
+    pub architecture: String,
+    /// Input shape, channels first.
+    pub input_shape: [usize; 3],
+    /// Width of the hidden layer.
+    pub hidden: usize,
+    /// Class names, index order.
+    pub classes: Vec<String>,
+    /// How an image becomes the model's input.
+    pub preprocessing: Preprocessing,
+}
+
+/// The architecture's name in every file.
+pub const ARCHITECTURE: &str = "mlp-3072-relu-10";
+
+impl ModelConfig {
+    /// The configuration of a model of the given width and classes.
+    pub fn new(hidden: usize, classes: Vec<String>) -> Self {
+        Self {
+            architecture: ARCHITECTURE.to_string(),
+            input_shape: [3, 32, 32],
+            hidden,
+            classes,
+            preprocessing: Preprocessing::current(),
+        }
+    }
+
+    /// Checks that this maas can run a model of this configuration.
+    pub fn check_supported(&self) -> Result<()> {
+        if self.architecture != ARCHITECTURE {
+            bail!(
+                "architecture `{}` is not supported (this maas runs `{ARCHITECTURE}`)",
+                self.architecture
+            );
+        }
+        if self.input_shape != [3, 32, 32] {
+            bail!(
+                "input shape {:?} is not supported (expected [3, 32, 32])",
+                self.input_shape
+            );
+        }
+        if self.classes.len() != NUM_CLASSES {
+            bail!(
+                "has {} class names, expected {NUM_CLASSES}",
+                self.classes.len()
+            );
+        }
+        if self.hidden == 0 {
+            bail!("hidden width 0 is not supported");
+        }
+        if self.preprocessing != Preprocessing::current() {
+            bail!(
+                "its preprocessing {:?} differs from this maas's {:?}",
+                self.preprocessing,
+                Preprocessing::current()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The model's parameters on the host, row-major: `w1` is `[3072, hidden]`, `w2` `[hidden, 10]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights {
+    /// Width of the hidden layer.
+    pub hidden: usize,
+    /// First layer weights, `[3072, hidden]`.
+    pub w1: Vec<f32>,
+    /// First layer bias, `[hidden]`.
+    pub b1: Vec<f32>,
+    /// Second layer weights, `[hidden, 10]`.
+    pub w2: Vec<f32>,
+    /// Second layer bias, `[10]`.
+    pub b2: Vec<f32>,
+}
+
+impl Weights {
+    /// Fresh weights as Keras initialises Dense layers (Glorot uniform, zero bias), drawn on the
+    /// host from `seed` so that every device starts from the same numbers.
+    pub fn init(hidden: usize, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut glorot = |fan_in: usize, fan_out: usize| -> Vec<f32> {
+            let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+            (0..fan_in * fan_out)
+                .map(|_| rng.random_range(-limit..limit))
+                .collect()
+        };
+        Self {
+            hidden,
+            w1: glorot(INPUT_LEN, hidden),
+            b1: vec![0.0; hidden],
+            w2: glorot(hidden, NUM_CLASSES),
+            b2: vec![0.0; NUM_CLASSES],
+        }
+    }
+
+    /// The shapes of `w1`, `b1`, `w2`, `b2`, in that order.
+    pub fn shapes(hidden: usize) -> [Vec<usize>; 4] {
+        [
+            vec![INPUT_LEN, hidden],
+            vec![hidden],
+            vec![hidden, NUM_CLASSES],
+            vec![NUM_CLASSES],
+        ]
+    }
+}
+
+/// The classifier as a burn module.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// Dense(hidden), followed by ReLU.
+    pub hidden: Linear,
+    /// Dense(10): the logits.
+    pub output: Linear,
+}
+
+/// Gradients of the mean cross-entropy with respect to each parameter.
+#[derive(Debug, Clone)]
+pub struct Gradients {
+    /// d loss / d w1.
+    pub w1: Tensor<2>,
+    /// d loss / d b1.
+    pub b1: Tensor<1>,
+    /// d loss / d w2.
+    pub w2: Tensor<2>,
+    /// d loss / d b2.
+    pub b2: Tensor<1>,
+}
+
+/// What one training step computed besides the gradients; tensors, so reading them can wait.
+#[derive(Debug, Clone)]
+pub struct StepStats {
+    /// Sum (not mean) of the batch's cross-entropy losses, `[1]`.
+    pub loss_sum: Tensor<1>,
+    /// How many of the batch were classified right, `[1]`.
+    pub correct: Tensor<1, Int>,
+}
+
+impl Mlp {
+    /// A fresh model with the given width, initialised from `seed`.
+    pub fn init(hidden: usize, seed: u64, device: &Device) -> Self {
+        Self::from_weights(&Weights::init(hidden, seed), device)
+    }
+
+    /// The model holding `weights`, on `device`.
+    pub fn from_weights(weights: &Weights, device: &Device) -> Self {
+        let h = weights.hidden;
+        let tensor2 = |v: &[f32], shape: [usize; 2]| {
+            Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape), device)
+        };
+        let tensor1 =
+            |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
+        // LinearConfig gives the layer its shape; its own random draw is replaced at once.
+        let mut hidden = LinearConfig::new(INPUT_LEN, h).init(device);
+        hidden.weight = Param::from_tensor(tensor2(&weights.w1, [INPUT_LEN, h]));
+        hidden.bias = Some(Param::from_tensor(tensor1(&weights.b1)));
+        let mut output = LinearConfig::new(h, NUM_CLASSES).init(device);
+        output.weight = Param::from_tensor(tensor2(&weights.w2, [h, NUM_CLASSES]));
+        output.bias = Some(Param::from_tensor(tensor1(&weights.b2)));
+        Self { hidden, output }
+    }
+
+    /// The width of the hidden layer.
+    pub fn hidden_width(&self) -> usize {
+        self.hidden.weight.dims()[1]
+    }
+
+    /// The parameters `(w1, b1, w2, b2)` as tensors.
+    pub fn parameters(&self) -> (Tensor<2>, Tensor<1>, Tensor<2>, Tensor<1>) {
+        (
+            self.hidden.weight.val(),
+            bias(&self.hidden),
+            self.output.weight.val(),
+            bias(&self.output),
+        )
+    }
+
+    /// Replaces the parameters, keeping the module's structure.
+    pub fn with_parameters(
+        mut self,
+        w1: Tensor<2>,
+        b1: Tensor<1>,
+        w2: Tensor<2>,
+        b2: Tensor<1>,
+    ) -> Self {
+        self.hidden.weight = Param::from_tensor(w1);
+        self.hidden.bias = Some(Param::from_tensor(b1));
+        self.output.weight = Param::from_tensor(w2);
+        self.output.bias = Some(Param::from_tensor(b2));
+        self
+    }
+
+    /// Copies the parameters back to the host.
+    pub fn weights(&self) -> Result<Weights> {
+        let (w1, b1, w2, b2) = self.parameters();
+        Ok(Weights {
+            hidden: self.hidden_width(),
+            w1: read_f32(w1)?,
+            b1: read_f32(b1)?,
+            w2: read_f32(w2)?,
+            b2: read_f32(b2)?,
+        })
+    }
+
+    /// Logits `[N, 10]` for a batch of preprocessed images `[N, 3072]`.
+    pub fn forward(&self, input: Tensor<2>) -> Tensor<2> {
+        self.output.forward(relu(self.hidden.forward(input)))
+    }
+
+    /// Class probabilities `[N, 10]` (softmax of the logits).
+    pub fn probabilities(&self, input: Tensor<2>) -> Tensor<2> {
+        softmax(self.forward(input), 1)
+    }
+
+    /// Mean cross-entropy of the logits against one-hot targets, `[1]`: the training loss that
+    /// autodiff differentiates, and the reference the hand-derived gradients are tested against.
+    pub fn loss(&self, input: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
+        let batch = input.dims()[0] as f64;
+        (log_softmax(self.forward(input), 1) * targets)
+            .sum()
+            .neg()
+            .div_scalar(batch)
+    }
+
+    /// One forward and backward pass: the gradients of the mean cross-entropy, derived by hand
+    /// for this fixed architecture, which costs far fewer tensor operations than a recorded graph.
+    pub fn gradients(
+        &self,
+        input: Tensor<2>,
+        targets: Tensor<2>,
+        labels: Tensor<1, Int>,
+    ) -> (Gradients, StepStats) {
+        let batch = input.dims()[0];
+        let (w1, b1, w2, b2) = self.parameters();
+        let pre = input.clone().matmul(w1) + b1.unsqueeze::<2>();
+        let act = relu(pre.clone());
+        let logits = act.clone().matmul(w2.clone()) + b2.unsqueeze::<2>();
+        let log_probs = log_softmax(logits.clone(), 1);
+        let loss_sum = (log_probs.clone() * targets.clone()).sum().neg();
+        let correct = logits.argmax(1).reshape([batch]).equal(labels).int().sum();
+        // d(mean CE)/d logits = (softmax - onehot) / N.
+        let d_logits = (log_probs.exp() - targets).div_scalar(batch as f64);
+        let d_w2 = act.transpose().matmul(d_logits.clone());
+        let d_b2 = d_logits.clone().sum_dim(0).reshape([NUM_CLASSES]);
+        let d_act = d_logits.matmul(w2.transpose());
+        let d_pre = d_act.mask_fill(pre.lower_equal_elem(0.0), 0.0);
+        let hidden = d_pre.dims()[1];
+        let d_b1 = d_pre.clone().sum_dim(0).reshape([hidden]);
+        let d_w1 = input.transpose().matmul(d_pre);
+        (
+            Gradients {
+                w1: d_w1,
+                b1: d_b1,
+                w2: d_w2,
+                b2: d_b2,
+            },
+            StepStats { loss_sum, correct },
+        )
+    }
+}
+
+fn bias(layer: &Linear) -> Tensor<1> {
+    match &layer.bias {
+        Some(b) => b.val(),
+        // Every layer built here has a bias; a zero one keeps the arithmetic right regardless.
+        None => Tensor::zeros([layer.weight.dims()[1]], &layer.weight.device()),
+    }
+}
+
+/// Reads a tensor back to the host as f32 values.
+pub fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
+    let data = tensor
+        .try_into_data()
+        .map_err(|e| anyhow::anyhow!("reading a tensor from the device failed: {e:?}"))?;
+    data.try_into_vec_as::<f32>()
+        .map_err(|e| anyhow::anyhow!("unexpected tensor data: {e:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(device: &Device) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
+        let n = 6;
+        let mut rng = StdRng::seed_from_u64(7);
+        let x: Vec<f32> = (0..n * INPUT_LEN)
+            .map(|_| rng.random_range(0.0..1.0))
+            .collect();
+        let labels: Vec<i64> = (0..n as i64).map(|i| (i * 3) % 10).collect();
+        let mut onehot = vec![0f32; n * NUM_CLASSES];
+        for (i, &l) in labels.iter().enumerate() {
+            onehot[i * NUM_CLASSES + l as usize] = 1.0;
+        }
+        (
+            Tensor::from_data(TensorData::new(x, [n, INPUT_LEN]), device),
+            Tensor::from_data(TensorData::new(onehot, [n, NUM_CLASSES]), device),
+            Tensor::from_data(TensorData::new(labels, [n]), device),
+        )
+    }
+
+    fn assert_close(a: Vec<f32>, b: Vec<f32>, what: &str) {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * scale + 1e-7,
+                "{what}[{i}]: hand-derived {x} vs autodiff {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn hand_derived_gradients_equal_autodiff() {
+        let device = Device::flex();
+        let model = Mlp::init(16, 3, &device);
+        let (x, y, labels) = batch(&device);
+        let (grads, stats) = model.gradients(x.clone(), y.clone(), labels);
+
+        let ad = device.autodiff();
+        let ad_model = Mlp::from_weights(&model.weights().unwrap(), &ad);
+        let (w1, b1, w2, b2) = ad_model.parameters();
+        let (w1, b1, w2, b2) = (
+            w1.require_grad(),
+            b1.require_grad(),
+            w2.require_grad(),
+            b2.require_grad(),
+        );
+        let ad_model = ad_model.with_parameters(w1.clone(), b1.clone(), w2.clone(), b2.clone());
+        let loss = ad_model.loss(x.to_device(&ad), y.to_device(&ad));
+        let reference = loss.backward();
+        let g = |t: Option<Tensor<2>>| read_f32(t.unwrap()).unwrap();
+        let g1 = |t: Option<Tensor<1>>| read_f32(t.unwrap()).unwrap();
+        assert_close(read_f32(grads.w1).unwrap(), g(w1.grad(&reference)), "w1");
+        assert_close(read_f32(grads.b1).unwrap(), g1(b1.grad(&reference)), "b1");
+        assert_close(read_f32(grads.w2).unwrap(), g(w2.grad(&reference)), "w2");
+        assert_close(read_f32(grads.b2).unwrap(), g1(b2.grad(&reference)), "b2");
+        let mean = read_f32(stats.loss_sum).unwrap()[0] / 6.0;
+        assert!((mean - read_f32(loss).unwrap()[0]).abs() < 1e-5);
+    }
+
+    #[test]
+    fn probabilities_sum_to_one() {
+        let device = Device::flex();
+        let model = Mlp::init(8, 1, &device);
+        let (x, _, _) = batch(&device);
+        let p = read_f32(model.probabilities(x)).unwrap();
+        for row in p.chunks(NUM_CLASSES) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn weights_round_trip_through_the_module() {
+        let w = Weights::init(5, 11);
+        assert_eq!(Mlp::from_weights(&w, &Device::flex()).weights().unwrap(), w);
+    }
+
+    #[test]
+    fn init_is_deterministic_per_seed() {
+        assert_eq!(Weights::init(4, 1), Weights::init(4, 1));
+        assert_ne!(Weights::init(4, 1), Weights::init(4, 2));
+    }
+}

@@ -1,0 +1,217 @@
+//! Images in, labelled probabilities out: the same for `predict`, `serve` and the library.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use serde::Serialize;
+
+use crate::data::preprocess::{INPUT_LEN, load_image_file};
+use crate::export::LoadedModel;
+use crate::model::{Mlp, ModelConfig, NUM_CLASSES, read_f32};
+
+/// One class and its probability.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ranked {
+    /// Class name.
+    pub label: String,
+    /// Class index.
+    pub index: usize,
+    /// Probability.
+    pub probability: f32,
+}
+
+/// The answer for one image, as one entry of `predict --json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    /// The image file.
+    pub file: String,
+    /// The most probable class.
+    pub label: String,
+    /// Its index.
+    pub index: usize,
+    /// Its probability.
+    pub probability: f32,
+    /// The `k` most probable classes, most probable first.
+    pub top_k: Vec<Ranked>,
+}
+
+/// An image that could not be classified.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FileError {
+    /// The file.
+    pub file: String,
+    /// What was wrong with it.
+    pub error: String,
+}
+
+/// The whole answer of `predict`, as `--json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PredictReport {
+    /// The model file used.
+    pub model: String,
+    /// One entry per image classified, in the order given.
+    pub predictions: Vec<Prediction>,
+    /// One entry per image that could not be read.
+    pub errors: Vec<FileError>,
+}
+
+/// A loaded model on a device, ready to classify.
+pub struct Classifier {
+    model: Mlp,
+    config: ModelConfig,
+    device: Device,
+}
+
+/// Images per forward pass: large enough to amortise the call, small enough to bound memory.
+const CHUNK: usize = 1024;
+
+impl Classifier {
+    /// Puts `loaded` on `device`.
+    pub fn new(loaded: &LoadedModel, device: &Device) -> Self {
+        Self {
+            model: Mlp::from_weights(&loaded.weights, device),
+            config: loaded.config.clone(),
+            device: device.clone(),
+        }
+    }
+
+    /// The model's configuration (class names, preprocessing).
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Class probabilities for preprocessed inputs (each [`INPUT_LEN`] values), as one batch.
+    pub fn probabilities(&self, inputs: &[f32]) -> Result<Vec<f32>> {
+        let n = inputs.len() / INPUT_LEN;
+        let mut out = Vec::with_capacity(n * NUM_CLASSES);
+        for chunk in inputs.chunks(CHUNK * INPUT_LEN) {
+            let rows = chunk.len() / INPUT_LEN;
+            let x = Tensor::<2>::from_data(
+                TensorData::new(chunk.to_vec(), [rows, INPUT_LEN]),
+                &self.device,
+            );
+            out.extend(read_f32(self.model.probabilities(x))?);
+        }
+        Ok(out)
+    }
+
+    /// The `k` most probable classes of one row of probabilities, most probable first.
+    pub fn rank(&self, probabilities: &[f32], k: usize) -> Vec<Ranked> {
+        let mut order: Vec<usize> = (0..probabilities.len()).collect();
+        order.sort_by(|&a, &b| {
+            probabilities[b]
+                .total_cmp(&probabilities[a])
+                .then(a.cmp(&b))
+        });
+        order
+            .into_iter()
+            .take(k)
+            .map(|i| Ranked {
+                label: self
+                    .config
+                    .classes
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| i.to_string()),
+                index: i,
+                probability: probabilities[i],
+            })
+            .collect()
+    }
+
+    /// The prediction for one row of probabilities.
+    pub fn prediction(&self, file: String, probabilities: &[f32], k: usize) -> Prediction {
+        let top_k = self.rank(probabilities, k.max(1));
+        let (label, index, probability) = top_k.first().map_or((String::new(), 0, 0.0), |b| {
+            (b.label.clone(), b.index, b.probability)
+        });
+        Prediction {
+            file,
+            label,
+            index,
+            probability,
+            top_k,
+        }
+    }
+
+    /// Classifies image files as one batch; unreadable files are reported, not fatal.
+    pub fn predict_files(
+        &self,
+        model_path: &Path,
+        files: &[PathBuf],
+        k: usize,
+    ) -> Result<PredictReport> {
+        let mut inputs = Vec::with_capacity(files.len() * INPUT_LEN);
+        let mut good = Vec::new();
+        let mut errors = Vec::new();
+        for file in files {
+            match load_image_file(file) {
+                Ok(input) => {
+                    inputs.extend(input);
+                    good.push(file.display().to_string());
+                }
+                Err(e) => errors.push(FileError {
+                    file: file.display().to_string(),
+                    error: format!("{e:#}"),
+                }),
+            }
+        }
+        let probabilities = if good.is_empty() {
+            Vec::new()
+        } else {
+            self.probabilities(&inputs)?
+        };
+        let predictions = good
+            .into_iter()
+            .zip(probabilities.chunks(NUM_CLASSES))
+            .map(|(file, p)| self.prediction(file, p, k))
+            .collect();
+        Ok(PredictReport {
+            model: model_path.display().to_string(),
+            predictions,
+            errors,
+        })
+    }
+}
+
+/// The report as a table for people: one row per image, then one line per error.
+pub fn render_table(report: &PredictReport) -> String {
+    let width = report
+        .predictions
+        .iter()
+        .map(|p| p.file.chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let label_width = report
+        .predictions
+        .iter()
+        .map(|p| p.label.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut out = String::new();
+    if !report.predictions.is_empty() {
+        out.push_str(&format!(
+            "{:<width$}  {:<label_width$}  {:>6}  TOP-K\n",
+            "FILE", "LABEL", "PROB"
+        ));
+        for p in &report.predictions {
+            let top: Vec<String> = p
+                .top_k
+                .iter()
+                .map(|r| format!("{} {:.1}%", r.label, 100.0 * r.probability))
+                .collect();
+            out.push_str(&format!(
+                "{:<width$}  {:<label_width$}  {:>5.1}%  {}\n",
+                p.file,
+                p.label,
+                100.0 * p.probability,
+                top.join(", ")
+            ));
+        }
+    }
+    out
+}

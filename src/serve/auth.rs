@@ -1,0 +1,154 @@
+//! API keys: who may call the protected routes.
+//!
+//! Keys are compared in constant time so that response timing does not reveal how much of a
+//! guessed key was right, and they are never printed: errors name the file, not its contents.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+
+/// The accepted keys; a request must present one of them.
+#[derive(Clone)]
+pub struct Keys(Vec<Vec<u8>>);
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keys({} redacted)", self.0.len())
+    }
+}
+
+impl Keys {
+    /// The keys from `--api-key` and `--api-key-file`; `None` when neither is given (no auth).
+    pub fn from_args(key: Option<&str>, file: Option<&Path>) -> Result<Option<Self>> {
+        let mut keys = Vec::new();
+        if let Some(key) = key {
+            let key = key.trim();
+            if key.is_empty() {
+                bail!("--api-key is empty; give a key, or leave the flag out to serve without one");
+            }
+            keys.push(key.as_bytes().to_vec());
+        }
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--api-key-file {}", path.display()))?;
+            let before = keys.len();
+            keys.extend(parse_key_file(&text));
+            if keys.len() == before {
+                bail!(
+                    "--api-key-file {}: holds no key (one per line; blank lines and # comments are ignored)",
+                    path.display()
+                );
+            }
+        }
+        Ok(if keys.is_empty() {
+            None
+        } else {
+            Some(Self(keys))
+        })
+    }
+
+    /// Whether an `Authorization` header value carries one of the keys.
+    pub fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
+        let Some(token) = authorization.and_then(|v| bearer_token(v.as_bytes())) else {
+            return false;
+        };
+        // Every key is compared, so the time taken does not tell which one matched.
+        self.0
+            .iter()
+            .fold(false, |found, key| found | constant_time_eq(key, token))
+    }
+}
+
+/// Keys in a file: one per line; blank lines and lines starting with `#` are not keys.
+fn parse_key_file(text: &str) -> impl Iterator<Item = Vec<u8>> + '_ {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.as_bytes().to_vec())
+}
+
+/// The token of `Bearer TOKEN` (the scheme is case-insensitive, RFC 7235).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer ";
+    if value.len() <= SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        return None;
+    }
+    Some(value[SCHEME.len()..].trim_ascii())
+}
+
+/// Equality whose time depends only on the lengths, not on where the bytes differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // black_box keeps the optimiser from turning the fold into an early-exit comparison.
+    std::hint::black_box(diff) == 0
+}
+
+/// Middleware: 401 unless the request carries an accepted key.
+pub async fn require_key(State(keys): State<Keys>, request: Request, next: Next) -> Response {
+    if keys.accepts(request.headers().get(axum::http::header::AUTHORIZATION)) {
+        return next.run(request).await;
+    }
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong API key: send the header `Authorization: Bearer KEY`",
+    )
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(list: &[&str]) -> Keys {
+        Keys(list.iter().map(|k| k.as_bytes().to_vec()).collect())
+    }
+
+    #[test]
+    fn equality_is_exact() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secre"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn only_bearer_with_a_listed_key_is_accepted() {
+        let k = keys(&["alpha", "beta"]);
+        let header = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert!(k.accepts(Some(&header("Bearer alpha"))));
+        assert!(k.accepts(Some(&header("bearer beta"))));
+        assert!(!k.accepts(Some(&header("Bearer gamma"))));
+        assert!(!k.accepts(Some(&header("Basic alpha"))));
+        assert!(!k.accepts(Some(&header("Bearer "))));
+        assert!(!k.accepts(Some(&header("alpha"))));
+        assert!(!k.accepts(None));
+    }
+
+    #[test]
+    fn key_file_skips_blanks_and_comments() {
+        let parsed: Vec<_> = parse_key_file("# team keys\n\n  one  \n#two\nthree\r\n").collect();
+        assert_eq!(parsed, [b"one".to_vec(), b"three".to_vec()]);
+    }
+
+    #[test]
+    fn empty_key_file_and_empty_key_are_errors_that_do_not_echo_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, "# nothing\n\n").unwrap();
+        assert!(Keys::from_args(None, Some(&path)).is_err());
+        assert!(Keys::from_args(Some("  "), None).is_err());
+        assert!(Keys::from_args(None, None).unwrap().is_none());
+        std::fs::write(&path, "k1\n").unwrap();
+        let both = Keys::from_args(Some("k0"), Some(&path)).unwrap().unwrap();
+        assert_eq!(format!("{both:?}"), "Keys(2 redacted)");
+    }
+}

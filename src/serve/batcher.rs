@@ -1,0 +1,423 @@
+//! Dynamic batching: requests from many connections, one forward pass.
+//!
+//! The model runs on one dedicated thread, never on tokio's: a forward pass is blocking CPU (or
+//! GPU) work that would stall every connection sharing an async worker. Requests reach it
+//! through a bounded queue, so an overload is answered with 503 instead of growing memory
+//! without limit. The worker takes the first request, then keeps gathering until the batch holds
+//! `max_batch` images or `max_wait` has passed, runs the model once and answers each request
+//! through its own oneshot channel.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use burn::tensor::Device;
+use tokio::sync::oneshot;
+
+use super::error::ApiError;
+use super::metrics::Metrics;
+use crate::data::preprocess::INPUT_LEN;
+use crate::export::LoadedModel;
+use crate::model::NUM_CLASSES;
+use crate::predict::{Classifier, Prediction};
+
+/// How the worker gathers requests.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    /// Most images in one forward pass (a single larger request still runs, alone).
+    pub max_batch: usize,
+    /// Longest the first request of a batch waits for others.
+    pub max_wait: Duration,
+    /// Most requests waiting in the queue.
+    pub max_queue: usize,
+}
+
+/// What a request wants back.
+#[derive(Debug, Clone)]
+pub enum Want {
+    /// The probabilities, `rows * NUM_CLASSES` values.
+    Probabilities,
+    /// One labelled prediction (`rows` must be 1), as `predict --json` gives it.
+    Prediction { file: String, top_k: usize },
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// Row-major probabilities.
+    Probabilities(Vec<f32>),
+    /// A labelled prediction.
+    Prediction(Prediction),
+}
+
+struct Job {
+    inputs: Vec<f32>,
+    rows: usize,
+    want: Want,
+    reply: oneshot::Sender<Result<Answer, String>>,
+}
+
+/// The sending side, cloned into every request handler.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: SyncSender<Job>,
+    ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+/// The worker thread, joined at shutdown.
+pub struct Worker(JoinHandle<()>);
+
+impl Worker {
+    /// Waits for the worker to finish; it does once every [`Batcher`] is dropped.
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl Batcher {
+    /// Starts the worker and waits until the model is on its device and has run once.
+    pub fn start(
+        loaded: LoadedModel,
+        device: Device,
+        config: BatchConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, Worker)> {
+        let (queue, jobs) = std::sync::mpsc::sync_channel(config.max_queue.max(1));
+        let ready = Arc::new(AtomicBool::new(false));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let worker_ready = Arc::clone(&ready);
+        let worker_metrics = Arc::clone(&metrics);
+        let handle = std::thread::Builder::new()
+            .name("maas-model".into())
+            .spawn(move || {
+                let classifier = match place(&loaded, &device) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                drop(loaded);
+                let _ready = ReadyWhileAlive::new(worker_ready);
+                let _ = started_tx.send(Ok(()));
+                work(&classifier, &jobs, config, &worker_metrics);
+            })
+            .context("cannot start the model thread")?;
+        match started_rx.recv() {
+            Ok(Ok(())) => Ok((
+                Self {
+                    queue,
+                    ready,
+                    metrics,
+                },
+                Worker(handle),
+            )),
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = handle.join();
+                Err(anyhow!("the model thread stopped while loading the model"))
+            }
+        }
+    }
+
+    /// Whether the model is loaded and its worker is running.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Queues `rows` preprocessed inputs and waits, until `deadline`, for the answer.
+    pub async fn run(
+        &self,
+        inputs: Vec<f32>,
+        rows: usize,
+        want: Want,
+        deadline: tokio::time::Instant,
+    ) -> Result<Answer, ApiError> {
+        if !self.is_ready() {
+            return Err(ApiError::unavailable("the model is not ready"));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.queue.try_send(Job {
+            inputs,
+            rows,
+            want,
+            reply,
+        }) {
+            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(match e {
+                TrySendError::Full(_) => ApiError::unavailable(
+                    "the server is busy: the request queue is full; retry later",
+                ),
+                TrySendError::Disconnected(_) => ApiError::unavailable("the model is not running"),
+            });
+        }
+        match tokio::time::timeout_at(deadline, answer).await {
+            Err(_) => Err(ApiError::unavailable(
+                "timed out waiting for the model; retry later",
+            )),
+            Ok(Err(_)) => Err(ApiError::internal("the model stopped before answering")),
+            Ok(Ok(Err(message))) => Err(ApiError::internal(message)),
+            Ok(Ok(Ok(answer))) => Ok(answer),
+        }
+    }
+}
+
+/// Clears the ready flag when the worker ends, however it ends, so health checks see it.
+struct ReadyWhileAlive(Arc<AtomicBool>);
+
+impl ReadyWhileAlive {
+    fn new(flag: Arc<AtomicBool>) -> Self {
+        flag.store(true, Ordering::Release);
+        Self(flag)
+    }
+}
+
+impl Drop for ReadyWhileAlive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Puts the model on the device and runs it once, so that the first request does not pay for
+/// kernel compilation and is not the one to discover a broken device.
+fn place(loaded: &LoadedModel, device: &Device) -> Result<Classifier> {
+    catch_unwind(AssertUnwindSafe(|| {
+        let classifier = Classifier::new(loaded, device);
+        classifier
+            .probabilities(&vec![0.0; INPUT_LEN])
+            .map(|_| classifier)
+    }))
+    .map_err(|_| anyhow!("the model could not be placed on the device (the backend panicked)"))?
+    .context("the model failed its first run")
+}
+
+fn work(classifier: &Classifier, jobs: &Receiver<Job>, config: BatchConfig, metrics: &Metrics) {
+    let mut held: Option<Job> = None;
+    loop {
+        let first = match held.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => taken(job, metrics),
+                Err(_) => return,
+            },
+        };
+        let deadline = Instant::now() + config.max_wait;
+        let mut rows = first.rows;
+        let mut batch = vec![first];
+        while rows < config.max_batch {
+            let next = match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => jobs.recv_timeout(left),
+                _ => jobs.try_recv().map_err(|_| RecvTimeoutError::Timeout),
+            };
+            let Ok(job) = next else { break };
+            let job = taken(job, metrics);
+            if rows + job.rows > config.max_batch {
+                // Too big for this batch: it opens the next one rather than waiting behind it.
+                held = Some(job);
+                break;
+            }
+            rows += job.rows;
+            batch.push(job);
+        }
+        run_batch(classifier, batch, metrics);
+    }
+}
+
+fn taken(job: Job, metrics: &Metrics) -> Job {
+    metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+    job
+}
+
+fn run_batch(classifier: &Classifier, batch: Vec<Job>, metrics: &Metrics) {
+    // A request whose client gave up (timeout, disconnect) is not worth computing.
+    let mut batch: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
+    if batch.is_empty() {
+        return;
+    }
+    let rows: usize = batch.iter().map(|j| j.rows).sum();
+    metrics.observe_batch(rows);
+    let inputs = if batch.len() == 1 {
+        std::mem::take(&mut batch[0].inputs)
+    } else {
+        let mut all = Vec::with_capacity(rows * INPUT_LEN);
+        for job in &mut batch {
+            all.extend_from_slice(&std::mem::take(&mut job.inputs));
+        }
+        all
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| classifier.probabilities(&inputs)));
+    let probabilities = match outcome {
+        Ok(Ok(p)) if p.len() == rows * NUM_CLASSES => p,
+        Ok(Ok(p)) => {
+            return fail(
+                batch,
+                &format!("the model gave {} values for {rows} images", p.len()),
+            );
+        }
+        Ok(Err(e)) => return fail(batch, &format!("the model failed: {e:#}")),
+        Err(_) => return fail(batch, "the model failed (the backend panicked)"),
+    };
+    let mut rest = probabilities.as_slice();
+    for job in batch {
+        let (mine, after) = rest.split_at(job.rows * NUM_CLASSES);
+        rest = after;
+        let answer = match job.want {
+            Want::Probabilities => Answer::Probabilities(mine.to_vec()),
+            Want::Prediction { file, top_k } => {
+                Answer::Prediction(classifier.prediction(file, mine, top_k))
+            }
+        };
+        let _ = job.reply.send(Ok(answer));
+    }
+}
+
+fn fail(batch: Vec<Job>, message: &str) {
+    for job in batch {
+        let _ = job.reply.send(Err(message.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ModelConfig, Weights};
+
+    fn model() -> LoadedModel {
+        let classes = (0..NUM_CLASSES).map(|i| format!("c{i}")).collect();
+        LoadedModel {
+            config: ModelConfig::new(8, classes),
+            weights: Weights::init(8, 3),
+            provenance: None,
+            path: "test.maas".into(),
+        }
+    }
+
+    fn start(config: BatchConfig) -> (Batcher, Worker, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let (b, w) = Batcher::start(
+            model(),
+            crate::device::Selected::cpu().device,
+            config,
+            Arc::clone(&metrics),
+        )
+        .unwrap();
+        (b, w, metrics)
+    }
+
+    fn input(seed: usize) -> Vec<f32> {
+        (0..INPUT_LEN)
+            .map(|i| ((i * 31 + seed * 7) % 255) as f32 / 255.0)
+            .collect()
+    }
+
+    fn deadline() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(30)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_a_pass_and_get_their_own_rows() {
+        let (batcher, worker, metrics) = start(BatchConfig {
+            max_batch: 64,
+            max_wait: Duration::from_millis(200),
+            max_queue: 64,
+        });
+        assert!(batcher.is_ready());
+        let alone = Classifier::new(&model(), &crate::device::Selected::cpu().device);
+        let mut tasks = Vec::new();
+        for seed in 0..8 {
+            let b = batcher.clone();
+            tasks.push(tokio::spawn(async move {
+                b.run(input(seed), 1, Want::Probabilities, deadline()).await
+            }));
+        }
+        for (seed, task) in tasks.into_iter().enumerate() {
+            let Answer::Probabilities(p) = task.await.unwrap().unwrap() else {
+                panic!("wrong answer kind")
+            };
+            let expected = alone.probabilities(&input(seed)).unwrap();
+            for (a, b) in p.iter().zip(&expected) {
+                assert!((a - b).abs() < 1e-6, "request {seed}: {a} vs {b}");
+            }
+        }
+        // Eight requests within 200 ms: far fewer passes than requests.
+        let text = metrics.render();
+        let passes: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("maas_batch_size_count "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(passes < 8.0, "{passes} passes for 8 requests");
+        drop(batcher);
+        worker.join();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_is_refused_at_once() {
+        // No worker drains this queue of one, so the second request finds it full.
+        let (queue, _jobs) = std::sync::mpsc::sync_channel(1);
+        let metrics = Arc::new(Metrics::new());
+        let batcher = Batcher {
+            queue,
+            ready: Arc::new(AtomicBool::new(true)),
+            metrics: Arc::clone(&metrics),
+        };
+        let waiting = batcher.clone();
+        let first = tokio::spawn(async move {
+            waiting
+                .run(input(0), 1, Want::Probabilities, deadline())
+                .await
+        });
+        while metrics.queue_depth.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let started = std::time::Instant::now();
+        let err = batcher
+            .run(input(1), 1, Want::Probabilities, deadline())
+            .await
+            .unwrap_err();
+        assert_eq!(err.status.as_u16(), 503, "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refusal was not immediate"
+        );
+        assert_eq!(metrics.queue_depth.load(Ordering::Relaxed), 1);
+        first.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn predictions_carry_labels_and_a_late_answer_times_out() {
+        let (batcher, worker, _) = start(BatchConfig {
+            max_batch: 8,
+            max_wait: Duration::from_millis(300),
+            max_queue: 8,
+        });
+        let want = Want::Prediction {
+            file: "x.png".into(),
+            top_k: 3,
+        };
+        let Answer::Prediction(p) = batcher.run(input(1), 1, want, deadline()).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((p.file.as_str(), p.top_k.len()), ("x.png", 3));
+        assert!(p.label.starts_with('c'));
+        let soon = tokio::time::Instant::now() + Duration::from_millis(20);
+        let err = batcher
+            .run(input(2), 1, Want::Probabilities, soon)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status.as_u16(), 503);
+        drop(batcher);
+        worker.join();
+    }
+}

@@ -1,0 +1,178 @@
+//! `maas serve`: the model over HTTP.
+//!
+//! [`routes`] speaks the Open Inference Protocol (KServe v2) with its binary tensor extension
+//! ([`protocol`]), `/v1/predict` and `/metrics` ([`metrics`]); [`batcher`] gathers concurrent
+//! requests into one forward pass on a thread of its own; [`auth`] checks API keys. This module
+//! puts them together: load the model, bind, serve until SIGTERM or Ctrl-C, then finish the
+//! requests in flight.
+
+mod auth;
+mod base64;
+mod batcher;
+mod error;
+mod metrics;
+mod protocol;
+mod routes;
+mod state;
+mod tensor_data;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use axum::Router;
+
+use self::auth::Keys;
+use self::batcher::{BatchConfig, Batcher};
+use self::metrics::Metrics;
+use self::state::AppState;
+use crate::cli::ServeArgs;
+use crate::device::Selected;
+use crate::export::load_model;
+use crate::progress::Reporter;
+
+/// Extra time, beyond the request timeout, that shutdown waits for connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Loads the model, serves it until SIGTERM or Ctrl-C, and returns once the requests in flight
+/// are answered.
+pub fn run(
+    args: &ServeArgs,
+    model_path: &Path,
+    selected: &Selected,
+    reporter: &Reporter,
+) -> Result<()> {
+    // Keys first: a bad key file should fail before the model is loaded, not after.
+    let keys = Keys::from_args(args.api_key.as_deref(), args.api_key_file.as_deref())?;
+    let metrics = Arc::new(Metrics::new());
+    let started = Instant::now();
+    let loaded = load_model(model_path)?;
+    let classes = loaded.config.classes.clone();
+    let config = BatchConfig {
+        max_batch: args.max_batch as usize,
+        max_wait: Duration::from_millis(args.max_wait_ms),
+        max_queue: args.max_queue as usize,
+    };
+    let (batcher, worker) = Batcher::start(
+        loaded,
+        selected.device.clone(),
+        config,
+        Arc::clone(&metrics),
+    )?;
+    metrics.set_model_load_seconds(started.elapsed().as_secs_f64());
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let state = AppState::new(
+        args.model_name.clone(),
+        classes,
+        batcher,
+        metrics,
+        timeout,
+        args.max_body_bytes,
+        args.max_queue as usize,
+    );
+    let has_keys = keys.is_some();
+    let app = routes::router(state, keys);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("maas-http")
+        .build()
+        .context("cannot start the async runtime")?;
+    let announce = |addr: SocketAddr| {
+        if !addr.ip().is_loopback() && !has_keys {
+            eprintln!(
+                "maas: warning: listening on {addr}, beyond this machine, with no API key: anyone who can reach it \
+                 may use the model; pass --api-key or --api-key-file"
+            );
+        }
+        // Printed even with --quiet: with --port 0 it is the only way to learn the port.
+        eprintln!(
+            "listening on http://{addr} (model {} from {}, device {})",
+            args.model_name,
+            model_path.display(),
+            selected.description
+        );
+    };
+    let result = runtime.block_on(serve(
+        app,
+        &args.host,
+        args.port,
+        timeout + SHUTDOWN_GRACE,
+        announce,
+        reporter,
+    ));
+    // Dropping the runtime drops the router and with it every handle on the batcher, which lets
+    // the model thread see its queue close and end.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    worker.join();
+    result
+}
+
+async fn serve(
+    app: Router,
+    host: &str,
+    port: u16,
+    grace: Duration,
+    announce: impl FnOnce(SocketAddr),
+    reporter: &Reporter,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{port}"))?;
+    announce(
+        listener
+            .local_addr()
+            .context("cannot read the bound address")?,
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|s| *s).await;
+    });
+    let mut server = tokio::spawn(server.into_future());
+    tokio::select! {
+        ended = &mut server => return ended.context("the server task failed")?.context("the server failed"),
+        signal = shutdown_signal() => reporter.info(format!("{signal}: finishing the requests in flight, then stopping")),
+    }
+    let _ = stop.send(true);
+    match tokio::time::timeout(grace, server).await {
+        Ok(ended) => ended
+            .context("the server task failed")?
+            .context("the server failed"),
+        Err(_) => {
+            // A client that keeps a connection open without finishing a request must not hold the
+            // process forever; every request had its own deadline, so nothing real is cut short.
+            reporter.info("connections still open after the grace period: closing them");
+            Ok(())
+        }
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM (what `docker stop` and Kubernetes send) and names it.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        // A signal whose handler cannot be installed is one that cannot arrive: wait on the other.
+        let terminate = async {
+            match signal(SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            Ok(()) = tokio::signal::ctrl_c() => "interrupted",
+            () = terminate => "SIGTERM",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => "interrupted",
+            Err(_) => std::future::pending().await,
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The routes: the Open Inference Protocol (KServe v2), `/v1/predict` and `/metrics`.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::{self, Keys};
+use super::batcher::{Answer, Want};
+use super::error::ApiError;
+use super::protocol::{self, INPUT_NAME, MODEL_VERSION, OUTPUT_NAME};
+use super::state::AppState;
+use crate::data::preprocess::{SIDE, image_bytes_to_input};
+use crate::model::NUM_CLASSES;
+
+/// Every route; all but health and metrics need a key when `keys` is given.
+pub fn router(state: AppState, keys: Option<Keys>) -> Router {
+    let mut protected = Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready),
+        )
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer))
+        .route("/v1/predict", post(predict));
+    if let Some(keys) = keys {
+        protected = protected.route_layer(middleware::from_fn_with_state(keys, auth::require_key));
+    }
+    let max_body = state.max_body;
+    Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .merge(protected)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// Counts every answer by route template and status, and times it.
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .observe_request(&route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// A `/v2/models/{name}[/versions/{version}]` path naming the served model; 404 otherwise.
+struct ServedModel;
+
+impl FromRequestParts<AppState> for ServedModel {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let name = params.get("name").map_or("", String::as_str);
+        if name != state.model_name {
+            return Err(ApiError::not_found(format!(
+                "unknown model '{name}'; this server serves '{}'",
+                state.model_name
+            )));
+        }
+        if let Some(version) = params
+            .get("version")
+            .filter(|v| v.as_str() != MODEL_VERSION)
+        {
+            return Err(ApiError::not_found(format!(
+                "model '{name}' has no version '{version}'; its one version is '{MODEL_VERSION}'"
+            )));
+        }
+        Ok(ServedModel)
+    }
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({ "live": true }))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.batcher.is_ready() {
+        return Json(json!({ "ready": true })).into_response();
+    }
+    ApiError::unavailable("the model is not loaded").into_response()
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({ "name": "maas", "version": crate::VERSION, "extensions": ["binary_tensor_data"] }))
+}
+
+async fn model_metadata(State(state): State<AppState>, _: ServedModel) -> Json<Value> {
+    Json(json!({
+        "name": state.model_name,
+        "versions": [MODEL_VERSION],
+        "platform": "maas",
+        "inputs": [{ "name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 3, SIDE, SIDE] }],
+        "outputs": [{ "name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, NUM_CLASSES] }],
+        "classes": state.classes,
+    }))
+}
+
+async fn model_ready(State(state): State<AppState>, _: ServedModel) -> Response {
+    if state.batcher.is_ready() {
+        return Json(json!({ "name": state.model_name, "ready": true })).into_response();
+    }
+    ApiError::unavailable(format!("model '{}' is not loaded", state.model_name)).into_response()
+}
+
+async fn infer(
+    State(state): State<AppState>,
+    _: ServedModel,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let deadline = state.deadline();
+    let _place = state.admit()?;
+    let header_length = protocol::header_length(request.headers())?;
+    let body = state.read_body(request, deadline).await?;
+    let (id, binary, values, rows) = state
+        .decode(deadline, move || {
+            let request = protocol::parse(&body, header_length)?;
+            let (values, rows) = request.input.into_values()?;
+            Ok((request.id, request.binary_output, values, rows))
+        })
+        .await?;
+    match state
+        .batcher
+        .run(values, rows, Want::Probabilities, deadline)
+        .await?
+    {
+        Answer::Probabilities(p) => {
+            protocol::response(&state.model_name, id.as_deref(), binary, &p)
+        }
+        Answer::Prediction(_) => Err(ApiError::internal(
+            "the model answered with the wrong kind of result",
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PredictQuery {
+    name: Option<String>,
+    top_k: Option<usize>,
+}
+
+/// One image file as the body; the answer is one entry of `predict --json`.
+async fn predict(
+    State(state): State<AppState>,
+    query: Result<Query<PredictQuery>, QueryRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let top_k = query.top_k.unwrap_or(3);
+    if !(1..=NUM_CLASSES).contains(&top_k) {
+        return Err(ApiError::bad_request(format!(
+            "top_k must be 1 to {NUM_CLASSES}"
+        )));
+    }
+    let file = query.name.unwrap_or_else(|| "request".into());
+    let deadline = state.deadline();
+    let _place = state.admit()?;
+    let body = state.read_body(request, deadline).await?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty body: send an image file (PNG, JPEG, ...) as the request body",
+        ));
+    }
+    let values = state
+        .decode(deadline, move || {
+            image_bytes_to_input(&body)
+                .map_err(|e| ApiError::bad_request(format!("cannot read the image: {e:#}")))
+        })
+        .await?;
+    match state
+        .batcher
+        .run(values, 1, Want::Prediction { file, top_k }, deadline)
+        .await?
+    {
+        Answer::Prediction(p) => Ok(Json(p).into_response()),
+        Answer::Probabilities(_) => Err(ApiError::internal(
+            "the model answered with the wrong kind of result",
+        )),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

@@ -1,0 +1,187 @@
+//! What every request handler shares, and the steps every body-carrying request goes through:
+//! admission, reading the body before the deadline, and decoding off the async threads.
+
+use std::ops::Deref;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, timeout_at};
+
+use super::batcher::Batcher;
+use super::error::ApiError;
+use super::metrics::Metrics;
+
+/// The shared state, cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+/// The contents of [`AppState`].
+pub struct Shared {
+    /// The name clients use in `/v2/models/NAME`.
+    pub model_name: String,
+    /// Class names, in output order.
+    pub classes: Vec<String>,
+    /// The way to the model.
+    pub batcher: Batcher,
+    /// What `/metrics` reports.
+    pub metrics: Arc<Metrics>,
+    /// Longest a request may take, reading its body included.
+    pub timeout: Duration,
+    /// Largest body accepted.
+    pub max_body: usize,
+    /// Requests being read, decoded or waiting for the model: bounds the bodies held in memory.
+    admission: Arc<Semaphore>,
+    /// Decodes running at once: decoding is CPU work, more than the cores only queues it.
+    decoders: Arc<Semaphore>,
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// The state of a server; `max_pending` requests may hold a body at once.
+    pub fn new(
+        model_name: String,
+        classes: Vec<String>,
+        batcher: Batcher,
+        metrics: Arc<Metrics>,
+        timeout: Duration,
+        max_body: usize,
+        max_pending: usize,
+    ) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self(Arc::new(Shared {
+            model_name,
+            classes,
+            batcher,
+            metrics,
+            timeout,
+            max_body,
+            admission: Arc::new(Semaphore::new(max_pending.max(1))),
+            decoders: Arc::new(Semaphore::new(cores)),
+        }))
+    }
+
+    /// When a request that starts now must be answered.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
+    }
+
+    /// A place among the requests in progress, or 503 at once when there is none: waiting for
+    /// one would let an overload pile up connections and bodies.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.admission)
+            .try_acquire_owned()
+            .map_err(|_| {
+                ApiError::unavailable(
+                    "the server is busy: too many requests in progress; retry later",
+                )
+            })
+    }
+
+    /// The whole body, within the size limit and the deadline: a slow client gets 408 and holds
+    /// only its own connection meanwhile.
+    pub async fn read_body(&self, request: Request, deadline: Instant) -> Result<Bytes, ApiError> {
+        let limit = self.max_body;
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let mut body = request.into_body();
+        let read = async {
+            if declared.is_some_and(|n| n > limit as u64) {
+                discard(&mut body).await;
+                return Err(too_large(limit));
+            }
+            let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(limit));
+            while let Some(frame) =
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            {
+                let frame = frame.map_err(|e| {
+                    ApiError::bad_request(format!("cannot read the request body: {e}"))
+                })?;
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if buf.len() + data.len() > limit {
+                    discard(&mut body).await;
+                    return Err(too_large(limit));
+                }
+                buf.extend_from_slice(&data);
+            }
+            Ok(Bytes::from(buf))
+        };
+        timeout_at(deadline, read).await.unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} ms",
+                    self.timeout.as_millis()
+                ),
+            ))
+        })
+    }
+
+    /// Runs CPU-heavy decoding (JSON, images) on the blocking pool rather than on the async
+    /// threads that serve every connection.
+    pub async fn decode<T, F>(&self, deadline: Instant, work: F) -> Result<T, ApiError>
+    where
+        F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let late = || ApiError::unavailable("timed out decoding the request; retry later");
+        let permit = timeout_at(deadline, Arc::clone(&self.decoders).acquire_owned())
+            .await
+            .map_err(|_| late())?
+            .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        });
+        match timeout_at(deadline, task).await {
+            Err(_) => Err(late()),
+            Ok(Err(_)) => Err(ApiError::internal(
+                "decoding the request failed unexpectedly",
+            )),
+            Ok(Ok(result)) => result,
+        }
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is larger than the limit of {limit} bytes"),
+    )
+}
+
+/// Most bytes of a refused body read and thrown away.
+const DISCARD_LIMIT: usize = 64 << 20;
+/// Longest time spent doing so.
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and drops what is left of a refused body, up to a bound. Closing a connection that
+/// still has unread data makes the kernel reset it, and a client still sending then sees a broken
+/// pipe instead of the 413; draining first lets it finish and read the answer.
+async fn discard(body: &mut Body) {
+    let drain = async {
+        let mut seen = 0;
+        while seen < DISCARD_LIMIT {
+            match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
+}

@@ -1,0 +1,338 @@
+//! The commands as users and scripts run them: train, export, predict, and their errors.
+
+mod common;
+
+use common::{Look, Workspace, save_image};
+use maas::checkpoint::Checkpoint;
+use maas::data::cifar10::{self, Split};
+use maas::data::synthetic;
+use maas::export::load_model;
+
+#[test]
+fn train_learns_the_dataset_and_leaves_every_file() {
+    let ws = Workspace::new(100, 200);
+    let summary = ws.train(&[]);
+    assert_eq!(summary["epochs"], 3);
+    let acc = summary["final_test_accuracy"].as_f64().unwrap();
+    assert!(
+        acc > 0.9,
+        "test accuracy {acc} on a dataset a linear model separates"
+    );
+    assert!(summary["samples_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(summary["history"].as_array().unwrap().len(), 3);
+    for f in [
+        "epoch-001.ckpt",
+        "epoch-002.ckpt",
+        "epoch-003.ckpt",
+        "best.ckpt",
+        "last.ckpt",
+        "run.json",
+        "metrics.csv",
+    ] {
+        assert!(ws.path("checkpoints").join(f).is_file(), "{f} is missing");
+    }
+    let csv = std::fs::read_to_string(ws.path("checkpoints/metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4);
+    assert!(csv.starts_with("epoch,train_loss,train_accuracy,test_loss,test_accuracy"));
+    let best = Checkpoint::load(&ws.path("checkpoints/best.ckpt")).unwrap();
+    assert_eq!(
+        best.meta.best_epoch,
+        summary["best_epoch"].as_u64().unwrap() as usize
+    );
+    assert_eq!(best.meta.model.classes[3], "cat");
+    let leftovers: Vec<_> = std::fs::read_dir(ws.path("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary files left behind: {leftovers:?}"
+    );
+}
+
+#[test]
+fn json_prints_only_json_on_stdout() {
+    let ws = Workspace::new(20, 50);
+    let out = ws.ok(&["train", "--epochs", "1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("stdout is one JSON document");
+    assert!(
+        v["checkpoints"]["best"]
+            .as_str()
+            .unwrap()
+            .ends_with("best.ckpt")
+    );
+}
+
+#[test]
+fn same_seed_gives_identical_weights_and_metrics() {
+    let a = Workspace::new(40, 50);
+    let b = Workspace::new(40, 50);
+    a.train(&["--seed", "7"]);
+    b.train(&["--seed", "7"]);
+    let ca = Checkpoint::load(&a.path("checkpoints/last.ckpt")).unwrap();
+    let cb = Checkpoint::load(&b.path("checkpoints/last.ckpt")).unwrap();
+    assert_eq!(ca.weights, cb.weights);
+    assert_eq!(ca.adam, cb.adam);
+    for (x, y) in ca.meta.history.iter().zip(&cb.meta.history) {
+        assert_eq!(
+            (x.train_loss, x.test_accuracy),
+            (y.train_loss, y.test_accuracy)
+        );
+    }
+    let c = Workspace::new(40, 50);
+    c.train(&["--seed", "8"]);
+    assert_ne!(
+        Checkpoint::load(&c.path("checkpoints/last.ckpt"))
+            .unwrap()
+            .weights,
+        ca.weights
+    );
+}
+
+#[test]
+fn resume_ends_with_the_same_weights_as_an_uninterrupted_run() {
+    let straight = Workspace::new(40, 50);
+    straight.ok(&["train", "--epochs", "5", "--batch-size", "16", "--quiet"]);
+    let resumed = Workspace::new(40, 50);
+    resumed.ok(&["train", "--epochs", "3", "--batch-size", "16", "--quiet"]);
+    let (code, out, err) = resumed.run(&["train", "--epochs", "5", "--resume", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("resuming"), "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["epochs_this_run"], 2);
+    let a = Checkpoint::load(&straight.path("checkpoints/last.ckpt")).unwrap();
+    let b = Checkpoint::load(&resumed.path("checkpoints/last.ckpt")).unwrap();
+    assert_eq!(a.weights, b.weights);
+    assert_eq!(a.adam, b.adam);
+    assert_eq!(b.meta.history.len(), 5);
+}
+
+#[test]
+fn resume_refuses_other_hyper_parameters_and_train_refuses_to_overwrite() {
+    let ws = Workspace::new(10, 20);
+    ws.ok(&["train", "--epochs", "1", "--hidden", "8", "--quiet"]);
+    let (code, _, err) = ws.run(&["train", "--epochs", "2", "--resume", "--hidden", "16"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--hidden 8") && err.contains("last.ckpt"),
+        "{err}"
+    );
+    let (code, _, err) = ws.run(&["train", "--epochs", "2"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--resume") && err.contains("--overwrite"),
+        "{err}"
+    );
+    ws.ok(&["train", "--epochs", "1", "--overwrite", "--quiet"]);
+}
+
+#[test]
+fn export_then_predict_images_of_every_kind() {
+    let ws = Workspace::new(100, 200);
+    let summary = ws.train(&[]);
+    let out = ws.ok(&["export", "--json"]);
+    let exported: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(exported["provenance"]["epochs"], summary["best_epoch"]);
+    let model = load_model(&ws.path("model.maas")).unwrap();
+    assert_eq!(model.config.classes.len(), 10);
+    assert!(model.provenance.unwrap().test_accuracy > 0.9);
+
+    // Test images saved as files of other formats, sizes and colour types.
+    let test =
+        cifar10::load_split(&ws.path("data/cifar-10-batches-bin"), Split::Test, None).unwrap();
+    let looks = [
+        ("png", Look::Rgb, 32),
+        ("jpg", Look::Rgb, 64),
+        ("png", Look::Rgba, 20),
+        ("bmp", Look::Rgb, 50),
+    ];
+    let mut files = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..40 {
+        let (ext, look, size) = looks[i % looks.len()];
+        let name = format!("img{i}.{ext}");
+        save_image(test.image(i), &ws.path(&name), look, size);
+        files.push(name);
+        labels.push(synthetic::CLASS_NAMES[test.label(i) as usize]);
+    }
+    let mut args = vec!["predict", "--json", "--top-k", "2"];
+    args.extend(files.iter().map(String::as_str));
+    let report: serde_json::Value = serde_json::from_str(&ws.ok(&args)).unwrap();
+    assert_eq!(report["model"], "model.maas");
+    let predictions = report["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), 40);
+    assert!(report["errors"].as_array().unwrap().is_empty());
+    let mut right = 0;
+    for (p, (file, label)) in predictions.iter().zip(files.iter().zip(&labels)) {
+        assert_eq!(p["file"], file.as_str());
+        assert_eq!(p["top_k"].as_array().unwrap().len(), 2);
+        assert_eq!(p["top_k"][0]["label"], p["label"]);
+        assert_eq!(p["index"], p["top_k"][0]["index"]);
+        let prob = p["probability"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&prob));
+        right += usize::from(p["label"] == *label);
+    }
+    assert!(
+        right >= 36,
+        "only {right} of 40 image files classified right"
+    );
+
+    // The table for people.
+    let table = ws.ok(&["predict", "img0.png", "img1.jpg"]);
+    assert!(table.starts_with("FILE"), "{table}");
+    assert_eq!(table.lines().count(), 3);
+    assert!(table.contains(labels[0]));
+}
+
+#[test]
+fn colour_alone_is_learnt_and_predicted_from_png() {
+    // Classes 0 (red), 1 (green) and 2 (blue) differ by channel only: a layout or channel-order
+    // mismatch between training and prediction would swap them.
+    let ws = Workspace::new(100, 200);
+    ws.train(&[]);
+    let mut args = vec!["predict".to_string(), "--json".into()];
+    for class in 0..3 {
+        let name = format!("c{class}.png");
+        save_image(
+            &synthetic::sample_image(class, 99),
+            &ws.path(&name),
+            Look::Rgb,
+            32,
+        );
+        args.push(name);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report: serde_json::Value = serde_json::from_str(&ws.ok(&args)).unwrap();
+    for class in 0..3 {
+        assert_eq!(report["predictions"][class]["index"], class);
+    }
+}
+
+#[test]
+fn predict_falls_back_to_the_best_checkpoint_and_says_so() {
+    let ws = Workspace::new(20, 50);
+    ws.train(&[]);
+    save_image(
+        &synthetic::sample_image(2, 1),
+        &ws.path("x.png"),
+        Look::Rgb,
+        32,
+    );
+    let (code, out, err) = ws.run(&["predict", "x.png", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("best.ckpt"), "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(report["model"].as_str().unwrap().ends_with("best.ckpt"));
+}
+
+#[test]
+fn a_bad_image_is_reported_while_the_good_ones_are_classified() {
+    let ws = Workspace::new(20, 50);
+    ws.train(&[]);
+    save_image(
+        &synthetic::sample_image(1, 1),
+        &ws.path("good.png"),
+        Look::Rgb,
+        32,
+    );
+    std::fs::write(ws.path("text.png"), "this is not an image").unwrap();
+    let (code, out, err) = ws.run(&["predict", "--json", "good.png", "text.png", "missing.png"]);
+    assert_eq!(code, 1);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["predictions"].as_array().unwrap().len(), 1);
+    let errors = report["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2);
+    assert_eq!(errors[0]["file"], "text.png");
+    assert_eq!(errors[1]["file"], "missing.png");
+    assert!(!err.contains("panicked"), "{err}");
+    let (code, out, err) = ws.run(&["--quiet", "predict", "good.png", "text.png"]);
+    assert_eq!(code, 1);
+    assert_eq!(out.lines().count(), 2);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("text.png"), "{err}");
+}
+
+#[test]
+fn damaged_models_are_one_clear_error() {
+    let ws = Workspace::new(20, 50);
+    ws.train(&[]);
+    ws.ok(&["export"]);
+    save_image(
+        &synthetic::sample_image(1, 1),
+        &ws.path("x.png"),
+        Look::Rgb,
+        32,
+    );
+    let bytes = std::fs::read(ws.path("model.maas")).unwrap();
+    std::fs::write(ws.path("cut.maas"), &bytes[..bytes.len() / 2]).unwrap();
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x01;
+    std::fs::write(ws.path("flipped.maas"), &flipped).unwrap();
+    std::fs::write(ws.path("foreign.maas"), b"PK\x03\x04 a zip file").unwrap();
+    for (file, problem) in [
+        ("cut.maas", "truncated"),
+        ("flipped.maas", "checksum"),
+        ("foreign.maas", "not a maas"),
+    ] {
+        let (code, out, err) = ws.run(&["predict", "--model", file, "x.png"]);
+        assert_eq!(code, 1, "{file}");
+        assert!(out.is_empty());
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(file) && err.contains(problem), "{file}: {err}");
+    }
+}
+
+#[test]
+fn dataset_problems_name_the_file() {
+    let ws = Workspace::new(10, 20);
+    let bin = ws.path("data/cifar-10-batches-bin/data_batch_2.bin");
+    let mut bytes = std::fs::read(&bin).unwrap();
+    bytes.truncate(bytes.len() - 100);
+    std::fs::write(&bin, bytes).unwrap();
+    let (code, _, err) = ws.run(&["train", "--epochs", "1"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("data_batch_2.bin") && err.contains("3073"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("maas: error")).count(),
+        1,
+        "{err}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    let ws = Workspace::new(1, 1);
+    for args in [
+        &["train", "--epochs", "0"][..],
+        &["train", "--batch-size", "0"],
+        &["train", "--lr", "-1"],
+        &["predict", "--top-k", "11", "x.png"],
+        &["predict"],
+        &["--device", "tpu", "predict", "x.png"],
+        &["frobnicate"],
+    ] {
+        let (code, _, err) = ws.run(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn no_model_yet_says_what_to_do() {
+    let ws = Workspace::new(1, 1);
+    save_image(
+        &synthetic::sample_image(1, 1),
+        &ws.path("x.png"),
+        Look::Rgb,
+        32,
+    );
+    let (code, _, err) = ws.run(&["predict", "x.png"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("maas train"), "{err}");
+    let (code, _, err) = ws.run(&["export"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("best.ckpt"), "{err}");
+}

@@ -1,0 +1,95 @@
+//! Helpers shared by the integration tests: a scratch folder with a generated dataset, and the
+//! real `maas` binary run inside it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use image::{DynamicImage, ImageFormat, RgbImage};
+use maas::data::synthetic;
+
+/// A scratch folder holding `data/cifar-10-batches-bin` of a learnable synthetic dataset.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// `train_per_file` records in each of the five training files, `test` test records.
+    pub fn new(train_per_file: usize, test: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        synthetic::write_cifar10_dir(
+            &dir.path().join("data/cifar-10-batches-bin"),
+            train_per_file,
+            test,
+            1,
+        )
+        .unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `maas` with the given arguments, run in the workspace on the CPU with no bars.
+    pub fn maas(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::cargo_bin("maas").unwrap();
+        cmd.current_dir(self.dir.path())
+            .env_remove("MAAS_MODEL")
+            .env_remove("MAAS_DATA")
+            .env_remove("MAAS_CHECKPOINTS")
+            .env("MAAS_DEVICE", "cpu")
+            .env("MAAS_PROGRESS", "never")
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .args(args);
+        cmd
+    }
+
+    /// Runs `maas` and returns (exit code, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.maas(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs `maas` expecting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(code, 0, "maas {args:?} failed:\n{err}");
+        out
+    }
+
+    /// Trains a small model quickly (the default checkpoints folder) and returns `train --json`.
+    pub fn train(&self, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["train", "--epochs", "3", "--batch-size", "16", "--json"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&self.ok(&args)).unwrap()
+    }
+}
+
+/// How to save a test image.
+#[derive(Clone, Copy, Debug)]
+pub enum Look {
+    Rgb,
+    Grey,
+    Rgba,
+}
+
+/// Writes a channel-major 32x32 image as `path` (format from the extension), resized to `size`.
+pub fn save_image(chw: &[u8], path: &Path, look: Look, size: u32) {
+    let rgb = RgbImage::from_raw(32, 32, synthetic::chw_to_hwc(chw)).unwrap();
+    let mut img = DynamicImage::ImageRgb8(rgb);
+    if size != 32 {
+        img = img.resize_exact(size, size, image::imageops::FilterType::Nearest);
+    }
+    let img = match look {
+        Look::Rgb => img,
+        Look::Grey => DynamicImage::ImageLuma8(img.to_luma8()),
+        Look::Rgba => DynamicImage::ImageRgba8(img.to_rgba8()),
+    };
+    let format = ImageFormat::from_path(path).unwrap();
+    img.save_with_format(path, format).unwrap();
+}

@@ -1,0 +1,906 @@
+//! `maas serve` as clients see it: the real binary on a free loopback port, called over HTTP the
+//! way the Triton and KServe clients, curl and Prometheus call it.
+// The helpers below are test code too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Look, Workspace, save_image};
+use maas::data::preprocess::image_bytes_to_input;
+use maas::data::synthetic;
+use serde_json::{Value, json};
+
+/// A running `maas serve`, killed when dropped so that a failing test leaves no process behind.
+struct Server {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `maas --device cpu serve --port 0 --model model.maas EXTRA...` in the workspace and
+    /// waits for its `listening on` line.
+    fn start(ws: &Workspace, extra: &[&str]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_maas"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("MAAS_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.current_dir(ws.dir.path())
+            .env("MAAS_PROGRESS", "never")
+            .args([
+                "--device",
+                "cpu",
+                "serve",
+                "--port",
+                "0",
+                "--model",
+                "model.maas",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (found, address) = mpsc::channel();
+        let lines = Arc::clone(&log);
+        // Keeps draining stderr for the server's whole life so that it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("listening on http://") {
+                    let _ = found.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut server = Server {
+            child,
+            base: String::new(),
+            log,
+        };
+        match address.recv_timeout(Duration::from_secs(120)) {
+            Ok(addr) => server.base = format!("http://{addr}"),
+            Err(_) => {
+                let _ = server.child.kill();
+                panic!("no `listening on` line; stderr:\n{}", server.stderr());
+            }
+        }
+        assert!(
+            server.base.starts_with("http://127.0.0.1:"),
+            "{}",
+            server.base
+        );
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn stderr(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        send(agent().get(&self.url(path)), None)
+    }
+
+    fn post(&self, path: &str, body: &[u8]) -> Reply {
+        send(agent().post(&self.url(path)), Some(body))
+    }
+
+    fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.post(path, &serde_json::to_vec(body).unwrap())
+    }
+
+    /// Waits for the process to end and returns its exit code.
+    fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build()
+}
+
+/// An HTTP answer, whatever its status.
+struct Reply {
+    status: u16,
+    content_type: String,
+    header_length: Option<usize>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts the documented error shape: this status and `{"error": MESSAGE}`.
+    fn assert_error(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert!(
+            self.content_type.starts_with("application/json"),
+            "{}",
+            self.content_type
+        );
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message: {}", self.text()))
+            .to_string()
+    }
+}
+
+fn send(request: ureq::Request, body: Option<&[u8]>) -> Reply {
+    let result = match body {
+        Some(body) => request.send_bytes(body),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("request failed: {e}"),
+    };
+    let status = response.status();
+    let content_type = response
+        .header("content-type")
+        .unwrap_or_default()
+        .to_string();
+    let header_length = response
+        .header("inference-header-content-length")
+        .map(|v| v.parse().unwrap());
+    let mut body = Vec::new();
+    response.into_reader().read_to_end(&mut body).unwrap();
+    Reply {
+        status,
+        content_type,
+        header_length,
+        body,
+    }
+}
+
+fn post_with(server: &Server, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut request = agent().post(&server.url(path));
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
+    send(request, Some(body))
+}
+
+fn get_with(server: &Server, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = agent().get(&server.url(path));
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
+    send(request, None)
+}
+
+/// A workspace with a small trained model exported as `model.maas`.
+fn workspace_with_model() -> Workspace {
+    let ws = Workspace::new(20, 50);
+    ws.ok(&["train", "--epochs", "2", "--quiet"]);
+    ws.ok(&["export", "-o", "model.maas", "--quiet"]);
+    ws
+}
+
+/// Writes `n` test images of different classes, sizes and colour types; returns (name, bytes).
+fn images(ws: &Workspace, n: usize) -> Vec<(String, Vec<u8>)> {
+    let looks = [
+        (Look::Rgb, 32),
+        (Look::Grey, 48),
+        (Look::Rgba, 20),
+        (Look::Rgb, 64),
+    ];
+    (0..n)
+        .map(|i| {
+            let name = format!("img{i}.png");
+            let (look, size) = looks[i % looks.len()];
+            save_image(
+                &synthetic::sample_image(i, 100 + i as u64),
+                &ws.path(&name),
+                look,
+                size,
+            );
+            (name.clone(), std::fs::read(ws.path(&name)).unwrap())
+        })
+        .collect()
+}
+
+/// `maas predict --json --top-k 10` on the images: every class's probability, per image.
+fn predict_probabilities(ws: &Workspace, names: &[String]) -> Vec<Vec<f32>> {
+    let mut args = vec![
+        "predict",
+        "--json",
+        "--top-k",
+        "10",
+        "--model",
+        "model.maas",
+    ];
+    args.extend(names.iter().map(String::as_str));
+    let report: Value = serde_json::from_str(&ws.ok(&args)).unwrap();
+    report["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let mut row = vec![f32::NAN; 10];
+            for r in p["top_k"].as_array().unwrap() {
+                row[r["index"].as_u64().unwrap() as usize] =
+                    r["probability"].as_f64().unwrap() as f32;
+            }
+            row
+        })
+        .collect()
+}
+
+/// The FP32 tensor of the images, made by the same preprocessing `predict` uses.
+fn fp32_tensor(images: &[(String, Vec<u8>)]) -> Vec<f32> {
+    images
+        .iter()
+        .flat_map(|(_, bytes)| image_bytes_to_input(bytes).unwrap())
+        .collect()
+}
+
+fn infer_json(values: &[f32], rows: usize) -> Value {
+    json!({"id": "req-42", "inputs": [{"name": "input", "shape": [rows, 3, 32, 32], "datatype": "FP32", "data": values}]})
+}
+
+fn output_data(reply: &Reply) -> Vec<f32> {
+    let v = reply.json();
+    v["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn assert_close(got: &[f32], expected: &[Vec<f32>]) {
+    let flat: Vec<f32> = expected.iter().flatten().copied().collect();
+    assert_eq!(got.len(), flat.len());
+    for (i, (a, b)) in got.iter().zip(&flat).enumerate() {
+        assert!((a - b).abs() <= 1e-5, "value {i}: served {a}, predict {b}");
+    }
+}
+
+/// A body as `tritonclient.http` builds it with binary inputs: the JSON header, then raw bytes.
+fn binary_body(header: &Value, raw: &[u8]) -> (Vec<u8>, String) {
+    let mut body = serde_json::to_vec(header).unwrap();
+    let len = body.len().to_string();
+    body.extend_from_slice(raw);
+    (body, len)
+}
+
+/// Standard base64 with padding, to build requests the way clients do.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn health_metadata_and_readiness_follow_the_v2_protocol() {
+    let ws = workspace_with_model();
+    let server = Server::start(&ws, &[]);
+    assert!(
+        server
+            .stderr()
+            .contains("(model maas from model.maas, device cpu"),
+        "{}",
+        server.stderr()
+    );
+    let live = server.get("/v2/health/live");
+    assert_eq!((live.status, live.json()), (200, json!({"live": true})));
+    let ready = server.get("/v2/health/ready");
+    assert_eq!((ready.status, ready.json()), (200, json!({"ready": true})));
+    let meta = server.get("/v2").json();
+    assert_eq!(meta["name"], "maas");
+    assert_eq!(meta["version"], maas::VERSION);
+    assert_eq!(meta["extensions"], json!(["binary_tensor_data"]));
+    for path in ["/v2/models/maas", "/v2/models/maas/versions/1"] {
+        let model = server.get(path);
+        assert_eq!(model.status, 200, "{path}");
+        let model = model.json();
+        assert_eq!(model["name"], "maas");
+        assert_eq!(model["platform"], "maas");
+        assert_eq!(
+            model["inputs"],
+            json!([{"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}])
+        );
+        assert_eq!(
+            model["outputs"],
+            json!([{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}])
+        );
+        assert_eq!(model["classes"][3], "cat");
+    }
+    for path in ["/v2/models/maas/ready", "/v2/models/maas/versions/1/ready"] {
+        assert_eq!(server.get(path).json()["ready"], true, "{path}");
+    }
+    assert!(
+        server
+            .get("/v2/models/resnet")
+            .assert_error(404)
+            .contains("resnet")
+    );
+    server.get("/v2/models/resnet/ready").assert_error(404);
+    server.get("/v2/models/maas/versions/7").assert_error(404);
+    server
+        .post("/v2/models/resnet/infer", b"{}")
+        .assert_error(404);
+    server.get("/nothing/here").assert_error(404);
+    server.get("/v2/models/maas/infer").assert_error(405);
+}
+
+#[test]
+fn json_infer_agrees_with_predict() {
+    let ws = workspace_with_model();
+    let imgs = images(&ws, 3);
+    let names: Vec<String> = imgs.iter().map(|(n, _)| n.clone()).collect();
+    let expected = predict_probabilities(&ws, &names);
+    let server = Server::start(&ws, &[]);
+    let values = fp32_tensor(&imgs);
+    let reply = server.post_json("/v2/models/maas/infer", &infer_json(&values, 3));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.header_length.is_none());
+    let v = reply.json();
+    assert_eq!(
+        (v["model_name"].as_str(), v["id"].as_str()),
+        (Some("maas"), Some("req-42"))
+    );
+    assert_eq!(v["outputs"][0]["name"], "probabilities");
+    assert_eq!(v["outputs"][0]["datatype"], "FP32");
+    assert_eq!(v["outputs"][0]["shape"], json!([3, 10]));
+    assert_close(&output_data(&reply), &expected);
+    // Nested data, the versioned path and an explicit JSON output ask for the same thing.
+    let nested: Vec<Vec<f32>> = values.chunks(32).map(<[f32]>::to_vec).collect();
+    let body = json!({
+        "inputs": [{"name": "input", "shape": [3, 3, 32, 32], "datatype": "FP32", "data": nested}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": false}}]
+    });
+    let reply = server.post_json("/v2/models/maas/versions/1/infer", &body);
+    assert!(reply.json().get("id").is_none());
+    assert_close(&output_data(&reply), &expected);
+}
+
+#[test]
+fn binary_tensor_extension_agrees_with_predict() {
+    let ws = workspace_with_model();
+    let imgs = images(&ws, 3);
+    let names: Vec<String> = imgs.iter().map(|(n, _)| n.clone()).collect();
+    let expected = predict_probabilities(&ws, &names);
+    let server = Server::start(&ws, &[]);
+    let raw: Vec<u8> = fp32_tensor(&imgs)
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    // What tritonclient.http sends by default: binary inputs and, with no outputs named,
+    // binary_data_output for all of them.
+    let header = json!({
+        "id": "t1",
+        "inputs": [{"name": "input", "shape": [3, 3, 32, 32], "datatype": "FP32", "parameters": {"binary_data_size": raw.len()}}],
+        "parameters": {"binary_data_output": true}
+    });
+    let (body, len) = binary_body(&header, &raw);
+    let reply = post_with(
+        &server,
+        "/v2/models/maas/infer",
+        &[("Inference-Header-Content-Length", &len)],
+        &body,
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.content_type, "application/octet-stream");
+    let json_len = reply
+        .header_length
+        .expect("Inference-Header-Content-Length on a binary response");
+    let head: Value = serde_json::from_slice(&reply.body[..json_len]).unwrap();
+    assert_eq!(head["id"], "t1");
+    let output = &head["outputs"][0];
+    assert_eq!(
+        (output["name"].as_str(), output["datatype"].as_str()),
+        (Some("probabilities"), Some("FP32"))
+    );
+    assert_eq!(output["shape"], json!([3, 10]));
+    assert_eq!(output["parameters"]["binary_data_size"], 120);
+    assert!(output.get("data").is_none());
+    let probs: Vec<f32> = reply.body[json_len..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_close(&probs, &expected);
+    // Binary in, JSON out, when the output asks for it.
+    let header = json!({
+        "inputs": [{"name": "input", "shape": [3, 3, 32, 32], "datatype": "FP32", "parameters": {"binary_data_size": raw.len()}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": false}}]
+    });
+    let (body, len) = binary_body(&header, &raw);
+    let reply = post_with(
+        &server,
+        "/v2/models/maas/infer",
+        &[("Inference-Header-Content-Length", &len)],
+        &body,
+    );
+    assert!(reply.header_length.is_none());
+    assert_close(&output_data(&reply), &expected);
+    // NaN in a binary tensor is refused, and the server stays up.
+    let mut bad = raw.clone();
+    bad[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
+    let (body, len) = binary_body(&header, &bad);
+    let message = post_with(
+        &server,
+        "/v2/models/maas/infer",
+        &[("Inference-Header-Content-Length", &len)],
+        &body,
+    )
+    .assert_error(400);
+    assert!(message.contains("NaN"), "{message}");
+    let (body, _) = binary_body(&header, &raw);
+    post_with(
+        &server,
+        "/v2/models/maas/infer",
+        &[("Inference-Header-Content-Length", "999999")],
+        &body,
+    )
+    .assert_error(400);
+    assert_eq!(server.get("/v2/health/ready").status, 200);
+}
+
+#[test]
+fn bytes_input_takes_encoded_images_in_json_and_binary() {
+    let ws = workspace_with_model();
+    let imgs = images(&ws, 3);
+    let names: Vec<String> = imgs.iter().map(|(n, _)| n.clone()).collect();
+    let expected = predict_probabilities(&ws, &names);
+    let server = Server::start(&ws, &[]);
+    let data = json!([base64(&imgs[0].1), {"b64": base64(&imgs[1].1)}, base64(&imgs[2].1)]);
+    let body =
+        json!({"inputs": [{"name": "input", "shape": [3], "datatype": "BYTES", "data": data}]});
+    let reply = server.post_json("/v2/models/maas/infer", &body);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_close(&output_data(&reply), &expected);
+    let mut raw = Vec::new();
+    for (_, bytes) in &imgs {
+        raw.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        raw.extend_from_slice(bytes);
+    }
+    let header = json!({"inputs": [{"name": "input", "shape": [3], "datatype": "BYTES", "parameters": {"binary_data_size": raw.len()}}]});
+    let (body, len) = binary_body(&header, &raw);
+    let reply = post_with(
+        &server,
+        "/v2/models/maas/infer",
+        &[("Inference-Header-Content-Length", &len)],
+        &body,
+    );
+    assert_close(&output_data(&reply), &expected);
+    let body = json!({"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "data": [base64(b"not an image")]}]});
+    let message = server
+        .post_json("/v2/models/maas/infer", &body)
+        .assert_error(400);
+    assert!(message.contains("element 0"), "{message}");
+}
+
+#[test]
+fn v1_predict_answers_like_predict_json() {
+    let ws = workspace_with_model();
+    let imgs = images(&ws, 2);
+    let server = Server::start(&ws, &[]);
+    for (name, bytes) in &imgs {
+        let report: Value =
+            serde_json::from_str(&ws.ok(&["predict", "--json", "--model", "model.maas", name]))
+                .unwrap();
+        let expected = &report["predictions"][0];
+        let got = server.post(&format!("/v1/predict?name={name}"), bytes);
+        assert_eq!(got.status, 200, "{}", got.text());
+        let got = got.json();
+        assert_eq!(got["file"], expected["file"]);
+        assert_eq!(got["label"], expected["label"]);
+        assert_eq!(got["index"], expected["index"]);
+        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&got), keys(expected));
+        let (a, b) = (
+            got["probability"].as_f64().unwrap(),
+            expected["probability"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        for (g, e) in got["top_k"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(expected["top_k"].as_array().unwrap())
+        {
+            assert_eq!((&g["label"], &g["index"]), (&e["label"], &e["index"]));
+            assert!(
+                (g["probability"].as_f64().unwrap() - e["probability"].as_f64().unwrap()).abs()
+                    < 1e-5
+            );
+        }
+    }
+    let unnamed = server.post("/v1/predict?top_k=5", &imgs[0].1).json();
+    assert_eq!(
+        (
+            unnamed["file"].as_str(),
+            unnamed["top_k"].as_array().unwrap().len()
+        ),
+        (Some("request"), 5)
+    );
+    assert!(
+        server
+            .post("/v1/predict", b"GIF89a garbage")
+            .assert_error(400)
+            .contains("image")
+    );
+    server.post("/v1/predict", b"").assert_error(400);
+    server
+        .post("/v1/predict?top_k=11", &imgs[0].1)
+        .assert_error(400);
+}
+
+#[test]
+fn malformed_requests_get_400_and_the_server_stays_up() {
+    let ws = workspace_with_model();
+    let server = Server::start(&ws, &[]);
+    let one = vec![0.5f32; 3072];
+    let cases = [
+        (b"this is not json".to_vec(), "malformed"),
+        (b"{\"inputs\": [".to_vec(), "malformed"),
+        (vec![0xff, 0x00, 0x13], "malformed"),
+        (serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, 3, 32], "datatype": "FP32", "data": one}]})).unwrap(), "shape"),
+        (serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [2, 3, 32, 32], "datatype": "FP32", "data": one}]})).unwrap(), "needs 6144"),
+        (serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "INT64", "data": one}]})).unwrap(), "datatype"),
+        (serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [[true]]}]})).unwrap(), "malformed"),
+        (serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [1e300]}]})).unwrap(), "3072"),
+    ];
+    for (body, expected) in cases {
+        let message = server
+            .post("/v2/models/maas/infer", &body)
+            .assert_error(400);
+        assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+    }
+    // A value too large for f32 would be infinity: refused, not computed.
+    let body = format!(
+        r#"{{"inputs":[{{"name":"input","shape":[1,3,32,32],"datatype":"FP32","data":[1e300{}]}}]}}"#,
+        ",0.5".repeat(3071)
+    );
+    assert!(
+        server
+            .post("/v2/models/maas/infer", body.as_bytes())
+            .assert_error(400)
+            .contains("infinite")
+    );
+    assert_eq!(
+        server
+            .post_json("/v2/models/maas/infer", &infer_json(&one, 1))
+            .status,
+        200
+    );
+}
+
+#[test]
+fn bodies_over_the_limit_get_413() {
+    let ws = workspace_with_model();
+    let imgs = images(&ws, 1);
+    let server = Server::start(&ws, &["--max-body-bytes", "4096"]);
+    let values = fp32_tensor(&imgs);
+    let message = server
+        .post_json("/v2/models/maas/infer", &infer_json(&values, 1))
+        .assert_error(413);
+    assert!(message.contains("4096"), "{message}");
+    // Bodies larger than socket buffers: the client must still be able to send it all and read 413.
+    server
+        .post("/v1/predict", &vec![7u8; 8 << 20])
+        .assert_error(413);
+    let chunked = agent()
+        .post(&server.url("/v1/predict"))
+        .send(std::io::Cursor::new(vec![7u8; 8 << 20]));
+    let Err(ureq::Error::Status(413, _)) = chunked else {
+        panic!("chunked oversize body: {chunked:?}")
+    };
+    // A small enough body still works.
+    assert_eq!(server.post("/v1/predict", &imgs[0].1).status, 200);
+}
+
+#[test]
+fn api_keys_guard_every_route_but_health_and_metrics() {
+    let ws = workspace_with_model();
+    let imgs = images(&ws, 1);
+    std::fs::write(
+        ws.path("keys.txt"),
+        "# who may call\n\nkey-for-alice\n  key-for-bob  \n",
+    )
+    .unwrap();
+    let server = Server::start(&ws, &["--api-key-file", "keys.txt"]);
+    assert!(!server.stderr().contains("key-for"), "a key was printed");
+    for path in ["/v2", "/v2/models/maas", "/v2/models/maas/ready"] {
+        assert!(
+            server.get(path).assert_error(401).contains("Bearer"),
+            "{path}"
+        );
+        get_with(&server, path, &[("Authorization", "Bearer key-for-eve")]).assert_error(401);
+        get_with(&server, path, &[("Authorization", "key-for-alice")]).assert_error(401);
+        assert_eq!(
+            get_with(&server, path, &[("Authorization", "Bearer key-for-alice")]).status,
+            200,
+            "{path}"
+        );
+    }
+    server.post("/v1/predict", &imgs[0].1).assert_error(401);
+    let bob = [("Authorization", "Bearer key-for-bob")];
+    assert_eq!(
+        post_with(&server, "/v1/predict", &bob, &imgs[0].1).status,
+        200
+    );
+    let body = serde_json::to_vec(&infer_json(&fp32_tensor(&imgs), 1)).unwrap();
+    server
+        .post("/v2/models/maas/infer", &body)
+        .assert_error(401);
+    assert_eq!(
+        post_with(&server, "/v2/models/maas/infer", &bob, &body).status,
+        200
+    );
+    for open in ["/v2/health/live", "/v2/health/ready", "/metrics"] {
+        assert_eq!(server.get(open).status, 200, "{open}");
+    }
+    assert!(!server.stderr().contains("key-for"), "a key was printed");
+}
+
+#[test]
+fn metrics_count_requests_batches_and_load_time() {
+    let ws = workspace_with_model();
+    let imgs = images(&ws, 2);
+    let server = Server::start(&ws, &[]);
+    let body = infer_json(&fp32_tensor(&imgs), 2);
+    for _ in 0..2 {
+        assert_eq!(server.post_json("/v2/models/maas/infer", &body).status, 200);
+    }
+    server
+        .post("/v2/models/maas/infer", b"nope")
+        .assert_error(400);
+    server.get("/v2/models/other").assert_error(404);
+    let reply = server.get("/metrics");
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.content_type.starts_with("text/plain"),
+        "{}",
+        reply.content_type
+    );
+    let text = reply.text();
+    for line in [
+        "maas_requests_total{route=\"/v2/models/{name}/infer\",status=\"200\"} 2",
+        "maas_requests_total{route=\"/v2/models/{name}/infer\",status=\"400\"} 1",
+        "maas_requests_total{route=\"/v2/models/{name}\",status=\"404\"} 1",
+        "maas_request_duration_seconds_count{route=\"/v2/models/{name}/infer\"} 3",
+        "maas_batch_size_count 2",
+        "maas_batch_size_sum 4",
+        "maas_queue_depth 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    assert!(text.contains("# TYPE maas_request_duration_seconds histogram"));
+    let load: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("maas_model_load_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(load > 0.0 && load < 60.0, "{load}");
+}
+
+#[test]
+fn a_burst_of_concurrent_clients_all_succeed_in_shared_batches() {
+    let ws = workspace_with_model();
+    let imgs = images(&ws, 4);
+    let names: Vec<String> = imgs.iter().map(|(n, _)| n.clone()).collect();
+    let expected = predict_probabilities(&ws, &names);
+    let server = Server::start(&ws, &["--max-wait-ms", "20"]);
+    let url = server.url("/v2/models/maas/infer");
+    let clients: Vec<_> = (0..64)
+        .map(|i| {
+            let url = url.clone();
+            let values = fp32_tensor(&imgs[i % 4..i % 4 + 1]);
+            std::thread::spawn(move || {
+                let body = serde_json::to_vec(&infer_json(&values, 1)).unwrap();
+                (i % 4, send(agent().post(&url), Some(&body)))
+            })
+        })
+        .collect();
+    for client in clients {
+        let (which, reply) = client.join().unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_close(&output_data(&reply), &expected[which..=which]);
+    }
+    let text = server.get("/metrics").text();
+    let passes: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("maas_batch_size_count "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        passes < 64.0,
+        "64 concurrent requests took {passes} forward passes: no batching"
+    );
+}
+
+#[test]
+fn slow_clients_time_out_and_a_full_server_answers_503() {
+    let ws = workspace_with_model();
+    let imgs = images(&ws, 1);
+    let server = Server::start(&ws, &["--max-queue", "1", "--timeout-ms", "1500"]);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    // A client that announces 1000 bytes and sends 10, holding the only place.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let busy = server.post("/v1/predict", &imgs[0].1).assert_error(503);
+    assert!(busy.contains("busy"), "{busy}");
+    // Others are not blocked meanwhile.
+    assert_eq!(server.get("/v2/health/ready").status, 200);
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("{\"error\":"), "{answer}");
+    assert_eq!(server.post("/v1/predict", &imgs[0].1).status, 200);
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight_then_exits_0() {
+    let ws = workspace_with_model();
+    let imgs = images(&ws, 1);
+    // Requests wait up to a second for a batch to fill: long enough to signal while they do.
+    let mut server = Server::start(&ws, &["--max-wait-ms", "1000"]);
+    let url = server.url("/v1/predict");
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, bytes) = (url.clone(), imgs[0].1.clone());
+            std::thread::spawn(move || send(agent().post(&url), Some(&bytes)))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for client in clients {
+        let reply = client.join().unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert!(reply.json()["label"].is_string());
+    }
+    let code = server.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "stderr:\n{}", server.stderr());
+    assert!(server.stderr().contains("SIGTERM"), "{}", server.stderr());
+    let addr = server.base.trim_start_matches("http://").to_string();
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "still accepting after exit"
+    );
+}
+
+#[test]
+fn binding_beyond_loopback_without_a_key_warns() {
+    let ws = workspace_with_model();
+    // --port 0 on every interface; the test still talks only to 127.0.0.1.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_maas"));
+    cmd.current_dir(ws.dir.path())
+        .args([
+            "--device",
+            "cpu",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--model",
+            "model.maas",
+        ])
+        .env_remove("MAAS_API_KEY")
+        .env_remove("MAAS_API_KEY_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
+        let Some(Ok(line)) = lines.next() else { break };
+        let done = line.starts_with("listening on");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let all = seen.join("\n");
+    assert!(
+        all.contains("warning") && all.contains("no API key"),
+        "{all}"
+    );
+    assert!(all.contains("listening on http://0.0.0.0:"), "{all}");
+}
+
+#[test]
+fn missing_key_file_and_bad_model_fail_before_listening() {
+    let ws = workspace_with_model();
+    let (code, _, err) = ws.run(&[
+        "serve",
+        "--port",
+        "0",
+        "--model",
+        "model.maas",
+        "--api-key-file",
+        "absent.txt",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("absent.txt") && !err.contains("listening"),
+        "{err}"
+    );
+    std::fs::write(ws.path("broken.maas"), b"not a model").unwrap();
+    let (code, _, err) = ws.run(&["serve", "--port", "0", "--model", "broken.maas"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains("listening"), "{err}");
+}
