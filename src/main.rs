@@ -8,6 +8,16 @@ use clap::Parser;
 use maas::cli::{Cli, run};
 use maas::train::Interrupted;
 
+/// Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set" on every adapter they open
+/// when the variable is missing (headless servers, containers, CI); maas draws no windows, so any
+/// private folder will do.
+fn quiet_the_vulkan_loader() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: called at the start of `main`, before any other thread exists.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
+}
+
 fn main() -> ExitCode {
     // A panic is a bug, but the user still gets one line rather than a backtrace.
     std::panic::set_hook(Box::new(|info| {
@@ -20,6 +30,7 @@ fn main() -> ExitCode {
         eprintln!("maas: internal error: {message} (please report this)");
     }));
     let cli = Cli::parse();
+    quiet_the_vulkan_loader();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     // The first Ctrl-C lets the step in flight finish so no file is left half-written; a

@@ -1,4 +1,5 @@
 //! The commands as users and scripts run them: train, export, predict, and their errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
 mod common;
 
@@ -335,4 +336,52 @@ fn no_model_yet_says_what_to_do() {
     let (code, _, err) = ws.run(&["export"]);
     assert_eq!(code, 1);
     assert!(err.contains("best.ckpt"), "{err}");
+}
+
+#[test]
+fn ctrl_c_stops_after_the_step_in_flight_and_keeps_the_last_checkpoint() {
+    let ws = Workspace::new(400, 100);
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("maas"))
+        .current_dir(ws.path(""))
+        .args([
+            "--device",
+            "cpu",
+            "--progress",
+            "never",
+            "train",
+            "--epochs",
+            "100000",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let last = ws.path("checkpoints/last.ckpt");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !last.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint was written"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("--resume"),
+        "{err}"
+    );
+    let saved = Checkpoint::load(&last).unwrap();
+    let next = (saved.meta.epoch + 1).to_string();
+    ws.ok(&["train", "--resume", "--quiet", "--epochs", &next]);
+    assert_eq!(
+        Checkpoint::load(&last).unwrap().meta.epoch,
+        saved.meta.epoch + 1
+    );
 }

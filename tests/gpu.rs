@@ -1,5 +1,6 @@
 //! The GPU path (burn's wgpu backend), run for real: on a software Vulkan device (llvmpipe) where
 //! the machine has no GPU. `.ci/run` installs it. Kept to a handful of steps: llvmpipe is slow.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
 mod common;
 

@@ -6,13 +6,13 @@
 //! swept away by the next download.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Result, anyhow, bail};
 use flate2::read::GzDecoder;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
+use indicatif::{ProgressBar, ProgressStyle};
 use md5::{Digest, Md5};
 
 use super::cifar10::{self, ALL_FILES, DIR_NAME};
@@ -400,11 +400,11 @@ fn remove_stale_temporaries(data: &Path) {
 fn byte_bar(total: Option<u64>) -> ProgressBar {
     let (bar, template) = match total {
         Some(total) => (
-            ProgressBar::with_draw_target(Some(total), stderr_target()),
+            ProgressBar::with_draw_target(Some(total), crate::progress::stderr_target()),
             "downloading [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
         ),
         None => (
-            ProgressBar::with_draw_target(None, stderr_target()),
+            ProgressBar::with_draw_target(None, crate::progress::stderr_target()),
             "downloading {spinner} {bytes} {binary_bytes_per_sec} {elapsed}",
         ),
     };
@@ -413,75 +413,6 @@ fn byte_bar(total: Option<u64>) -> ProgressBar {
         .progress_chars("=> ");
     bar.set_style(style);
     bar
-}
-
-/// indicatif hides bars when stderr is not a terminal; the caller asked for one, so draw it there
-/// anyway (e.g. `--progress always` in CI logs), at a calmer rate.
-fn stderr_target() -> ProgressDrawTarget {
-    if io::stderr().is_terminal() {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::term_like_with_hz(Box::new(PlainStderr), 2)
-    }
-}
-
-/// A terminal-like stderr that only assumes ANSI cursor codes.
-#[derive(Debug)]
-struct PlainStderr;
-
-impl PlainStderr {
-    fn write(&self, s: &str) -> io::Result<()> {
-        io::stderr().write_all(s.as_bytes())
-    }
-
-    fn move_cursor(&self, n: usize, code: char) -> io::Result<()> {
-        if n == 0 {
-            Ok(())
-        } else {
-            self.write(&format!("\x1b[{n}{code}"))
-        }
-    }
-}
-
-impl TermLike for PlainStderr {
-    fn width(&self) -> u16 {
-        std::env::var("COLUMNS")
-            .ok()
-            .and_then(|c| c.trim().parse().ok())
-            .unwrap_or(80)
-    }
-
-    fn move_cursor_up(&self, n: usize) -> io::Result<()> {
-        self.move_cursor(n, 'A')
-    }
-
-    fn move_cursor_down(&self, n: usize) -> io::Result<()> {
-        self.move_cursor(n, 'B')
-    }
-
-    fn move_cursor_right(&self, n: usize) -> io::Result<()> {
-        self.move_cursor(n, 'C')
-    }
-
-    fn move_cursor_left(&self, n: usize) -> io::Result<()> {
-        self.move_cursor(n, 'D')
-    }
-
-    fn write_line(&self, s: &str) -> io::Result<()> {
-        self.write(&format!("{s}\n"))
-    }
-
-    fn write_str(&self, s: &str) -> io::Result<()> {
-        self.write(s)
-    }
-
-    fn clear_line(&self) -> io::Result<()> {
-        self.write("\r\x1b[2K")
-    }
-
-    fn flush(&self) -> io::Result<()> {
-        io::stderr().flush()
-    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
+use super::state::refuse;
 
 /// The accepted keys; a request must present one of them.
 #[derive(Clone)]
@@ -97,11 +98,11 @@ pub async fn require_key(State(keys): State<Keys>, request: Request, next: Next)
     if keys.accepts(request.headers().get(axum::http::header::AUTHORIZATION)) {
         return next.run(request).await;
     }
-    ApiError::new(
+    let error = ApiError::new(
         StatusCode::UNAUTHORIZED,
         "missing or wrong API key: send the header `Authorization: Bearer KEY`",
-    )
-    .into_response()
+    );
+    refuse(request, error).await.into_response()
 }
 
 #[cfg(test)]

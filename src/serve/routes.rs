@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode, Uri, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,7 +18,7 @@ use super::auth::{self, Keys};
 use super::batcher::{Answer, Want};
 use super::error::ApiError;
 use super::protocol::{self, INPUT_NAME, MODEL_VERSION, OUTPUT_NAME};
-use super::state::AppState;
+use super::state::{AppState, refuse};
 use crate::data::preprocess::{SIDE, image_bytes_to_input};
 use crate::model::NUM_CLASSES;
 
@@ -131,12 +131,17 @@ async fn model_ready(State(state): State<AppState>, _: ServedModel) -> Response 
 
 async fn infer(
     State(state): State<AppState>,
-    _: ServedModel,
+    model: Result<ServedModel, ApiError>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let deadline = state.deadline();
-    let _place = state.admit()?;
-    let header_length = protocol::header_length(request.headers())?;
+    let checked = model
+        .and_then(|_| state.admit())
+        .and_then(|place| Ok((place, protocol::header_length(request.headers())?)));
+    let (_place, header_length) = match checked {
+        Ok(ok) => ok,
+        Err(e) => return Err(refuse(request, e).await),
+    };
     let body = state.read_body(request, deadline).await?;
     let (id, binary, values, rows) = state
         .decode(deadline, move || {
@@ -171,16 +176,23 @@ async fn predict(
     query: Result<Query<PredictQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let top_k = query.top_k.unwrap_or(3);
-    if !(1..=NUM_CLASSES).contains(&top_k) {
-        return Err(ApiError::bad_request(format!(
-            "top_k must be 1 to {NUM_CLASSES}"
-        )));
-    }
-    let file = query.name.unwrap_or_else(|| "request".into());
     let deadline = state.deadline();
-    let _place = state.admit()?;
+    let checked = query
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+        .and_then(|Query(query)| {
+            let top_k = query.top_k.unwrap_or(3);
+            if !(1..=NUM_CLASSES).contains(&top_k) {
+                return Err(ApiError::bad_request(format!(
+                    "top_k must be 1 to {NUM_CLASSES}"
+                )));
+            }
+            let file = query.name.unwrap_or_else(|| "request".into());
+            Ok((state.admit()?, file, top_k))
+        });
+    let (_place, file, top_k) = match checked {
+        Ok(ok) => ok,
+        Err(e) => return Err(refuse(request, e).await),
+    };
     let body = state.read_body(request, deadline).await?;
     if body.is_empty() {
         return Err(ApiError::bad_request(
@@ -216,13 +228,20 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+async fn not_found(request: Request) -> ApiError {
+    let message = format!("no route for {} {}", request.method(), request.uri().path());
+    refuse(request, ApiError::not_found(message)).await
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("{method} is not allowed on {}", uri.path()),
+async fn method_not_allowed(request: Request) -> ApiError {
+    let message = format!(
+        "{} is not allowed on {}",
+        request.method(),
+        request.uri().path()
+    );
+    refuse(
+        request,
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, message),
     )
+    .await
 }

@@ -170,6 +170,13 @@ const DISCARD_LIMIT: usize = 64 << 20;
 /// Longest time spent doing so.
 const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Answers `error` to a request refused before its body was read, reading the body first: see
+/// [`discard`].
+pub async fn refuse(request: Request, error: ApiError) -> ApiError {
+    discard(&mut request.into_body()).await;
+    error
+}
+
 /// Reads and drops what is left of a refused body, up to a bound. Closing a connection that
 /// still has unread data makes the kernel reset it, and a client still sending then sees a broken
 /// pipe instead of the 413; draining first lets it finish and read the answer.
