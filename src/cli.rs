@@ -284,8 +284,9 @@ fn run_train(
         print_json(&summary)?;
     } else {
         println!(
-            "trained {} epochs: test accuracy {:.4} (best {:.4} at epoch {}); checkpoints in {}",
+            "trained {} epoch{}: test accuracy {:.4} (best {:.4} at epoch {}); checkpoints in {}",
             summary.epochs,
+            if summary.epochs == 1 { "" } else { "s" },
             summary.final_test_accuracy,
             summary.best_test_accuracy,
             summary.best_epoch,
@@ -329,7 +330,7 @@ fn run_export(args: ExportArgs, reporter: &Reporter) -> Result<u8> {
         }))?;
     } else {
         println!(
-            "wrote {} ({size} bytes) from {}: {} epochs, test accuracy {:.4}",
+            "wrote {} ({size} bytes) from {}: epoch {}, test accuracy {:.4}",
             output.display(),
             checkpoint.display(),
             provenance.map_or(0, |p| p.epochs),
