@@ -137,12 +137,9 @@ pub struct ExportArgs {
     pub json: bool,
 }
 
-/// `maas predict`.
-#[derive(Debug, Args)]
-pub struct PredictArgs {
-    /// Image files (PNG, JPEG, GIF, BMP, TIFF, WebP, ...; any size, grey, RGB or RGBA).
-    #[arg(required = true, value_name = "IMAGE")]
-    pub images: Vec<PathBuf>,
+/// Where `predict` and `serve` find their model.
+#[derive(Debug, Clone, Args)]
+pub struct ModelSource {
     /// The model [default: model.maas, else the best checkpoint in --checkpoints].
     #[arg(long, value_name = "PATH", env = "MAAS_MODEL")]
     pub model: Option<PathBuf>,
@@ -154,6 +151,28 @@ pub struct PredictArgs {
         env = "MAAS_CHECKPOINTS"
     )]
     pub checkpoints: PathBuf,
+}
+
+impl ModelSource {
+    /// The model file to load: `--model`, else `model.maas`, else the best checkpoint (saying so).
+    pub fn resolve(&self, reporter: &Reporter) -> Result<PathBuf> {
+        let (path, note) = resolve_model(self.model.as_deref(), &self.checkpoints)?;
+        if let Some(note) = note {
+            reporter.info(note);
+        }
+        Ok(path)
+    }
+}
+
+/// `maas predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Image files (PNG, JPEG, GIF, BMP, TIFF, WebP, ...; any size, grey, RGB or RGBA).
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+    /// Which model to use.
+    #[command(flatten)]
+    pub source: ModelSource,
     /// How many of the most probable classes to list.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=10))]
     pub top_k: u8,
@@ -165,17 +184,9 @@ pub struct PredictArgs {
 /// `maas serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// The model [default: model.maas, else the best checkpoint in --checkpoints].
-    #[arg(long, value_name = "PATH", env = "MAAS_MODEL")]
-    pub model: Option<PathBuf>,
-    /// Folder whose best checkpoint is used when there is no model file.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "checkpoints",
-        env = "MAAS_CHECKPOINTS"
-    )]
-    pub checkpoints: PathBuf,
+    /// Which model to use.
+    #[command(flatten)]
+    pub source: ModelSource,
     /// Address to listen on; 0.0.0.0 listens on every interface.
     #[arg(long, default_value = "127.0.0.1", env = "MAAS_HOST")]
     pub host: String,
@@ -229,10 +240,7 @@ pub fn run(cli: Cli, stop: &AtomicBool) -> Result<u8> {
         Command::Export(args) => run_export(args, &reporter),
         Command::Predict(args) => run_predict(args, cli.device, &reporter),
         Command::Serve(args) => {
-            let (path, note) = resolve_model(args.model.as_deref(), &args.checkpoints)?;
-            if let Some(note) = note {
-                reporter.info(note);
-            }
+            let path = args.source.resolve(&reporter)?;
             let selected = select_device(cli.device, &reporter)?;
             crate::serve::run(&args, &path, &selected, &reporter)?;
             Ok(0)
@@ -345,10 +353,7 @@ fn run_export(args: ExportArgs, reporter: &Reporter) -> Result<u8> {
 }
 
 fn run_predict(args: PredictArgs, choice: DeviceChoice, reporter: &Reporter) -> Result<u8> {
-    let (path, note) = resolve_model(args.model.as_deref(), &args.checkpoints)?;
-    if let Some(note) = note {
-        reporter.info(note);
-    }
+    let path = args.source.resolve(reporter)?;
     let loaded = load_model(&path)?;
     let selected = select_device(choice, reporter)?;
     let classifier = Classifier::new(&loaded, &selected.device);
