@@ -341,7 +341,7 @@ fn no_model_yet_says_what_to_do() {
 #[test]
 fn ctrl_c_stops_after_the_step_in_flight_and_keeps_the_last_checkpoint() {
     let ws = Workspace::new(400, 100);
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("maas"))
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("maas"))
         .current_dir(ws.path(""))
         .args([
             "--device",

@@ -57,15 +57,16 @@ impl Server {
         // Keeps draining stderr for the server's whole life so that it never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("listening on http://") {
-                    let _ = found.send(
-                        rest.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string(),
-                    );
-                }
+                // Logged before the address is announced, so a test that has the address also
+                // sees the line.
+                let address = line
+                    .strip_prefix("listening on http://")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(str::to_string);
                 lines.lock().unwrap().push(line);
+                if let Some(address) = address {
+                    let _ = found.send(address);
+                }
             }
         });
         let mut server = Server {
@@ -382,6 +383,12 @@ fn health_metadata_and_readiness_follow_the_v2_protocol() {
     server
         .post("/v2/models/resnet/infer", b"{}")
         .assert_error(404);
+    server
+        .post("/v2/models/resnet/infer", &vec![b' '; 8 << 20])
+        .assert_error(404);
+    server
+        .post("/v2/nothing", &vec![b' '; 8 << 20])
+        .assert_error(404);
     server.get("/nothing/here").assert_error(404);
     server.get("/v2/models/maas/infer").assert_error(405);
 }
@@ -687,6 +694,10 @@ fn api_keys_guard_every_route_but_health_and_metrics() {
     server
         .post("/v2/models/maas/infer", &body)
         .assert_error(401);
+    // Refused before its body is read, a large body must still get its answer, not a reset.
+    server
+        .post("/v2/models/maas/infer", &vec![b' '; 8 << 20])
+        .assert_error(401);
     assert_eq!(
         post_with(&server, "/v2/models/maas/infer", &bob, &body).status,
         200
@@ -804,38 +815,67 @@ fn slow_clients_time_out_and_a_full_server_answers_503() {
     assert_eq!(server.post("/v1/predict", &imgs[0].1).status, 200);
 }
 
+/// Sends a request's head and the first half of its body, leaving it in flight.
+fn start_slow_request(addr: &str, path: &str, body: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body[..body.len() / 2]).unwrap();
+    stream
+}
+
+/// Sends the rest of the body and reads the whole answer (the server closes the connection).
+fn finish_slow_request(mut stream: TcpStream, body: &[u8]) -> String {
+    stream.write_all(&body[body.len() / 2..]).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
 #[test]
 fn sigterm_finishes_requests_in_flight_then_exits_0() {
     let ws = workspace_with_model();
     let imgs = images(&ws, 1);
-    // Requests wait up to a second for a batch to fill: long enough to signal while they do.
-    let mut server = Server::start(&ws, &["--max-wait-ms", "1000"]);
-    let url = server.url("/v1/predict");
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (url, bytes) = (url.clone(), imgs[0].1.clone());
-            std::thread::spawn(move || send(agent().post(&url), Some(&bytes)))
-        })
+    let mut server = Server::start(&ws, &["--max-wait-ms", "50"]);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let png = &imgs[0].1;
+    let in_flight: Vec<_> = (0..3)
+        .map(|_| start_slow_request(&addr, "/v1/predict", png))
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(200));
     let killed = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    for client in clients {
-        let reply = client.join().unwrap();
-        assert_eq!(reply.status, 200, "{}", reply.text());
-        assert!(reply.json()["label"].is_string());
+    // New connections are refused while the requests in flight go on.
+    let refused = Instant::now();
+    while TcpStream::connect(&addr).is_ok() {
+        assert!(
+            refused.elapsed() < Duration::from_secs(10),
+            "still accepting after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        server.child.try_wait().unwrap(),
+        None,
+        "exited with requests in flight"
+    );
+    for stream in in_flight {
+        let answer = finish_slow_request(stream, png);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("\"label\":"), "{answer}");
     }
     let code = server.wait(Duration::from_secs(20));
     assert_eq!(code, Some(0), "stderr:\n{}", server.stderr());
     assert!(server.stderr().contains("SIGTERM"), "{}", server.stderr());
-    let addr = server.base.trim_start_matches("http://").to_string();
-    assert!(
-        TcpStream::connect(addr).is_err(),
-        "still accepting after exit"
-    );
 }
 
 #[test]

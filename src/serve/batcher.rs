@@ -4,8 +4,9 @@
 //! GPU) work that would stall every connection sharing an async worker. Requests reach it
 //! through a bounded queue, so an overload is answered with 503 instead of growing memory
 //! without limit. The worker takes the first request, then keeps gathering until the batch holds
-//! `max_batch` images or `max_wait` has passed, runs the model once and answers each request
-//! through its own oneshot channel.
+//! `max_batch` images, `max_wait` has passed, or every request in progress has joined (so a lone
+//! client pays no wait), runs the model once and answers each request through its own oneshot
+//! channel.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -214,6 +215,10 @@ fn work(classifier: &Classifier, jobs: &Receiver<Job>, config: BatchConfig, metr
         let mut rows = first.rows;
         let mut batch = vec![first];
         while rows < config.max_batch {
+            // Every request admitted is already here: waiting could only add latency.
+            if batch.len() >= metrics.in_progress.load(Ordering::Relaxed) {
+                break;
+            }
             let next = match deadline.checked_duration_since(Instant::now()) {
                 Some(left) if !left.is_zero() => jobs.recv_timeout(left),
                 _ => jobs.try_recv().map_err(|_| RecvTimeoutError::Timeout),
@@ -331,6 +336,8 @@ mod tests {
             max_queue: 64,
         });
         assert!(batcher.is_ready());
+        // As the routes would count them: eight requests in progress, so the worker waits for all.
+        metrics.in_progress.store(8, Ordering::Relaxed);
         let alone = Classifier::new(&model(), &crate::device::Selected::cpu().device);
         let mut tasks = Vec::new();
         for seed in 0..8 {
@@ -396,7 +403,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn predictions_carry_labels_and_a_late_answer_times_out() {
-        let (batcher, worker, _) = start(BatchConfig {
+        let (batcher, worker, metrics) = start(BatchConfig {
             max_batch: 8,
             max_wait: Duration::from_millis(300),
             max_queue: 8,
@@ -411,6 +418,8 @@ mod tests {
         };
         assert_eq!((p.file.as_str(), p.top_k.len()), ("x.png", 3));
         assert!(p.label.starts_with('c'));
+        // Another request in progress makes the worker wait max_wait for it, past this deadline.
+        metrics.in_progress.store(2, Ordering::Relaxed);
         let soon = tokio::time::Instant::now() + Duration::from_millis(20);
         let err = batcher
             .run(input(2), 1, Want::Probabilities, soon)

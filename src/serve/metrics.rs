@@ -80,6 +80,9 @@ pub struct Metrics {
     load_seconds: AtomicU64,
     /// Requests accepted by the batcher and not yet taken by the worker.
     pub queue_depth: AtomicUsize,
+    /// Requests admitted to the model routes and not yet answered; the batcher stops waiting
+    /// for more once every one of them is in its batch.
+    pub in_progress: AtomicUsize,
 }
 
 impl Default for Metrics {
@@ -102,6 +105,7 @@ impl Metrics {
             batches: Mutex::new(Histogram::new(&BATCH_BUCKETS)),
             load_seconds: AtomicU64::new(0f64.to_bits()),
             queue_depth: AtomicUsize::new(0),
+            in_progress: AtomicUsize::new(0),
         }
     }
 
@@ -164,6 +168,15 @@ impl Metrics {
             out,
             "maas_queue_depth {}",
             self.queue_depth.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP maas_requests_in_progress Requests being read, decoded or run by the model.\n",
+        );
+        out.push_str("# TYPE maas_requests_in_progress gauge\n");
+        let _ = writeln!(
+            out,
+            "maas_requests_in_progress {}",
+            self.in_progress.load(Ordering::Relaxed)
         );
         out
     }
@@ -353,6 +366,7 @@ mod tests {
         assert_eq!(value(&samples, "maas_batch_size_sum", &[]), 68.0);
         assert_eq!(value(&samples, "maas_model_load_seconds", &[]), 0.25);
         assert_eq!(value(&samples, "maas_queue_depth", &[]), 7.0);
+        assert_eq!(value(&samples, "maas_requests_in_progress", &[]), 0.0);
         // Buckets are cumulative: never decreasing, ending at the count.
         for family in [
             "maas_batch_size_bucket",
@@ -375,7 +389,7 @@ mod tests {
     #[test]
     fn empty_metrics_still_render_every_family() {
         let (types, samples) = parse(&Metrics::new().render());
-        assert_eq!(types.len(), 5);
+        assert_eq!(types.len(), 6);
         assert_eq!(value(&samples, "maas_batch_size_count", &[]), 0.0);
     }
 }

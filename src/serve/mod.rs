@@ -82,8 +82,8 @@ pub fn run(
     let announce = |addr: SocketAddr| {
         if !addr.ip().is_loopback() && !has_keys {
             eprintln!(
-                "maas: warning: listening on {addr}, beyond this machine, with no API key: anyone who can reach it \
-                 may use the model; pass --api-key or --api-key-file"
+                "maas: warning: listening on {addr}, beyond this machine, with no API key: \
+                 anyone who can reach it may use the model; pass --api-key or --api-key-file"
             );
         }
         // Printed even with --quiet: with --port 0 it is the only way to learn the port.
@@ -132,14 +132,14 @@ async fn serve(
     });
     let mut server = tokio::spawn(server.into_future());
     tokio::select! {
-        ended = &mut server => return ended.context("the server task failed")?.context("the server failed"),
-        signal = shutdown_signal() => reporter.info(format!("{signal}: finishing the requests in flight, then stopping")),
+        ended = &mut server => return outcome(ended),
+        signal = shutdown_signal() => {
+            reporter.info(format!("{signal}: finishing the requests in flight, then stopping"));
+        }
     }
     let _ = stop.send(true);
     match tokio::time::timeout(grace, server).await {
-        Ok(ended) => ended
-            .context("the server task failed")?
-            .context("the server failed"),
+        Ok(ended) => outcome(ended),
         Err(_) => {
             // A client that keeps a connection open without finishing a request must not hold the
             // process forever; every request had its own deadline, so nothing real is cut short.
@@ -147,6 +147,12 @@ async fn serve(
             Ok(())
         }
     }
+}
+
+fn outcome(ended: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<()> {
+    ended
+        .context("the server task failed")?
+        .context("the server failed")
 }
 
 /// Waits for Ctrl-C or SIGTERM (what `docker stop` and Kubernetes send) and names it.

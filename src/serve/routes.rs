@@ -48,6 +48,8 @@ pub fn router(state: AppState, keys: Option<Keys>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track))
+        // The model routes read bodies themselves (AppState::read_body); this keeps the same limit
+        // on any extractor that buffers one.
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

@@ -4,6 +4,7 @@
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
@@ -19,6 +20,18 @@ use super::metrics::Metrics;
 /// The shared state, cheap to clone.
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
+
+/// A request's place among those in progress, given back when it is dropped.
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.metrics.in_progress.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// The contents of [`AppState`].
 pub struct Shared {
@@ -79,14 +92,19 @@ impl AppState {
 
     /// A place among the requests in progress, or 503 at once when there is none: waiting for
     /// one would let an overload pile up connections and bodies.
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        Arc::clone(&self.admission)
+    pub fn admit(&self) -> Result<Admission, ApiError> {
+        let permit = Arc::clone(&self.admission)
             .try_acquire_owned()
             .map_err(|_| {
                 ApiError::unavailable(
                     "the server is busy: too many requests in progress; retry later",
                 )
-            })
+            })?;
+        self.metrics.in_progress.fetch_add(1, Ordering::Relaxed);
+        Ok(Admission {
+            _permit: permit,
+            metrics: Arc::clone(&self.metrics),
+        })
     }
 
     /// The whole body, within the size limit and the deadline: a slow client gets 408 and holds
@@ -168,7 +186,7 @@ fn too_large(limit: usize) -> ApiError {
 /// Most bytes of a refused body read and thrown away.
 const DISCARD_LIMIT: usize = 64 << 20;
 /// Longest time spent doing so.
-const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+const DISCARD_TIME: Duration = Duration::from_secs(5);
 
 /// Answers `error` to a request refused before its body was read, reading the body first: see
 /// [`discard`].
