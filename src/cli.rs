@@ -7,8 +7,10 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::data::cifar10::{self, Split};
 use crate::data::download::{self, DownloadOptions};
 use crate::device::{self, DeviceChoice};
+use crate::eval;
 use crate::export::{self, load_model, resolve_model};
 use crate::predict::{Classifier, render_table};
 use crate::progress::{ProgressMode, Reporter};
@@ -27,7 +29,7 @@ use crate::train::{self, TrainOptions};
     after_help = "Exit codes: 0 success, 1 a failure at run time, 2 a usage error, 130 interrupted."
 )]
 pub struct Cli {
-    /// Where the model runs: a GPU when there is one (auto), the CPU, or a GPU or nothing.
+    /// Where the model runs.
     #[arg(long, global = true, value_enum, default_value_t = DeviceChoice::Auto, env = "MAAS_DEVICE")]
     pub device: DeviceChoice,
     /// Print only results and errors.
@@ -50,6 +52,8 @@ pub enum Command {
     Export(ExportArgs),
     /// Classify image files.
     Predict(PredictArgs),
+    /// Measure the model on the test split: accuracy, per-class figures, confusion matrix.
+    Eval(EvalArgs),
     /// Serve the model over HTTP (Open Inference Protocol / KServe v2, and /v1/predict).
     Serve(ServeArgs),
 }
@@ -72,9 +76,9 @@ pub struct TrainArgs {
     /// Seed of the initial weights and of each epoch's shuffle [default: 42].
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// Folder holding cifar-10-batches-bin/ (downloaded there when missing).
-    #[arg(long, value_name = "DIR", default_value = "data", env = "MAAS_DATA")]
-    pub data: PathBuf,
+    /// The dataset.
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Folder for checkpoints, metrics.csv and run.json.
     #[arg(
         long,
@@ -95,12 +99,35 @@ pub struct TrainArgs {
     /// Print the run's summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where the CIFAR-10 files are, and where to fetch them from when they are missing.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// Folder holding cifar-10-batches-bin/ (downloaded there when missing).
+    #[arg(long, value_name = "DIR", default_value = "data", env = "MAAS_DATA")]
+    pub data: PathBuf,
     /// Where to download CIFAR-10 from when it is missing (a mirror).
     #[arg(long, value_name = "URL", default_value = download::DEFAULT_URL, env = "MAAS_CIFAR10_URL")]
     pub cifar10_url: String,
     /// The MD5 the downloaded archive must have.
     #[arg(long, value_name = "HEX", default_value = download::ARCHIVE_MD5, env = "MAAS_CIFAR10_MD5", hide_short_help = true)]
     pub cifar10_md5: String,
+}
+
+impl DataArgs {
+    /// The `cifar-10-batches-bin` folder, downloaded first when missing.
+    pub fn ensure(&self, reporter: &Reporter) -> Result<PathBuf> {
+        download::ensure_cifar10(
+            &self.data,
+            &DownloadOptions {
+                url: self.cifar10_url.clone(),
+                md5: self.cifar10_md5.to_lowercase(),
+                progress: reporter.bars,
+                quiet: reporter.quiet,
+            },
+        )
+    }
 }
 
 /// Output formats of `maas export`.
@@ -181,6 +208,23 @@ pub struct PredictArgs {
     pub json: bool,
 }
 
+/// `maas eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Which model to use.
+    #[command(flatten)]
+    pub source: ModelSource,
+    /// The dataset; its test split is evaluated.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Exit with 1 when the accuracy is below this (0-1), to gate a release in CI.
+    #[arg(long, value_name = "ACCURACY", value_parser = unit_interval)]
+    pub fail_under: Option<f64>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `maas serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -224,6 +268,14 @@ pub struct ServeArgs {
     pub api_key_file: Option<PathBuf>,
 }
 
+fn unit_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(_) => Err(format!("{s} is not between 0 and 1")),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
+}
+
 fn positive_float(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
@@ -239,6 +291,7 @@ pub fn run(cli: Cli, stop: &AtomicBool) -> Result<u8> {
         Command::Train(args) => run_train(args, cli.device, &reporter, stop),
         Command::Export(args) => run_export(args, &reporter),
         Command::Predict(args) => run_predict(args, cli.device, &reporter),
+        Command::Eval(args) => run_eval(args, cli.device, &reporter),
         Command::Serve(args) => {
             let path = args.source.resolve(&reporter)?;
             let selected = select_device(cli.device, &reporter)?;
@@ -266,15 +319,7 @@ fn run_train(
     stop: &AtomicBool,
 ) -> Result<u8> {
     let selected = select_device(choice, reporter)?;
-    let dataset = download::ensure_cifar10(
-        &args.data,
-        &DownloadOptions {
-            url: args.cifar10_url.clone(),
-            md5: args.cifar10_md5.to_lowercase(),
-            progress: reporter.bars,
-            quiet: reporter.quiet,
-        },
-    )?;
+    let dataset = args.data.ensure(reporter)?;
     let opts = TrainOptions {
         epochs: args.epochs as usize,
         batch_size: args.batch_size.map(|b| b as usize),
@@ -367,4 +412,38 @@ fn run_predict(args: PredictArgs, choice: DeviceChoice, reporter: &Reporter) -> 
         }
     }
     Ok(if report.errors.is_empty() { 0 } else { 1 })
+}
+
+fn run_eval(args: EvalArgs, choice: DeviceChoice, reporter: &Reporter) -> Result<u8> {
+    let path = args.source.resolve(reporter)?;
+    let loaded = load_model(&path)?;
+    let dataset = args.data.ensure(reporter)?;
+    let classes = cifar10::read_class_names(&dataset)?;
+    if classes != loaded.config.classes {
+        bail!(
+            "{}: the model's classes {:?} are not the dataset's {:?}",
+            path.display(),
+            loaded.config.classes,
+            classes
+        );
+    }
+    let test = cifar10::load_split(&dataset, Split::Test, None)?;
+    let selected = select_device(choice, reporter)?;
+    let classifier = Classifier::new(&loaded, &selected.device);
+    let report = eval::evaluate(&classifier, &test, &path.display().to_string())?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", eval::render(&report));
+    }
+    match args.fail_under {
+        Some(bar) if report.accuracy < bar => {
+            eprintln!(
+                "maas: accuracy {:.4} is below --fail-under {bar}",
+                report.accuracy
+            );
+            Ok(1)
+        }
+        _ => Ok(0),
+    }
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod container;
 pub mod data;
 pub mod device;
+pub mod eval;
 pub mod export;
 pub mod fsutil;
 pub mod model;

@@ -385,3 +385,32 @@ fn ctrl_c_stops_after_the_step_in_flight_and_keeps_the_last_checkpoint() {
         saved.meta.epoch + 1
     );
 }
+
+#[test]
+fn eval_reports_consistent_figures_and_gates_on_fail_under() {
+    let ws = Workspace::new(20, 50);
+    ws.train(&[]);
+    let report: serde_json::Value = serde_json::from_str(&ws.ok(&["eval", "--json"])).unwrap();
+    assert_eq!(report["samples"], 50);
+    let confusion: Vec<Vec<u64>> = serde_json::from_value(report["confusion"].clone()).unwrap();
+    assert_eq!(confusion.iter().flatten().sum::<u64>(), 50);
+    let diagonal: u64 = (0..10).map(|i| confusion[i][i]).sum();
+    let accuracy = report["accuracy"].as_f64().unwrap();
+    assert!((accuracy - diagonal as f64 / 50.0).abs() < 1e-12);
+    assert!(report["top3_accuracy"].as_f64().unwrap() >= accuracy);
+    for (k, class) in report["classes"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(class["support"], confusion[k].iter().sum::<u64>());
+        assert_eq!(class["label"], synthetic::CLASS_NAMES[k]);
+    }
+    let table = ws.ok(&["eval"]);
+    assert!(
+        table.contains("confusion matrix") && table.contains("PRECISION"),
+        "{table}"
+    );
+    let (code, _, _) = ws.run(&["eval", "--fail-under", "0"]);
+    assert_eq!(code, 0);
+    let (code, _, err) = ws.run(&["eval", "--fail-under", "1"]);
+    assert_eq!(code, i32::from(accuracy < 1.0), "{err}");
+    let (code, _, _) = ws.run(&["eval", "--fail-under", "1.5"]);
+    assert_eq!(code, 2);
+}
