@@ -17,8 +17,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     };
     std::fs::create_dir_all(dir)
         .with_context(|| format!("{}: cannot create folder", dir.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".maas-tmp-")
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(TEMP_PREFIX);
+    // Temporary files are private (0600) by default; the finished file is an ordinary one that
+    // a server running as another user may need to read, so it gets 0666 less the umask.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder
         .tempfile_in(dir)
         .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
     tmp.write_all(bytes)
@@ -30,6 +35,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             path.display()
         )
     })?;
+    Ok(())
+}
+
+/// The prefix of the temporary files [`write_atomic`] makes.
+const TEMP_PREFIX: &str = ".maas-tmp-";
+
+/// Removes the temporary files that interrupted [`write_atomic`] calls left in `dir`.
+pub fn remove_temporaries(dir: &Path) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?;
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            let path = entry.path();
+            std::fs::remove_file(&path).with_context(|| {
+                format!("{}: cannot remove a stale temporary file", path.display())
+            })?;
+        }
+    }
     Ok(())
 }
 
@@ -49,5 +72,18 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("f.txt")]);
+    }
+
+    #[test]
+    fn remove_temporaries_leaves_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".maas-tmp-abc"), b"half").unwrap();
+        std::fs::write(dir.path().join("last.ckpt"), b"whole").unwrap();
+        remove_temporaries(dir.path()).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("last.ckpt")]);
     }
 }

@@ -315,6 +315,9 @@ pub fn train(
 
     std::fs::create_dir_all(&files.dir)
         .with_context(|| format!("{}: cannot create folder", files.dir.display()))?;
+    // A run killed without warning (SIGKILL, power loss) can leave a temporary file of a write that
+    // never finished; the folder belongs to this run, so they go.
+    crate::fsutil::remove_temporaries(&files.dir)?;
     if state.meta.epoch == 0 {
         let run = serde_json::json!({
             "maas_version": crate::VERSION,
