@@ -1,0 +1,593 @@
+//! The scale-out files (`Dockerfile`, `.dockerignore`, `deploy/`) linted without Docker or a
+//! cluster: every YAML document parses (PyYAML, through `python3`), the manifests agree with each
+//! other, with the image and with the real `maas` command line, and the image's healthcheck is run
+//! against a real server.
+// A failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::Workspace;
+use serde_json::Value;
+
+/// The health routes of the Open Inference Protocol that every probe must use.
+const READY: &str = "/v2/health/ready";
+const LIVE: &str = "/v2/health/live";
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
+}
+
+/// Every document of a YAML file, as JSON. Fails (never skips) without python3 or PyYAML:
+/// `.ci/run` installs PyYAML.
+fn yaml_docs(rel: &str) -> Vec<Value> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, json, yaml; \
+             print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(repo(rel))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 to parse {rel} ({e}); install python3"));
+    assert!(
+        out.status.success(),
+        "{rel} does not parse as YAML, or PyYAML is missing \
+         (python3 -m pip install pyyaml):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        docs.iter().all(Value::is_object),
+        "{rel}: an empty or non-mapping document"
+    );
+    docs
+}
+
+/// The one document of `kind` in `docs`.
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "expected one {kind}, found {}", found.len());
+    found[0]
+}
+
+/// `v` at a dotted path (`spec.template.spec.containers.0`), which must exist.
+fn at<'a>(v: &'a Value, path: &str) -> &'a Value {
+    let mut here = v;
+    for key in path.split('.') {
+        let next = match key.parse::<usize>() {
+            Ok(i) => here.get(i),
+            Err(_) => here.get(key),
+        };
+        here = next.unwrap_or_else(|| panic!("missing `{path}` (at `{key}`) in {v:#}"));
+    }
+    here
+}
+
+fn string_at(v: &Value, path: &str) -> String {
+    at(v, path)
+        .as_str()
+        .unwrap_or_else(|| panic!("`{path}` is not a string"))
+        .to_string()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("not a string: {s}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// The value after `flag` in a command line.
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).map(|i| {
+        args.get(i + 1)
+            .unwrap_or_else(|| panic!("{name} without a value"))
+            .as_str()
+    })
+}
+
+/// The Dockerfile as (INSTRUCTION, arguments), continuation lines joined, comments dropped.
+fn dockerfile() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut pending = String::new();
+    for line in read("Dockerfile").lines() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => {
+                pending.push_str(part);
+                pending.push(' ');
+            }
+            None => {
+                pending.push_str(trimmed);
+                let (instruction, rest) = pending.split_once(char::is_whitespace).unwrap();
+                out.push((instruction.to_uppercase(), rest.trim().to_string()));
+                pending.clear();
+            }
+        }
+    }
+    assert!(pending.is_empty(), "the Dockerfile ends in a continuation");
+    out
+}
+
+/// The arguments of each `instruction` in the final (runtime) stage.
+fn runtime_stage(file: &[(String, String)], instruction: &str) -> Vec<String> {
+    let start = file.iter().rposition(|(i, _)| i == "FROM").unwrap();
+    file[start..]
+        .iter()
+        .filter(|(i, _)| i == instruction)
+        .map(|(_, rest)| rest.clone())
+        .collect()
+}
+
+/// The single `instruction` of the runtime stage, in exec (JSON) form.
+fn exec_form(file: &[(String, String)], instruction: &str) -> Vec<String> {
+    let found = runtime_stage(file, instruction);
+    assert_eq!(found.len(), 1, "one {instruction} expected: {found:?}");
+    let list: Value = serde_json::from_str(&found[0])
+        .unwrap_or_else(|e| panic!("{instruction} is not in exec (JSON) form ({e})"));
+    strings(&list)
+}
+
+/// `ENV` of the runtime stage, `KEY=VALUE` pairs.
+fn image_env(file: &[(String, String)]) -> BTreeMap<String, String> {
+    runtime_stage(file, "ENV")
+        .iter()
+        .flat_map(|rest| {
+            rest.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .map(|pair| {
+            let (k, v) = pair
+                .split_once('=')
+                .unwrap_or_else(|| panic!("ENV must use KEY=VALUE: {pair}"));
+            (k.to_string(), v.trim_matches('"').to_string())
+        })
+        .collect()
+}
+
+/// The user id the image runs as (`USER uid[:gid]`), which must be numeric so that Kubernetes
+/// can verify `runAsNonRoot`.
+fn image_uid(file: &[(String, String)]) -> u64 {
+    let users = runtime_stage(file, "USER");
+    assert_eq!(users.len(), 1, "one USER in the runtime stage: {users:?}");
+    let user = users[0].split(':').next().unwrap();
+    let uid: u64 = user
+        .parse()
+        .unwrap_or_else(|_| panic!("USER should be numeric: {user}"));
+    assert_ne!(uid, 0, "the image must not run as root");
+    uid
+}
+
+/// The port the image listens on: `EXPOSE` and `MAAS_PORT` must agree.
+fn image_port(file: &[(String, String)]) -> u64 {
+    let exposed = runtime_stage(file, "EXPOSE");
+    assert_eq!(exposed, ["8080"], "EXPOSE");
+    let env = image_env(file);
+    assert_eq!(env.get("MAAS_PORT").map(String::as_str), Some("8080"));
+    8080
+}
+
+/// The `[default: N]` of `maas serve --timeout-ms`, in seconds, read from the real binary.
+fn default_timeout_s() -> u64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_maas"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let after = &help[help.find("--timeout-ms").expect("serve has --timeout-ms")..];
+    let default = &after[after.find("[default: ").unwrap() + "[default: ".len()..];
+    let ms: u64 = default[..default.find(']').unwrap()].parse().unwrap();
+    ms.div_ceil(1000)
+}
+
+/// Passes `args` to the real `maas` with `--help` last: clap reads every flag and value before it
+/// reaches `--help`, so exit 0 means the command line is one the current CLI accepts.
+fn assert_cli_accepts(what: &str, args: &[String]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_maas"))
+        .args(args)
+        .arg("--help")
+        .env("MAAS_PROGRESS", "never")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: `maas {}` is refused by the CLI:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Checks an `httpGet` probe: the path, and a port that is the container's (by number or name).
+fn assert_probe(container: &Value, probe: &str, path: &str, port: u64) {
+    let get = at(container, &format!("{probe}.httpGet"));
+    assert_eq!(string_at(get, "path"), path, "{probe} path");
+    let probe_port = at(get, "port");
+    let resolved = match probe_port {
+        Value::Number(n) => n.as_u64().unwrap(),
+        Value::String(name) => at(container, "ports")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name.as_str())
+            .map(|p| at(p, "containerPort").as_u64().unwrap())
+            .unwrap_or_else(|| panic!("{probe}: no container port named {name}")),
+        other => panic!("{probe}: port {other}"),
+    };
+    assert_eq!(resolved, port, "{probe} port");
+    if let Some(scheme) = get.get("scheme") {
+        assert_eq!(scheme, "HTTP", "{probe} scheme");
+    }
+}
+
+/// The checks shared by the Deployment's and the InferenceService's container; returns its port.
+fn assert_server_container(what: &str, container: &Value, file: &[(String, String)]) -> u64 {
+    let image = string_at(container, "image");
+    assert!(!image.is_empty(), "{what}: image");
+    let args = strings(at(container, "args"));
+    assert_eq!(
+        args.first().map(String::as_str),
+        Some("serve"),
+        "{what}: args {args:?}"
+    );
+    assert!(
+        container.get("command").is_none(),
+        "{what}: keep the image's ENTRYPOINT (maas)"
+    );
+    assert_eq!(exec_form(file, "ENTRYPOINT"), ["maas"]);
+    assert_cli_accepts(what, &args);
+    assert_eq!(flag(&args, "--host"), Some("0.0.0.0"), "{what}: --host");
+    assert_eq!(flag(&args, "--device"), Some("cpu"), "{what}: --device");
+    // The model baked in by deploy/model.Dockerfile, where the image's CMD looks for it.
+    let image_cmd = exec_form(file, "CMD");
+    assert_eq!(
+        flag(&args, "--model"),
+        flag(&image_cmd, "--model"),
+        "{what}: --model"
+    );
+    let port: u64 = flag(&args, "--port")
+        .unwrap_or_else(|| panic!("{what}: --port"))
+        .parse()
+        .unwrap();
+    assert_eq!(
+        port,
+        image_port(file),
+        "{what}: --port and the image's port"
+    );
+    let ports = at(container, "ports").as_array().unwrap();
+    assert_eq!(ports.len(), 1, "{what}: one container port");
+    assert_eq!(
+        at(&ports[0], "containerPort").as_u64(),
+        Some(port),
+        "{what}: containerPort"
+    );
+    assert_probe(container, "readinessProbe", READY, port);
+    assert_probe(container, "livenessProbe", LIVE, port);
+    assert_eq!(
+        at(container, "securityContext.readOnlyRootFilesystem"),
+        true,
+        "{what}: readOnlyRootFilesystem"
+    );
+    assert!(
+        at(container, "resources.requests").is_object()
+            && at(container, "resources.limits").is_object(),
+        "{what}: resources"
+    );
+    // The API key comes from the Secret, never from the manifest itself.
+    let env = at(container, "env").as_array().unwrap();
+    let key = env
+        .iter()
+        .find(|e| e["name"] == "MAAS_API_KEY")
+        .unwrap_or_else(|| panic!("{what}: MAAS_API_KEY"));
+    assert!(key.get("value").is_none(), "{what}: a literal API key");
+    assert_eq!(
+        string_at(key, "valueFrom.secretKeyRef.name"),
+        "maas-api-key"
+    );
+    assert_eq!(at(key, "valueFrom.secretKeyRef.optional"), true);
+    port
+}
+
+#[test]
+fn dockerfile_builds_in_one_stage_and_runs_small_and_unprivileged_in_another() {
+    let file = dockerfile();
+    let froms: Vec<&String> = file
+        .iter()
+        .filter(|(i, _)| i == "FROM")
+        .map(|(_, rest)| rest)
+        .collect();
+    assert!(froms.len() >= 2, "a multi-stage build: {froms:?}");
+    assert!(
+        froms[0].starts_with("rust:") && froms[0].contains("AS build"),
+        "{}",
+        froms[0]
+    );
+    assert!(
+        froms.last().unwrap().starts_with("debian:bookworm-slim"),
+        "a slim runtime image: {froms:?}"
+    );
+    let runs: Vec<&String> = file
+        .iter()
+        .filter(|(i, _)| i == "RUN")
+        .map(|(_, rest)| rest)
+        .collect();
+    assert!(
+        runs.iter()
+            .any(|r| r.contains("cargo build --release --locked --bin maas")),
+        "{runs:?}"
+    );
+    let copies = runtime_stage(&file, "COPY");
+    assert!(
+        copies.iter().any(|c| c.starts_with("--from=build ")),
+        "the runtime stage takes the binary from the build stage: {copies:?}"
+    );
+    image_uid(&file);
+    image_port(&file);
+    let env = image_env(&file);
+    assert_eq!(env.get("MAAS_HOST").map(String::as_str), Some("0.0.0.0"));
+    assert_eq!(env.get("MAAS_DEVICE").map(String::as_str), Some("cpu"));
+    assert_eq!(runtime_stage(&file, "STOPSIGNAL"), ["SIGTERM"]);
+    assert_eq!(exec_form(&file, "ENTRYPOINT"), ["maas"]);
+    let cmd = exec_form(&file, "CMD");
+    assert_eq!(cmd.first().map(String::as_str), Some("serve"));
+    assert_cli_accepts("Dockerfile CMD", &cmd);
+    let health = runtime_stage(&file, "HEALTHCHECK");
+    assert_eq!(health.len(), 1);
+    assert!(health[0].contains(READY), "{}", health[0]);
+}
+
+#[test]
+fn dockerignore_and_model_image_fit_the_dockerfile() {
+    let ignore = read(".dockerignore");
+    let rules: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for big in ["target/", "data/", "checkpoints/", ".git/"] {
+        assert!(rules.contains(&big), ".dockerignore should leave out {big}");
+    }
+    for needed in ["Cargo.toml", "Cargo.lock", "src", "src/", "*"] {
+        assert!(
+            !rules.contains(&needed),
+            ".dockerignore leaves out {needed}"
+        );
+    }
+    // deploy/model.Dockerfile copies model.maas from the same context, to where CMD reads it.
+    assert!(rules.contains(&"!model.maas"), "{rules:?}");
+    let model_image = read("deploy/model.Dockerfile");
+    let cmd = exec_form(&dockerfile(), "CMD");
+    let model_path = flag(&cmd, "--model").unwrap();
+    assert!(
+        model_image
+            .lines()
+            .any(|l| l.starts_with("COPY ") && l.ends_with(&format!(" model.maas {model_path}"))),
+        "deploy/model.Dockerfile should COPY model.maas to {model_path}"
+    );
+}
+
+#[test]
+fn kubernetes_deployment_and_service_agree_with_the_image() {
+    let file = dockerfile();
+    let docs = yaml_docs("deploy/kubernetes.yaml");
+    let deployment = of_kind(&docs, "Deployment");
+    let service = of_kind(&docs, "Service");
+    assert_eq!(string_at(deployment, "apiVersion"), "apps/v1");
+    assert_eq!(string_at(service, "apiVersion"), "v1");
+    assert!(
+        at(deployment, "spec.replicas").as_u64().unwrap() >= 2,
+        "replicas"
+    );
+
+    // The Deployment's selector and the Service's pick the pod template's labels.
+    let labels = at(deployment, "spec.template.metadata.labels")
+        .as_object()
+        .unwrap();
+    for selector in [
+        at(deployment, "spec.selector.matchLabels"),
+        at(service, "spec.selector"),
+    ] {
+        for (k, v) in selector.as_object().unwrap() {
+            assert_eq!(labels.get(k), Some(v), "selector {k}");
+        }
+    }
+
+    let pod = at(deployment, "spec.template.spec");
+    let containers = at(pod, "containers").as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let container = &containers[0];
+    let port = assert_server_container("Deployment", container, &file);
+    assert_probe(container, "startupProbe", READY, port);
+    let non_root = |v: &Value| {
+        v.get("securityContext")
+            .and_then(|s| s.get("runAsNonRoot"))
+            .cloned()
+    };
+    assert!(
+        non_root(container) == Some(Value::Bool(true)) || non_root(pod) == Some(Value::Bool(true)),
+        "runAsNonRoot"
+    );
+    assert_ne!(non_root(container), Some(Value::Bool(false)));
+    assert_eq!(
+        at(pod, "securityContext.runAsUser").as_u64(),
+        Some(image_uid(&file)),
+        "the pod's user is the image's"
+    );
+
+    // SIGTERM comes after preStop; the server then needs up to its request timeout, plus 2 s.
+    let pre_stop = container
+        .get("lifecycle")
+        .and_then(|l| l.pointer("/preStop/exec/command"))
+        .map(|c| strings(c).last().unwrap().parse::<u64>().unwrap())
+        .unwrap_or(0);
+    let grace = at(pod, "terminationGracePeriodSeconds").as_u64().unwrap();
+    let needed = pre_stop + default_timeout_s() + 2;
+    assert!(
+        grace > needed,
+        "terminationGracePeriodSeconds {grace} <= {needed}"
+    );
+
+    assert_eq!(string_at(service, "spec.type"), "ClusterIP");
+    let service_ports = at(service, "spec.ports").as_array().unwrap();
+    assert_eq!(service_ports.len(), 1);
+    assert_eq!(string_at(&service_ports[0], "name"), "http");
+    assert_eq!(at(&service_ports[0], "port").as_u64(), Some(80));
+    let target = at(&service_ports[0], "targetPort");
+    assert!(
+        target.as_u64() == Some(port) || *target == at(container, "ports.0.name").clone(),
+        "Service targetPort {target} is not the container port {port}"
+    );
+}
+
+#[test]
+fn kserve_inference_service_runs_the_same_server_on_the_v2_protocol() {
+    let file = dockerfile();
+    let docs = yaml_docs("deploy/inferenceservice.yaml");
+    assert_eq!(docs.len(), 1);
+    let isvc = of_kind(&docs, "InferenceService");
+    assert_eq!(string_at(isvc, "apiVersion"), "serving.kserve.io/v1beta1");
+    let predictor = at(isvc, "spec.predictor");
+    // Knative refuses pod-level securityContext unless a feature flag allows it.
+    assert!(predictor.get("securityContext").is_none());
+    let containers = at(predictor, "containers").as_array().unwrap();
+    assert_eq!(containers.len(), 1, "one custom predictor container");
+    let container = &containers[0];
+    assert_eq!(string_at(container, "name"), "kserve-container");
+    let port = assert_server_container("InferenceService", container, &file);
+    // Knative routes HTTP/1.1 to the port named http1.
+    assert_eq!(string_at(container, "ports.0.name"), "http1");
+    assert_eq!(at(container, "securityContext.runAsNonRoot"), true);
+    assert_eq!(
+        at(container, "securityContext.runAsUser").as_u64(),
+        Some(image_uid(&file))
+    );
+    // A custom container declares its protocol with the PROTOCOL variable (v1 or v2).
+    let env = at(container, "env").as_array().unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "PROTOCOL" && e["value"] == "v2"),
+        "PROTOCOL=v2"
+    );
+    assert!(port > 0);
+
+    // The same image and command line as the plain Deployment.
+    let k8s = yaml_docs("deploy/kubernetes.yaml");
+    let plain = at(
+        of_kind(&k8s, "Deployment"),
+        "spec.template.spec.containers.0",
+    );
+    assert_eq!(at(container, "image"), at(plain, "image"));
+    assert_eq!(at(container, "args"), at(plain, "args"));
+}
+
+/// Runs the image's command (ENTRYPOINT + CMD, with its ENV) the way the container would, on a
+/// free loopback port, and its HEALTHCHECK against it: healthy while it serves, unhealthy once
+/// SIGTERM (the image's STOPSIGNAL) has stopped it, which must exit 0.
+#[test]
+fn the_image_healthcheck_passes_against_the_real_server() {
+    let file = dockerfile();
+    let health = runtime_stage(&file, "HEALTHCHECK");
+    let check = &health[0][health[0].find("CMD").expect("HEALTHCHECK ... CMD [...]") + 3..];
+    let check = strings(&serde_json::from_str(check.trim()).expect("HEALTHCHECK CMD in exec form"));
+
+    let ws = Workspace::new(20, 50);
+    ws.ok(&["train", "--epochs", "1", "--quiet"]);
+    ws.ok(&["export", "-o", "model.maas", "--quiet"]);
+    let model = ws.path("model.maas");
+    let mut args = exec_form(&file, "CMD");
+    let image_model = flag(&args, "--model").unwrap().to_string();
+    for arg in &mut args {
+        if *arg == image_model {
+            *arg = model.display().to_string();
+        }
+    }
+
+    let mut server = Command::new(env!("CARGO_BIN_EXE_maas"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("MAAS_") {
+            server.env_remove(key);
+        }
+    }
+    server.envs(image_env(&file));
+    // Loopback and any free port here; in the container, every interface and 8080.
+    server
+        .env("MAAS_HOST", "127.0.0.1")
+        .env("MAAS_PORT", "0")
+        .env("MAAS_PROGRESS", "never")
+        .current_dir(ws.dir.path())
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = server.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (found, port) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("listening on http://127.0.0.1:") {
+                let _ = found.send(rest.split_whitespace().next().unwrap().to_string());
+            }
+        }
+    });
+    let Ok(port) = port.recv_timeout(Duration::from_secs(120)) else {
+        let _ = child.kill();
+        panic!("the server did not start");
+    };
+
+    let healthy = || {
+        Command::new(&check[0])
+            .args(&check[1..])
+            .env("MAAS_PORT", &port)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    let up = healthy();
+    let stopped = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        up,
+        "HEALTHCHECK {check:?} fails against a ready server on port {port}"
+    );
+    assert!(status.success(), "SIGTERM: {status}");
+    assert!(
+        !healthy(),
+        "HEALTHCHECK passes with no server on port {port}"
+    );
+}
