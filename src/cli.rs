@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::data::cifar10::{self, Split};
 use crate::data::download::{self, DownloadOptions};
@@ -130,15 +130,6 @@ impl DataArgs {
     }
 }
 
-/// Output formats of `maas export`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ExportFormat {
-    /// maas's own self-contained file, for `predict` and `serve`.
-    Maas,
-    /// ONNX, for other runtimes.
-    Onnx,
-}
-
 /// `maas export`.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -154,8 +145,8 @@ pub struct ExportArgs {
     )]
     pub checkpoints: PathBuf,
     /// The file format.
-    #[arg(long, value_enum, default_value_t = ExportFormat::Maas)]
-    pub format: ExportFormat,
+    #[arg(long, value_enum, default_value_t = export::Format::Maas)]
+    pub format: export::Format,
     /// Where to write [default: model.maas, or model.onnx with --format onnx].
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
@@ -359,23 +350,17 @@ fn run_export(args: ExportArgs, reporter: &Reporter) -> Result<u8> {
             checkpoint.display()
         );
     }
-    let output = match (&args.output, args.format) {
-        (Some(path), _) => path.clone(),
-        (None, ExportFormat::Maas) => PathBuf::from(export::DEFAULT_MODEL),
-        (None, ExportFormat::Onnx) => PathBuf::from("model.onnx"),
-    };
-    if args.format == ExportFormat::Onnx {
-        bail!(
-            "--format onnx: ONNX export is not available in this build of maas yet; use --format maas"
-        );
-    }
-    let model = export::export_maas(&checkpoint, &output)?;
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(args.format.default_output()));
+    let model = export::export(&checkpoint, &output, args.format)?;
     let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
     let provenance = model.provenance.as_ref();
     if args.json {
         print_json(&serde_json::json!({
             "output": output,
-            "format": "maas",
+            "format": args.format,
             "bytes": size,
             "checkpoint": checkpoint,
             "model": model.config,
@@ -390,10 +375,12 @@ fn run_export(args: ExportArgs, reporter: &Reporter) -> Result<u8> {
             provenance.map_or(0.0, |p| p.test_accuracy)
         );
     }
-    reporter.info(format!(
-        "classify with: maas predict --model {} IMAGE...",
-        output.display()
-    ));
+    if args.format == export::Format::Maas {
+        reporter.info(format!(
+            "classify with: maas predict --model {} IMAGE...",
+            output.display()
+        ));
+    }
     Ok(0)
 }
 

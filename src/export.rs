@@ -47,8 +47,28 @@ pub struct LoadedModel {
     pub path: PathBuf,
 }
 
-/// Writes the model of `checkpoint` to `out` as one self-contained file.
-pub fn export_maas(checkpoint: &Path, out: &Path) -> Result<LoadedModel> {
+/// The file formats `maas export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// maas's own self-contained file, for `predict` and `serve`.
+    Maas,
+    /// ONNX (opset 13), for other runtimes.
+    Onnx,
+}
+
+impl Format {
+    /// The default output file of this format.
+    pub fn default_output(self) -> &'static str {
+        match self {
+            Format::Maas => DEFAULT_MODEL,
+            Format::Onnx => "model.onnx",
+        }
+    }
+}
+
+/// Writes the model of `checkpoint` to `out` as one self-contained file in `format`.
+pub fn export(checkpoint: &Path, out: &Path, format: Format) -> Result<LoadedModel> {
     let ckpt = Checkpoint::load(checkpoint)?;
     let last = ckpt
         .meta
@@ -67,16 +87,24 @@ pub fn export_maas(checkpoint: &Path, out: &Path) -> Result<LoadedModel> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
-    let meta = ModelMeta {
-        model: ckpt.meta.model.clone(),
-        provenance: provenance.clone(),
-    };
-    container::write(
-        out,
-        Kind::Model,
-        serde_json::to_value(&meta)?,
-        &weight_arrays("", &ckpt.weights),
-    )?;
+    match format {
+        Format::Maas => {
+            let meta = ModelMeta {
+                model: ckpt.meta.model.clone(),
+                provenance: provenance.clone(),
+            };
+            container::write(
+                out,
+                Kind::Model,
+                serde_json::to_value(&meta)?,
+                &weight_arrays("", &ckpt.weights),
+            )?;
+        }
+        Format::Onnx => {
+            let bytes = crate::onnx::encode(&ckpt.meta.model, &ckpt.weights, Some(&provenance));
+            crate::fsutil::write_atomic(out, &bytes)?;
+        }
+    }
     Ok(LoadedModel {
         config: ckpt.meta.model,
         weights: ckpt.weights,

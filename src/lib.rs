@@ -14,6 +14,7 @@ pub mod eval;
 pub mod export;
 pub mod fsutil;
 pub mod model;
+pub mod onnx;
 pub mod predict;
 pub mod progress;
 pub mod serve;
