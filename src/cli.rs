@@ -254,6 +254,12 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on every route but health and metrics.
     #[arg(long, value_name = "KEY", env = "MAAS_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, value_name = "PATH", env = "MAAS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", env = "MAAS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// A file of accepted API keys, one per line.
     #[arg(long, value_name = "PATH", env = "MAAS_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,

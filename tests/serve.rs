@@ -60,7 +60,8 @@ impl Server {
                 // Logged before the address is announced, so a test that has the address also
                 // sees the line.
                 let address = line
-                    .strip_prefix("listening on http://")
+                    .strip_prefix("listening on ")
+                    .filter(|rest| rest.starts_with("http"))
                     .and_then(|rest| rest.split_whitespace().next())
                     .map(str::to_string);
                 lines.lock().unwrap().push(line);
@@ -75,14 +76,15 @@ impl Server {
             log,
         };
         match address.recv_timeout(Duration::from_secs(120)) {
-            Ok(addr) => server.base = format!("http://{addr}"),
+            Ok(url) => server.base = url,
             Err(_) => {
                 let _ = server.child.kill();
                 panic!("no `listening on` line; stderr:\n{}", server.stderr());
             }
         }
         assert!(
-            server.base.starts_with("http://127.0.0.1:"),
+            server.base.starts_with("http://127.0.0.1:")
+                || server.base.starts_with("https://127.0.0.1:"),
             "{}",
             server.base
         );
@@ -943,4 +945,83 @@ fn missing_key_file_and_bad_model_fail_before_listening() {
     let (code, _, err) = ws.run(&["serve", "--port", "0", "--model", "broken.maas"]);
     assert_eq!(code, 1, "{err}");
     assert!(!err.contains("listening"), "{err}");
+}
+
+#[test]
+fn https_serves_a_client_that_trusts_the_certificate_and_no_one_else() {
+    use maas_tls::pki_types::CertificateDer;
+    use maas_tls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls as maas_tls;
+
+    let ws = workspace_with_model();
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-keyout", "key.pem", "-out", "cert.pem"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .current_dir(ws.dir.path())
+        .output()
+        .expect("openssl makes the test certificate");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let server = Server::start(&ws, &["--tls-cert", "cert.pem", "--tls-key", "key.pem"]);
+    assert!(server.base.starts_with("https://"), "{}", server.base);
+
+    let client = |trusted: bool| {
+        let mut roots = maas_tls::RootCertStore::empty();
+        if trusted {
+            roots
+                .add(CertificateDer::from_pem_file(ws.path("cert.pem")).unwrap())
+                .unwrap();
+        }
+        let provider = Arc::new(maas_tls::crypto::ring::default_provider());
+        let config = maas_tls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        ureq::AgentBuilder::new()
+            .tls_config(Arc::new(config))
+            .timeout(Duration::from_secs(30))
+            .build()
+    };
+    let ready = client(true)
+        .get(&server.url("/v2/health/ready"))
+        .call()
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let png = images(&ws, 1).remove(0).1;
+    let reply = client(true)
+        .post(&server.url("/v1/predict"))
+        .send_bytes(&png)
+        .unwrap();
+    let entry: Value = serde_json::from_reader(reply.into_reader()).unwrap();
+    assert!(entry["label"].is_string(), "{entry}");
+    assert!(
+        client(false)
+            .get(&server.url("/v2/health/ready"))
+            .call()
+            .is_err(),
+        "an untrusted certificate was accepted"
+    );
+    let plain = server
+        .url("/v2/health/ready")
+        .replacen("https://", "http://", 1);
+    assert!(
+        agent().get(&plain).call().is_err(),
+        "plain HTTP was answered on the TLS port"
+    );
 }

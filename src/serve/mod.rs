@@ -15,6 +15,7 @@ mod protocol;
 mod routes;
 mod state;
 mod tensor_data;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,11 +24,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use axum::Router;
+use axum::serve::Listener;
+use tokio_rustls::rustls::ServerConfig;
 
 use self::auth::Keys;
 use self::batcher::{BatchConfig, Batcher};
 use self::metrics::Metrics;
 use self::state::AppState;
+use self::tls::TlsListener;
 use crate::cli::ServeArgs;
 use crate::device::Selected;
 use crate::export::load_model;
@@ -46,6 +50,11 @@ pub fn run(
 ) -> Result<()> {
     // Keys first: a bad key file should fail before the model is loaded, not after.
     let keys = Keys::from_args(args.api_key.as_deref(), args.api_key_file.as_deref())?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::load_config(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let metrics = Arc::new(Metrics::new());
     let started = Instant::now();
     let loaded = load_model(model_path)?;
@@ -88,7 +97,7 @@ pub fn run(
         }
         // Printed even with --quiet: with --port 0 it is the only way to learn the port.
         eprintln!(
-            "listening on http://{addr} (model {} from {}, device {})",
+            "listening on {scheme}://{addr} (model {} from {}, device {})",
             args.model_name,
             model_path.display(),
             selected.description
@@ -98,6 +107,7 @@ pub fn run(
         app,
         &args.host,
         args.port,
+        tls,
         timeout + SHUTDOWN_GRACE,
         announce,
         reporter,
@@ -113,6 +123,7 @@ async fn serve(
     app: Router,
     host: &str,
     port: u16,
+    tls: Option<Arc<ServerConfig>>,
     grace: Duration,
     announce: impl FnOnce(SocketAddr),
     reporter: &Reporter,
@@ -125,6 +136,21 @@ async fn serve(
             .local_addr()
             .context("cannot read the bound address")?,
     );
+    match tls {
+        Some(config) => {
+            let listener = TlsListener::new(listener, config).context("cannot start TLS")?;
+            serve_on(listener, app, grace, reporter).await
+        }
+        None => serve_on(listener, app, grace, reporter).await,
+    }
+}
+
+/// Serves `app` on `listener` until a shutdown signal, then drains for at most `grace`.
+async fn serve_on<L>(listener: L, app: Router, grace: Duration, reporter: &Reporter) -> Result<()>
+where
+    L: Listener<Addr = SocketAddr>,
+    L::Io: Send,
+{
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let mut stopped = stopped;
