@@ -41,11 +41,7 @@ fn train_learns_the_dataset_and_leaves_every_file() {
         summary["best_epoch"].as_u64().unwrap() as usize
     );
     assert_eq!(best.meta.model.classes[3], "cat");
-    let leftovers: Vec<_> = std::fs::read_dir(ws.path("checkpoints"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with('.'))
-        .collect();
+    let leftovers = common::temporaries(&ws.path("checkpoints"));
     assert!(
         leftovers.is_empty(),
         "temporary files left behind: {leftovers:?}"

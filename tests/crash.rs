@@ -64,11 +64,7 @@ fn sigkill_at_any_moment_then_resume_ends_with_the_uninterrupted_weights() {
         );
         assert_eq!(after.adam, expected.adam);
         assert_eq!(after.meta.history.len(), 4);
-        let stray: Vec<_> = std::fs::read_dir(ws.path("checkpoints"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.starts_with(".maas-tmp"))
-            .collect();
+        let stray = common::temporaries(&ws.path("checkpoints"));
         assert!(
             stray.is_empty(),
             "trial {trial}: temporary files left after the resumed run: {stray:?}"
@@ -108,11 +104,7 @@ fn a_full_disk_while_checkpointing_is_a_clear_error_that_keeps_the_previous_file
     assert_eq!(std::fs::read(&last).unwrap(), before, "last.ckpt changed");
     assert!(Checkpoint::load(&ws.path("checkpoints/best.ckpt")).is_ok());
     assert!(!ws.path("checkpoints/epoch-002.ckpt").exists());
-    let stray: Vec<_> = std::fs::read_dir(ws.path("checkpoints"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with(".maas-tmp"))
-        .collect();
+    let stray = common::temporaries(&ws.path("checkpoints"));
     assert!(stray.is_empty(), "{stray:?}");
     // With room again, the same command finishes the run.
     ws.ok(&["train", "--epochs", "2", "--resume", "--quiet"]);

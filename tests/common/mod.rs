@@ -70,6 +70,15 @@ impl Workspace {
     }
 }
 
+/// The temporary files (`.maas-tmp-*`) an interrupted write left in `dir`.
+pub fn temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".maas-tmp"))
+        .collect()
+}
+
 /// How to save a test image.
 #[derive(Clone, Copy, Debug)]
 pub enum Look {
