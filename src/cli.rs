@@ -12,7 +12,7 @@ use crate::data::download::{self, DownloadOptions};
 use crate::device::{self, DeviceChoice};
 use crate::eval;
 use crate::export::{self, load_model, resolve_model};
-use crate::predict::{Classifier, render_table};
+use crate::predict::{Classifier, expand_inputs, render_table};
 use crate::progress::{ProgressMode, Reporter};
 use crate::train::{self, TrainOptions};
 
@@ -185,7 +185,8 @@ impl ModelSource {
 /// `maas predict`.
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// Image files (PNG, JPEG, GIF, BMP, TIFF, WebP, ...; any size, grey, RGB or RGBA).
+    /// Image files (PNG, JPEG, GIF, BMP, TIFF, WebP, ...; any size, grey, RGB or RGBA), folders
+    /// of them (searched recursively), or quoted patterns such as 'photos/*.jpg'.
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
     /// Which model to use.
@@ -395,7 +396,19 @@ fn run_predict(args: PredictArgs, choice: DeviceChoice, reporter: &Reporter) -> 
     let loaded = load_model(&path)?;
     let selected = select_device(choice, reporter)?;
     let classifier = Classifier::new(&loaded, &selected.device);
-    let report = classifier.predict_files(Path::new(&path), &args.images, args.top_k as usize)?;
+    let (files, problems) = expand_inputs(&args.images);
+    // A bar only where there is something to wait for.
+    let bar = if files.len() >= 200 {
+        reporter.bar(
+            files.len() as u64,
+            "classifying {bar:30} {pos}/{len} images [{elapsed}<{eta}]",
+        )
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut report =
+        classifier.predict_files(Path::new(&path), &files, args.top_k as usize, &bar)?;
+    report.errors.splice(0..0, problems);
     if args.json {
         print_json(&report)?;
     } else {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 use crate::data::preprocess::{INPUT_LEN, load_image_file};
@@ -136,44 +137,130 @@ impl Classifier {
         }
     }
 
-    /// Classifies image files as one batch; unreadable files are reported, not fatal.
+    /// Classifies image files, [`CHUNK`] at a time as one batch each; unreadable files are
+    /// reported, not fatal. `bar` advances by one per file.
     pub fn predict_files(
         &self,
         model_path: &Path,
         files: &[PathBuf],
         k: usize,
+        bar: &ProgressBar,
     ) -> Result<PredictReport> {
-        let mut inputs = Vec::with_capacity(files.len() * INPUT_LEN);
-        let mut good = Vec::new();
+        let mut predictions = Vec::with_capacity(files.len());
         let mut errors = Vec::new();
-        for file in files {
-            match load_image_file(file) {
-                Ok(input) => {
-                    inputs.extend(input);
-                    good.push(file.display().to_string());
+        let mut inputs = Vec::new();
+        for chunk in files.chunks(CHUNK) {
+            inputs.clear();
+            let mut good = Vec::with_capacity(chunk.len());
+            for file in chunk {
+                match load_image_file(file) {
+                    Ok(input) => {
+                        inputs.extend(input);
+                        good.push(file.display().to_string());
+                    }
+                    Err(e) => errors.push(FileError {
+                        file: file.display().to_string(),
+                        error: format!("{e:#}"),
+                    }),
                 }
-                Err(e) => errors.push(FileError {
-                    file: file.display().to_string(),
-                    error: format!("{e:#}"),
-                }),
             }
+            if !good.is_empty() {
+                let probabilities = self.probabilities(&inputs)?;
+                predictions.extend(
+                    good.into_iter()
+                        .zip(probabilities.chunks(NUM_CLASSES))
+                        .map(|(file, p)| self.prediction(file, p, k)),
+                );
+            }
+            bar.inc(chunk.len() as u64);
         }
-        let probabilities = if good.is_empty() {
-            Vec::new()
-        } else {
-            self.probabilities(&inputs)?
-        };
-        let predictions = good
-            .into_iter()
-            .zip(probabilities.chunks(NUM_CLASSES))
-            .map(|(file, p)| self.prediction(file, p, k))
-            .collect();
+        bar.finish_and_clear();
         Ok(PredictReport {
             model: model_path.display().to_string(),
             predictions,
             errors,
         })
     }
+}
+
+/// File name extensions of the images a folder or a pattern contributes; a file named on its own
+/// is always tried, whatever its name.
+pub const IMAGE_EXTENSIONS: [&str; 15] = [
+    "png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "pnm", "pbm", "pgm", "ppm", "tga",
+    "ico", "qoi",
+];
+
+fn is_image_name(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Expands what the user named into image files: a folder gives the images inside it
+/// (recursively, in name order), a pattern such as `'photos/*.jpg'` the images it matches, and
+/// anything else stays as named. A pattern that matches nothing or a folder that cannot be read
+/// is reported as a [`FileError`].
+pub fn expand_inputs(named: &[PathBuf]) -> (Vec<PathBuf>, Vec<FileError>) {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for path in named {
+        let text = path.to_string_lossy();
+        if path.is_dir() {
+            let before = files.len();
+            if let Err(e) = collect_images(path, &mut files) {
+                errors.push(FileError {
+                    file: text.into_owned(),
+                    error: format!("{e:#}"),
+                });
+            } else if files.len() == before {
+                errors.push(FileError {
+                    file: text.into_owned(),
+                    error: "folder holds no image files".into(),
+                });
+            }
+        } else if !path.exists() && text.contains(['*', '?', '[']) {
+            let matched: Vec<PathBuf> = match glob::glob(&text) {
+                Ok(paths) => paths
+                    .flatten()
+                    .filter(|p| p.is_file() && is_image_name(p))
+                    .collect(),
+                Err(e) => {
+                    errors.push(FileError {
+                        file: text.into_owned(),
+                        error: format!("bad pattern: {e}"),
+                    });
+                    continue;
+                }
+            };
+            if matched.is_empty() {
+                errors.push(FileError {
+                    file: text.into_owned(),
+                    error: "no image files match".into(),
+                });
+            }
+            files.extend(matched);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    (files, errors)
+}
+
+fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("cannot list the folder: {e}"))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            collect_images(&path, out)?;
+        } else if is_image_name(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
 }
 
 /// The report as a table for people: one row per image, then one line per error.

@@ -410,3 +410,65 @@ fn eval_reports_consistent_figures_and_gates_on_fail_under() {
     let (code, _, _) = ws.run(&["eval", "--fail-under", "1.5"]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn predict_takes_folders_and_quoted_patterns() {
+    let ws = Workspace::new(20, 50);
+    ws.train(&[]);
+    std::fs::create_dir_all(ws.path("photos/more")).unwrap();
+    save_image(
+        &synthetic::sample_image(0, 1),
+        &ws.path("photos/a.png"),
+        Look::Rgb,
+        32,
+    );
+    save_image(
+        &synthetic::sample_image(1, 1),
+        &ws.path("photos/b.jpg"),
+        Look::Rgb,
+        40,
+    );
+    save_image(
+        &synthetic::sample_image(2, 1),
+        &ws.path("photos/more/c.png"),
+        Look::Grey,
+        32,
+    );
+    std::fs::write(
+        ws.path("photos/notes.txt"),
+        "not an image, and not named like one",
+    )
+    .unwrap();
+
+    let files = |report: &serde_json::Value| -> Vec<String> {
+        report["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["file"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let folder: serde_json::Value =
+        serde_json::from_str(&ws.ok(&["predict", "--json", "photos"])).unwrap();
+    assert_eq!(
+        files(&folder),
+        ["photos/a.png", "photos/b.jpg", "photos/more/c.png"]
+    );
+    assert!(folder["errors"].as_array().unwrap().is_empty());
+
+    let pattern: serde_json::Value =
+        serde_json::from_str(&ws.ok(&["predict", "--json", "photos/*.png"])).unwrap();
+    assert_eq!(files(&pattern), ["photos/a.png"]);
+
+    let (code, out, _) = ws.run(&["predict", "--json", "photos/*.gif", "photos/a.png"]);
+    assert_eq!(code, 1);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(files(&report), ["photos/a.png"]);
+    assert_eq!(report["errors"][0]["file"], "photos/*.gif");
+    assert!(
+        report["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no image files match")
+    );
+}
