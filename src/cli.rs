@@ -9,10 +9,12 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::data::cifar10::{self, Split};
 use crate::data::download::{self, DownloadOptions};
+use crate::data::preprocess::load_image_file;
 use crate::device::{self, DeviceChoice};
 use crate::eval;
+use crate::explain;
 use crate::export::{self, load_model, resolve_model};
-use crate::predict::{Classifier, expand_inputs, render_table};
+use crate::predict::{Classifier, FileError, expand_inputs, render_table};
 use crate::progress::{ProgressMode, Reporter};
 use crate::train::{self, TrainOptions};
 
@@ -54,6 +56,8 @@ pub enum Command {
     Predict(PredictArgs),
     /// Measure the model on the test split: accuracy, per-class figures, confusion matrix.
     Eval(EvalArgs),
+    /// Show which pixels pushed the prediction up: a heat map beside each image, as a PNG.
+    Explain(ExplainArgs),
     /// Serve the model over HTTP (Open Inference Protocol / KServe v2, and /v1/predict).
     Serve(ServeArgs),
 }
@@ -217,6 +221,26 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
+/// `maas explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Image files, folders of them, or quoted patterns, as for `predict`.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+    /// Which model to use.
+    #[command(flatten)]
+    pub source: ModelSource,
+    /// Folder for the pictures (`<image name>.explain.png`).
+    #[arg(long, value_name = "DIR", default_value = "explain")]
+    pub out: PathBuf,
+    /// How many of the most probable classes to list.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=10))]
+    pub top_k: u8,
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `maas serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -290,6 +314,7 @@ pub fn run(cli: Cli, stop: &AtomicBool) -> Result<u8> {
         Command::Export(args) => run_export(args, &reporter),
         Command::Predict(args) => run_predict(args, cli.device, &reporter),
         Command::Eval(args) => run_eval(args, cli.device, &reporter),
+        Command::Explain(args) => run_explain(args, cli.device, &reporter),
         Command::Serve(args) => {
             let path = args.source.resolve(&reporter)?;
             let selected = select_device(cli.device, &reporter)?;
@@ -452,4 +477,54 @@ fn run_eval(args: EvalArgs, choice: DeviceChoice, reporter: &Reporter) -> Result
         }
         _ => Ok(0),
     }
+}
+
+fn run_explain(args: ExplainArgs, choice: DeviceChoice, reporter: &Reporter) -> Result<u8> {
+    let path = args.source.resolve(reporter)?;
+    let loaded = load_model(&path)?;
+    let selected = select_device(choice, reporter)?;
+    let classifier = Classifier::new(&loaded, &selected.device);
+    let explainer = explain::Explainer::new(&loaded, &selected.device);
+    let (files, mut errors) = expand_inputs(&args.images);
+    let mut explanations = Vec::new();
+    for file in &files {
+        let outcome = load_image_file(file).and_then(|input| {
+            explain::explain(
+                &classifier,
+                &explainer,
+                file,
+                &input,
+                &args.out,
+                args.top_k as usize,
+            )
+        });
+        match outcome {
+            Ok(e) => explanations.push(e),
+            Err(e) => errors.push(FileError {
+                file: file.display().to_string(),
+                error: format!("{e:#}"),
+            }),
+        }
+    }
+    if args.json {
+        print_json(&serde_json::json!({
+            "model": path,
+            "explanations": explanations,
+            "errors": errors,
+        }))?;
+    } else {
+        for e in &explanations {
+            println!(
+                "{}: {} {:.1}% -> {}",
+                e.file,
+                e.label,
+                100.0 * e.probability,
+                e.picture.display()
+            );
+        }
+        for e in &errors {
+            eprintln!("maas: error: {}: {}", e.file, e.error);
+        }
+    }
+    Ok(if errors.is_empty() { 0 } else { 1 })
 }

@@ -11,6 +11,7 @@ pub mod container;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod explain;
 pub mod export;
 pub mod fsutil;
 pub mod model;

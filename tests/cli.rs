@@ -472,3 +472,42 @@ fn predict_takes_folders_and_quoted_patterns() {
             .contains("no image files match")
     );
 }
+
+#[test]
+fn explain_writes_a_picture_per_image_and_reports_the_top_classes() {
+    let ws = Workspace::new(20, 50);
+    ws.train(&[]);
+    save_image(
+        &synthetic::sample_image(3, 1),
+        &ws.path("a.png"),
+        Look::Rgb,
+        32,
+    );
+    save_image(
+        &synthetic::sample_image(5, 1),
+        &ws.path("b.jpg"),
+        Look::Rgb,
+        64,
+    );
+    std::fs::write(ws.path("bad.png"), "text").unwrap();
+    let (code, out, err) = ws.run(&[
+        "explain", "--json", "--out", "why", "a.png", "b.jpg", "bad.png",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let explanations = report["explanations"].as_array().unwrap();
+    assert_eq!(explanations.len(), 2);
+    assert_eq!(report["errors"][0]["file"], "bad.png");
+    let predicted: serde_json::Value =
+        serde_json::from_str(&ws.ok(&["predict", "--json", "a.png", "b.jpg"])).unwrap();
+    for (e, p) in explanations
+        .iter()
+        .zip(predicted["predictions"].as_array().unwrap())
+    {
+        assert_eq!(e["label"], p["label"]);
+        assert_eq!(e["top_k"].as_array().unwrap().len(), 3);
+        let picture = image::open(ws.path(e["picture"].as_str().unwrap())).unwrap();
+        assert_eq!((picture.width(), picture.height()), (520, 256));
+    }
+    assert!(ws.path("why/a.explain.png").is_file() && ws.path("why/b.explain.png").is_file());
+}

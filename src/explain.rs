@@ -1,0 +1,196 @@
+//! Why this answer: gradient x input through the same burn model (autodiff), drawn as a heat map
+//! beside the image.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use image::{Rgb, RgbImage};
+use serde::Serialize;
+
+use crate::data::preprocess::{INPUT_LEN, SIDE};
+use crate::export::LoadedModel;
+use crate::model::{Mlp, read_f32};
+use crate::predict::{Classifier, Ranked};
+
+/// How many screen pixels each of the model's 32x32 input pixels becomes in the picture.
+const SCALE: u32 = 8;
+/// Gap between the image and its heat map, in screen pixels.
+const GAP: u32 = 8;
+
+/// What `explain` says about one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    /// The image file.
+    pub file: String,
+    /// The predicted class.
+    pub label: String,
+    /// Its index.
+    pub index: usize,
+    /// Its probability.
+    pub probability: f32,
+    /// The most probable classes.
+    pub top_k: Vec<Ranked>,
+    /// The picture: the image beside the heat map of what pushed `label` up.
+    pub picture: PathBuf,
+}
+
+/// A model that can be differentiated with respect to its input.
+pub struct Explainer {
+    model: Mlp,
+    device: Device,
+}
+
+impl Explainer {
+    /// Puts `loaded` on `device` with autodiff.
+    pub fn new(loaded: &LoadedModel, device: &Device) -> Self {
+        let device = device.clone().autodiff();
+        Self {
+            model: Mlp::from_weights(&loaded.weights, &device),
+            device,
+        }
+    }
+
+    /// Gradient of the logit of `class` with respect to each input value, times that value
+    /// ([`INPUT_LEN`] values, channel-major).
+    pub fn gradient_x_input(&self, input: &[f32], class: usize) -> Result<Vec<f32>> {
+        let x = Tensor::<2>::from_data(
+            TensorData::new(input.to_vec(), [1, INPUT_LEN]),
+            &self.device,
+        )
+        .require_grad();
+        let logit = self
+            .model
+            .forward(x.clone())
+            .slice([0..1, class..class + 1])
+            .sum();
+        let grads = logit.backward();
+        let gradient = x.grad(&grads).context("the input received no gradient")?;
+        read_f32(gradient * x.detach())
+    }
+
+    /// The logit of `class` for one input (to check gradients against finite differences).
+    pub fn logit(&self, input: &[f32], class: usize) -> Result<f32> {
+        let x = Tensor::<2>::from_data(
+            TensorData::new(input.to_vec(), [1, INPUT_LEN]),
+            &self.device,
+        );
+        Ok(read_f32(self.model.forward(x))?
+            .get(class)
+            .copied()
+            .unwrap_or(f32::NAN))
+    }
+}
+
+/// The image (left) beside the heat map of the positive evidence (right), each pixel 8x8.
+pub fn picture(input: &[f32], evidence: &[f32]) -> RgbImage {
+    let plane = (SIDE * SIDE) as usize;
+    let side = SIDE * SCALE;
+    // Per pixel: the evidence of its three channels; only what pushed the class up is drawn.
+    let heat: Vec<f32> = (0..plane)
+        .map(|i| (evidence[i] + evidence[plane + i] + evidence[2 * plane + i]).max(0.0))
+        .collect();
+    let peak = heat.iter().copied().fold(0f32, f32::max);
+    let mut out = RgbImage::from_pixel(2 * side + GAP, side, Rgb([255, 255, 255]));
+    for y in 0..side {
+        for x in 0..side {
+            let i = ((y / SCALE) * SIDE + x / SCALE) as usize;
+            let byte = |c: usize| (input[c * plane + i].clamp(0.0, 1.0) * 255.0).round() as u8;
+            out.put_pixel(x, y, Rgb([byte(0), byte(1), byte(2)]));
+            let t = if peak > 0.0 { heat[i] / peak } else { 0.0 };
+            out.put_pixel(side + GAP + x, y, hot(t));
+        }
+    }
+    out
+}
+
+/// The "hot" colour map: black, red, yellow, white as `t` goes from 0 to 1.
+fn hot(t: f32) -> Rgb<u8> {
+    let channel = |start: f32| (((t - start) * 3.0).clamp(0.0, 1.0) * 255.0).round();
+    Rgb([
+        channel(0.0) as u8,
+        channel(1.0 / 3.0) as u8,
+        channel(2.0 / 3.0) as u8,
+    ])
+}
+
+/// Explains each input: classifies it, computes the evidence for its top class and writes the
+/// picture `<out>/<file stem>.explain.png`.
+pub fn explain(
+    classifier: &Classifier,
+    explainer: &Explainer,
+    file: &Path,
+    input: &[f32],
+    out: &Path,
+    k: usize,
+) -> Result<Explanation> {
+    let probabilities = classifier.probabilities(input)?;
+    let prediction = classifier.prediction(file.display().to_string(), &probabilities, k);
+    let evidence = explainer.gradient_x_input(input, prediction.index)?;
+    let stem = file
+        .file_stem()
+        .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+    let picture_path = out.join(format!("{stem}.explain.png"));
+    let mut png = std::io::Cursor::new(Vec::new());
+    picture(input, &evidence)
+        .write_to(&mut png, image::ImageFormat::Png)
+        .context("cannot encode the picture")?;
+    crate::fsutil::write_atomic(&picture_path, png.get_ref())?;
+    Ok(Explanation {
+        file: prediction.file,
+        label: prediction.label,
+        index: prediction.index,
+        probability: prediction.probability,
+        top_k: prediction.top_k,
+        picture: picture_path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ModelConfig, Weights};
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let classes = (0..10).map(|i| i.to_string()).collect();
+        let loaded = LoadedModel {
+            config: ModelConfig::new(16, classes),
+            weights: Weights::init(16, 3),
+            provenance: None,
+            path: PathBuf::from("test"),
+        };
+        let explainer = Explainer::new(&loaded, &Device::flex());
+        let mut rng = StdRng::seed_from_u64(1);
+        let x: Vec<f32> = (0..INPUT_LEN).map(|_| rng.random_range(0.2..0.8)).collect();
+        let evidence = explainer.gradient_x_input(&x, 4).unwrap();
+        let h = 1e-2f32;
+        for i in [0, 100, 1500, 3071] {
+            let (mut up, mut down) = (x.clone(), x.clone());
+            up[i] += h;
+            down[i] -= h;
+            let slope =
+                (explainer.logit(&up, 4).unwrap() - explainer.logit(&down, 4).unwrap()) / (2.0 * h);
+            let expected = slope * x[i];
+            assert!(
+                (evidence[i] - expected).abs() < 1e-3,
+                "input {i}: {} vs finite difference {expected}",
+                evidence[i]
+            );
+        }
+    }
+
+    #[test]
+    fn the_picture_puts_the_image_beside_its_heat_map() {
+        let input = vec![1.0; INPUT_LEN];
+        let mut evidence = vec![0.0; INPUT_LEN];
+        evidence[0] = 1.0; // pixel (0, 0), red channel
+        let p = picture(&input, &evidence);
+        assert_eq!(p.dimensions(), (2 * 256 + GAP, 256));
+        assert_eq!(p.get_pixel(0, 0), &Rgb([255, 255, 255]));
+        assert_eq!(p.get_pixel(256 + GAP, 0), &Rgb([255, 255, 255])); // the peak is white-hot
+        assert_eq!(p.get_pixel(256 + GAP + 8, 0), &Rgb([0, 0, 0])); // no evidence is black
+    }
+}
