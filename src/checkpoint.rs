@@ -105,12 +105,17 @@ pub fn take_weights(contents: &mut Contents, prefix: &str, hidden: usize) -> Res
 impl Checkpoint {
     /// Writes the checkpoint to `path` atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
+        crate::fsutil::write_atomic(path, &self.encode()?)
+    }
+
+    /// The checkpoint as file bytes, to be written to one path or several.
+    pub fn encode(&self) -> Result<Vec<u8>> {
         let mut arrays = weight_arrays("", &self.weights);
         arrays.extend(weight_arrays("adam.m.", &self.adam.m));
         arrays.extend(weight_arrays("adam.v.", &self.adam.v));
         let mut meta = serde_json::to_value(&self.meta)?;
         meta["adam_step"] = self.adam.step.into();
-        container::write(path, Kind::Checkpoint, meta, &arrays)
+        container::encode(Kind::Checkpoint, meta, &arrays)
     }
 
     /// Reads and checks the checkpoint at `path`.

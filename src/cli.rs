@@ -13,7 +13,7 @@ use crate::data::preprocess::load_image_file;
 use crate::device::{self, DeviceChoice};
 use crate::eval;
 use crate::explain;
-use crate::export::{self, load_model, resolve_model};
+use crate::export::{self, LoadedModel, load_model, resolve_model};
 use crate::predict::{Classifier, FileError, expand_inputs, render_table};
 use crate::progress::{ProgressMode, Reporter};
 use crate::train::{self, TrainOptions};
@@ -183,6 +183,13 @@ impl ModelSource {
             reporter.info(note);
         }
         Ok(path)
+    }
+
+    /// Resolves and loads the model.
+    pub fn load(&self, reporter: &Reporter) -> Result<(PathBuf, LoadedModel)> {
+        let path = self.resolve(reporter)?;
+        let loaded = load_model(&path)?;
+        Ok((path, loaded))
     }
 }
 
@@ -417,8 +424,7 @@ fn run_export(args: ExportArgs, reporter: &Reporter) -> Result<u8> {
 }
 
 fn run_predict(args: PredictArgs, choice: DeviceChoice, reporter: &Reporter) -> Result<u8> {
-    let path = args.source.resolve(reporter)?;
-    let loaded = load_model(&path)?;
+    let (path, loaded) = args.source.load(reporter)?;
     let selected = select_device(choice, reporter)?;
     let classifier = Classifier::new(&loaded, &selected.device);
     let (files, problems) = expand_inputs(&args.images);
@@ -446,8 +452,7 @@ fn run_predict(args: PredictArgs, choice: DeviceChoice, reporter: &Reporter) -> 
 }
 
 fn run_eval(args: EvalArgs, choice: DeviceChoice, reporter: &Reporter) -> Result<u8> {
-    let path = args.source.resolve(reporter)?;
-    let loaded = load_model(&path)?;
+    let (path, loaded) = args.source.load(reporter)?;
     let dataset = args.data.ensure(reporter)?;
     let classes = cifar10::read_class_names(&dataset)?;
     if classes != loaded.config.classes {
@@ -480,8 +485,7 @@ fn run_eval(args: EvalArgs, choice: DeviceChoice, reporter: &Reporter) -> Result
 }
 
 fn run_explain(args: ExplainArgs, choice: DeviceChoice, reporter: &Reporter) -> Result<u8> {
-    let path = args.source.resolve(reporter)?;
-    let loaded = load_model(&path)?;
+    let (path, loaded) = args.source.load(reporter)?;
     let selected = select_device(choice, reporter)?;
     let classifier = Classifier::new(&loaded, &selected.device);
     let explainer = explain::Explainer::new(&loaded, &selected.device);

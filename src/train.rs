@@ -420,15 +420,17 @@ pub fn train(
         state.adam = adam.state()?;
         // The epoch's own file, then best, then last: `last.ckpt` is what --resume trusts, so
         // it is replaced only once everything before it is safely on disk.
-        state.save(&files.epoch(epoch))?;
+        // Encoded once, written as the epoch's file, maybe best, then last.
+        let bytes = state.encode()?;
+        write_atomic(&files.epoch(epoch), &bytes)?;
         if improved {
-            state.save(&files.best())?;
+            write_atomic(&files.best(), &bytes)?;
         }
         write_atomic(
             &files.metrics_csv(),
             metrics_csv(&state.meta.history).as_bytes(),
         )?;
-        state.save(&files.last())?;
+        write_atomic(&files.last(), &bytes)?;
         reporter.info(format!(
             "epoch {epoch}/{}: train loss {train_loss:.4} acc {train_accuracy:.4} | test loss {test_loss:.4} acc {test_accuracy:.4} | {:.0} samples/s{}",
             opts.epochs,

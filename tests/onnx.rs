@@ -87,25 +87,14 @@ fn onnxruntime_agrees_with_maas_predict() {
             .contains("best.ckpt")
     );
 
-    let mut args = vec![
-        "predict",
-        "--json",
-        "--top-k",
-        "10",
-        "--model",
-        "checkpoints/best.ckpt",
-    ];
-    args.extend(files.iter().map(String::as_str));
-    let report: serde_json::Value = serde_json::from_str(&ws.ok(&args)).unwrap();
-    for (i, prediction) in report["predictions"].as_array().unwrap().iter().enumerate() {
-        for ranked in prediction["top_k"].as_array().unwrap() {
-            let k = ranked["index"].as_u64().unwrap() as usize;
-            let ours = ranked["probability"].as_f64().unwrap();
+    let ours = common::predict_probabilities(&ws, "checkpoints/best.ckpt", &files);
+    for (i, row) in ours.iter().enumerate() {
+        for (k, &p) in row.iter().enumerate() {
             for batch in ["whole", "single"] {
                 let theirs = ort[batch][i][k].as_f64().unwrap();
                 assert!(
-                    (ours - theirs).abs() < 1e-5,
-                    "image {i} class {k} ({batch}): maas {ours} vs onnxruntime {theirs}"
+                    (f64::from(p) - theirs).abs() < 1e-5,
+                    "image {i} class {k} ({batch}): maas {p} vs onnxruntime {theirs}"
                 );
             }
         }

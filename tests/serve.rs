@@ -249,33 +249,6 @@ fn images(ws: &Workspace, n: usize) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// `maas predict --json --top-k 10` on the images: every class's probability, per image.
-fn predict_probabilities(ws: &Workspace, names: &[String]) -> Vec<Vec<f32>> {
-    let mut args = vec![
-        "predict",
-        "--json",
-        "--top-k",
-        "10",
-        "--model",
-        "model.maas",
-    ];
-    args.extend(names.iter().map(String::as_str));
-    let report: Value = serde_json::from_str(&ws.ok(&args)).unwrap();
-    report["predictions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            let mut row = vec![f32::NAN; 10];
-            for r in p["top_k"].as_array().unwrap() {
-                row[r["index"].as_u64().unwrap() as usize] =
-                    r["probability"].as_f64().unwrap() as f32;
-            }
-            row
-        })
-        .collect()
-}
-
 /// The FP32 tensor of the images, made by the same preprocessing `predict` uses.
 fn fp32_tensor(images: &[(String, Vec<u8>)]) -> Vec<f32> {
     images
@@ -400,7 +373,7 @@ fn json_infer_agrees_with_predict() {
     let ws = workspace_with_model();
     let imgs = images(&ws, 3);
     let names: Vec<String> = imgs.iter().map(|(n, _)| n.clone()).collect();
-    let expected = predict_probabilities(&ws, &names);
+    let expected = common::predict_probabilities(&ws, "model.maas", &names);
     let server = Server::start(&ws, &[]);
     let values = fp32_tensor(&imgs);
     let reply = server.post_json("/v2/models/maas/infer", &infer_json(&values, 3));
@@ -431,7 +404,7 @@ fn binary_tensor_extension_agrees_with_predict() {
     let ws = workspace_with_model();
     let imgs = images(&ws, 3);
     let names: Vec<String> = imgs.iter().map(|(n, _)| n.clone()).collect();
-    let expected = predict_probabilities(&ws, &names);
+    let expected = common::predict_probabilities(&ws, "model.maas", &names);
     let server = Server::start(&ws, &[]);
     let raw: Vec<u8> = fp32_tensor(&imgs)
         .iter()
@@ -513,7 +486,7 @@ fn bytes_input_takes_encoded_images_in_json_and_binary() {
     let ws = workspace_with_model();
     let imgs = images(&ws, 3);
     let names: Vec<String> = imgs.iter().map(|(n, _)| n.clone()).collect();
-    let expected = predict_probabilities(&ws, &names);
+    let expected = common::predict_probabilities(&ws, "model.maas", &names);
     let server = Server::start(&ws, &[]);
     let data = json!([base64(&imgs[0].1), {"b64": base64(&imgs[1].1)}, base64(&imgs[2].1)]);
     let body =
@@ -760,7 +733,7 @@ fn a_burst_of_concurrent_clients_all_succeed_in_shared_batches() {
     let ws = workspace_with_model();
     let imgs = images(&ws, 4);
     let names: Vec<String> = imgs.iter().map(|(n, _)| n.clone()).collect();
-    let expected = predict_probabilities(&ws, &names);
+    let expected = common::predict_probabilities(&ws, "model.maas", &names);
     let server = Server::start(&ws, &["--max-wait-ms", "20"]);
     let url = server.url("/v2/models/maas/infer");
     let clients: Vec<_> = (0..64)

@@ -70,6 +70,27 @@ impl Workspace {
     }
 }
 
+/// `maas predict --json --top-k 10 --model MODEL` on the images: every class's probability, per
+/// image, in class order.
+pub fn predict_probabilities(ws: &Workspace, model: &str, names: &[String]) -> Vec<Vec<f32>> {
+    let mut args = vec!["predict", "--json", "--top-k", "10", "--model", model];
+    args.extend(names.iter().map(String::as_str));
+    let report: serde_json::Value = serde_json::from_str(&ws.ok(&args)).unwrap();
+    report["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let mut row = vec![f32::NAN; 10];
+            for r in p["top_k"].as_array().unwrap() {
+                row[r["index"].as_u64().unwrap() as usize] =
+                    r["probability"].as_f64().unwrap() as f32;
+            }
+            row
+        })
+        .collect()
+}
+
 /// The temporary files (`.maas-tmp-*`) an interrupted write left in `dir`.
 pub fn temporaries(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
