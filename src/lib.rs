@@ -19,6 +19,7 @@ pub mod onnx;
 pub mod predict;
 pub mod progress;
 pub mod serve;
+pub mod sharded;
 pub mod train;
 
 /// The version written into every file maas makes, for provenance.

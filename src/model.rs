@@ -249,39 +249,84 @@ impl Mlp {
 
     /// One forward and backward pass: the gradients of the mean cross-entropy, derived by hand
     /// for this fixed architecture, which costs far fewer tensor operations than a recorded graph.
+    /// Training runs the same arithmetic with the first layer's product cut into shards
+    /// ([`crate::sharded`]); this whole-model form is the reference that is tested against
+    /// autodiff, and the sharded step against it.
     pub fn gradients(
         &self,
         input: Tensor<2>,
         targets: Tensor<2>,
         labels: Tensor<1, Int>,
     ) -> (Gradients, StepStats) {
-        let batch = input.dims()[0];
         let (w1, b1, w2, b2) = self.parameters();
-        let pre = input.clone().matmul(w1) + b1.unsqueeze::<2>();
-        let act = relu(pre.clone());
-        let logits = act.clone().matmul(w2.clone()) + b2.unsqueeze::<2>();
-        let log_probs = log_softmax(logits.clone(), 1);
-        let loss_sum = (log_probs.clone() * targets.clone()).sum().neg();
-        let correct = logits.argmax(1).reshape([batch]).equal(labels).int().sum();
-        // d(mean CE)/d logits = (softmax - onehot) / N.
-        let d_logits = (log_probs.exp() - targets).div_scalar(batch as f64);
-        let d_w2 = act.transpose().matmul(d_logits.clone());
-        let d_b2 = d_logits.clone().sum_dim(0).reshape([NUM_CLASSES]);
-        let d_act = d_logits.matmul(w2.transpose());
-        let d_pre = d_act.mask_fill(pre.lower_equal_elem(0.0), 0.0);
-        let hidden = d_pre.dims()[1];
-        let d_b1 = d_pre.clone().sum_dim(0).reshape([hidden]);
-        let d_w1 = input.transpose().matmul(d_pre);
+        let product = input.clone().matmul(w1);
+        let rest = beyond_first_product(product, b1, w2, b2, targets, labels);
+        let d_w1 = first_layer_gradient(input, rest.d_pre);
         (
             Gradients {
                 w1: d_w1,
-                b1: d_b1,
-                w2: d_w2,
-                b2: d_b2,
+                b1: rest.d_b1,
+                w2: rest.d_w2,
+                b2: rest.d_b2,
             },
-            StepStats { loss_sum, correct },
+            rest.stats,
         )
     }
+}
+
+/// What a step computes beyond the first layer's product `input @ w1`.
+#[derive(Debug, Clone)]
+pub struct BeyondFirstProduct {
+    /// d loss / d pre-activations, `[N, hidden]`: what `w1`'s gradient is made of.
+    pub d_pre: Tensor<2>,
+    /// d loss / d b1.
+    pub d_b1: Tensor<1>,
+    /// d loss / d w2.
+    pub d_w2: Tensor<2>,
+    /// d loss / d b2.
+    pub d_b2: Tensor<1>,
+    /// The batch's loss and right answers.
+    pub stats: StepStats,
+}
+
+/// The rest of the forward pass from the first layer's product `input @ w1` `[N, hidden]`, the
+/// mean cross-entropy against one-hot `targets`, and the backward pass down to the
+/// pre-activations. All of it works on `[N, hidden]` or smaller: cheap next to the product.
+pub fn beyond_first_product(
+    product: Tensor<2>,
+    b1: Tensor<1>,
+    w2: Tensor<2>,
+    b2: Tensor<1>,
+    targets: Tensor<2>,
+    labels: Tensor<1, Int>,
+) -> BeyondFirstProduct {
+    let [batch, hidden] = product.dims();
+    let pre = product + b1.unsqueeze::<2>();
+    let act = relu(pre.clone());
+    let logits = act.clone().matmul(w2.clone()) + b2.unsqueeze::<2>();
+    let classes = logits.dims()[1];
+    let log_probs = log_softmax(logits.clone(), 1);
+    let loss_sum = (log_probs.clone() * targets.clone()).sum().neg();
+    let correct = logits.argmax(1).reshape([batch]).equal(labels).int().sum();
+    // d(mean CE)/d logits = (softmax - onehot) / N.
+    let d_logits = (log_probs.exp() - targets).div_scalar(batch as f64);
+    let d_w2 = act.transpose().matmul(d_logits.clone());
+    let d_b2 = d_logits.clone().sum_dim(0).reshape([classes]);
+    let d_act = d_logits.matmul(w2.transpose());
+    let d_pre = d_act.mask_fill(pre.lower_equal_elem(0.0), 0.0);
+    let d_b1 = d_pre.clone().sum_dim(0).reshape([hidden]);
+    BeyondFirstProduct {
+        d_pre,
+        d_b1,
+        d_w2,
+        d_b2,
+        stats: StepStats { loss_sum, correct },
+    }
+}
+
+/// d loss / d w1 (or the rows of it that belong to `input`'s columns): `input^T @ d_pre`.
+pub fn first_layer_gradient(input: Tensor<2>, d_pre: Tensor<2>) -> Tensor<2> {
+    input.transpose().matmul(d_pre)
 }
 
 fn bias(layer: &Linear) -> Tensor<1> {

@@ -52,7 +52,16 @@ impl Preprocessing {
 
 /// Channel-major RGB bytes (`[3, 32, 32]`) to model input values in [0, 1].
 pub fn normalize(pixels: &[u8], out: &mut Vec<f32>) {
-    out.extend(pixels.iter().map(|&p| f32::from(p) * (1.0 / 255.0)));
+    let start = out.len();
+    out.resize(start + pixels.len(), 0.0);
+    normalize_into(pixels, &mut out[start..]);
+}
+
+/// [`normalize`] into a slice of the same length (the first `pixels.len()` values of `out`).
+pub fn normalize_into(pixels: &[u8], out: &mut [f32]) {
+    for (o, &p) in out.iter_mut().zip(pixels) {
+        *o = f32::from(p) * (1.0 / 255.0);
+    }
 }
 
 /// An image of any size and colour type to channel-major RGB bytes of 32x32.

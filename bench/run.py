@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""maas against PyTorch on this machine, in one run: the ratios of issue #4.
+
+    PEER_PYTHON=/tmp/peers/bin/python bench/run.py            # everything (a few minutes)
+    PEER_PYTHON=/tmp/peers/bin/python bench/run.py train      # only some parts:
+                                                              # train load predict serve
+
+PEER_PYTHON is a Python with torch, numpy and pillow (see bench/README.md). The script builds maas
+(`cargo build`), writes its data into a temporary folder, runs the peer and maas one after the
+other on the same files, and prints a table; with --json FILE it also saves the figures.
+Nothing here is part of the test suite.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+PEERS = os.environ.get("PEERS", os.path.join(REPO, "..", "shared", "peers"))
+MAAS = os.path.join(REPO, "target", "debug", "maas")
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def wall(cmd, repeat):
+    """Best wall time of `cmd` over `repeat` runs, in seconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def maas_train(data, batch, epochs, out):
+    res = run([MAAS, "--device", "cpu", "-q", "train", "--data", data, "--epochs", str(epochs),
+               "--batch-size", str(batch), "--checkpoints", out, "--overwrite", "--json"])
+    summary = json.loads(res.stdout)
+    last = summary["history"][-1]
+    return {"samples_per_s": last["samples_per_second"],
+            "test_acc": summary["final_test_accuracy"],
+            "train_loss": [round(h["train_loss"], 4) for h in summary["history"]],
+            "test_loss": [round(h["test_loss"], 4) for h in summary["history"]]}
+
+
+def torch_train(py, data, batch, epochs):
+    res = run([py, os.path.join(PEERS, "torch_mlp.py"), "--data", data, "--epochs", str(epochs),
+               "--batch", str(batch)])
+    peer = json.loads(res.stdout.strip().splitlines()[-1])
+    return {"samples_per_s": peer["samples_per_s_last_epoch"], "test_acc": peer["test_acc"],
+            "threads": peer["threads"], "torch": peer["torch"]}
+
+
+def bench_train(py, work, args, results):
+    data = os.path.join(work, "train20k")
+    run([sys.executable, os.path.join(HERE, "make_data.py"), data, str(args.train_n)])
+    bin_dir = os.path.join(data, "cifar-10-batches-bin")
+    print(f"\ntraining: {args.train_n} generated images, {args.epochs} epochs, samples/s of the "
+          f"last epoch, best of {args.repeat}")
+    print(f"{'batch':>5} {'torch':>9} {'maas':>9} {'ratio':>6}   test acc torch / maas   maas train loss per epoch")
+    for batch in (32, 128):
+        t_runs, m_runs = [], []
+        for _ in range(args.repeat):  # interleaved, so both see the same machine
+            t_runs.append(torch_train(py, bin_dir, batch, args.epochs))
+            m_runs.append(maas_train(data, batch, args.epochs, os.path.join(work, f"ck{batch}")))
+        t = max(t_runs, key=lambda r: r["samples_per_s"])
+        m = max(m_runs, key=lambda r: r["samples_per_s"])
+        ratio = m["samples_per_s"] / t["samples_per_s"]
+        print(f"{batch:>5} {t['samples_per_s']:>9.0f} {m['samples_per_s']:>9.0f} {ratio:>5.2f}x"
+              f"   {t['test_acc']:.4f} / {m['test_acc']:.4f}        {m['train_loss']}")
+        results[f"train_batch_{batch}"] = {"torch": t, "maas": m, "ratio": ratio}
+
+
+def bench_load(work, results):
+    data = os.path.join(work, "full")
+    run([sys.executable, os.path.join(HERE, "make_data.py"), data, "50000", "10000"])
+    seconds = []
+    for _ in range(3):
+        res = run([MAAS, "--device", "cpu", "--progress", "never", "train", "--data", data, "--epochs", "1",
+                   "--checkpoints", os.path.join(work, "ck-load"), "--overwrite"])
+        found = re.search(r"testing on (\d+) \(([\d.]+) s to load\)", res.stderr)
+        seconds.append(float(found.group(2)))
+    print(f"\nloading 50,000 + 10,000 records into training-ready tensors: {min(seconds):.3f} s "
+          f"(best of 3; target < 0.3 s)")
+    results["load_60k_s"] = min(seconds)
+
+
+def write_images(py, folder, count):
+    script = (
+        "import sys, numpy as np; from PIL import Image\n"
+        "rng = np.random.default_rng(1)\n"
+        "for i in range(int(sys.argv[2])):\n"
+        "    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(f'{sys.argv[1]}/{i:05d}.png')\n")
+    os.makedirs(folder, exist_ok=True)
+    run([py, "-c", script, folder, str(count)])
+
+
+TORCH_PREDICT = r"""
+import glob, json, sys, time
+import numpy as np, torch
+from PIL import Image
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(3072, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+files = sorted(glob.glob(sys.argv[1] + "/*.png"))
+t = time.perf_counter()
+x = np.stack([np.asarray(Image.open(f).convert("RGB"), dtype=np.float32).transpose(2, 0, 1).reshape(-1) / 255.0
+              for f in files])
+with torch.no_grad():
+    p = torch.softmax(model(torch.from_numpy(x)), dim=1)
+top = p.topk(3, dim=1)
+print(json.dumps({"seconds": time.perf_counter() - t, "images": len(files)}))
+"""
+
+
+def bench_predict(py, work, args, results):
+    model = os.path.join(work, "model.maas")
+    data = os.path.join(work, "small")
+    run([sys.executable, os.path.join(HERE, "make_data.py"), data, "1000", "1000"])
+    run([MAAS, "-q", "--device", "cpu", "train", "--data", data, "--epochs", "1",
+         "--checkpoints", os.path.join(work, "ck-small"), "--overwrite"])
+    run([MAAS, "-q", "export", "--checkpoints", os.path.join(work, "ck-small"), "-o", model])
+    images = os.path.join(work, "images")
+    write_images(py, images, args.images)
+    one = os.path.join(images, "00000.png")
+    print(f"\npredict (whole process, best of 10):")
+    for device in ("auto", "cpu"):
+        s = wall([MAAS, "--device", device, "predict", one, "--model", model], 10)
+        print(f"  maas --device {device} predict one.png: {s * 1000:.1f} ms (target < 30 ms)")
+        results[f"predict_one_{device}_ms"] = s * 1000
+    m = wall([MAAS, "--device", "cpu", "predict", images, "--model", model, "--json"], 3)
+    peer = []
+    for _ in range(3):
+        out = run([py, "-c", TORCH_PREDICT, images]).stdout
+        peer.append(json.loads(out.strip().splitlines()[-1])["seconds"])
+    t = min(peer)
+    print(f"  {args.images} images: maas whole process {m:.3f} s, torch in-process (decode + "
+          f"forward, no start-up) {t:.3f} s: ratio {t / m:.2f}x")
+    results["predict_many"] = {"images": args.images, "maas_s": m, "torch_s": t, "ratio": t / m}
+    return model, one
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_serve(work, args, results, model=None, one=None):
+    if model is None:
+        print("\nserve: needs the predict part's model; run `bench/run.py predict serve`")
+        return
+    if shutil.which("ab") is None:
+        print("\nserve: skipped, `ab` (apache2-utils) is not installed")
+        return
+    port = free_port()
+    server = subprocess.Popen([MAAS, "--device", "cpu", "-q", "serve", "--model", model, "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + "/v2/health/ready", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        print(f"\nserve: /v1/predict, one PNG per request, ab on the same machine:")
+        for clients in (1, 64):
+            out = run(["ab", "-q", "-n", str(args.requests), "-c", str(clients), "-p", one, "-T", "image/png",
+                       url + "/v1/predict"]).stdout
+            rps = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))
+            non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
+            print(f"  {clients:>2} clients: {rps:>8.0f} requests/s" + (f" ({non2xx.group(1)} non-2xx!)" if non2xx else ""))
+            results[f"serve_{clients}_clients_rps"] = rps
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("parts", nargs="*", default=["train", "load", "predict", "serve"])
+    ap.add_argument("--train-n", type=int, default=20000, help="generated training images")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=2, help="training runs of each, interleaved")
+    ap.add_argument("--images", type=int, default=10000, help="images for the batch predict")
+    ap.add_argument("--requests", type=int, default=20000, help="requests per serve measurement")
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+    py = os.environ.get("PEER_PYTHON", "python3")
+    run(["cargo", "build", "--quiet"], cwd=REPO)
+    print(f"machine: {os.cpu_count()} cores; {run(['uname', '-srm']).stdout.strip()}")
+    results = {"cores": os.cpu_count()}
+    work = tempfile.mkdtemp(prefix="maas-bench-")
+    try:
+        if "train" in args.parts:
+            bench_train(py, work, args, results)
+        if "load" in args.parts:
+            bench_load(work, results)
+        model = one = None
+        if "predict" in args.parts:
+            model, one = bench_predict(py, work, args, results)
+        if "serve" in args.parts:
+            bench_serve(work, args, results, model, one)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+//! The training step, with the first layer cut into shards that step on their own cores.
+//!
+//! Why: nearly all of a step's work is the first layer (`w1` is 3072 x 64 of the model's 197k
+//! parameters): its product `input @ w1`, its gradient `input^T @ d_pre`, and Adam's update of
+//! it. burn's CPU backend runs each operation on one core (its matmul goes parallel only above
+//! ~7M multiply-adds, and elementwise operations never do), so at batch 32 one core idles.
+//! Shard `k` owns a contiguous run of input features: those rows of `w1` and their Adam moments.
+//! Each step, every shard multiplies its columns of the batch by its rows of `w1` on a thread of
+//! its own; the parts are added, and the small rest of the network runs forward and backward
+//! ([`beyond_first_product`]); then every shard computes its rows of `w1`'s gradient and updates
+//! them, in parallel with Adam on the small parameters. The arithmetic is that of
+//! [`Mlp::gradients`] and [`adam::update`]; only the product's sum is taken in another order
+//! (tested to agree). Rows are the cut because the product then splits into sums over long
+//! rows, and the gradient into tall blocks: the shapes the matmul runs fastest on.
+//!
+//! On a GPU there is one shard: the device is parallel already.
+
+use std::ops::Range;
+
+use anyhow::Result;
+use burn::prelude::*;
+use rayon::prelude::*;
+
+use crate::adam::{self, AdamConfig, AdamState, Moments};
+use crate::data::preprocess::INPUT_LEN;
+use crate::model::{Mlp, StepStats, Weights, beyond_first_product, first_layer_gradient, read_f32};
+
+/// A parameter and its Adam moments.
+struct Trained<const D: usize> {
+    value: Tensor<D>,
+    moments: Moments<D>,
+}
+
+impl<const D: usize> Trained<D> {
+    fn upload(value: Tensor<D>, m: &[f32], v: &[f32], device: &Device) -> Self {
+        let shape: [usize; D] = value.dims();
+        Self {
+            value,
+            moments: Moments::upload(m, v, shape, device),
+        }
+    }
+
+    fn update(&mut self, grad: Tensor<D>, lr_t: f64, config: AdamConfig) {
+        self.value = adam::update(self.value.clone(), grad, &mut self.moments, lr_t, config);
+    }
+
+    fn host(&self) -> Result<[Vec<f32>; 3]> {
+        Ok([
+            read_f32(self.value.clone())?,
+            read_f32(self.moments.m.clone())?,
+            read_f32(self.moments.v.clone())?,
+        ])
+    }
+}
+
+/// Rows `rows` of `w1`, trained by one thread.
+struct Shard {
+    rows: Range<usize>,
+    w1: Trained<2>,
+}
+
+/// The model and its optimizer while training.
+pub struct ShardedTrainer {
+    config: AdamConfig,
+    step: u64,
+    shards: Vec<Shard>,
+    b1: Trained<1>,
+    w2: Trained<2>,
+    b2: Trained<1>,
+}
+
+impl ShardedTrainer {
+    /// The model `weights` with Adam's `state`, on `device`, with `w1` cut into `shards` row
+    /// blocks (at least one).
+    pub fn new(
+        weights: &Weights,
+        state: &AdamState,
+        config: AdamConfig,
+        shards: usize,
+        device: &Device,
+    ) -> Self {
+        let (w1, b1, w2, b2) = Mlp::from_weights(weights, device).parameters();
+        let (m, v) = (&state.m, &state.v);
+        let count = shards.clamp(1, INPUT_LEN);
+        let hidden = weights.hidden;
+        let shards = (0..count)
+            .map(|k| {
+                let rows = k * INPUT_LEN / count..(k + 1) * INPUT_LEN / count;
+                let flat = rows.start * hidden..rows.end * hidden;
+                let value = w1.clone().slice_dim(0, rows.clone());
+                let w1 = Trained::upload(value, &m.w1[flat.clone()], &v.w1[flat], device);
+                Shard { rows, w1 }
+            })
+            .collect();
+        Self {
+            config,
+            step: state.step,
+            shards,
+            b1: Trained::upload(b1, &m.b1, &v.b1, device),
+            w2: Trained::upload(w2, &m.w2, &v.w2, device),
+            b2: Trained::upload(b2, &m.b2, &v.b2, device),
+        }
+    }
+
+    /// How many shards `w1` is cut into.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// One step of Adam on the batch `input` `[N, >= 3072]` (columns past 3072 are ignored) with
+    /// one-hot `targets` and `labels`.
+    pub fn step(
+        &mut self,
+        input: Tensor<2>,
+        targets: Tensor<2>,
+        labels: Tensor<1, Int>,
+    ) -> StepStats {
+        self.step += 1;
+        let lr_t = self.config.step_size(self.step);
+        let config = self.config;
+        let columns = |rows: &Range<usize>| input.clone().slice_dim(1, rows.clone());
+        let products: Vec<Tensor<2>> = self
+            .shards
+            .par_iter()
+            .map(|s| columns(&s.rows).matmul(s.w1.value.clone()))
+            .collect();
+        // There is always a shard; zeros only keep this total without a panic path.
+        let hidden = self.b1.value.dims()[0];
+        let product = products
+            .into_iter()
+            .reduce(|a, b| a + b)
+            .unwrap_or_else(|| Tensor::zeros([input.dims()[0], hidden], &input.device()));
+        let rest = beyond_first_product(
+            product,
+            self.b1.value.clone(),
+            self.w2.value.clone(),
+            self.b2.value.clone(),
+            targets,
+            labels,
+        );
+        let d_pre = rest.d_pre;
+        let (b1, w2, b2) = (&mut self.b1, &mut self.w2, &mut self.b2);
+        rayon::join(
+            || {
+                self.shards.par_iter_mut().for_each(|s| {
+                    let grad = first_layer_gradient(columns(&s.rows), d_pre.clone());
+                    s.w1.update(grad, lr_t, config);
+                })
+            },
+            || {
+                b1.update(rest.d_b1, lr_t, config);
+                w2.update(rest.d_w2, lr_t, config);
+                b2.update(rest.d_b2, lr_t, config);
+            },
+        );
+        rest.stats
+    }
+
+    /// `w1` and its moments, whole again.
+    fn whole_w1(&self) -> Trained<2> {
+        let cat = |f: fn(&Shard) -> Tensor<2>| Tensor::cat(self.shards.iter().map(f).collect(), 0);
+        Trained {
+            value: cat(|s| s.w1.value.clone()),
+            moments: Moments {
+                m: cat(|s| s.w1.moments.m.clone()),
+                v: cat(|s| s.w1.moments.v.clone()),
+            },
+        }
+    }
+
+    /// The model as it stands, on the device.
+    pub fn model(&self) -> Mlp {
+        let w1 = self.whole_w1().value;
+        let hidden = w1.dims()[1];
+        Mlp::init(hidden, 0, &w1.device()).with_parameters(
+            w1,
+            self.b1.value.clone(),
+            self.w2.value.clone(),
+            self.b2.value.clone(),
+        )
+    }
+
+    /// The weights and Adam's state, copied to the host to be saved.
+    pub fn state(&self) -> Result<(Weights, AdamState)> {
+        let hidden = self.b1.value.dims()[0];
+        let [w1, w1m, w1v] = self.whole_w1().host()?;
+        let [b1, b1m, b1v] = self.b1.host()?;
+        let [w2, w2m, w2v] = self.w2.host()?;
+        let [b2, b2m, b2v] = self.b2.host()?;
+        let weights = |w1, b1, w2, b2| Weights {
+            hidden,
+            w1,
+            b1,
+            w2,
+            b2,
+        };
+        Ok((
+            weights(w1, b1, w2, b2),
+            AdamState {
+                step: self.step,
+                m: weights(w1m, b1m, w2m, b2m),
+                v: weights(w1v, b1v, w2v, b2v),
+            },
+        ))
+    }
+}
+
+/// How many shards to cut `w1` into on a device of `kind` (`cpu` or `gpu`): one per core on the
+/// CPU, one on a GPU.
+pub fn shards_for(kind: &str) -> usize {
+    if kind == "cpu" {
+        rayon::current_num_threads()
+    } else {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::preprocess::INPUT_LEN;
+    use burn::tensor::TensorData;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    const CLASSES: usize = 10;
+
+    fn batch(n: usize, seed: u64, device: &Device) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let x: Vec<f32> = (0..n * INPUT_LEN)
+            .map(|_| rng.random_range(0.0..1.0))
+            .collect();
+        let labels: Vec<i64> = (0..n)
+            .map(|_| rng.random_range(0..CLASSES as i64))
+            .collect();
+        let mut onehot = vec![0f32; n * CLASSES];
+        for (i, &l) in labels.iter().enumerate() {
+            onehot[i * CLASSES + l as usize] = 1.0;
+        }
+        (
+            Tensor::from_data(TensorData::new(x, [n, INPUT_LEN]), device),
+            Tensor::from_data(TensorData::new(onehot, [n, CLASSES]), device),
+            Tensor::from_data(TensorData::new(labels, [n]), device),
+        )
+    }
+
+    /// The plain loop: whole-model gradients ([`Mlp::gradients`], itself tested against
+    /// autodiff) and Adam on each whole parameter.
+    fn plain_steps(weights: &Weights, steps: usize, config: AdamConfig) -> Weights {
+        let device = Device::flex();
+        let mut model = Mlp::from_weights(weights, &device);
+        let state = AdamState::zeros(weights.hidden);
+        let mut w1m = Moments::upload(
+            &state.m.w1,
+            &state.v.w1,
+            [INPUT_LEN, weights.hidden],
+            &device,
+        );
+        let mut b1m = Moments::upload(&state.m.b1, &state.v.b1, [weights.hidden], &device);
+        let mut w2m = Moments::upload(&state.m.w2, &state.v.w2, [weights.hidden, CLASSES], &device);
+        let mut b2m = Moments::upload(&state.m.b2, &state.v.b2, [CLASSES], &device);
+        for step in 1..=steps {
+            let (x, y, l) = batch(8, step as u64, &device);
+            let (g, _) = model.gradients(x, y, l);
+            let lr_t = config.step_size(step as u64);
+            let (w1, b1, w2, b2) = model.parameters();
+            model = model.with_parameters(
+                adam::update(w1, g.w1, &mut w1m, lr_t, config),
+                adam::update(b1, g.b1, &mut b1m, lr_t, config),
+                adam::update(w2, g.w2, &mut w2m, lr_t, config),
+                adam::update(b2, g.b2, &mut b2m, lr_t, config),
+            );
+        }
+        model.weights().unwrap()
+    }
+
+    fn sharded_steps(
+        weights: &Weights,
+        steps: usize,
+        config: AdamConfig,
+        shards: usize,
+    ) -> (Weights, AdamState, usize) {
+        let device = Device::flex();
+        let mut trainer = ShardedTrainer::new(
+            weights,
+            &AdamState::zeros(weights.hidden),
+            config,
+            shards,
+            &device,
+        );
+        for step in 1..=steps {
+            let (x, y, l) = batch(8, step as u64, &device);
+            trainer.step(x, y, l);
+        }
+        let (w, s) = trainer.state().unwrap();
+        (w, s, trainer.shard_count())
+    }
+
+    fn max_difference(a: &Weights, b: &Weights) -> f32 {
+        [
+            (&a.w1, &b.w1),
+            (&a.b1, &b.b1),
+            (&a.w2, &b.w2),
+            (&a.b2, &b.b2),
+        ]
+        .iter()
+        .flat_map(|(x, y)| x.iter().zip(y.iter()).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn sharded_training_follows_the_plain_loop() {
+        let config = AdamConfig::new(0.01);
+        let start = Weights::init(12, 5);
+        let plain = plain_steps(&start, 6, config);
+        for shards in [1, 2, 3, 7] {
+            let (sharded, state, count) = sharded_steps(&start, 6, config, shards);
+            assert_eq!(count, shards);
+            assert_eq!(state.step, 6);
+            // One shard is the plain loop's arithmetic exactly; more shards add the logits' parts
+            // in another order, and Adam, which divides by the root of tiny second moments,
+            // carries that rounding into the weights (after 6 steps of 0.01 each).
+            let diff = max_difference(&plain, &sharded);
+            let tolerance = if shards == 1 { 0.0 } else { 1e-4 };
+            assert!(
+                diff <= tolerance,
+                "{shards} shards: weights differ by {diff}"
+            );
+            // The run moved: the comparison is not between two untouched copies.
+            assert!(max_difference(&start, &sharded) > 1e-3);
+        }
+    }
+
+    #[test]
+    fn there_is_at_least_one_shard() {
+        let start = Weights::init(12, 5);
+        let config = AdamConfig::new(0.01);
+        let device = Device::flex();
+        let count = |n| {
+            ShardedTrainer::new(&start, &AdamState::zeros(12), config, n, &device).shard_count()
+        };
+        assert_eq!(count(0), 1);
+        assert_eq!(count(5), 5);
+    }
+
+    #[test]
+    fn state_round_trips_through_the_shards() {
+        let start = Weights::init(8, 3);
+        let (_, state, _) = sharded_steps(&start, 2, AdamConfig::new(0.01), 2);
+        let device = Device::flex();
+        let trainer = ShardedTrainer::new(&start, &state, AdamConfig::new(0.01), 4, &device);
+        let (weights, again) = trainer.state().unwrap();
+        assert_eq!(weights, start);
+        assert_eq!(again, state);
+        assert_eq!(trainer.model().weights().unwrap(), start);
+    }
+}
