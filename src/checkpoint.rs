@@ -183,6 +183,10 @@ impl RunFiles {
     pub fn run_json(&self) -> PathBuf {
         self.dir.join("run.json")
     }
+    /// The loss and accuracy curves, redrawn after every epoch.
+    pub fn curves_png(&self) -> PathBuf {
+        self.dir.join("curves.png")
+    }
 }
 
 /// The metrics history as CSV.

@@ -14,6 +14,8 @@ use crate::device::{self, DeviceChoice};
 use crate::eval;
 use crate::explain;
 use crate::export::{self, LoadedModel, load_model, resolve_model};
+use crate::fsutil::write_atomic;
+use crate::plots;
 use crate::predict::{Classifier, FileError, expand_inputs, render_table};
 use crate::progress::{ProgressMode, Reporter};
 use crate::train::{self, TrainOptions};
@@ -223,6 +225,9 @@ pub struct EvalArgs {
     /// Exit with 1 when the accuracy is below this (0-1), to gate a release in CI.
     #[arg(long, value_name = "ACCURACY", value_parser = unit_interval)]
     pub fail_under: Option<f64>,
+    /// Folder for confusion.png [default: the model file's folder].
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -467,10 +472,28 @@ fn run_eval(args: EvalArgs, choice: DeviceChoice, reporter: &Reporter) -> Result
     let selected = select_device(choice, reporter)?;
     let classifier = Classifier::new(&loaded, &selected.device);
     let report = eval::evaluate(&classifier, &test, &path.display().to_string())?;
+    // Beside the model unless told otherwise: the picture belongs to that model's evaluation.
+    let plots_dir = args.plots.clone().unwrap_or_else(|| match path.parent() {
+        Some(p) => p.to_path_buf(),
+        None => PathBuf::new(),
+    });
+    let picture = plots_dir.join("confusion.png");
+    let note = format!(
+        "{} test images, accuracy {:.4}, model {}",
+        report.samples,
+        report.accuracy,
+        path.display()
+    );
+    let png = plots::confusion_png(&report.labels, &report.confusion, &note)?;
+    write_atomic(&picture, &png)?;
     if args.json {
-        print_json(&report)?;
+        print_json(&eval::EvalOutput {
+            report: &report,
+            confusion_png: &picture,
+        })?;
     } else {
         print!("{}", eval::render(&report));
+        reporter.info(format!("confusion matrix picture: {}", picture.display()));
     }
     match args.fail_under {
         Some(bar) if report.accuracy < bar => {

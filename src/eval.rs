@@ -45,6 +45,16 @@ pub struct EvalReport {
     pub confusion: Vec<Vec<u64>>,
 }
 
+/// What `eval --json` prints: the report and where its picture went.
+#[derive(Debug, Serialize)]
+pub struct EvalOutput<'a> {
+    /// The figures.
+    #[serde(flatten)]
+    pub report: &'a EvalReport,
+    /// The confusion matrix as a picture (`confusion.png`).
+    pub confusion_png: &'a std::path::Path,
+}
+
 /// Images per forward pass.
 const CHUNK: usize = 1000;
 

@@ -21,6 +21,7 @@ use crate::data::preprocess::{INPUT_LEN, normalize};
 use crate::device::Selected;
 use crate::fsutil::write_atomic;
 use crate::model::{DEFAULT_HIDDEN, Mlp, ModelConfig, NUM_CLASSES, Weights};
+use crate::plots;
 use crate::progress::Reporter;
 
 /// How to train; `None` means "the default, or the checkpoint's value on --resume".
@@ -76,6 +77,8 @@ pub struct RunPaths {
     pub last: PathBuf,
     /// The per-epoch metrics.
     pub metrics: PathBuf,
+    /// The loss and accuracy curves.
+    pub curves: PathBuf,
 }
 
 /// What a run did, as `train --json` prints it.
@@ -430,6 +433,10 @@ pub fn train(
             &files.metrics_csv(),
             metrics_csv(&state.meta.history).as_bytes(),
         )?;
+        write_atomic(
+            &files.curves_png(),
+            &plots::curves_png(&state.meta.history)?,
+        )?;
         write_atomic(&files.last(), &bytes)?;
         reporter.info(format!(
             "epoch {epoch}/{}: train loss {train_loss:.4} acc {train_accuracy:.4} | test loss {test_loss:.4} acc {test_accuracy:.4} | {:.0} samples/s{}",
@@ -474,6 +481,7 @@ pub fn train(
             best: files.best(),
             last: files.last(),
             metrics: files.metrics_csv(),
+            curves: files.curves_png(),
         },
         history: state.meta.history,
     })
