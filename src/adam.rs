@@ -47,7 +47,7 @@ pub struct AdamState {
 
 impl AdamState {
     /// The state before the first step.
-    pub fn zeros(hidden: usize) -> Self {
+    pub fn zeros(hidden: usize, classes: usize) -> Self {
         let zeros = |w: &Weights| Weights {
             hidden,
             w1: vec![0.0; w.w1.len()],
@@ -55,7 +55,7 @@ impl AdamState {
             w2: vec![0.0; w.w2.len()],
             b2: vec![0.0; w.b2.len()],
         };
-        let shape = Weights::init(hidden, 0);
+        let shape = Weights::init(hidden, classes, 0);
         Self {
             step: 0,
             m: zeros(&shape),
@@ -173,7 +173,7 @@ mod tests {
     #[test]
     fn first_step_moves_each_weight_by_about_the_learning_rate_against_its_gradient() {
         let device = Device::flex();
-        let model = Mlp::init(4, 1, &device);
+        let model = Mlp::init(4, 10, 1, &device);
         let before = model.weights().unwrap();
         let (w1, b1, w2, b2) = model.parameters();
         let grads = Gradients {
@@ -182,7 +182,7 @@ mod tests {
             w2: w2.zeros_like(),
             b2: b2.ones_like(),
         };
-        let mut adam = Adam::new(AdamConfig::new(0.01), &AdamState::zeros(4), &device);
+        let mut adam = Adam::new(AdamConfig::new(0.01), &AdamState::zeros(4, 10), &device);
         let after = adam.step(model, grads).weights().unwrap();
         assert!((before.w1[0] - after.w1[0] - 0.01).abs() < 1e-5);
         assert!((after.b1[0] - before.b1[0] - 0.01).abs() < 1e-5);

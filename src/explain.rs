@@ -158,8 +158,9 @@ mod tests {
         let classes = (0..10).map(|i| i.to_string()).collect();
         let loaded = LoadedModel {
             config: ModelConfig::new(16, classes),
-            weights: Weights::init(16, 3),
+            weights: Weights::init(16, 10, 3),
             provenance: None,
+            train: None,
             path: PathBuf::from("test"),
         };
         let explainer = Explainer::new(&loaded, &Device::flex());

@@ -16,11 +16,12 @@ use crate::adam::{Adam, AdamConfig, AdamState};
 use crate::checkpoint::{
     Checkpoint, CheckpointMeta, EpochMetrics, RunFiles, TrainConfig, metrics_csv,
 };
-use crate::data::cifar10::{self, Cifar10Split, Split};
+use crate::data::cifar10::Cifar10Split;
 use crate::data::preprocess::{INPUT_LEN, normalize};
+use crate::data::source::{DEFAULT_VAL_SPLIT, DataSource, LoadOptions};
 use crate::device::Selected;
 use crate::fsutil::write_atomic;
-use crate::model::{DEFAULT_HIDDEN, Mlp, ModelConfig, NUM_CLASSES, Weights};
+use crate::model::{DEFAULT_HIDDEN, Mlp, ModelConfig, Weights};
 use crate::plots;
 use crate::progress::Reporter;
 
@@ -39,8 +40,12 @@ pub struct TrainOptions {
     pub seed: Option<u64>,
     /// Train on the first N training images only.
     pub limit: Option<usize>,
-    /// The `cifar-10-batches-bin` folder.
-    pub dataset: PathBuf,
+    /// The dataset: CIFAR-10 or an image folder.
+    pub data: DataSource,
+    /// For a single image folder: the share of each class held out for testing.
+    pub val_split: Option<f64>,
+    /// Stop at the first unreadable image instead of skipping it.
+    pub strict: bool,
     /// Where checkpoints go.
     pub checkpoints: PathBuf,
     /// Continue from `last.ckpt`.
@@ -112,7 +117,7 @@ pub struct TrainSummary {
     pub history: Vec<EpochMetrics>,
 }
 
-/// A split on the device: inputs `[N, 3072]`, one-hot targets `[N, 10]`, labels `[N]`.
+/// A split on the device: inputs `[N, 3072]`, one-hot targets `[N, classes]`, labels `[N]`.
 struct DeviceSplit {
     inputs: Tensor<2>,
     targets: Tensor<2>,
@@ -121,21 +126,24 @@ struct DeviceSplit {
 }
 
 impl DeviceSplit {
-    fn upload(split: &Cifar10Split, device: &Device) -> Self {
+    fn upload(split: &Cifar10Split, classes: usize, device: &Device) -> Result<Self> {
         let len = split.labels.len();
         let mut inputs = Vec::with_capacity(len * INPUT_LEN);
         normalize(&split.images, &mut inputs);
-        let mut targets = vec![0f32; len * NUM_CLASSES];
+        let mut targets = vec![0f32; len * classes];
         for (i, &l) in split.labels.iter().enumerate() {
-            targets[i * NUM_CLASSES + usize::from(l)] = 1.0;
+            if usize::from(l) >= classes {
+                bail!("label {l} is beyond the {classes} classes");
+            }
+            targets[i * classes + usize::from(l)] = 1.0;
         }
         let labels: Vec<i64> = split.labels.iter().map(|&l| i64::from(l)).collect();
-        Self {
+        Ok(Self {
             inputs: Tensor::from_data(TensorData::new(inputs, [len, INPUT_LEN]), device),
-            targets: Tensor::from_data(TensorData::new(targets, [len, NUM_CLASSES]), device),
+            targets: Tensor::from_data(TensorData::new(targets, [len, classes]), device),
             labels: Tensor::from_data(TensorData::new(labels, [len]), device),
             len,
-        }
+        })
     }
 
     fn rows(&self, index: &[i64], device: &Device) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
@@ -221,6 +229,19 @@ fn starting_point(
         )?;
         check_same("--lr", opts.lr, ckpt.meta.train.lr, &last)?;
         check_same("--seed", opts.seed, ckpt.meta.train.seed, &last)?;
+        if let Some(given) = opts.val_split
+            && ckpt
+                .meta
+                .train
+                .val_split
+                .is_some_and(|saved| saved != given)
+        {
+            bail!(
+                "{}: this run was trained with --val-split {}, not {given}",
+                last.display(),
+                ckpt.meta.train.val_split.unwrap_or_default()
+            );
+        }
         if opts.limit != ckpt.meta.train.limit {
             bail!(
                 "{}: this run was trained with --limit {:?}, not {:?}",
@@ -262,10 +283,14 @@ fn starting_point(
         lr: opts.lr.unwrap_or(DEFAULT_LR),
         seed: opts.seed.unwrap_or(DEFAULT_SEED),
         limit: opts.limit,
+        val_split: opts
+            .data
+            .uses_val_split()
+            .then(|| opts.val_split.unwrap_or(DEFAULT_VAL_SPLIT)),
     };
     Ok(Checkpoint {
-        weights: Weights::init(hidden, train.seed),
-        adam: AdamState::zeros(hidden),
+        weights: Weights::init(hidden, classes.len(), train.seed),
+        adam: AdamState::zeros(hidden, classes.len()),
         meta: CheckpointMeta {
             maas_version: crate::VERSION.into(),
             model: ModelConfig::new(hidden, classes.to_vec()),
@@ -295,18 +320,23 @@ pub fn train(
 ) -> Result<TrainSummary> {
     let device = &selected.device;
     let files = RunFiles::new(&opts.checkpoints);
-    let classes = cifar10::read_class_names(&opts.dataset)?;
+    let classes = opts.data.classes()?;
     let mut state = starting_point(opts, &files, &classes, reporter)?;
     let cfg = state.meta.train.clone();
 
     let loading = Instant::now();
-    let train_split = cifar10::load_split(&opts.dataset, Split::Train, cfg.limit)?;
-    let test_split = cifar10::load_split(&opts.dataset, Split::Test, None)?;
+    let load = LoadOptions {
+        seed: cfg.seed,
+        val_split: cfg.val_split.unwrap_or(DEFAULT_VAL_SPLIT),
+        limit: cfg.limit,
+        strict: opts.strict,
+    };
+    let (train_split, test_split) = opts.data.load(&load, reporter)?;
     if train_split.is_empty() {
-        bail!("{}: no training images", opts.dataset.display());
+        bail!("{}: no training images", opts.data.path().display());
     }
-    let train_data = DeviceSplit::upload(&train_split, device);
-    let test_data = DeviceSplit::upload(&test_split, device);
+    let train_data = DeviceSplit::upload(&train_split, classes.len(), device)?;
+    let test_data = DeviceSplit::upload(&test_split, classes.len(), device)?;
     reporter.info(format!(
         "training on {} images, testing on {} ({:.2} s to load), {} classes: {}",
         train_data.len,
@@ -326,7 +356,7 @@ pub fn train(
             "maas_version": crate::VERSION,
             "model": state.meta.model,
             "train": cfg,
-            "dataset": opts.dataset,
+            "dataset": opts.data.path(),
             "device": selected.description,
         });
         write_atomic(

@@ -23,7 +23,6 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use crate::data::preprocess::INPUT_LEN;
 use crate::export::LoadedModel;
-use crate::model::NUM_CLASSES;
 use crate::predict::{Classifier, Prediction};
 
 /// How the worker gathers requests.
@@ -40,7 +39,7 @@ pub struct BatchConfig {
 /// What a request wants back.
 #[derive(Debug, Clone)]
 pub enum Want {
-    /// The probabilities, `rows * NUM_CLASSES` values.
+    /// The probabilities, `rows * classes` values.
     Probabilities,
     /// One labelled prediction (`rows` must be 1), as `predict --json` gives it.
     Prediction { file: String, top_k: usize },
@@ -259,9 +258,10 @@ fn run_batch(classifier: &Classifier, batch: Vec<Job>, metrics: &Metrics) {
         }
         all
     };
+    let classes = classifier.num_classes();
     let outcome = catch_unwind(AssertUnwindSafe(|| classifier.probabilities(&inputs)));
     let probabilities = match outcome {
-        Ok(Ok(p)) if p.len() == rows * NUM_CLASSES => p,
+        Ok(Ok(p)) if p.len() == rows * classes => p,
         Ok(Ok(p)) => {
             return fail(
                 batch,
@@ -273,7 +273,7 @@ fn run_batch(classifier: &Classifier, batch: Vec<Job>, metrics: &Metrics) {
     };
     let mut rest = probabilities.as_slice();
     for job in batch {
-        let (mine, after) = rest.split_at(job.rows * NUM_CLASSES);
+        let (mine, after) = rest.split_at(job.rows * classes);
         rest = after;
         let answer = match job.want {
             Want::Probabilities => Answer::Probabilities(mine.to_vec()),
@@ -297,11 +297,12 @@ mod tests {
     use crate::model::{ModelConfig, Weights};
 
     fn model() -> LoadedModel {
-        let classes = (0..NUM_CLASSES).map(|i| format!("c{i}")).collect();
+        let classes = (0..10).map(|i| format!("c{i}")).collect();
         LoadedModel {
             config: ModelConfig::new(8, classes),
-            weights: Weights::init(8, 3),
+            weights: Weights::init(8, 10, 3),
             provenance: None,
+            train: None,
             path: "test.maas".into(),
         }
     }

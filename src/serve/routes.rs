@@ -20,7 +20,6 @@ use super::error::ApiError;
 use super::protocol::{self, INPUT_NAME, MODEL_VERSION, OUTPUT_NAME};
 use super::state::{AppState, refuse};
 use crate::data::preprocess::{SIDE, image_bytes_to_input};
-use crate::model::NUM_CLASSES;
 
 /// Every route; all but health and metrics need a key when `keys` is given.
 pub fn router(state: AppState, keys: Option<Keys>) -> Router {
@@ -119,7 +118,7 @@ async fn model_metadata(State(state): State<AppState>, _: ServedModel) -> Json<V
         "versions": [MODEL_VERSION],
         "platform": "maas",
         "inputs": [{ "name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 3, SIDE, SIDE] }],
-        "outputs": [{ "name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, NUM_CLASSES] }],
+        "outputs": [{ "name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, state.classes.len()] }],
         "classes": state.classes,
     }))
 }
@@ -157,9 +156,13 @@ async fn infer(
         .run(values, rows, Want::Probabilities, deadline)
         .await?
     {
-        Answer::Probabilities(p) => {
-            protocol::response(&state.model_name, id.as_deref(), binary, &p)
-        }
+        Answer::Probabilities(p) => protocol::response(
+            &state.model_name,
+            id.as_deref(),
+            binary,
+            &p,
+            state.classes.len(),
+        ),
         Answer::Prediction(_) => Err(ApiError::internal(
             "the model answered with the wrong kind of result",
         )),
@@ -183,9 +186,10 @@ async fn predict(
         .map_err(|e| ApiError::bad_request(e.body_text()))
         .and_then(|Query(query)| {
             let top_k = query.top_k.unwrap_or(3);
-            if !(1..=NUM_CLASSES).contains(&top_k) {
+            let classes = state.classes.len();
+            if !(1..=classes).contains(&top_k) {
                 return Err(ApiError::bad_request(format!(
-                    "top_k must be 1 to {NUM_CLASSES}"
+                    "top_k must be 1 to {classes}"
                 )));
             }
             let file = query.name.unwrap_or_else(|| "request".into());
