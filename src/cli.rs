@@ -62,7 +62,7 @@ pub enum Command {
     Eval(EvalArgs),
     /// Show which pixels pushed the prediction up: a heat map beside each image, as a PNG.
     Explain(ExplainArgs),
-    /// Serve the model over HTTP (Open Inference Protocol / KServe v2, and /v1/predict).
+    /// Serve the model over HTTP (Open Inference Protocol / KServe v2, /v1/predict, /v1/explain).
     Serve(ServeArgs),
 }
 
