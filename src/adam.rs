@@ -46,7 +46,7 @@ pub struct AdamState {
 
 impl AdamState {
     /// The state before the first step.
-    pub fn zeros(hidden: usize) -> Self {
+    pub fn zeros(hidden: usize, classes: usize) -> Self {
         let zeros = |w: &Weights| Weights {
             hidden,
             w1: vec![0.0; w.w1.len()],
@@ -54,7 +54,7 @@ impl AdamState {
             w2: vec![0.0; w.w2.len()],
             b2: vec![0.0; w.b2.len()],
         };
-        let shape = Weights::init(hidden, 0);
+        let shape = Weights::init(hidden, classes, 0);
         Self {
             step: 0,
             m: zeros(&shape),

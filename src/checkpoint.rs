@@ -21,6 +21,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Trained on the first N training images only.
     pub limit: Option<usize>,
+    /// For an image folder without `test/`: the share of each class held out for testing
+    /// (drawn with `seed`), so that `eval` can hold out the same images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_split: Option<f64>,
 }
 
 /// What one epoch measured.
@@ -84,15 +88,21 @@ pub fn weight_arrays(prefix: &str, w: &Weights) -> Vec<Array> {
     let values = [&w.w1, &w.b1, &w.w2, &w.b2];
     WEIGHT_NAMES
         .iter()
-        .zip(Weights::shapes(w.hidden))
+        .zip(Weights::shapes(w.hidden, w.classes()))
         .zip(values)
         .map(|((name, shape), v)| Array::new(&format!("{prefix}{name}"), shape, v.clone()))
         .collect()
 }
 
-/// Takes the weights named with `prefix` out of a decoded file.
-pub fn take_weights(contents: &mut Contents, prefix: &str, hidden: usize) -> Result<Weights> {
-    let [s1, s2, s3, s4] = Weights::shapes(hidden);
+/// Takes the weights named with `prefix` out of a decoded file, of a model of `hidden` width and
+/// `classes` outputs.
+pub fn take_weights(
+    contents: &mut Contents,
+    prefix: &str,
+    hidden: usize,
+    classes: usize,
+) -> Result<Weights> {
+    let [s1, s2, s3, s4] = Weights::shapes(hidden, classes);
     Ok(Weights {
         hidden,
         w1: contents.take(&format!("{prefix}w1"), &s1)?,
@@ -137,10 +147,10 @@ impl Checkpoint {
         let meta: CheckpointMeta = serde_json::from_value(contents.meta.clone())
             .context("unreadable checkpoint header")?;
         meta.model.check_supported()?;
-        let hidden = meta.model.hidden;
-        let weights = take_weights(&mut contents, "", hidden)?;
-        let m = take_weights(&mut contents, "adam.m.", hidden)?;
-        let v = take_weights(&mut contents, "adam.v.", hidden)?;
+        let (hidden, classes) = (meta.model.hidden, meta.model.classes.len());
+        let weights = take_weights(&mut contents, "", hidden, classes)?;
+        let m = take_weights(&mut contents, "adam.m.", hidden, classes)?;
+        let v = take_weights(&mut contents, "adam.v.", hidden, classes)?;
         Ok(Self {
             meta,
             weights,
@@ -183,6 +193,10 @@ impl RunFiles {
     pub fn run_json(&self) -> PathBuf {
         self.dir.join("run.json")
     }
+    /// The loss and accuracy curves, redrawn after every epoch.
+    pub fn curves_png(&self) -> PathBuf {
+        self.dir.join("curves.png")
+    }
 }
 
 /// The metrics history as CSV.
@@ -211,7 +225,7 @@ mod tests {
 
     fn sample() -> Checkpoint {
         let classes = (0..10).map(|i| format!("c{i}")).collect();
-        let mut adam = AdamState::zeros(3);
+        let mut adam = AdamState::zeros(3, 10);
         adam.step = 17;
         adam.v.b2[4] = 0.5;
         Checkpoint {
@@ -223,12 +237,13 @@ mod tests {
                     lr: 0.001,
                     seed: 42,
                     limit: None,
+                    val_split: None,
                 },
                 epoch: 1,
                 history: vec![],
                 best_epoch: 1,
             },
-            weights: Weights::init(3, 5),
+            weights: Weights::init(3, 10, 5),
             adam,
         }
     }

@@ -7,13 +7,16 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::data::cifar10::{self, Split};
 use crate::data::download::{self, DownloadOptions};
+use crate::data::folder::ImageFolder;
 use crate::data::preprocess::load_image_file;
+use crate::data::source::{DEFAULT_VAL_SPLIT, DataSource, LoadOptions};
 use crate::device::{self, DeviceChoice};
 use crate::eval;
 use crate::explain;
 use crate::export::{self, LoadedModel, load_model, resolve_model};
+use crate::fsutil::write_atomic;
+use crate::plots;
 use crate::predict::{Classifier, FileError, expand_inputs, render_table};
 use crate::progress::{ProgressMode, Reporter};
 use crate::train::{self, TrainOptions};
@@ -48,7 +51,8 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train the model on CIFAR-10 (downloaded into --data when missing), checkpointing every epoch.
+    /// Train the model on CIFAR-10 (downloaded into --data when missing) or on a folder of your
+    /// own images, checkpointing every epoch.
     Train(TrainArgs),
     /// Turn a checkpoint into one deployable model file.
     Export(ExportArgs),
@@ -58,7 +62,7 @@ pub enum Command {
     Eval(EvalArgs),
     /// Show which pixels pushed the prediction up: a heat map beside each image, as a PNG.
     Explain(ExplainArgs),
-    /// Serve the model over HTTP (Open Inference Protocol / KServe v2, and /v1/predict).
+    /// Serve the model over HTTP (Open Inference Protocol / KServe v2, /v1/predict, /v1/explain).
     Serve(ServeArgs),
 }
 
@@ -105,12 +109,22 @@ pub struct TrainArgs {
     pub json: bool,
 }
 
-/// Where the CIFAR-10 files are, and where to fetch them from when they are missing.
+/// Where the images are: CIFAR-10 (and where to fetch it from when it is missing), or a folder
+/// of your own.
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
-    /// Folder holding cifar-10-batches-bin/ (downloaded there when missing).
+    /// Folder holding cifar-10-batches-bin/ (downloaded there when missing), or your own images
+    /// in class folders: DIR/train/<class>/* and DIR/test/<class>/*, or DIR/<class>/* divided by
+    /// --val-split.
     #[arg(long, value_name = "DIR", default_value = "data", env = "MAAS_DATA")]
     pub data: PathBuf,
+    /// For an image folder without test/: the share of each class held out for testing, drawn
+    /// with the seed [default: 0.1; eval: the model's].
+    #[arg(long, value_name = "SHARE", value_parser = open_unit_interval)]
+    pub val_split: Option<f64>,
+    /// Stop at the first unreadable image of an image folder instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
     /// Where to download CIFAR-10 from when it is missing (a mirror).
     #[arg(long, value_name = "URL", default_value = download::DEFAULT_URL, env = "MAAS_CIFAR10_URL")]
     pub cifar10_url: String,
@@ -120,8 +134,18 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    /// The `cifar-10-batches-bin` folder, downloaded first when missing.
-    pub fn ensure(&self, reporter: &Reporter) -> Result<PathBuf> {
+    /// The image folder `--data` names, else the `cifar-10-batches-bin` folder, downloaded
+    /// first when missing.
+    pub fn ensure(&self, reporter: &Reporter) -> Result<DataSource> {
+        if let Some(folder) = ImageFolder::detect(&self.data)? {
+            return Ok(DataSource::Folder(folder));
+        }
+        if self.val_split.is_some() {
+            bail!(
+                "{}: --val-split applies to an image folder, and this is CIFAR-10 (which has its own test split)",
+                self.data.display()
+            );
+        }
         download::ensure_cifar10(
             &self.data,
             &DownloadOptions {
@@ -131,6 +155,7 @@ impl DataArgs {
                 quiet: reporter.quiet,
             },
         )
+        .map(DataSource::Cifar10)
     }
 }
 
@@ -203,9 +228,9 @@ pub struct PredictArgs {
     /// Which model to use.
     #[command(flatten)]
     pub source: ModelSource,
-    /// How many of the most probable classes to list.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=10))]
-    pub top_k: u8,
+    /// How many of the most probable classes to list (at most the model's classes).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub top_k: u16,
     /// Print one JSON document on stdout.
     #[arg(long)]
     pub json: bool,
@@ -223,6 +248,9 @@ pub struct EvalArgs {
     /// Exit with 1 when the accuracy is below this (0-1), to gate a release in CI.
     #[arg(long, value_name = "ACCURACY", value_parser = unit_interval)]
     pub fail_under: Option<f64>,
+    /// Folder for confusion.png [default: the model file's folder].
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -240,9 +268,9 @@ pub struct ExplainArgs {
     /// Folder for the pictures (`<image name>.explain.png`).
     #[arg(long, value_name = "DIR", default_value = "explain")]
     pub out: PathBuf,
-    /// How many of the most probable classes to list.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=10))]
-    pub top_k: u8,
+    /// How many of the most probable classes to list (at most the model's classes).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub top_k: u16,
     /// Print one JSON document on stdout.
     #[arg(long)]
     pub json: bool,
@@ -297,6 +325,14 @@ pub struct ServeArgs {
     pub api_key_file: Option<PathBuf>,
 }
 
+fn open_unit_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
+        Ok(_) => Err(format!("{s} is not strictly between 0 and 1")),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
+}
+
 fn unit_interval(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
@@ -349,7 +385,7 @@ fn run_train(
     stop: &AtomicBool,
 ) -> Result<u8> {
     let selected = select_device(choice, reporter)?;
-    let dataset = args.data.ensure(reporter)?;
+    let data = args.data.ensure(reporter)?;
     let opts = TrainOptions {
         epochs: args.epochs as usize,
         batch_size: args.batch_size.map(|b| b as usize),
@@ -357,7 +393,9 @@ fn run_train(
         hidden: args.hidden.map(|h| h as usize),
         seed: args.seed,
         limit: args.limit.map(|l| l as usize),
-        dataset,
+        data,
+        val_split: args.data.val_split,
+        strict: args.data.strict,
         checkpoints: args.checkpoints,
         resume: args.resume,
         overwrite: args.overwrite,
@@ -453,8 +491,8 @@ fn run_predict(args: PredictArgs, choice: DeviceChoice, reporter: &Reporter) -> 
 
 fn run_eval(args: EvalArgs, choice: DeviceChoice, reporter: &Reporter) -> Result<u8> {
     let (path, loaded) = args.source.load(reporter)?;
-    let dataset = args.data.ensure(reporter)?;
-    let classes = cifar10::read_class_names(&dataset)?;
+    let data = args.data.ensure(reporter)?;
+    let classes = data.classes()?;
     if classes != loaded.config.classes {
         bail!(
             "{}: the model's classes {:?} are not the dataset's {:?}",
@@ -463,14 +501,44 @@ fn run_eval(args: EvalArgs, choice: DeviceChoice, reporter: &Reporter) -> Result
             classes
         );
     }
-    let test = cifar10::load_split(&dataset, Split::Test, None)?;
+    // A single image folder is divided as it was for training: the model's seed and share.
+    let trained = loaded.train.as_ref();
+    let load = LoadOptions {
+        seed: trained.map_or(train::DEFAULT_SEED, |t| t.seed),
+        val_split: args
+            .data
+            .val_split
+            .or(trained.and_then(|t| t.val_split))
+            .unwrap_or(DEFAULT_VAL_SPLIT),
+        limit: None,
+        strict: args.data.strict,
+    };
+    let test = data.load_test(&load, reporter)?;
     let selected = select_device(choice, reporter)?;
     let classifier = Classifier::new(&loaded, &selected.device);
     let report = eval::evaluate(&classifier, &test, &path.display().to_string())?;
+    // Beside the model unless told otherwise: the picture belongs to that model's evaluation.
+    let plots_dir = args.plots.clone().unwrap_or_else(|| match path.parent() {
+        Some(p) => p.to_path_buf(),
+        None => PathBuf::new(),
+    });
+    let picture = plots_dir.join("confusion.png");
+    let note = format!(
+        "{} test images, accuracy {:.4}, model {}",
+        report.samples,
+        report.accuracy,
+        path.display()
+    );
+    let png = plots::confusion_png(&report.labels, &report.confusion, &note)?;
+    write_atomic(&picture, &png)?;
     if args.json {
-        print_json(&report)?;
+        print_json(&eval::EvalOutput {
+            report: &report,
+            confusion_png: &picture,
+        })?;
     } else {
         print!("{}", eval::render(&report));
+        reporter.info(format!("confusion matrix picture: {}", picture.display()));
     }
     match args.fail_under {
         Some(bar) if report.accuracy < bar => {

@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use crate::data::cifar10::{Cifar10Split, IMAGE_BYTES};
 use crate::data::preprocess::normalize;
-use crate::model::NUM_CLASSES;
 use crate::predict::Classifier;
 
 /// One class's figures.
@@ -45,6 +44,16 @@ pub struct EvalReport {
     pub confusion: Vec<Vec<u64>>,
 }
 
+/// What `eval --json` prints: the report and where its picture went.
+#[derive(Debug, Serialize)]
+pub struct EvalOutput<'a> {
+    /// The figures.
+    #[serde(flatten)]
+    pub report: &'a EvalReport,
+    /// The confusion matrix as a picture (`confusion.png`).
+    pub confusion_png: &'a std::path::Path,
+}
+
 /// Images per forward pass.
 const CHUNK: usize = 1000;
 
@@ -54,7 +63,8 @@ pub fn evaluate(classifier: &Classifier, split: &Cifar10Split, model: &str) -> R
         bail!("no images to evaluate");
     }
     let labels = classifier.config().classes.clone();
-    let mut confusion = vec![vec![0u64; NUM_CLASSES]; NUM_CLASSES];
+    let n_classes = labels.len();
+    let mut confusion = vec![vec![0u64; n_classes]; n_classes];
     let (mut top3, mut loss) = (0usize, 0f64);
     let mut inputs = Vec::new();
     for start in (0..split.len()).step_by(CHUNK) {
@@ -66,10 +76,13 @@ pub fn evaluate(classifier: &Classifier, split: &Cifar10Split, model: &str) -> R
         );
         let probabilities = classifier.probabilities(&inputs)?;
         for (row, &truth) in probabilities
-            .chunks(NUM_CLASSES)
+            .chunks(n_classes)
             .zip(&split.labels[start..end])
         {
             let truth = usize::from(truth);
+            if truth >= n_classes {
+                bail!("label {truth} is beyond the model's {n_classes} classes");
+            }
             let ranked = classifier.rank(row, 3);
             let predicted = ranked.first().map_or(0, |r| r.index);
             confusion[truth][predicted] += 1;
@@ -78,8 +91,8 @@ pub fn evaluate(classifier: &Classifier, split: &Cifar10Split, model: &str) -> R
         }
     }
     let n = split.len();
-    let correct: u64 = (0..NUM_CLASSES).map(|i| confusion[i][i]).sum();
-    let classes = (0..NUM_CLASSES)
+    let correct: u64 = (0..n_classes).map(|i| confusion[i][i]).sum();
+    let classes = (0..n_classes)
         .map(|k| {
             let tp = confusion[k][k] as f64;
             let predicted: u64 = confusion.iter().map(|row| row[k]).sum();

@@ -105,6 +105,15 @@ pub fn picture(input: &[f32], evidence: &[f32]) -> RgbImage {
     out
 }
 
+/// [`picture`] encoded as PNG, for a file or an HTTP answer.
+pub fn picture_png(input: &[f32], evidence: &[f32]) -> Result<Vec<u8>> {
+    let mut png = std::io::Cursor::new(Vec::new());
+    picture(input, evidence)
+        .write_to(&mut png, image::ImageFormat::Png)
+        .context("cannot encode the picture")?;
+    Ok(png.into_inner())
+}
+
 /// The "hot" colour map: black, red, yellow, white as `t` goes from 0 to 1.
 fn hot(t: f32) -> Rgb<u8> {
     let channel = |start: f32| (((t - start) * 3.0).clamp(0.0, 1.0) * 255.0).round();
@@ -132,11 +141,7 @@ pub fn explain(
         .file_stem()
         .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
     let picture_path = out.join(format!("{stem}.explain.png"));
-    let mut png = std::io::Cursor::new(Vec::new());
-    picture(input, &evidence)
-        .write_to(&mut png, image::ImageFormat::Png)
-        .context("cannot encode the picture")?;
-    crate::fsutil::write_atomic(&picture_path, png.get_ref())?;
+    crate::fsutil::write_atomic(&picture_path, &picture_png(input, &evidence)?)?;
     Ok(Explanation {
         file: prediction.file,
         label: prediction.label,
@@ -158,8 +163,9 @@ mod tests {
         let classes = (0..10).map(|i| i.to_string()).collect();
         let loaded = LoadedModel {
             config: ModelConfig::new(16, classes),
-            weights: Weights::init(16, 3),
+            weights: Weights::init(16, 10, 3),
             provenance: None,
+            train: None,
             path: PathBuf::from("test"),
         };
         let explainer = Explainer::new(&loaded, &Device::flex());

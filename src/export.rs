@@ -43,6 +43,8 @@ pub struct LoadedModel {
     pub weights: Weights,
     /// Where it came from (`None` when read from a checkpoint).
     pub provenance: Option<Provenance>,
+    /// How it was trained (seed, `--val-split`), when the file says.
+    pub train: Option<TrainConfig>,
     /// The file it was read from.
     pub path: PathBuf,
 }
@@ -108,6 +110,7 @@ pub fn export(checkpoint: &Path, out: &Path, format: Format) -> Result<LoadedMod
     Ok(LoadedModel {
         config: ckpt.meta.model,
         weights: ckpt.weights,
+        train: Some(provenance.train.clone()),
         provenance: Some(provenance),
         path: out.to_path_buf(),
     })
@@ -123,6 +126,7 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
             Ok(LoadedModel {
                 config: ckpt.meta.model,
                 weights: ckpt.weights,
+                train: Some(ckpt.meta.train),
                 provenance: None,
                 path: path.to_path_buf(),
             })
@@ -133,11 +137,17 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
             meta.model
                 .check_supported()
                 .with_context(|| format!("{}", path.display()))?;
-            let weights = take_weights(&mut contents, "", meta.model.hidden)
-                .with_context(|| format!("{}", path.display()))?;
+            let weights = take_weights(
+                &mut contents,
+                "",
+                meta.model.hidden,
+                meta.model.classes.len(),
+            )
+            .with_context(|| format!("{}", path.display()))?;
             Ok(LoadedModel {
                 config: meta.model,
                 weights,
+                train: Some(meta.provenance.train.clone()),
                 provenance: Some(meta.provenance),
                 path: path.to_path_buf(),
             })

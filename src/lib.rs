@@ -16,6 +16,7 @@ pub mod export;
 pub mod fsutil;
 pub mod model;
 pub mod onnx;
+pub mod plots;
 pub mod predict;
 pub mod progress;
 pub mod serve;

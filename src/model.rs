@@ -1,4 +1,7 @@
-//! THE model: a 3x32x32 image, flattened channel-major, Dense(hidden) + ReLU, Dense(10).
+//! THE model: a 3x32x32 image, flattened channel-major, Dense(hidden) + ReLU, Dense(classes).
+//!
+//! The number of classes is a parameter of the model: the length of its class names (10 for
+//! CIFAR-10, the number of class folders for an image folder), and the width of `b2`.
 //!
 //! Training works on the logits with cross-entropy; inference returns softmax probabilities.
 //! Nothing here knows about files or the command line: the weights cross that boundary as a
@@ -15,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::preprocess::{INPUT_LEN, Preprocessing};
 
-/// The number of classes the model tells apart.
-pub const NUM_CLASSES: usize = 10;
+/// The most classes a model may tell apart: labels are stored as bytes.
+pub const MAX_CLASSES: usize = 256;
 /// The default width of the hidden layer.
 pub const DEFAULT_HIDDEN: usize = 64;
 
@@ -64,9 +67,9 @@ impl ModelConfig {
                 self.input_shape
             );
         }
-        if self.classes.len() != NUM_CLASSES {
+        if !(2..=MAX_CLASSES).contains(&self.classes.len()) {
             bail!(
-                "has {} class names, expected {NUM_CLASSES}",
+                "has {} class names, expected 2 to {MAX_CLASSES}",
                 self.classes.len()
             );
         }
@@ -84,7 +87,8 @@ impl ModelConfig {
     }
 }
 
-/// The model's parameters on the host, row-major: `w1` is `[3072, hidden]`, `w2` `[hidden, 10]`.
+/// The model's parameters on the host, row-major: `w1` is `[3072, hidden]`, `w2`
+/// `[hidden, classes]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Weights {
     /// Width of the hidden layer.
@@ -93,16 +97,16 @@ pub struct Weights {
     pub w1: Vec<f32>,
     /// First layer bias, `[hidden]`.
     pub b1: Vec<f32>,
-    /// Second layer weights, `[hidden, 10]`.
+    /// Second layer weights, `[hidden, classes]`.
     pub w2: Vec<f32>,
-    /// Second layer bias, `[10]`.
+    /// Second layer bias, `[classes]`.
     pub b2: Vec<f32>,
 }
 
 impl Weights {
     /// Fresh weights as Keras initialises Dense layers (Glorot uniform, zero bias), drawn on the
     /// host from `seed` so that every device starts from the same numbers.
-    pub fn init(hidden: usize, seed: u64) -> Self {
+    pub fn init(hidden: usize, classes: usize, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut glorot = |fan_in: usize, fan_out: usize| -> Vec<f32> {
             let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
@@ -114,18 +118,23 @@ impl Weights {
             hidden,
             w1: glorot(INPUT_LEN, hidden),
             b1: vec![0.0; hidden],
-            w2: glorot(hidden, NUM_CLASSES),
-            b2: vec![0.0; NUM_CLASSES],
+            w2: glorot(hidden, classes),
+            b2: vec![0.0; classes],
         }
     }
 
+    /// The number of classes: the width of the output layer.
+    pub fn classes(&self) -> usize {
+        self.b2.len()
+    }
+
     /// The shapes of `w1`, `b1`, `w2`, `b2`, in that order.
-    pub fn shapes(hidden: usize) -> [Vec<usize>; 4] {
+    pub fn shapes(hidden: usize, classes: usize) -> [Vec<usize>; 4] {
         [
             vec![INPUT_LEN, hidden],
             vec![hidden],
-            vec![hidden, NUM_CLASSES],
-            vec![NUM_CLASSES],
+            vec![hidden, classes],
+            vec![classes],
         ]
     }
 }
@@ -135,7 +144,7 @@ impl Weights {
 pub struct Mlp {
     /// Dense(hidden), followed by ReLU.
     pub hidden: Linear,
-    /// Dense(10): the logits.
+    /// Dense(classes): the logits.
     pub output: Linear,
 }
 
@@ -162,14 +171,14 @@ pub struct StepStats {
 }
 
 impl Mlp {
-    /// A fresh model with the given width, initialised from `seed`.
-    pub fn init(hidden: usize, seed: u64, device: &Device) -> Self {
-        Self::from_weights(&Weights::init(hidden, seed), device)
+    /// A fresh model with the given width and classes, initialised from `seed`.
+    pub fn init(hidden: usize, classes: usize, seed: u64, device: &Device) -> Self {
+        Self::from_weights(&Weights::init(hidden, classes, seed), device)
     }
 
     /// The model holding `weights`, on `device`.
     pub fn from_weights(weights: &Weights, device: &Device) -> Self {
-        let h = weights.hidden;
+        let (h, classes) = (weights.hidden, weights.classes());
         let tensor2 = |v: &[f32], shape: [usize; 2]| {
             Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape), device)
         };
@@ -179,8 +188,8 @@ impl Mlp {
         let mut hidden = LinearConfig::new(INPUT_LEN, h).init(device);
         hidden.weight = Param::from_tensor(tensor2(&weights.w1, [INPUT_LEN, h]));
         hidden.bias = Some(Param::from_tensor(tensor1(&weights.b1)));
-        let mut output = LinearConfig::new(h, NUM_CLASSES).init(device);
-        output.weight = Param::from_tensor(tensor2(&weights.w2, [h, NUM_CLASSES]));
+        let mut output = LinearConfig::new(h, classes).init(device);
+        output.weight = Param::from_tensor(tensor2(&weights.w2, [h, classes]));
         output.bias = Some(Param::from_tensor(tensor1(&weights.b2)));
         Self { hidden, output }
     }
@@ -227,12 +236,12 @@ impl Mlp {
         })
     }
 
-    /// Logits `[N, 10]` for a batch of preprocessed images `[N, 3072]`.
+    /// Logits `[N, classes]` for a batch of preprocessed images `[N, 3072]`.
     pub fn forward(&self, input: Tensor<2>) -> Tensor<2> {
         self.output.forward(relu(self.hidden.forward(input)))
     }
 
-    /// Class probabilities `[N, 10]` (softmax of the logits).
+    /// Class probabilities `[N, classes]` (softmax of the logits).
     pub fn probabilities(&self, input: Tensor<2>) -> Tensor<2> {
         softmax(self.forward(input), 1)
     }
@@ -350,6 +359,8 @@ pub fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
 mod tests {
     use super::*;
 
+    const NUM_CLASSES: usize = 10;
+
     fn batch(device: &Device) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
         let n = 6;
         let mut rng = StdRng::seed_from_u64(7);
@@ -382,7 +393,7 @@ mod tests {
     #[test]
     fn hand_derived_gradients_equal_autodiff() {
         let device = Device::flex();
-        let model = Mlp::init(16, 3, &device);
+        let model = Mlp::init(16, NUM_CLASSES, 3, &device);
         let (x, y, labels) = batch(&device);
         let (grads, stats) = model.gradients(x.clone(), y.clone(), labels);
 
@@ -411,7 +422,7 @@ mod tests {
     #[test]
     fn probabilities_sum_to_one() {
         let device = Device::flex();
-        let model = Mlp::init(8, 1, &device);
+        let model = Mlp::init(8, NUM_CLASSES, 1, &device);
         let (x, _, _) = batch(&device);
         let p = read_f32(model.probabilities(x)).unwrap();
         for row in p.chunks(NUM_CLASSES) {
@@ -421,13 +432,14 @@ mod tests {
 
     #[test]
     fn weights_round_trip_through_the_module() {
-        let w = Weights::init(5, 11);
+        let w = Weights::init(5, 3, 11);
         assert_eq!(Mlp::from_weights(&w, &Device::flex()).weights().unwrap(), w);
     }
 
     #[test]
     fn init_is_deterministic_per_seed() {
-        assert_eq!(Weights::init(4, 1), Weights::init(4, 1));
-        assert_ne!(Weights::init(4, 1), Weights::init(4, 2));
+        assert_eq!(Weights::init(4, 10, 1), Weights::init(4, 10, 1));
+        assert_ne!(Weights::init(4, 10, 1), Weights::init(4, 10, 2));
+        assert_eq!(Weights::init(4, 3, 1).classes(), 3);
     }
 }

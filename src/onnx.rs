@@ -6,7 +6,7 @@
 //! are small, and a protobuf toolchain would be a heavy build dependency for them.
 
 use crate::export::Provenance;
-use crate::model::{ModelConfig, NUM_CLASSES, Weights};
+use crate::model::{ModelConfig, Weights};
 
 /// The ONNX opset the graph uses.
 pub const OPSET: i64 = 13;
@@ -102,7 +102,7 @@ fn node(op: &str, inputs: &[&str], output: &str, attributes: &[(&str, i64)]) -> 
 
 /// The model as an ONNX `ModelProto`.
 pub fn encode(config: &ModelConfig, weights: &Weights, provenance: Option<&Provenance>) -> Vec<u8> {
-    let h = weights.hidden;
+    let (h, classes) = (weights.hidden, weights.classes());
     let [c, height, width] = config.input_shape;
     let graph = Message::default()
         .message(1, node("Flatten", &[INPUT], "flat", &[("axis", 1)]))
@@ -113,13 +113,13 @@ pub fn encode(config: &ModelConfig, weights: &Weights, provenance: Option<&Prove
         .string(2, "maas")
         .message(5, initializer("w1", &[c * height * width, h], &weights.w1))
         .message(5, initializer("b1", &[h], &weights.b1))
-        .message(5, initializer("w2", &[h, NUM_CLASSES], &weights.w2))
-        .message(5, initializer("b2", &[NUM_CLASSES], &weights.b2))
+        .message(5, initializer("w2", &[h, classes], &weights.w2))
+        .message(5, initializer("b2", &[classes], &weights.b2))
         .message(
             11,
             value_info(INPUT, &[None, Some(c), Some(height), Some(width)]),
         )
-        .message(12, value_info(OUTPUT, &[None, Some(NUM_CLASSES)]));
+        .message(12, value_info(OUTPUT, &[None, Some(classes)]));
     let json = |v: serde_json::Result<String>| v.unwrap_or_default();
     let mut metadata = vec![
         ("classes", json(serde_json::to_string(&config.classes))),
@@ -137,7 +137,7 @@ pub fn encode(config: &ModelConfig, weights: &Weights, provenance: Option<&Prove
         .int(1, IR_VERSION)
         .string(2, "maas")
         .string(3, crate::VERSION)
-        .string(6, "CIFAR-10 MLP: FP32 input [N,3,32,32] in [0,1], channel-major RGB; FP32 probabilities [N,10]")
+        .string(6, &format!("maas MLP: FP32 input [N,3,32,32] in [0,1], channel-major RGB; FP32 probabilities [N,{classes}]"))
         .message(7, graph)
         .message(8, Message::default().string(1, "").int(2, OPSET));
     for (key, value) in metadata {

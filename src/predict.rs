@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::data::preprocess::{INPUT_LEN, load_image_file};
 use crate::export::LoadedModel;
-use crate::model::{Mlp, ModelConfig, NUM_CLASSES, read_f32};
+use crate::model::{Mlp, ModelConfig, read_f32};
 
 /// One class and its probability.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -83,10 +83,15 @@ impl Classifier {
         &self.config
     }
 
+    /// How many classes the model tells apart: the length of each row of probabilities.
+    pub fn num_classes(&self) -> usize {
+        self.config.classes.len()
+    }
+
     /// Class probabilities for preprocessed inputs (each [`INPUT_LEN`] values), as one batch.
     pub fn probabilities(&self, inputs: &[f32]) -> Result<Vec<f32>> {
         let n = inputs.len() / INPUT_LEN;
-        let mut out = Vec::with_capacity(n * NUM_CLASSES);
+        let mut out = Vec::with_capacity(n * self.num_classes());
         for chunk in inputs.chunks(CHUNK * INPUT_LEN) {
             let rows = chunk.len() / INPUT_LEN;
             let x = Tensor::<2>::from_data(
@@ -168,7 +173,7 @@ impl Classifier {
                 let probabilities = self.probabilities(&inputs)?;
                 predictions.extend(
                     good.into_iter()
-                        .zip(probabilities.chunks(NUM_CLASSES))
+                        .zip(probabilities.chunks(self.num_classes()))
                         .map(|(file, p)| self.prediction(file, p, k)),
                 );
             }
@@ -183,18 +188,8 @@ impl Classifier {
     }
 }
 
-/// File name extensions of the images a folder or a pattern contributes; a file named on its own
-/// is always tried, whatever its name.
-pub const IMAGE_EXTENSIONS: [&str; 15] = [
-    "png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "pnm", "pbm", "pgm", "ppm", "tga",
-    "ico", "qoi",
-];
-
-fn is_image_name(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
+pub use crate::data::files::IMAGE_EXTENSIONS;
+use crate::data::files::{collect_images, is_image_name};
 
 /// Expands what the user named into image files: a folder gives the images inside it
 /// (recursively, in name order), a pattern such as `'photos/*.jpg'` the images it matches, and
@@ -244,23 +239,6 @@ pub fn expand_inputs(named: &[PathBuf]) -> (Vec<PathBuf>, Vec<FileError>) {
         }
     }
     (files, errors)
-}
-
-fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| anyhow::anyhow!("cannot list the folder: {e}"))?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            collect_images(&path, out)?;
-        } else if is_image_name(&path) {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// The report as a table for people: one row per image, then one line per error.

@@ -172,7 +172,8 @@ impl ShardedTrainer {
     pub fn model(&self) -> Mlp {
         let w1 = self.whole_w1().value;
         let hidden = w1.dims()[1];
-        Mlp::init(hidden, 0, &w1.device()).with_parameters(
+        let classes = self.b2.value.dims()[0];
+        Mlp::init(hidden, classes, 0, &w1.device()).with_parameters(
             w1,
             self.b1.value.clone(),
             self.w2.value.clone(),
@@ -248,7 +249,7 @@ mod tests {
     fn plain_steps(weights: &Weights, steps: usize, config: AdamConfig) -> Weights {
         let device = Device::flex();
         let mut model = Mlp::from_weights(weights, &device);
-        let state = AdamState::zeros(weights.hidden);
+        let state = AdamState::zeros(weights.hidden, CLASSES);
         let mut w1m = Moments::upload(
             &state.m.w1,
             &state.v.w1,
@@ -282,7 +283,7 @@ mod tests {
         let device = Device::flex();
         let mut trainer = ShardedTrainer::new(
             weights,
-            &AdamState::zeros(weights.hidden),
+            &AdamState::zeros(weights.hidden, CLASSES),
             config,
             shards,
             &device,
@@ -310,7 +311,7 @@ mod tests {
     #[test]
     fn sharded_training_follows_the_plain_loop() {
         let config = AdamConfig::new(0.01);
-        let start = Weights::init(12, 5);
+        let start = Weights::init(12, CLASSES, 5);
         let plain = plain_steps(&start, 6, config);
         for shards in [1, 2, 3, 7] {
             let (sharded, state, count) = sharded_steps(&start, 6, config, shards);
@@ -332,11 +333,12 @@ mod tests {
 
     #[test]
     fn there_is_at_least_one_shard() {
-        let start = Weights::init(12, 5);
+        let start = Weights::init(12, CLASSES, 5);
         let config = AdamConfig::new(0.01);
         let device = Device::flex();
         let count = |n| {
-            ShardedTrainer::new(&start, &AdamState::zeros(12), config, n, &device).shard_count()
+            ShardedTrainer::new(&start, &AdamState::zeros(12, CLASSES), config, n, &device)
+                .shard_count()
         };
         assert_eq!(count(0), 1);
         assert_eq!(count(5), 5);
@@ -344,7 +346,7 @@ mod tests {
 
     #[test]
     fn state_round_trips_through_the_shards() {
-        let start = Weights::init(8, 3);
+        let start = Weights::init(8, CLASSES, 3);
         let (_, state, _) = sharded_steps(&start, 2, AdamConfig::new(0.01), 2);
         let device = Device::flex();
         let trainer = ShardedTrainer::new(&start, &state, AdamConfig::new(0.01), 4, &device);

@@ -17,11 +17,13 @@ use crate::adam::{AdamConfig, AdamState};
 use crate::checkpoint::{
     Checkpoint, CheckpointMeta, EpochMetrics, RunFiles, TrainConfig, metrics_csv,
 };
-use crate::data::cifar10::{self, Cifar10Split, Split};
+use crate::data::cifar10::Cifar10Split;
 use crate::data::preprocess::{INPUT_LEN, normalize_into};
+use crate::data::source::{DEFAULT_VAL_SPLIT, DataSource, LoadOptions};
 use crate::device::Selected;
 use crate::fsutil::write_atomic;
 use crate::model::{DEFAULT_HIDDEN, Mlp, ModelConfig, Weights};
+use crate::plots;
 use crate::progress::Reporter;
 use crate::sharded::{ShardedTrainer, shards_for};
 
@@ -40,8 +42,12 @@ pub struct TrainOptions {
     pub seed: Option<u64>,
     /// Train on the first N training images only.
     pub limit: Option<usize>,
-    /// The `cifar-10-batches-bin` folder.
-    pub dataset: PathBuf,
+    /// The dataset: CIFAR-10 or an image folder.
+    pub data: DataSource,
+    /// For a single image folder: the share of each class held out for testing.
+    pub val_split: Option<f64>,
+    /// Stop at the first unreadable image instead of skipping it.
+    pub strict: bool,
     /// Where checkpoints go.
     pub checkpoints: PathBuf,
     /// Continue from `last.ckpt`.
@@ -78,6 +84,8 @@ pub struct RunPaths {
     pub last: PathBuf,
     /// The per-epoch metrics.
     pub metrics: PathBuf,
+    /// The loss and accuracy curves.
+    pub curves: PathBuf,
 }
 
 /// What a run did, as `train --json` prints it.
@@ -130,8 +138,11 @@ struct Batches<'a> {
 }
 
 impl<'a> Batches<'a> {
-    fn new(split: &'a Cifar10Split, classes: usize) -> Self {
-        Self { split, classes }
+    fn new(split: &'a Cifar10Split, classes: usize) -> Result<Self> {
+        if let Some(l) = split.labels.iter().find(|&&l| usize::from(l) >= classes) {
+            bail!("label {l} is beyond the {classes} classes");
+        }
+        Ok(Self { split, classes })
     }
 
     fn len(&self) -> usize {
@@ -238,6 +249,19 @@ fn starting_point(
         )?;
         check_same("--lr", opts.lr, ckpt.meta.train.lr, &last)?;
         check_same("--seed", opts.seed, ckpt.meta.train.seed, &last)?;
+        if let Some(given) = opts.val_split
+            && ckpt
+                .meta
+                .train
+                .val_split
+                .is_some_and(|saved| saved != given)
+        {
+            bail!(
+                "{}: this run was trained with --val-split {}, not {given}",
+                last.display(),
+                ckpt.meta.train.val_split.unwrap_or_default()
+            );
+        }
         if opts.limit != ckpt.meta.train.limit {
             bail!(
                 "{}: this run was trained with --limit {:?}, not {:?}",
@@ -279,10 +303,14 @@ fn starting_point(
         lr: opts.lr.unwrap_or(DEFAULT_LR),
         seed: opts.seed.unwrap_or(DEFAULT_SEED),
         limit: opts.limit,
+        val_split: opts
+            .data
+            .uses_val_split()
+            .then(|| opts.val_split.unwrap_or(DEFAULT_VAL_SPLIT)),
     };
     Ok(Checkpoint {
-        weights: Weights::init(hidden, train.seed),
-        adam: AdamState::zeros(hidden),
+        weights: Weights::init(hidden, classes.len(), train.seed),
+        adam: AdamState::zeros(hidden, classes.len()),
         meta: CheckpointMeta {
             maas_version: crate::VERSION.into(),
             model: ModelConfig::new(hidden, classes.to_vec()),
@@ -312,18 +340,23 @@ pub fn train(
 ) -> Result<TrainSummary> {
     let device = &selected.device;
     let files = RunFiles::new(&opts.checkpoints);
-    let classes = cifar10::read_class_names(&opts.dataset)?;
+    let classes = opts.data.classes()?;
     let mut state = starting_point(opts, &files, &classes, reporter)?;
     let cfg = state.meta.train.clone();
 
     let loading = Instant::now();
-    let train_split = cifar10::load_split(&opts.dataset, Split::Train, cfg.limit)?;
-    let test_split = cifar10::load_split(&opts.dataset, Split::Test, None)?;
+    let load = LoadOptions {
+        seed: cfg.seed,
+        val_split: cfg.val_split.unwrap_or(DEFAULT_VAL_SPLIT),
+        limit: cfg.limit,
+        strict: opts.strict,
+    };
+    let (train_split, test_split) = opts.data.load(&load, reporter)?;
     if train_split.is_empty() {
-        bail!("{}: no training images", opts.dataset.display());
+        bail!("{}: no training images", opts.data.path().display());
     }
-    let train_data = Batches::new(&train_split, classes.len());
-    let test_data = Batches::new(&test_split, classes.len());
+    let train_data = Batches::new(&train_split, classes.len())?;
+    let test_data = Batches::new(&test_split, classes.len())?;
     reporter.info(format!(
         "training on {} images, testing on {} ({:.2} s to load), {} classes: {}",
         train_data.len(),
@@ -343,7 +376,7 @@ pub fn train(
             "maas_version": crate::VERSION,
             "model": state.meta.model,
             "train": cfg,
-            "dataset": opts.dataset,
+            "dataset": opts.data.path(),
             "device": selected.description,
         });
         write_atomic(
@@ -447,6 +480,10 @@ pub fn train(
             &files.metrics_csv(),
             metrics_csv(&state.meta.history).as_bytes(),
         )?;
+        write_atomic(
+            &files.curves_png(),
+            &plots::curves_png(&state.meta.history)?,
+        )?;
         write_atomic(&files.last(), &bytes)?;
         reporter.info(format!(
             "epoch {epoch}/{}: train loss {train_loss:.4} acc {train_accuracy:.4} | test loss {test_loss:.4} acc {test_accuracy:.4} | {:.0} samples/s{}",
@@ -491,6 +528,7 @@ pub fn train(
             best: files.best(),
             last: files.last(),
             metrics: files.metrics_csv(),
+            curves: files.curves_png(),
         },
         history: state.meta.history,
     })

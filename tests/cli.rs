@@ -29,11 +29,18 @@ fn train_learns_the_dataset_and_leaves_every_file() {
         "last.ckpt",
         "run.json",
         "metrics.csv",
+        "curves.png",
     ] {
         assert!(ws.path("checkpoints").join(f).is_file(), "{f} is missing");
     }
     let csv = std::fs::read_to_string(ws.path("checkpoints/metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4);
+    let curves = image::open(ws.path("checkpoints/curves.png")).unwrap();
+    assert!(curves.width() >= 800 && curves.height() >= 400);
+    assert_eq!(
+        summary["checkpoints"]["curves"].as_str().unwrap(),
+        "checkpoints/curves.png"
+    );
     assert!(csv.starts_with("epoch,train_loss,train_accuracy,test_loss,test_accuracy"));
     let best = Checkpoint::load(&ws.path("checkpoints/best.ckpt")).unwrap();
     assert_eq!(
@@ -307,7 +314,9 @@ fn usage_errors_exit_with_2() {
         &["train", "--epochs", "0"][..],
         &["train", "--batch-size", "0"],
         &["train", "--lr", "-1"],
-        &["predict", "--top-k", "11", "x.png"],
+        &["predict", "--top-k", "0", "x.png"],
+        &["predict", "--top-k", "257", "x.png"],
+        &["train", "--val-split", "1"],
         &["predict"],
         &["--device", "tpu", "predict", "x.png"],
         &["frobnicate"],
@@ -398,11 +407,22 @@ fn eval_reports_consistent_figures_and_gates_on_fail_under() {
         assert_eq!(class["support"], confusion[k].iter().sum::<u64>());
         assert_eq!(class["label"], synthetic::CLASS_NAMES[k]);
     }
-    let table = ws.ok(&["eval"]);
+    // The picture goes beside the model (here the best checkpoint), or into --plots.
+    assert_eq!(report["confusion_png"], "checkpoints/confusion.png");
+    let picture = image::open(ws.path("checkpoints/confusion.png")).unwrap();
+    assert!(picture.width() >= 600 && picture.height() >= 600);
+    let (code, table, err) = ws.run(&["eval", "--plots", "pictures"]);
+    assert_eq!(code, 0, "{err}");
     assert!(
         table.contains("confusion matrix") && table.contains("PRECISION"),
         "{table}"
     );
+    assert!(
+        err.contains("confusion matrix picture: pictures/confusion.png"),
+        "{err}"
+    );
+    assert!(ws.path("pictures/confusion.png").is_file());
+    assert!(common::temporaries(&ws.path("pictures")).is_empty());
     let (code, _, _) = ws.run(&["eval", "--fail-under", "0"]);
     assert_eq!(code, 0);
     let (code, _, err) = ws.run(&["eval", "--fail-under", "1"]);

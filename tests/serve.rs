@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Look, Workspace, save_image};
+use common::{Look, Workspace, save_image, write_class_folder};
 use maas::data::preprocess::image_bytes_to_input;
 use maas::data::synthetic;
 use serde_json::{Value, json};
@@ -569,6 +569,91 @@ fn v1_predict_answers_like_predict_json() {
     server
         .post("/v1/predict?top_k=11", &imgs[0].1)
         .assert_error(400);
+}
+
+#[test]
+fn v1_explain_answers_with_the_picture_of_maas_explain_in_json_or_png() {
+    // A model of three classes of its own, from an image folder: the server answers with them.
+    let ws = Workspace::new(1, 1);
+    write_class_folder(&ws.path("photos"), &["cherry", "lime", "sky"], 16, 4);
+    ws.ok(&[
+        "train",
+        "--data",
+        "photos",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.005",
+        "--quiet",
+    ]);
+    ws.ok(&["export", "-o", "model.maas", "--quiet"]);
+    let server = Server::start(&ws, &[]);
+    let meta = server.get("/v2/models/maas").json();
+    assert_eq!(meta["classes"], json!(["cherry", "lime", "sky"]));
+    assert_eq!(meta["outputs"][0]["shape"], json!([-1, 3]));
+
+    let name = "photos/sky/sky-001.jpg";
+    let bytes = std::fs::read(ws.path(name)).unwrap();
+    let cli: Value = serde_json::from_str(&ws.ok(&[
+        "explain",
+        "--json",
+        "--model",
+        "model.maas",
+        "--out",
+        "pictures",
+        name,
+    ]))
+    .unwrap();
+    let expected = &cli["explanations"][0];
+    assert_eq!(expected["label"], "sky");
+    let picture = std::fs::read(ws.path(expected["picture"].as_str().unwrap())).unwrap();
+
+    // JSON: the prediction as /v1/predict gives it, and the picture in base64.
+    let got = server.post(&format!("/v1/explain?name={name}&top_k=2"), &bytes);
+    assert_eq!(got.status, 200, "{}", got.text());
+    let got = got.json();
+    assert_eq!((&got["file"], &got["label"]), (&json!(name), &json!("sky")));
+    assert_eq!(got["index"], expected["index"]);
+    assert_eq!(got["top_k"].as_array().unwrap().len(), 2);
+    assert_eq!(got["picture_png"].as_str().unwrap(), base64(&picture));
+
+    // Accept: image/png: the picture itself, the prediction in headers.
+    let response = agent()
+        .post(&server.url("/v1/explain"))
+        .set("Accept", "image/png")
+        .send_bytes(&bytes)
+        .unwrap();
+    assert_eq!(response.header("content-type"), Some("image/png"));
+    assert_eq!(response.header("x-maas-label"), Some("sky"));
+    assert_eq!(response.header("x-maas-index"), Some("2"));
+    let mut png = Vec::new();
+    response.into_reader().read_to_end(&mut png).unwrap();
+    assert_eq!(png, picture);
+    let image = image::load_from_memory(&png).unwrap();
+    assert_eq!((image.width(), image.height()), (520, 256));
+
+    assert_eq!(server.post("/v1/predict", &bytes).json()["label"], "sky");
+    assert!(
+        server
+            .post("/v1/explain", b"GIF89a garbage")
+            .assert_error(400)
+            .contains("image")
+    );
+    server.post("/v1/explain", b"").assert_error(400);
+    assert!(
+        server
+            .post("/v1/explain?top_k=4", &bytes)
+            .assert_error(400)
+            .contains("1 to 3")
+    );
+    assert!(
+        server
+            .get("/metrics")
+            .text()
+            .contains(r#"maas_requests_total{route="/v1/explain",status="200"} 2"#)
+    );
 }
 
 #[test]

@@ -1,7 +1,31 @@
-//! Base64 decoding for BYTES tensors sent as JSON strings (RFC 4648).
+//! Base64 for BYTES tensors sent as JSON strings and for the pictures `/v1/explain` returns in
+//! JSON (RFC 4648).
 //!
 //! Clients differ in the alphabet and padding they use, so both the standard and the URL-safe
 //! alphabets are accepted, padding is optional, and line breaks (MIME wraps at 76) are skipped.
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Encodes `bytes` in the standard alphabet, padded.
+pub fn encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
 
 /// Decodes `text`; the error says what was wrong and where.
 pub fn decode(text: &str) -> Result<Vec<u8>, String> {
@@ -55,7 +79,7 @@ pub fn decode(text: &str) -> Result<Vec<u8>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::decode;
+    use super::{decode, encode};
 
     #[test]
     fn rfc4648_vectors() {
@@ -69,6 +93,7 @@ mod tests {
             ("foobar", "Zm9vYmFy"),
         ] {
             assert_eq!(decode(encoded).unwrap(), plain.as_bytes(), "{encoded}");
+            assert_eq!(encode(plain.as_bytes()), encoded);
             assert_eq!(
                 decode(encoded.trim_end_matches('=')).unwrap(),
                 plain.as_bytes(),
@@ -86,6 +111,7 @@ mod tests {
         let all: Vec<u8> = (0..=255).collect();
         let encoded = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+P0BBQkNERUZHSElKS0xNTk9QUVJTVFVWV1hZWltcXV5fYGFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6e3x9fn+AgYKDhIWGh4iJiouMjY6PkJGSk5SVlpeYmZqbnJ2en6ChoqOkpaanqKmqq6ytrq+wsbKztLW2t7i5uru8vb6/wMHCw8TFxsfIycrLzM3Oz9DR0tPU1dbX2Nna29zd3t/g4eLj5OXm5+jp6uvs7e7v8PHy8/T19vf4+fr7/P3+/w==";
         assert_eq!(decode(encoded).unwrap(), all);
+        assert_eq!(encode(&all), encoded);
     }
 
     #[test]

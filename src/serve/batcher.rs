@@ -22,8 +22,8 @@ use tokio::sync::oneshot;
 use super::error::ApiError;
 use super::metrics::Metrics;
 use crate::data::preprocess::INPUT_LEN;
+use crate::explain::{Explainer, picture_png};
 use crate::export::LoadedModel;
-use crate::model::NUM_CLASSES;
 use crate::predict::{Classifier, Prediction};
 
 /// How the worker gathers requests.
@@ -40,10 +40,13 @@ pub struct BatchConfig {
 /// What a request wants back.
 #[derive(Debug, Clone)]
 pub enum Want {
-    /// The probabilities, `rows * NUM_CLASSES` values.
+    /// The probabilities, `rows * classes` values.
     Probabilities,
     /// One labelled prediction (`rows` must be 1), as `predict --json` gives it.
     Prediction { file: String, top_k: usize },
+    /// The prediction and the picture of what pushed it up (`rows` must be 1), as
+    /// `maas explain` draws it.
+    Explanation { file: String, top_k: usize },
 }
 
 /// The answer to a request.
@@ -53,6 +56,11 @@ pub enum Answer {
     Probabilities(Vec<f32>),
     /// A labelled prediction.
     Prediction(Prediction),
+    /// A labelled prediction and its explanation picture, PNG.
+    Explanation {
+        prediction: Prediction,
+        picture_png: Vec<u8>,
+    },
 }
 
 struct Job {
@@ -96,8 +104,8 @@ impl Batcher {
         let handle = std::thread::Builder::new()
             .name("maas-model".into())
             .spawn(move || {
-                let classifier = match place(&loaded, &device) {
-                    Ok(c) => c,
+                let (classifier, explainer) = match place(&loaded, &device) {
+                    Ok(placed) => placed,
                     Err(e) => {
                         let _ = started_tx.send(Err(e));
                         return;
@@ -106,7 +114,7 @@ impl Batcher {
                 drop(loaded);
                 let _ready = ReadyWhileAlive::new(worker_ready);
                 let _ = started_tx.send(Ok(()));
-                work(&classifier, &jobs, config, &worker_metrics);
+                work(&classifier, &explainer, &jobs, config, &worker_metrics);
             })
             .context("cannot start the model thread")?;
         match started_rx.recv() {
@@ -189,19 +197,27 @@ impl Drop for ReadyWhileAlive {
 }
 
 /// Puts the model on the device and runs it once, so that the first request does not pay for
-/// kernel compilation and is not the one to discover a broken device.
-fn place(loaded: &LoadedModel, device: &Device) -> Result<Classifier> {
+/// kernel compilation and is not the one to discover a broken device. The explainer (the same
+/// weights with autodiff, for `/v1/explain`) lives on the same thread.
+fn place(loaded: &LoadedModel, device: &Device) -> Result<(Classifier, Explainer)> {
     catch_unwind(AssertUnwindSafe(|| {
         let classifier = Classifier::new(loaded, device);
+        let explainer = Explainer::new(loaded, device);
         classifier
             .probabilities(&vec![0.0; INPUT_LEN])
-            .map(|_| classifier)
+            .map(|_| (classifier, explainer))
     }))
     .map_err(|_| anyhow!("the model could not be placed on the device (the backend panicked)"))?
     .context("the model failed its first run")
 }
 
-fn work(classifier: &Classifier, jobs: &Receiver<Job>, config: BatchConfig, metrics: &Metrics) {
+fn work(
+    classifier: &Classifier,
+    explainer: &Explainer,
+    jobs: &Receiver<Job>,
+    config: BatchConfig,
+    metrics: &Metrics,
+) {
     let mut held: Option<Job> = None;
     loop {
         let first = match held.take() {
@@ -233,7 +249,7 @@ fn work(classifier: &Classifier, jobs: &Receiver<Job>, config: BatchConfig, metr
             rows += job.rows;
             batch.push(job);
         }
-        run_batch(classifier, batch, metrics);
+        run_batch(classifier, explainer, batch, metrics);
     }
 }
 
@@ -242,7 +258,7 @@ fn taken(job: Job, metrics: &Metrics) -> Job {
     job
 }
 
-fn run_batch(classifier: &Classifier, batch: Vec<Job>, metrics: &Metrics) {
+fn run_batch(classifier: &Classifier, explainer: &Explainer, batch: Vec<Job>, metrics: &Metrics) {
     // A request whose client gave up (timeout, disconnect) is not worth computing.
     let mut batch: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
     if batch.is_empty() {
@@ -259,9 +275,10 @@ fn run_batch(classifier: &Classifier, batch: Vec<Job>, metrics: &Metrics) {
         }
         all
     };
+    let classes = classifier.num_classes();
     let outcome = catch_unwind(AssertUnwindSafe(|| classifier.probabilities(&inputs)));
     let probabilities = match outcome {
-        Ok(Ok(p)) if p.len() == rows * NUM_CLASSES => p,
+        Ok(Ok(p)) if p.len() == rows * classes => p,
         Ok(Ok(p)) => {
             return fail(
                 batch,
@@ -272,16 +289,44 @@ fn run_batch(classifier: &Classifier, batch: Vec<Job>, metrics: &Metrics) {
         Err(_) => return fail(batch, "the model failed (the backend panicked)"),
     };
     let mut rest = probabilities.as_slice();
+    let mut first_row = 0;
     for job in batch {
-        let (mine, after) = rest.split_at(job.rows * NUM_CLASSES);
+        let (mine, after) = rest.split_at(job.rows * classes);
         rest = after;
+        let input = &inputs[first_row * INPUT_LEN..(first_row + job.rows) * INPUT_LEN];
+        first_row += job.rows;
         let answer = match job.want {
-            Want::Probabilities => Answer::Probabilities(mine.to_vec()),
+            Want::Probabilities => Ok(Answer::Probabilities(mine.to_vec())),
             Want::Prediction { file, top_k } => {
-                Answer::Prediction(classifier.prediction(file, mine, top_k))
+                Ok(Answer::Prediction(classifier.prediction(file, mine, top_k)))
+            }
+            Want::Explanation { file, top_k } => {
+                explanation(explainer, classifier.prediction(file, mine, top_k), input)
             }
         };
-        let _ = job.reply.send(Ok(answer));
+        let _ = job.reply.send(answer);
+    }
+}
+
+/// The gradient x input picture of one image's predicted class. One backward pass per image,
+/// outside the batch: explaining is rarer and dearer than predicting.
+fn explanation(
+    explainer: &Explainer,
+    prediction: Prediction,
+    input: &[f32],
+) -> Result<Answer, String> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        explainer
+            .gradient_x_input(input, prediction.index)
+            .and_then(|evidence| picture_png(input, &evidence))
+    }));
+    match outcome {
+        Ok(Ok(picture_png)) => Ok(Answer::Explanation {
+            prediction,
+            picture_png,
+        }),
+        Ok(Err(e)) => Err(format!("explaining failed: {e:#}")),
+        Err(_) => Err("explaining failed (the backend panicked)".into()),
     }
 }
 
@@ -297,11 +342,12 @@ mod tests {
     use crate::model::{ModelConfig, Weights};
 
     fn model() -> LoadedModel {
-        let classes = (0..NUM_CLASSES).map(|i| format!("c{i}")).collect();
+        let classes = (0..10).map(|i| format!("c{i}")).collect();
         LoadedModel {
             config: ModelConfig::new(8, classes),
-            weights: Weights::init(8, 3),
+            weights: Weights::init(8, 10, 3),
             provenance: None,
+            train: None,
             path: "test.maas".into(),
         }
     }

@@ -14,7 +14,6 @@ use super::base64;
 use super::error::ApiError;
 use super::tensor_data::FlatData;
 use crate::data::preprocess::{INPUT_LEN, SIDE, image_bytes_to_input};
-use crate::model::NUM_CLASSES;
 
 /// The model's one input.
 pub const INPUT_NAME: &str = "input";
@@ -430,13 +429,14 @@ pub fn response(
     id: Option<&str>,
     binary: bool,
     probabilities: &[f32],
+    classes: usize,
 ) -> Result<Response, ApiError> {
-    let rows = probabilities.len() / NUM_CLASSES;
+    let rows = probabilities.len() / classes.max(1);
     let raw_size = probabilities.len() * 4;
     let output = OutputTensor {
         name: OUTPUT_NAME,
         datatype: "FP32",
-        shape: [rows, NUM_CLASSES],
+        shape: [rows, classes],
         parameters: binary.then_some(BinaryParameters {
             binary_data_size: raw_size,
         }),
@@ -652,7 +652,7 @@ mod tests {
     async fn responses_in_json_and_binary() {
         use axum::body::to_bytes;
         let probs: Vec<f32> = (0..20).map(|i| i as f32 / 100.0).collect();
-        let r = response("maas", Some("7"), false, &probs).unwrap();
+        let r = response("maas", Some("7"), false, &probs, 10).unwrap();
         assert!(r.headers().get(HEADER_LENGTH).is_none());
         let v: Value =
             serde_json::from_slice(&to_bytes(r.into_body(), usize::MAX).await.unwrap()).unwrap();
@@ -661,7 +661,7 @@ mod tests {
         assert_eq!(v["outputs"][0]["shape"], json!([2, 10]));
         assert_eq!(v["outputs"][0]["data"][3].as_f64().unwrap() as f32, 0.03);
 
-        let r = response("maas", None, true, &probs).unwrap();
+        let r = response("maas", None, true, &probs, 10).unwrap();
         let len: usize = r.headers()[HEADER_LENGTH]
             .to_str()
             .unwrap()

@@ -1,12 +1,15 @@
-//! The routes: the Open Inference Protocol (KServe v2), `/v1/predict` and `/metrics`.
+//! The routes: the Open Inference Protocol (KServe v2), `/v1/predict`, `/v1/explain` and
+//! `/metrics`.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
+use tokio::time::Instant as Deadline;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,12 +18,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::{self, Keys};
+use super::base64;
 use super::batcher::{Answer, Want};
 use super::error::ApiError;
 use super::protocol::{self, INPUT_NAME, MODEL_VERSION, OUTPUT_NAME};
-use super::state::{AppState, refuse};
+use super::state::{Admission, AppState, refuse};
 use crate::data::preprocess::{SIDE, image_bytes_to_input};
-use crate::model::NUM_CLASSES;
 
 /// Every route; all but health and metrics need a key when `keys` is given.
 pub fn router(state: AppState, keys: Option<Keys>) -> Router {
@@ -35,7 +38,8 @@ pub fn router(state: AppState, keys: Option<Keys>) -> Router {
         )
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
-        .route("/v1/predict", post(predict));
+        .route("/v1/predict", post(predict))
+        .route("/v1/explain", post(explain));
     if let Some(keys) = keys {
         protected = protected.route_layer(middleware::from_fn_with_state(keys, auth::require_key));
     }
@@ -119,7 +123,7 @@ async fn model_metadata(State(state): State<AppState>, _: ServedModel) -> Json<V
         "versions": [MODEL_VERSION],
         "platform": "maas",
         "inputs": [{ "name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 3, SIDE, SIDE] }],
-        "outputs": [{ "name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, NUM_CLASSES] }],
+        "outputs": [{ "name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, state.classes.len()] }],
         "classes": state.classes,
     }))
 }
@@ -157,13 +161,19 @@ async fn infer(
         .run(values, rows, Want::Probabilities, deadline)
         .await?
     {
-        Answer::Probabilities(p) => {
-            protocol::response(&state.model_name, id.as_deref(), binary, &p)
-        }
-        Answer::Prediction(_) => Err(ApiError::internal(
-            "the model answered with the wrong kind of result",
-        )),
+        Answer::Probabilities(p) => protocol::response(
+            &state.model_name,
+            id.as_deref(),
+            binary,
+            &p,
+            state.classes.len(),
+        ),
+        _ => Err(wrong_kind()),
     }
+}
+
+fn wrong_kind() -> ApiError {
+    ApiError::internal("the model answered with the wrong kind of result")
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,20 +188,94 @@ async fn predict(
     query: Result<Query<PredictQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let r = image_request(&state, query, request).await?;
+    let want = Want::Prediction {
+        file: r.file,
+        top_k: r.top_k,
+    };
+    match state.batcher.run(r.values, 1, want, r.deadline).await? {
+        Answer::Prediction(p) => Ok(Json(p).into_response()),
+        _ => Err(wrong_kind()),
+    }
+}
+
+/// One image file as the body; the answer is the prediction with the picture `maas explain`
+/// draws (the image beside the heat map of what pushed the predicted class up): in JSON with
+/// the PNG in base64 (`picture_png`), or the PNG itself, with the prediction in `X-Maas-*`
+/// headers, when the client sends `Accept: image/png`.
+async fn explain(
+    State(state): State<AppState>,
+    query: Result<Query<PredictQuery>, QueryRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let wants_png = accepts_png(request.headers());
+    let r = image_request(&state, query, request).await?;
+    let want = Want::Explanation {
+        file: r.file,
+        top_k: r.top_k,
+    };
+    let (prediction, picture) = match state.batcher.run(r.values, 1, want, r.deadline).await? {
+        Answer::Explanation {
+            prediction,
+            picture_png,
+        } => (prediction, picture_png),
+        _ => return Err(wrong_kind()),
+    };
+    if wants_png {
+        let mut response = ([(header::CONTENT_TYPE, "image/png")], picture).into_response();
+        let headers = response.headers_mut();
+        // Class names come from folder names: only what a header can carry goes there.
+        if let Ok(label) = header::HeaderValue::from_str(&prediction.label) {
+            headers.insert("x-maas-label", label);
+        }
+        headers.insert("x-maas-index", prediction.index.into());
+        if let Ok(p) = header::HeaderValue::from_str(&prediction.probability.to_string()) {
+            headers.insert("x-maas-probability", p);
+        }
+        return Ok(response);
+    }
+    let mut body = serde_json::to_value(&prediction)
+        .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))?;
+    body["picture_png"] = Value::String(base64::encode(&picture));
+    Ok(Json(body).into_response())
+}
+
+/// Whether the client asked for the picture itself rather than JSON.
+fn accepts_png(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|kind| {
+            kind.split(';')
+                .next()
+                .is_some_and(|k| k.trim() == "image/png")
+        })
+}
+
+/// The steps `/v1/predict` and `/v1/explain` share: the query (`name`, `top_k`), admission,
+/// the body within its limits, and the image decoded off the async threads.
+async fn image_request(
+    state: &AppState,
+    query: Result<Query<PredictQuery>, QueryRejection>,
+    request: Request,
+) -> Result<ImageRequest, ApiError> {
     let deadline = state.deadline();
     let checked = query
         .map_err(|e| ApiError::bad_request(e.body_text()))
         .and_then(|Query(query)| {
             let top_k = query.top_k.unwrap_or(3);
-            if !(1..=NUM_CLASSES).contains(&top_k) {
+            let classes = state.classes.len();
+            if !(1..=classes).contains(&top_k) {
                 return Err(ApiError::bad_request(format!(
-                    "top_k must be 1 to {NUM_CLASSES}"
+                    "top_k must be 1 to {classes}"
                 )));
             }
             let file = query.name.unwrap_or_else(|| "request".into());
             Ok((state.admit()?, file, top_k))
         });
-    let (_place, file, top_k) = match checked {
+    let (place, file, top_k) = match checked {
         Ok(ok) => ok,
         Err(e) => return Err(refuse(request, e).await),
     };
@@ -207,16 +291,23 @@ async fn predict(
                 .map_err(|e| ApiError::bad_request(format!("cannot read the image: {e:#}")))
         })
         .await?;
-    match state
-        .batcher
-        .run(values, 1, Want::Prediction { file, top_k }, deadline)
-        .await?
-    {
-        Answer::Prediction(p) => Ok(Json(p).into_response()),
-        Answer::Probabilities(_) => Err(ApiError::internal(
-            "the model answered with the wrong kind of result",
-        )),
-    }
+    Ok(ImageRequest {
+        _place: place,
+        deadline,
+        values,
+        file,
+        top_k,
+    })
+}
+
+/// An image request ready for the model.
+struct ImageRequest {
+    /// Its place among the requests in progress, held until the answer is sent.
+    _place: Admission,
+    deadline: Deadline,
+    values: Vec<f32>,
+    file: String,
+    top_k: usize,
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -123,3 +123,20 @@ pub fn save_image(chw: &[u8], path: &Path, look: Look, size: u32) {
     let format = ImageFormat::from_path(path).unwrap();
     img.save_with_format(path, format).unwrap();
 }
+
+/// Writes `per_class` images of each class under `dir/<class>/`, class `k` drawn in the
+/// synthetic palette's colour `k` with noise (learnable from colour alone): PNG and JPEG in
+/// turn, at four sizes, some with an alpha channel.
+pub fn write_class_folder(dir: &Path, classes: &[&str], per_class: usize, seed: u64) {
+    for (k, class) in classes.iter().enumerate() {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        for i in 0..per_class {
+            let ext = if i % 2 == 0 { "png" } else { "jpg" };
+            let look = if i % 4 == 2 { Look::Rgba } else { Look::Rgb };
+            let size = [32, 20, 48, 64][(i / 2) % 4];
+            let image = synthetic::sample_image(k, seed * 100_000 + (k * 1000 + i) as u64);
+            let path = dir.join(class).join(format!("{class}-{i:03}.{ext}"));
+            save_image(&image, &path, look, size);
+        }
+    }
+}
