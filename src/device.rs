@@ -1,5 +1,6 @@
 //! The CPU/GPU switch: burn's `flex` backend on the CPU, its `wgpu` backend on a GPU.
 
+use std::path::Path;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use anyhow::{Result, bail};
@@ -69,6 +70,26 @@ fn adapters() -> Vec<Adapter> {
     .unwrap_or_default()
 }
 
+/// Whether the machine may have a hardware GPU, judged from the device nodes under `dev`
+/// without loading a graphics driver: on Linux a GPU driver shows itself as a DRM render node
+/// (`dri/renderD*`, Mesa's drivers), `nvidia*` (NVIDIA's) or `dxg` (WSL). Why: asking Vulkan
+/// takes about 150 ms, most of a one-image `predict`, and where none of these nodes exist it can
+/// only find software rasterizers, which `auto` does not take anyway. Elsewhere (macOS,
+/// Windows) the answer is always yes and the drivers are asked.
+fn may_have_hardware_gpu(dev: &Path) -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let has = |dir: &Path, prefix: &str| {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        })
+    };
+    has(&dev.join("dri"), "renderD") || has(dev, "nvidia") || dev.join("dxg").exists()
+}
+
 /// Resolves `--device` to a device.
 ///
 /// `auto` takes a hardware GPU and otherwise the CPU: a software rasterizer such as llvmpipe is
@@ -76,7 +97,9 @@ fn adapters() -> Vec<Adapter> {
 /// otherwise any wgpu adapter, software ones included, so that the GPU path can be exercised on a
 /// machine without a GPU.
 pub fn select(choice: DeviceChoice) -> Result<Selected> {
-    if choice == DeviceChoice::Cpu {
+    if choice == DeviceChoice::Cpu
+        || (choice == DeviceChoice::Auto && !may_have_hardware_gpu(Path::new("/dev")))
+    {
         return Ok(Selected::cpu());
     }
     let mut found = adapters();
@@ -101,4 +124,28 @@ pub fn select(choice: DeviceChoice) -> Result<Selected> {
         },
         None => Selected::cpu(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_gpu_needs_a_device_node() {
+        let dev = tempfile::tempdir().unwrap();
+        assert!(!may_have_hardware_gpu(dev.path()));
+        std::fs::create_dir(dev.path().join("dri")).unwrap();
+        std::fs::write(dev.path().join("dri/card0"), b"").unwrap();
+        assert!(!may_have_hardware_gpu(dev.path()), "a display-only card0 is no render node");
+        std::fs::write(dev.path().join("dri/renderD128"), b"").unwrap();
+        assert!(may_have_hardware_gpu(dev.path()));
+
+        let dev = tempfile::tempdir().unwrap();
+        std::fs::write(dev.path().join("nvidia0"), b"").unwrap();
+        assert!(may_have_hardware_gpu(dev.path()));
+        let dev = tempfile::tempdir().unwrap();
+        std::fs::write(dev.path().join("dxg"), b"").unwrap();
+        assert!(may_have_hardware_gpu(dev.path()));
+    }
 }
