@@ -1,7 +1,8 @@
 """Writes generated CIFAR-10-shaped data in the real binary layout (3073-byte records: label, then
 3072 pixel bytes, channel-major), the same files for maas and the peers. Each class has a fixed
-random template and every image is a quarter template, three quarters noise: learnable, but not
-at once, so the accuracy after a few epochs shows whether training works as well as the peer's.
+random template and every image is 15% template, 85% uniform noise: learnable, but not at once
+(about 95% test accuracy after one epoch, 99% after three), so the loss and accuracy per epoch show
+whether training works as well as the peer's.
 
     python3 bench/make_data.py DIR N_TRAIN [N_TEST]
 
@@ -20,7 +21,7 @@ templates = rng.integers(0, 256, (10, 3072)).astype(np.float32)
 
 def records(n):
     labels = rng.integers(0, 10, n)
-    pixels = 0.25 * templates[labels] + 0.75 * rng.integers(0, 256, (n, 3072))
+    pixels = 0.15 * templates[labels] + 0.85 * rng.integers(0, 256, (n, 3072))
     r = np.empty((n, 3073), dtype=np.uint8)
     r[:, 0] = labels
     r[:, 1:] = np.clip(np.rint(pixels), 0, 255)

@@ -191,7 +191,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("parts", nargs="*", default=["train", "load", "predict", "serve"])
     ap.add_argument("--train-n", type=int, default=20000, help="generated training images")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=2, help="training runs of each, interleaved")
     ap.add_argument("--images", type=int, default=10000, help="images for the batch predict")
     ap.add_argument("--requests", type=int, default=20000, help="requests per serve measurement")
