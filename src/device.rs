@@ -1,7 +1,7 @@
 //! The CPU/GPU switch: burn's `flex` backend on the CPU, its `wgpu` backend on a GPU.
 
-use std::path::Path;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
 
 use anyhow::{Result, bail};
 use burn::tensor::{Device, DeviceType};
@@ -137,7 +137,10 @@ mod tests {
         assert!(!may_have_hardware_gpu(dev.path()));
         std::fs::create_dir(dev.path().join("dri")).unwrap();
         std::fs::write(dev.path().join("dri/card0"), b"").unwrap();
-        assert!(!may_have_hardware_gpu(dev.path()), "a display-only card0 is no render node");
+        assert!(
+            !may_have_hardware_gpu(dev.path()),
+            "a display-only card0 is no render node"
+        );
         std::fs::write(dev.path().join("dri/renderD128"), b"").unwrap();
         assert!(may_have_hardware_gpu(dev.path()));
 
