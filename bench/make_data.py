@@ -1,8 +1,9 @@
 """Writes generated CIFAR-10-shaped data in the real binary layout (3073-byte records: label, then
 3072 pixel bytes, channel-major), the same files for maas and the peers. Each class has a fixed
-random template and every image is 15% template, 85% uniform noise: learnable, but not at once
-(about 95% test accuracy after one epoch, 99% after three), so the loss and accuracy per epoch show
-whether training works as well as the peer's.
+random template and every image is 20% template, 80% uniform noise: learnable in an epoch or two
+(maas, Keras and PyTorch all reach 99-100% test accuracy), so a loss or accuracy that fell behind
+would show. (At 15% the outcome turned on the initial draw: in one sitting maas reached 99% at
+batch 32 and 66% at batch 128, Keras 86% and 100%, PyTorch 100% and 100%.)
 
     python3 bench/make_data.py DIR N_TRAIN [N_TEST]
 
@@ -21,7 +22,7 @@ templates = rng.integers(0, 256, (10, 3072)).astype(np.float32)
 
 def records(n):
     labels = rng.integers(0, 10, n)
-    pixels = 0.15 * templates[labels] + 0.85 * rng.integers(0, 256, (n, 3072))
+    pixels = 0.2 * templates[labels] + 0.8 * rng.integers(0, 256, (n, 3072))
     r = np.empty((n, 3073), dtype=np.uint8)
     r[:, 0] = labels
     r[:, 1:] = np.clip(np.rint(pixels), 0, 255)

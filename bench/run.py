@@ -54,12 +54,11 @@ def maas_train(data, batch, epochs, out):
             "test_loss": [round(h["test_loss"], 4) for h in summary["history"]]}
 
 
-def torch_train(py, data, batch, epochs):
-    res = run([py, os.path.join(PEERS, "torch_mlp.py"), "--data", data, "--epochs", str(epochs),
+def peer_train(py, script, data, batch, epochs):
+    res = run([py, os.path.join(PEERS, script), "--data", data, "--epochs", str(epochs),
                "--batch", str(batch)])
     peer = json.loads(res.stdout.strip().splitlines()[-1])
-    return {"samples_per_s": peer["samples_per_s_last_epoch"], "test_acc": peer["test_acc"],
-            "threads": peer["threads"], "torch": peer["torch"]}
+    return {"samples_per_s": peer["samples_per_s_last_epoch"], "test_acc": peer["test_acc"]}
 
 
 def bench_train(py, work, args, results):
@@ -72,7 +71,7 @@ def bench_train(py, work, args, results):
     for batch in (32, 128):
         t_runs, m_runs = [], []
         for _ in range(args.repeat):  # interleaved, so both see the same machine
-            t_runs.append(torch_train(py, bin_dir, batch, args.epochs))
+            t_runs.append(peer_train(py, "torch_mlp.py", bin_dir, batch, args.epochs))
             m_runs.append(maas_train(data, batch, args.epochs, os.path.join(work, f"ck{batch}")))
         t = max(t_runs, key=lambda r: r["samples_per_s"])
         m = max(m_runs, key=lambda r: r["samples_per_s"])
@@ -80,6 +79,13 @@ def bench_train(py, work, args, results):
         print(f"{batch:>5} {t['samples_per_s']:>9.0f} {m['samples_per_s']:>9.0f} {ratio:>5.2f}x"
               f"   {t['test_acc']:.4f} / {m['test_acc']:.4f}        {m['train_loss']}")
         results[f"train_batch_{batch}"] = {"torch": t, "maas": m, "ratio": ratio}
+        if args.keras:
+            # Keras is the seed program: the same initialisation (Glorot uniform, zero biases) and
+            # Adam's epsilon as maas, so its accuracy is the one maas's should match.
+            k = peer_train(py, "keras_mlp.py", bin_dir, batch, args.epochs)
+            print(f"{'':>5} keras: {k['samples_per_s']:.0f} samples/s, test acc {k['test_acc']:.4f}"
+                  f" (maas / keras {m['samples_per_s'] / k['samples_per_s']:.2f}x)")
+            results[f"train_batch_{batch}"]["keras"] = k
 
 
 def bench_load(work, results):
@@ -193,6 +199,7 @@ def main():
     ap.add_argument("--train-n", type=int, default=20000, help="generated training images")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=2, help="training runs of each, interleaved")
+    ap.add_argument("--keras", action="store_true", help="also train the Keras peer (needs tensorflow)")
     ap.add_argument("--images", type=int, default=10000, help="images for the batch predict")
     ap.add_argument("--requests", type=int, default=20000, help="requests per serve measurement")
     ap.add_argument("--json", help="also write the figures to this file")
