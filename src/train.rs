@@ -159,7 +159,7 @@ impl<'a> Batches<'a> {
         };
         let n = index.len();
         let mut inputs = vec![0f32; n * ROW_STRIDE];
-        if n >= 256 {
+        if n >= 64 {
             inputs
                 .par_chunks_mut(ROW_STRIDE)
                 .zip(index.par_iter())
