@@ -355,6 +355,32 @@ pub fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
         .map_err(|e| anyhow::anyhow!("unexpected tensor data: {e:?}"))
 }
 
+/// `n` random inputs in [0, 1) with random labels of `classes`: inputs, one-hot targets, labels.
+#[cfg(test)]
+pub(crate) fn random_batch(
+    n: usize,
+    classes: usize,
+    seed: u64,
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x: Vec<f32> = (0..n * INPUT_LEN)
+        .map(|_| rng.random_range(0.0..1.0))
+        .collect();
+    let labels: Vec<i64> = (0..n)
+        .map(|_| rng.random_range(0..classes as i64))
+        .collect();
+    let mut onehot = vec![0f32; n * classes];
+    for (i, &l) in labels.iter().enumerate() {
+        onehot[i * classes + l as usize] = 1.0;
+    }
+    (
+        Tensor::from_data(TensorData::new(x, [n, INPUT_LEN]), device),
+        Tensor::from_data(TensorData::new(onehot, [n, classes]), device),
+        Tensor::from_data(TensorData::new(labels, [n]), device),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,21 +388,7 @@ mod tests {
     const NUM_CLASSES: usize = 10;
 
     fn batch(device: &Device) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
-        let n = 6;
-        let mut rng = StdRng::seed_from_u64(7);
-        let x: Vec<f32> = (0..n * INPUT_LEN)
-            .map(|_| rng.random_range(0.0..1.0))
-            .collect();
-        let labels: Vec<i64> = (0..n as i64).map(|i| (i * 3) % 10).collect();
-        let mut onehot = vec![0f32; n * NUM_CLASSES];
-        for (i, &l) in labels.iter().enumerate() {
-            onehot[i * NUM_CLASSES + l as usize] = 1.0;
-        }
-        (
-            Tensor::from_data(TensorData::new(x, [n, INPUT_LEN]), device),
-            Tensor::from_data(TensorData::new(onehot, [n, NUM_CLASSES]), device),
-            Tensor::from_data(TensorData::new(labels, [n]), device),
-        )
+        random_batch(6, NUM_CLASSES, 7, device)
     }
 
     fn assert_close(a: Vec<f32>, b: Vec<f32>, what: &str) {

@@ -258,27 +258,11 @@ pub fn shards_for(kind: &str) -> usize {
 mod tests {
     use super::*;
     use crate::data::preprocess::INPUT_LEN;
-    use rand::{Rng, SeedableRng, rngs::StdRng};
 
     const CLASSES: usize = 10;
 
     fn batch(n: usize, seed: u64, device: &Device) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let x: Vec<f32> = (0..n * INPUT_LEN)
-            .map(|_| rng.random_range(0.0..1.0))
-            .collect();
-        let labels: Vec<i64> = (0..n)
-            .map(|_| rng.random_range(0..CLASSES as i64))
-            .collect();
-        let mut onehot = vec![0f32; n * CLASSES];
-        for (i, &l) in labels.iter().enumerate() {
-            onehot[i * CLASSES + l as usize] = 1.0;
-        }
-        (
-            Tensor::from_data(TensorData::new(x, [n, INPUT_LEN]), device),
-            Tensor::from_data(TensorData::new(onehot, [n, CLASSES]), device),
-            Tensor::from_data(TensorData::new(labels, [n]), device),
-        )
+        crate::model::random_batch(n, CLASSES, seed, device)
     }
 
     /// The plain loop: whole-model gradients ([`Mlp::gradients`], itself tested against
