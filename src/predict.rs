@@ -94,13 +94,37 @@ impl Classifier {
         let mut out = Vec::with_capacity(n * self.num_classes());
         for chunk in inputs.chunks(CHUNK * INPUT_LEN) {
             let rows = chunk.len() / INPUT_LEN;
-            let x = Tensor::<2>::from_data(
-                TensorData::new(chunk.to_vec(), [rows, INPUT_LEN]),
-                &self.device,
-            );
-            out.extend(read_f32(self.model.probabilities(x))?);
+            if rows == 1 {
+                // A lone image goes through the matrix product as a pair with a copy of itself:
+                // the CPU backend's product for one row takes a path about five times slower
+                // than for two (measured: ~790k instructions against ~310k for both rows).
+                // Rows are independent, so the first answer is the image's own.
+                let mut pair = Vec::with_capacity(2 * INPUT_LEN);
+                pair.extend_from_slice(chunk);
+                pair.extend_from_slice(chunk);
+                let both = self.run(pair, 2)?;
+                out.extend_from_slice(&both[..both.len() / 2]);
+            } else {
+                out.extend(self.run(chunk.to_vec(), rows)?);
+            }
         }
         Ok(out)
+    }
+
+    /// [`Self::probabilities`] for inputs the caller has no more use for: a batch of up to
+    /// [`CHUNK`] images goes to the device without being copied first.
+    pub fn probabilities_of(&self, inputs: Vec<f32>) -> Result<Vec<f32>> {
+        let rows = inputs.len() / INPUT_LEN;
+        if !(2..=CHUNK).contains(&rows) || !inputs.len().is_multiple_of(INPUT_LEN) {
+            return self.probabilities(&inputs);
+        }
+        self.run(inputs, rows)
+    }
+
+    /// One forward pass over `rows` preprocessed inputs.
+    fn run(&self, inputs: Vec<f32>, rows: usize) -> Result<Vec<f32>> {
+        let x = Tensor::<2>::from_data(TensorData::new(inputs, [rows, INPUT_LEN]), &self.device);
+        read_f32(self.model.probabilities(x))
     }
 
     /// The `k` most probable classes of one row of probabilities, most probable first.

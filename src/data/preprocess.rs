@@ -11,7 +11,7 @@ use std::io::Cursor;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use image::{DynamicImage, ImageReader, Limits, imageops::FilterType};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, imageops::FilterType};
 use serde::{Deserialize, Serialize};
 
 /// Width and height of the model's input.
@@ -104,10 +104,15 @@ pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage> {
     if u64::from(w) * u64::from(h) > MAX_PIXELS {
         anyhow::bail!("image is {w}x{h} pixels, more than the {MAX_PIXELS}-pixel limit");
     }
+    reader.limits(decode_limits());
+    reader.decode().context("cannot decode image")
+}
+
+/// The limits decoding runs under: at most 1 GiB allocated.
+fn decode_limits() -> Limits {
     let mut limits = Limits::default();
     limits.max_alloc = Some(1 << 30);
-    reader.limits(limits);
-    reader.decode().context("cannot decode image")
+    limits
 }
 
 /// Reads and preprocesses the image file at `path` into model input values.
@@ -121,11 +126,80 @@ pub fn load_image_file(path: &Path) -> Result<Vec<f32>> {
 
 /// Decodes and preprocesses an encoded image into model input values.
 pub fn image_bytes_to_input(bytes: &[u8]) -> Result<Vec<f32>> {
+    if let Some(input) = small_image_to_input(bytes, MAX_PIXELS) {
+        return Ok(input);
+    }
     let image = decode_image(bytes)?;
     let mut out = Vec::with_capacity(INPUT_LEN);
     normalize(&image_to_chw(&image), &mut out);
     Ok(out)
 }
+
+/// [`image_bytes_to_input`] in one pass, for an image that declares at most `max_pixels`
+/// pixels: `None` when it declares more or anything goes wrong, for [`image_bytes_to_input`]
+/// to handle and word the error.
+///
+/// [`decode_image`] reads the header twice (once to refuse decompression bombs, once to decode)
+/// and each read builds a decoder; for an image of the model's size building the decoders (the
+/// inflate tables of PNG) costs more than the pixels, so this builds one and checks the size
+/// between the header and the pixels. The values are the same: the same decoder, the same
+/// resize and conversion, the same scaling.
+pub fn small_image_to_input(bytes: &[u8], max_pixels: u64) -> Option<Vec<f32>> {
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()?;
+    reader.format()?;
+    reader.limits(decode_limits());
+    let decoder = reader.into_decoder().ok()?;
+    let (w, h) = decoder.dimensions();
+    if u64::from(w) * u64::from(h) > max_pixels.min(MAX_PIXELS) {
+        return None;
+    }
+    let image = DynamicImage::from_decoder(decoder).ok()?;
+    let mut out = Vec::with_capacity(INPUT_LEN);
+    image_to_input(&image, &mut out);
+    Some(out)
+}
+
+/// [`image_to_chw`] and [`normalize`] at once, without the intermediate bytes.
+fn image_to_input(image: &DynamicImage, out: &mut Vec<f32>) {
+    let converted;
+    let rgb = match image.as_rgb8() {
+        Some(rgb) if image.width() == SIDE && image.height() == SIDE => rgb,
+        _ => {
+            converted = if image.width() == SIDE && image.height() == SIDE {
+                image.to_rgb8()
+            } else {
+                image
+                    .resize_exact(SIDE, SIDE, FilterType::Triangle)
+                    .to_rgb8()
+            };
+            &converted
+        }
+    };
+    let plane = (SIDE * SIDE) as usize;
+    let start = out.len();
+    out.resize(start + 3 * plane, 0.0);
+    let (r, rest) = out[start..].split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for (((px, r), g), b) in rgb.as_raw().chunks_exact(3).zip(r).zip(g).zip(b) {
+        *r = SCALED[usize::from(px[0])];
+        *g = SCALED[usize::from(px[1])];
+        *b = SCALED[usize::from(px[2])];
+    }
+}
+
+/// Every byte's model input value, exactly as [`normalize_into`] computes it (the same f32
+/// product, evaluated at compile time): a lookup costs less than the conversion and product.
+const SCALED: [f32; 256] = {
+    let mut table = [0.0; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = i as f32 * (1.0 / 255.0);
+        i += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -162,6 +236,33 @@ mod tests {
         assert!(
             input[..1024].iter().all(|&v| v == 0.0) && input[1024..2048].iter().all(|&v| v == 1.0)
         );
+    }
+
+    #[test]
+    fn the_one_pass_path_gives_the_same_values_as_the_general_one() {
+        let mut rgb = RgbImage::new(32, 32);
+        for (i, px) in rgb.pixels_mut().enumerate() {
+            *px = Rgb([(i * 7) as u8, (i * 13 + 5) as u8, (i * 31) as u8]);
+        }
+        let grey = image::GrayImage::from_fn(50, 20, |x, y| image::Luma([(x * 5 + y) as u8]));
+        for image in [
+            DynamicImage::ImageRgb8(rgb),
+            DynamicImage::ImageLuma8(grey),
+            DynamicImage::ImageRgba8(RgbaImage::from_pixel(7, 9, image::Rgba([9, 250, 3, 10]))),
+        ] {
+            let bytes = png(&image);
+            let mut general = Vec::new();
+            normalize(&image_to_chw(&decode_image(&bytes).unwrap()), &mut general);
+            let fast = small_image_to_input(&bytes, MAX_PIXELS).unwrap();
+            assert_eq!(fast, general);
+            assert_eq!(image_bytes_to_input(&bytes).unwrap(), general);
+        }
+        for i in 0..=255u8 {
+            assert_eq!(SCALED[usize::from(i)], f32::from(i) * (1.0 / 255.0));
+        }
+        let big = png(&DynamicImage::ImageRgb8(RgbImage::new(40, 40)));
+        assert!(small_image_to_input(&big, 1000).is_none());
+        assert!(small_image_to_input(b"hello", MAX_PIXELS).is_none());
     }
 
     #[test]

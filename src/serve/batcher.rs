@@ -2,18 +2,17 @@
 //!
 //! The model runs on one dedicated thread, never on tokio's: a forward pass is blocking CPU (or
 //! GPU) work that would stall every connection sharing an async worker. Requests reach it
-//! through a bounded queue, so an overload is answered with 503 instead of growing memory
-//! without limit. The worker takes the first request, then keeps gathering until the batch holds
-//! `max_batch` images, `max_wait` has passed, or every request in progress has joined (so a lone
-//! client pays no wait), runs the model once and answers each request through its own oneshot
-//! channel.
+//! through a bounded queue ([`JobQueue`]), so an overload is answered with 503 instead of growing
+//! memory without limit. The worker takes the first request, then keeps gathering until the batch
+//! holds `max_batch` images, `max_wait` has passed, or every request in progress has joined (so a
+//! lone client pays no wait), runs the model once and answers each request through its own
+//! oneshot channel. The queue wakes the worker only when that happens, not once per request.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use burn::tensor::Device;
@@ -21,6 +20,7 @@ use tokio::sync::oneshot;
 
 use super::error::ApiError;
 use super::metrics::Metrics;
+use super::queue::{JobQueue, Refused};
 use crate::data::preprocess::INPUT_LEN;
 use crate::explain::{Explainer, picture_png};
 use crate::export::LoadedModel;
@@ -73,9 +73,29 @@ struct Job {
 /// The sending side, cloned into every request handler.
 #[derive(Clone)]
 pub struct Batcher {
-    queue: SyncSender<Job>,
+    queue: Arc<Producers>,
     ready: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+}
+
+/// The queue as the handlers hold it: when the last of them lets go, the worker drains the queue
+/// and ends.
+struct Producers(Arc<JobQueue<Job>>);
+
+impl Drop for Producers {
+    fn drop(&mut self) {
+        self.0.close_producers();
+    }
+}
+
+/// The queue as the worker holds it: when the worker ends, however it ends, requests are
+/// refused instead of waiting for a model that is gone.
+struct Consumer(Arc<JobQueue<Job>>);
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.0.close_consumer();
+    }
 }
 
 /// The worker thread, joined at shutdown.
@@ -96,7 +116,8 @@ impl Batcher {
         config: BatchConfig,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, Worker)> {
-        let (queue, jobs) = std::sync::mpsc::sync_channel(config.max_queue.max(1));
+        let queue = Arc::new(JobQueue::new(config.max_queue, config.max_batch));
+        let jobs = Consumer(Arc::clone(&queue));
         let ready = Arc::new(AtomicBool::new(false));
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let worker_ready = Arc::clone(&ready);
@@ -114,13 +135,13 @@ impl Batcher {
                 drop(loaded);
                 let _ready = ReadyWhileAlive::new(worker_ready);
                 let _ = started_tx.send(Ok(()));
-                work(&classifier, &explainer, &jobs, config, &worker_metrics);
+                work(&classifier, &explainer, &jobs.0, config, &worker_metrics);
             })
             .context("cannot start the model thread")?;
         match started_rx.recv() {
             Ok(Ok(())) => Ok((
                 Self {
-                    queue,
+                    queue: Arc::new(Producers(queue)),
                     ready,
                     metrics,
                 },
@@ -155,18 +176,20 @@ impl Batcher {
         }
         let (reply, answer) = oneshot::channel();
         self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.queue.try_send(Job {
+        let job = Job {
             inputs,
             rows,
             want,
             reply,
-        }) {
+        };
+        let in_progress = self.metrics.in_progress.load(Ordering::Relaxed);
+        if let Err((refused, _)) = self.queue.0.push(job, rows, in_progress) {
             self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-            return Err(match e {
-                TrySendError::Full(_) => ApiError::unavailable(
+            return Err(match refused {
+                Refused::Full => ApiError::unavailable(
                     "the server is busy: the request queue is full; retry later",
                 ),
-                TrySendError::Disconnected(_) => ApiError::unavailable("the model is not running"),
+                Refused::Closed => ApiError::unavailable("the model is not running"),
             });
         }
         match tokio::time::timeout_at(deadline, answer).await {
@@ -214,48 +237,18 @@ fn place(loaded: &LoadedModel, device: &Device) -> Result<(Classifier, Explainer
 fn work(
     classifier: &Classifier,
     explainer: &Explainer,
-    jobs: &Receiver<Job>,
+    jobs: &JobQueue<Job>,
     config: BatchConfig,
     metrics: &Metrics,
 ) {
-    let mut held: Option<Job> = None;
-    loop {
-        let first = match held.take() {
-            Some(job) => job,
-            None => match jobs.recv() {
-                Ok(job) => taken(job, metrics),
-                Err(_) => return,
-            },
-        };
-        let deadline = Instant::now() + config.max_wait;
-        let mut rows = first.rows;
-        let mut batch = vec![first];
-        while rows < config.max_batch {
-            // Every request admitted is already here: waiting could only add latency.
-            if batch.len() >= metrics.in_progress.load(Ordering::Relaxed) {
-                break;
-            }
-            let next = match deadline.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => jobs.recv_timeout(left),
-                _ => jobs.try_recv().map_err(|_| RecvTimeoutError::Timeout),
-            };
-            let Ok(job) = next else { break };
-            let job = taken(job, metrics);
-            if rows + job.rows > config.max_batch {
-                // Too big for this batch: it opens the next one rather than waiting behind it.
-                held = Some(job);
-                break;
-            }
-            rows += job.rows;
-            batch.push(job);
-        }
+    let in_progress = || metrics.in_progress.load(Ordering::Relaxed);
+    while let Some(batch) = jobs.next_batch(config.max_wait, in_progress) {
+        metrics
+            .queue_depth
+            .fetch_sub(batch.len(), Ordering::Relaxed);
+        let batch = batch.into_iter().map(|(job, _)| job).collect();
         run_batch(classifier, explainer, batch, metrics);
     }
-}
-
-fn taken(job: Job, metrics: &Metrics) -> Job {
-    metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-    job
 }
 
 fn run_batch(classifier: &Classifier, explainer: &Explainer, batch: Vec<Job>, metrics: &Metrics) {
@@ -266,17 +259,24 @@ fn run_batch(classifier: &Classifier, explainer: &Explainer, batch: Vec<Job>, me
     }
     let rows: usize = batch.iter().map(|j| j.rows).sum();
     metrics.observe_batch(rows);
-    let inputs = if batch.len() == 1 {
-        std::mem::take(&mut batch[0].inputs)
-    } else {
-        let mut all = Vec::with_capacity(rows * INPUT_LEN);
-        for job in &mut batch {
-            all.extend_from_slice(&std::mem::take(&mut job.inputs));
+    // The batch's inputs, moved rather than copied where they can be: only an explanation still
+    // needs its image after the pass, so only its job keeps it.
+    let keeps = |job: &Job| matches!(job.want, Want::Explanation { .. });
+    let inputs = match batch.as_mut_slice() {
+        [job] if !keeps(job) => std::mem::take(&mut job.inputs),
+        jobs => {
+            let mut all = Vec::with_capacity(rows * INPUT_LEN);
+            for job in jobs {
+                all.extend_from_slice(&job.inputs);
+                if !keeps(job) {
+                    job.inputs = Vec::new();
+                }
+            }
+            all
         }
-        all
     };
     let classes = classifier.num_classes();
-    let outcome = catch_unwind(AssertUnwindSafe(|| classifier.probabilities(&inputs)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| classifier.probabilities_of(inputs)));
     let probabilities = match outcome {
         Ok(Ok(p)) if p.len() == rows * classes => p,
         Ok(Ok(p)) => {
@@ -289,12 +289,10 @@ fn run_batch(classifier: &Classifier, explainer: &Explainer, batch: Vec<Job>, me
         Err(_) => return fail(batch, "the model failed (the backend panicked)"),
     };
     let mut rest = probabilities.as_slice();
-    let mut first_row = 0;
     for job in batch {
         let (mine, after) = rest.split_at(job.rows * classes);
         rest = after;
-        let input = &inputs[first_row * INPUT_LEN..(first_row + job.rows) * INPUT_LEN];
-        first_row += job.rows;
+        let input = &job.inputs;
         let answer = match job.want {
             Want::Probabilities => Ok(Answer::Probabilities(mine.to_vec())),
             Want::Prediction { file, top_k } => {
@@ -417,10 +415,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_queue_is_refused_at_once() {
         // No worker drains this queue of one, so the second request finds it full.
-        let (queue, _jobs) = std::sync::mpsc::sync_channel(1);
+        let queue = Arc::new(JobQueue::new(1, 64));
         let metrics = Arc::new(Metrics::new());
         let batcher = Batcher {
-            queue,
+            queue: Arc::new(Producers(queue)),
             ready: Arc::new(AtomicBool::new(true)),
             metrics: Arc::clone(&metrics),
         };

@@ -12,6 +12,7 @@ mod batcher;
 mod error;
 mod metrics;
 mod protocol;
+mod queue;
 mod routes;
 mod state;
 mod tensor_data;

@@ -23,7 +23,11 @@ use super::batcher::{Answer, Want};
 use super::error::ApiError;
 use super::protocol::{self, INPUT_NAME, MODEL_VERSION, OUTPUT_NAME};
 use super::state::{Admission, AppState, refuse};
-use crate::data::preprocess::{SIDE, image_bytes_to_input};
+use crate::data::preprocess::{SIDE, image_bytes_to_input, small_image_to_input};
+
+/// Largest image, in pixels, decoded on the async thread that read it (four times the model's
+/// input): see [`image_request`].
+const INLINE_DECODE_PIXELS: u64 = 4 * (SIDE as u64) * (SIDE as u64);
 
 /// Every route; all but health and metrics need a key when `keys` is given.
 pub fn router(state: AppState, keys: Option<Keys>) -> Router {
@@ -285,12 +289,21 @@ async fn image_request(
             "empty body: send an image file (PNG, JPEG, ...) as the request body",
         ));
     }
-    let values = state
-        .decode(deadline, move || {
-            image_bytes_to_input(&body)
-                .map_err(|e| ApiError::bad_request(format!("cannot read the image: {e:#}")))
-        })
-        .await?;
+    // An image about the model's size decodes in microseconds, less than handing it to the
+    // blocking pool and back costs (two thread wake-ups); a larger one could stall every
+    // connection on this async thread, so it goes to the pool, as does a broken one (whose
+    // error the general path words).
+    let values = match small_image_to_input(&body, INLINE_DECODE_PIXELS) {
+        Some(values) => values,
+        None => {
+            state
+                .decode(deadline, move || {
+                    image_bytes_to_input(&body)
+                        .map_err(|e| ApiError::bad_request(format!("cannot read the image: {e:#}")))
+                })
+                .await?
+        }
+    };
     Ok(ImageRequest {
         _place: place,
         deadline,
