@@ -181,13 +181,17 @@ def bench_serve(work, args, results, model=None, one=None):
             except OSError:
                 time.sleep(0.05)
         print(f"\nserve: /v1/predict, one PNG per request, ab on the same machine:")
-        for clients in (1, 64):
-            out = run(["ab", "-q", "-n", str(args.requests), "-c", str(clients), "-p", one, "-T", "image/png",
-                       url + "/v1/predict"]).stdout
-            rps = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))
-            non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
-            print(f"  {clients:>2} clients: {rps:>8.0f} requests/s" + (f" ({non2xx.group(1)} non-2xx!)" if non2xx else ""))
-            results[f"serve_{clients}_clients_rps"] = rps
+        for keep_alive in (False, True):
+            for clients in (1, 64):
+                out = run(["ab", "-q"] + (["-k"] if keep_alive else []) +
+                          ["-n", str(args.requests), "-c", str(clients), "-p", one, "-T", "image/png",
+                           url + "/v1/predict"]).stdout
+                rps = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))
+                non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
+                how = "keep-alive" if keep_alive else "a connection each"
+                print(f"  {clients:>2} clients, {how}: {rps:>8.0f} requests/s"
+                      + (f" ({non2xx.group(1)} non-2xx!)" if non2xx else ""))
+                results[f"serve_{clients}_clients{'_keepalive' if keep_alive else ''}_rps"] = rps
     finally:
         server.terminate()
         server.wait(timeout=30)
