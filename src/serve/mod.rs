@@ -37,6 +37,29 @@ use crate::device::Selected;
 use crate::export::load_model;
 use crate::progress::Reporter;
 
+/// Decodes an infer request body as the `infer` route does before the model runs, through the
+/// same functions: `header_length` is the raw value of the `Inference-Header-Content-Length`
+/// header when the request has one. Gives the model input values and how many images they hold,
+/// or the message of the 400 answer. Public so that the fuzz targets in `fuzz/` reach the real
+/// decoding without a server.
+pub fn decode_infer_request(
+    body: &[u8],
+    header_length: Option<&[u8]>,
+) -> Result<(Vec<f32>, usize), String> {
+    let mut headers = axum::http::HeaderMap::new();
+    if let Some(value) = header_length {
+        // A value that is not a valid header never reaches a route: the HTTP parser refuses it.
+        let value = axum::http::HeaderValue::from_bytes(value)
+            .map_err(|_| "not a valid HTTP header value".to_string())?;
+        headers.insert(protocol::HEADER_LENGTH, value);
+    }
+    let decode = || {
+        let length = protocol::header_length(&headers)?;
+        protocol::parse(body, length)?.input.into_values()
+    };
+    decode().map_err(|e| e.message)
+}
+
 /// Extra time, beyond the request timeout, that shutdown waits for connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
