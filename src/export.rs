@@ -137,8 +137,8 @@ fn model_from_contents(mut contents: container::Contents, path: &Path) -> Result
             })
         }
         Kind::Model => {
-            let meta: ModelMeta = serde_json::from_value(contents.meta.clone())
-                .context("unreadable model header")?;
+            let meta: ModelMeta =
+                serde_json::from_value(contents.meta.clone()).context("unreadable model header")?;
             meta.model.check_supported()?;
             let weights = take_weights(&mut contents, "", meta.model.hidden)?;
             Ok(LoadedModel {
