@@ -13,6 +13,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -449,8 +450,8 @@ fn a_hostile_burst_leaves_good_requests_answered_memory_bounded_and_shutdown_cle
 
     let mut clients: Vec<std::thread::JoinHandle<()>> = Vec::new();
     // Well-formed clients, each on its own keep-alive connection, all the burst long.
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     for c in 0..6 {
         let (good, base, done, answered) = (
             good.clone(),
@@ -462,9 +463,9 @@ fn a_hostile_burst_leaves_good_requests_answered_memory_bounded_and_shutdown_cle
             let agent = agent();
             let mut i = c;
             // At least one round of every kind, then on until the hostile clients are done.
-            while i < c + good.len() || !done.load(std::sync::atomic::Ordering::SeqCst) {
+            while i < c + good.len() || !done.load(Ordering::SeqCst) {
                 good[i % good.len()].check(&agent, &base);
-                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                answered.fetch_add(1, Ordering::SeqCst);
                 i += 1;
             }
         }));
@@ -569,11 +570,11 @@ fn a_hostile_burst_leaves_good_requests_answered_memory_bounded_and_shutdown_cle
     for client in hostile {
         client.join().unwrap();
     }
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    done.store(true, Ordering::SeqCst);
     for client in clients {
         client.join().unwrap();
     }
-    let answered = answered.load(std::sync::atomic::Ordering::SeqCst);
+    let answered = answered.load(Ordering::SeqCst);
     assert!(answered >= 6 * good.len(), "{answered}");
 
     // Nothing of the burst is left in progress: every refused or abandoned request gave its place
