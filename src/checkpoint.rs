@@ -134,6 +134,11 @@ impl Checkpoint {
         Self::from_contents(contents).with_context(|| format!("{}", path.display()))
     }
 
+    /// Decodes and checks the bytes of a checkpoint file, as [`Checkpoint::load`] does a file.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        Self::from_contents(container::decode(bytes)?)
+    }
+
     /// Builds a checkpoint from a decoded file.
     pub fn from_contents(mut contents: Contents) -> Result<Self> {
         if contents.kind != Kind::Checkpoint {

@@ -166,19 +166,17 @@ pub fn decode(bytes: &[u8]) -> Result<Contents> {
     let header: Option<Header> = bytes
         .get(PREFIX_BYTES..header_end)
         .and_then(|h| serde_json::from_slice(h).ok());
+    // `Some(None)`: a header whose shapes claim more bytes than a file can hold.
     let expected_len = header.as_ref().map(|h| {
-        let values: usize = h
-            .arrays
-            .iter()
-            .map(|a| a.shape.iter().product::<usize>())
-            .sum();
-        header_end + 4 * values + CRC_BYTES
+        data_bytes(h).and_then(|data| header_end.saturating_add(CRC_BYTES).checked_add(data))
     });
     match expected_len {
-        Some(expected) if bytes.len() < expected => {
+        Some(Some(expected)) if bytes.len() < expected => {
             bail!("truncated ({} of {expected} bytes)", bytes.len())
         }
-        None if header_end + CRC_BYTES > bytes.len() => bail!("truncated ({} bytes)", bytes.len()),
+        None if header_end.saturating_add(CRC_BYTES) > bytes.len() => {
+            bail!("truncated ({} bytes)", bytes.len())
+        }
         _ => {}
     }
     let body_end = bytes.len() - CRC_BYTES;
@@ -186,8 +184,11 @@ pub fn decode(bytes: &[u8]) -> Result<Contents> {
     if crc32fast::hash(&bytes[..body_end]) != stored_crc {
         bail!("corrupted (checksum mismatch)");
     }
-    let (Some(header), Some(expected)) = (header, expected_len) else {
+    let Some(header) = header else {
         bail!("corrupted (unreadable header)");
+    };
+    let Some(expected) = expected_len.flatten() else {
+        bail!("corrupted (array shapes too large for any file)");
     };
     if bytes.len() != expected {
         bail!("corrupted ({} bytes, expected {expected})", bytes.len());
@@ -230,6 +231,19 @@ pub fn read(path: &Path) -> Result<Contents> {
 pub fn write(path: &Path, kind: Kind, meta: serde_json::Value, arrays: &[Array]) -> Result<()> {
     let bytes = encode(kind, meta, arrays)?;
     crate::fsutil::write_atomic(path, &bytes)
+}
+
+/// The bytes the arrays of `header` take, or `None` when that overflows: a product or sum of
+/// shapes straight from a file must not be trusted to fit.
+fn data_bytes(header: &Header) -> Option<usize> {
+    header
+        .arrays
+        .iter()
+        .try_fold(0usize, |sum, a| {
+            let n = a.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
+            sum.checked_add(n)
+        })?
+        .checked_mul(4)
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> u32 {
@@ -281,6 +295,35 @@ mod tests {
                     "a flip of bit {bit} of byte {i} was accepted"
                 );
             }
+        }
+    }
+
+    /// A header (with a valid checksum) whose shapes multiply or add past `usize::MAX`.
+    fn with_shapes(shapes: &str) -> Vec<u8> {
+        let header = format!(r#"{{"kind":"model","arrays":[{shapes}],"meta":null}}"#);
+        let mut bytes = SIGNATURE.to_vec();
+        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    // Found while writing fuzz/load_model: these panicked with an arithmetic overflow.
+    #[test]
+    fn shapes_too_large_for_any_file_are_an_error() {
+        let huge = u64::MAX / 2;
+        for shapes in [
+            r#"{"name":"w","shape":[4294967296,4294967296]}"#.to_string(),
+            format!(r#"{{"name":"w","shape":[{huge}]}}"#),
+            format!(r#"{{"name":"a","shape":[{huge}]}},{{"name":"b","shape":[{huge}]}}"#),
+        ] {
+            let err = format!("{:#}", decode(&with_shapes(&shapes)).unwrap_err());
+            assert!(
+                err.contains("truncated") || err.contains("too large"),
+                "{err}"
+            );
         }
     }
 

@@ -118,11 +118,20 @@ pub fn export(checkpoint: &Path, out: &Path, format: Format) -> Result<LoadedMod
 
 /// Loads a model file (`maas export`) or a checkpoint, checking that this maas can run it.
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
-    let mut contents = container::read(path)?;
+    let contents = container::read(path)?;
+    model_from_contents(contents, path).with_context(|| format!("{}", path.display()))
+}
+
+/// Decodes the bytes of a model file or checkpoint exactly as [`load_model`] does a file, for
+/// callers (and the fuzz targets in `fuzz/`) that hold the bytes; `path` is only recorded.
+pub fn decode_model(bytes: &[u8], path: &Path) -> Result<LoadedModel> {
+    model_from_contents(container::decode(bytes)?, path)
+}
+
+fn model_from_contents(mut contents: container::Contents, path: &Path) -> Result<LoadedModel> {
     match contents.kind {
         Kind::Checkpoint => {
-            let ckpt = Checkpoint::from_contents(contents)
-                .with_context(|| format!("{}", path.display()))?;
+            let ckpt = Checkpoint::from_contents(contents)?;
             Ok(LoadedModel {
                 config: ckpt.meta.model,
                 weights: ckpt.weights,
@@ -132,18 +141,15 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
             })
         }
         Kind::Model => {
-            let meta: ModelMeta = serde_json::from_value(contents.meta.clone())
-                .with_context(|| format!("{}: unreadable model header", path.display()))?;
-            meta.model
-                .check_supported()
-                .with_context(|| format!("{}", path.display()))?;
+            let meta: ModelMeta =
+                serde_json::from_value(contents.meta.clone()).context("unreadable model header")?;
+            meta.model.check_supported()?;
             let weights = take_weights(
                 &mut contents,
                 "",
                 meta.model.hidden,
                 meta.model.classes.len(),
-            )
-            .with_context(|| format!("{}", path.display()))?;
+            )?;
             Ok(LoadedModel {
                 config: meta.model,
                 weights,

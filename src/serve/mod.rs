@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use axum::Router;
 use axum::serve::Listener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio_rustls::rustls::ServerConfig;
 
 use self::auth::Keys;
@@ -37,6 +39,29 @@ use crate::cli::ServeArgs;
 use crate::device::Selected;
 use crate::export::load_model;
 use crate::progress::Reporter;
+
+/// Decodes an infer request body as the `infer` route does before the model runs, through the
+/// same functions: `header_length` is the raw value of the `Inference-Header-Content-Length`
+/// header when the request has one. Gives the model input values and how many images they hold,
+/// or the message of the 400 answer. Public so that the fuzz targets in `fuzz/` reach the real
+/// decoding without a server.
+pub fn decode_infer_request(
+    body: &[u8],
+    header_length: Option<&[u8]>,
+) -> Result<(Vec<f32>, usize), String> {
+    let mut headers = axum::http::HeaderMap::new();
+    if let Some(value) = header_length {
+        // A value that is not a valid header never reaches a route: the HTTP parser refuses it.
+        let value = axum::http::HeaderValue::from_bytes(value)
+            .map_err(|_| "not a valid HTTP header value".to_string())?;
+        headers.insert(protocol::HEADER_LENGTH, value);
+    }
+    let decode = || {
+        let length = protocol::header_length(&headers)?;
+        protocol::parse(body, length)?.input.into_values()
+    };
+    decode().map_err(|e| e.message)
+}
 
 /// Extra time, beyond the request timeout, that shutdown waits for connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -105,13 +130,7 @@ pub fn run(
         );
     };
     let result = runtime.block_on(serve(
-        app,
-        &args.host,
-        args.port,
-        tls,
-        timeout + SHUTDOWN_GRACE,
-        announce,
-        reporter,
+        app, &args.host, args.port, tls, timeout, announce, reporter,
     ));
     // Dropping the runtime drops the router and with it every handle on the batcher, which lets
     // the model thread see its queue close and end.
@@ -125,7 +144,7 @@ async fn serve(
     host: &str,
     port: u16,
     tls: Option<Arc<ServerConfig>>,
-    grace: Duration,
+    timeout: Duration,
     announce: impl FnOnce(SocketAddr),
     reporter: &Reporter,
 ) -> Result<()> {
@@ -140,46 +159,76 @@ async fn serve(
     match tls {
         Some(config) => {
             let listener = TlsListener::new(listener, config).context("cannot start TLS")?;
-            serve_on(listener, app, grace, reporter).await
+            serve_on(listener, app, timeout, reporter).await
         }
-        None => serve_on(listener, app, grace, reporter).await,
+        None => serve_on(listener, app, timeout, reporter).await,
     }
 }
 
-/// Serves `app` on `listener` until a shutdown signal, then drains for at most `grace`.
-async fn serve_on<L>(listener: L, app: Router, grace: Duration, reporter: &Reporter) -> Result<()>
+/// Serves `app` on `listener` until a shutdown signal, then drains for at most the request
+/// `timeout` and [`SHUTDOWN_GRACE`].
+///
+/// The connections are hyper's HTTP/1 connections, as `axum::serve` makes them, with two settings
+/// it does not expose: a client must send a request's head within `timeout` too (else a client
+/// trickling header lines, or idling between requests, would hold its connection forever: the
+/// request deadline only starts once the head is in), and a client that has sent its whole
+/// request and shut down its write side still gets the answer (hyper otherwise drops the
+/// request when it reads the end of the stream).
+async fn serve_on<L>(
+    mut listener: L,
+    app: Router,
+    timeout: Duration,
+    reporter: &Reporter,
+) -> Result<()>
 where
     L: Listener<Addr = SocketAddr>,
-    L::Io: Send,
 {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let mut stopped = stopped;
-        let _ = stopped.wait_for(|s| *s).await;
-    });
-    let mut server = tokio::spawn(server.into_future());
-    tokio::select! {
-        ended = &mut server => return outcome(ended),
-        signal = shutdown_signal() => {
-            reporter.info(format!("{signal}: finishing the requests in flight, then stopping"));
+    // Every connection task holds a receiver of `open`; `closed()` resolves once all are dropped.
+    let (open, _) = tokio::sync::watch::channel(());
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let signal = loop {
+        tokio::select! {
+            signal = &mut signal => break signal,
+            (io, _addr) = listener.accept() => {
+                let service = TowerToHyperService::new(app.clone());
+                let mut stopped = stopped.clone();
+                let open = open.subscribe();
+                tokio::spawn(async move {
+                    let _open = open;
+                    let mut http = hyper::server::conn::http1::Builder::new();
+                    http.timer(TokioTimer::new())
+                        .header_read_timeout(timeout)
+                        .half_close(true);
+                    let conn = http.serve_connection(TokioIo::new(io), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        // A failed connection (a reset, garbage, a timed-out head) concerns only
+                        // its client, which has been answered or has gone.
+                        _ = conn.as_mut() => return,
+                        _ = stopped.wait_for(|s| *s) => {}
+                    }
+                    // Finishes the request in progress, if any, then closes.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                });
+            }
         }
-    }
+    };
+    reporter.info(format!(
+        "{signal}: finishing the requests in flight, then stopping"
+    ));
+    // Closing the listening socket refuses new connections at once.
+    drop(listener);
     let _ = stop.send(true);
-    match tokio::time::timeout(grace, server).await {
-        Ok(ended) => outcome(ended),
-        Err(_) => {
-            // A client that keeps a connection open without finishing a request must not hold the
-            // process forever; every request had its own deadline, so nothing real is cut short.
-            reporter.info("connections still open after the grace period: closing them");
-            Ok(())
-        }
+    let grace = timeout + SHUTDOWN_GRACE;
+    if tokio::time::timeout(grace, open.closed()).await.is_err() {
+        // A client that keeps a connection open without finishing a request must not hold the
+        // process forever; every request had its own deadline, so nothing real is cut short.
+        reporter.info("connections still open after the grace period: closing them");
     }
-}
-
-fn outcome(ended: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<()> {
-    ended
-        .context("the server task failed")?
-        .context("the server failed")
+    Ok(())
 }
 
 /// Waits for Ctrl-C or SIGTERM (what `docker stop` and Kubernetes send) and names it.
@@ -206,6 +255,64 @@ async fn shutdown_signal() -> &'static str {
         match tokio::signal::ctrl_c().await {
             Ok(()) => "interrupted",
             Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{ErrorKind, Read, Write};
+    use tokio::net::TcpListener;
+
+    /// Sends `bytes`, shuts down the write side when asked, and reads until the server closes
+    /// (plain blocking sockets, on the blocking pool: tokio's socket I/O helpers are not built).
+    /// `None` when the server neither answered nor closed within a minute.
+    async fn exchange(addr: SocketAddr, bytes: &'static [u8], half_close: bool) -> Option<String> {
+        let client = tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
+            stream.write_all(bytes).unwrap();
+            if half_close {
+                stream.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            let mut answer = Vec::new();
+            match stream.read_to_end(&mut answer) {
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+                // A reset after the server gave up is an answer too.
+                _ => Some(String::from_utf8_lossy(&answer).into_owned()),
+            }
+        });
+        client.await.unwrap()
+    }
+
+    // Found by tests/stress.rs: axum::serve dropped a whole request whose client then shut down
+    // its write side, and let a client trickling header lines hold its connection for ever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn half_closed_requests_are_answered_and_slow_heads_cut_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", axum::routing::post(|body: String| async { body }));
+        let reporter = Reporter::silent();
+        // The request timeout bounds the head too.
+        let server = serve_on(listener, app, Duration::from_millis(300), &reporter);
+        let clients = async {
+            let request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+            let answer = exchange(addr, request, true).await.unwrap_or_default();
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+            assert!(answer.ends_with("hello"), "{answer:?}");
+            // Half a head, then silence without closing: the server must close the connection.
+            let slow = exchange(addr, b"POST / HTTP/1.1\r\nHost: x\r\n", false).await;
+            assert!(
+                slow.is_some(),
+                "a half-sent head held its connection for a minute"
+            );
+        };
+        tokio::select! {
+            ended = server => panic!("the server stopped: {ended:?}"),
+            () = clients => {}
         }
     }
 }

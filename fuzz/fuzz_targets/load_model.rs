@@ -1,0 +1,42 @@
+//! Bytes as a model file or checkpoint: the container decoder, then the model and checkpoint
+//! decoders behind `predict`, `serve`, `export` and `train --resume`.
+//!
+//! Random mutations almost never keep the trailing CRC-32 valid, which would stop the fuzzer at
+//! the checksum; so every input is decoded twice, as it is and with its checksum made right, to
+//! reach the header and array decoding behind it.
+#![no_main]
+
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+use maas::checkpoint::Checkpoint;
+use maas::container;
+use maas::export::decode_model;
+use maas::model::Weights;
+
+fn decode_all(bytes: &[u8]) {
+    if let Ok(contents) = container::decode(bytes) {
+        for array in &contents.arrays {
+            assert_eq!(array.shape.iter().product::<usize>(), array.values.len());
+        }
+    }
+    if let Ok(model) = decode_model(bytes, Path::new("fuzz.maas")) {
+        let shapes = Weights::shapes(model.config.hidden);
+        let w = &model.weights;
+        for (values, shape) in [&w.w1, &w.b1, &w.w2, &w.b2].into_iter().zip(shapes) {
+            assert_eq!(values.len(), shape.iter().product::<usize>());
+        }
+    }
+    let _ = Checkpoint::decode(bytes);
+}
+
+fuzz_target!(|data: &[u8]| {
+    decode_all(data);
+    if data.len() >= 4 {
+        let mut fixed = data.to_vec();
+        let body = fixed.len() - 4;
+        let crc = crc32fast::hash(&fixed[..body]);
+        fixed[body..].copy_from_slice(&crc.to_le_bytes());
+        decode_all(&fixed);
+    }
+});
