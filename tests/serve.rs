@@ -7,98 +7,18 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::server::Server;
 use common::{Look, Workspace, save_image, write_class_folder};
 use maas::data::preprocess::image_bytes_to_input;
 use maas::data::synthetic;
 use serde_json::{Value, json};
 
-/// A running `maas serve`, killed when dropped so that a failing test leaves no process behind.
-struct Server {
-    child: Child,
-    base: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
+// `Server` (the running binary) is in tests/common/server.rs; these are its HTTP calls.
 impl Server {
-    /// Starts `maas --device cpu serve --port 0 --model model.maas EXTRA...` in the workspace and
-    /// waits for its `listening on` line.
-    fn start(ws: &Workspace, extra: &[&str]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_maas"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("MAAS_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.current_dir(ws.dir.path())
-            .env("MAAS_PROGRESS", "never")
-            .args([
-                "--device",
-                "cpu",
-                "serve",
-                "--port",
-                "0",
-                "--model",
-                "model.maas",
-            ])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (found, address) = mpsc::channel();
-        let lines = Arc::clone(&log);
-        // Keeps draining stderr for the server's whole life so that it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                // Logged before the address is announced, so a test that has the address also
-                // sees the line.
-                let address = line
-                    .strip_prefix("listening on ")
-                    .filter(|rest| rest.starts_with("http"))
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .map(str::to_string);
-                lines.lock().unwrap().push(line);
-                if let Some(address) = address {
-                    let _ = found.send(address);
-                }
-            }
-        });
-        let mut server = Server {
-            child,
-            base: String::new(),
-            log,
-        };
-        match address.recv_timeout(Duration::from_secs(120)) {
-            Ok(url) => server.base = url,
-            Err(_) => {
-                let _ = server.child.kill();
-                panic!("no `listening on` line; stderr:\n{}", server.stderr());
-            }
-        }
-        assert!(
-            server.base.starts_with("http://127.0.0.1:")
-                || server.base.starts_with("https://127.0.0.1:"),
-            "{}",
-            server.base
-        );
-        server
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn stderr(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
     fn get(&self, path: &str) -> Reply {
         send(agent().get(&self.url(path)), None)
     }
@@ -109,25 +29,6 @@ impl Server {
 
     fn post_json(&self, path: &str, body: &Value) -> Reply {
         self.post(path, &serde_json::to_vec(body).unwrap())
-    }
-
-    /// Waits for the process to end and returns its exit code.
-    fn wait(&mut self, limit: Duration) -> Option<i32> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -854,7 +755,7 @@ fn slow_clients_time_out_and_a_full_server_answers_503() {
     let ws = workspace_with_model();
     let imgs = images(&ws, 1);
     let server = Server::start(&ws, &["--max-queue", "1", "--timeout-ms", "1500"]);
-    let addr = server.base.trim_start_matches("http://").to_string();
+    let addr = server.addr().to_string();
     // A client that announces 1000 bytes and sends 10, holding the only place.
     let mut slow = TcpStream::connect(&addr).unwrap();
     slow.write_all(
@@ -903,17 +804,13 @@ fn sigterm_finishes_requests_in_flight_then_exits_0() {
     let ws = workspace_with_model();
     let imgs = images(&ws, 1);
     let mut server = Server::start(&ws, &["--max-wait-ms", "50"]);
-    let addr = server.base.trim_start_matches("http://").to_string();
+    let addr = server.addr().to_string();
     let png = &imgs[0].1;
     let in_flight: Vec<_> = (0..3)
         .map(|_| start_slow_request(&addr, "/v1/predict", png))
         .collect();
     std::thread::sleep(Duration::from_millis(200));
-    let killed = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    server.terminate();
     // New connections are refused while the requests in flight go on.
     let refused = Instant::now();
     while TcpStream::connect(&addr).is_ok() {

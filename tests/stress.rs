@@ -10,14 +10,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::server::Server;
 use common::{Look, Workspace, save_image};
 use maas::data::preprocess::image_bytes_to_input;
 use maas::data::synthetic;
@@ -39,69 +38,8 @@ const MEMORY_GROWTH_LIMIT_KB: u64 = 128 * 1024;
 /// Longest a client waits for an answer before the test calls the server hung.
 const READ_LIMIT: Duration = Duration::from_secs(60);
 
-/// A running `maas serve`, killed when dropped so that a failing test leaves no process behind.
-struct Server {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
+// `Server` (the running binary) is in tests/common/server.rs; these read its state.
 impl Server {
-    fn start(ws: &Workspace, extra: &[&str]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_maas"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("MAAS_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.current_dir(ws.dir.path())
-            .env("MAAS_PROGRESS", "never")
-            .args(["--device", "cpu", "serve", "--port", "0"])
-            .args(["--model", "model.maas"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = Arc::clone(&log);
-        let (found, address) = mpsc::channel();
-        // Drains stderr for the server's whole life so that it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let addr = line
-                    .strip_prefix("listening on http://")
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .map(str::to_string);
-                lines.lock().unwrap().push(line);
-                if let Some(addr) = addr {
-                    let _ = found.send(addr);
-                }
-            }
-        });
-        let addr = address.recv_timeout(Duration::from_secs(120));
-        let mut server = Server {
-            child,
-            addr: String::new(),
-            log,
-        };
-        match addr {
-            Ok(addr) => server.addr = addr,
-            Err(_) => panic!("no `listening on` line; stderr:\n{}", server.stderr()),
-        }
-        server
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn stderr(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// (VmRSS, VmHWM) of the server process, in kB, from /proc.
     fn memory_kb(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let field = |name: &str| -> u64 {
@@ -120,24 +58,6 @@ impl Server {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-    }
-
-    fn wait(&mut self, limit: Duration) -> Option<i32> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -438,8 +358,8 @@ fn a_hostile_burst_leaves_good_requests_answered_memory_bounded_and_shutdown_cle
         &ws,
         &["--timeout-ms", TIMEOUT_MS, "--max-body-bytes", &max_body],
     );
-    let base = format!("http://{}", server.addr);
-    let addr = server.addr.clone();
+    let base = format!("http://{}", server.addr());
+    let addr = server.addr().to_string();
     // Warm up: every kind of good request once, so that the baseline includes the model's and
     // the runtime's steady state rather than first-use allocations.
     let warm = agent();
@@ -623,11 +543,7 @@ fn a_hostile_burst_leaves_good_requests_answered_memory_bounded_and_shutdown_cle
         assert!(started.elapsed() < READ_LIMIT, "the requests never started");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let killed = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    server.terminate();
     // New connections are refused once it has stopped accepting.
     let signalled = Instant::now();
     while TcpStream::connect(&addr).is_ok() {

@@ -2,6 +2,8 @@
 //! real `maas` binary run inside it.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;

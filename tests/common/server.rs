@@ -1,0 +1,128 @@
+//! A running `maas serve` for the serving tests: started on a free loopback port, its stderr kept,
+//! killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::Workspace;
+
+/// A running `maas serve`, killed when dropped so that a failing test leaves no process behind.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `maas --device cpu serve --port 0 --model model.maas EXTRA...` in the workspace and
+    /// waits for its `listening on` line.
+    pub fn start(ws: &Workspace, extra: &[&str]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_maas"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("MAAS_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.current_dir(ws.dir.path())
+            .env("MAAS_PROGRESS", "never")
+            .args([
+                "--device",
+                "cpu",
+                "serve",
+                "--port",
+                "0",
+                "--model",
+                "model.maas",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (found, address) = mpsc::channel();
+        let lines = Arc::clone(&log);
+        // Keeps draining stderr for the server's whole life so that it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Logged before the address is announced, so a test that has the address also
+                // sees the line.
+                let address = line
+                    .strip_prefix("listening on ")
+                    .filter(|rest| rest.starts_with("http"))
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(str::to_string);
+                lines.lock().unwrap().push(line);
+                if let Some(address) = address {
+                    let _ = found.send(address);
+                }
+            }
+        });
+        let mut server = Server {
+            child,
+            base: String::new(),
+            log,
+        };
+        match address.recv_timeout(Duration::from_secs(120)) {
+            Ok(url) => server.base = url,
+            Err(_) => {
+                let _ = server.child.kill();
+                panic!("no `listening on` line; stderr:\n{}", server.stderr());
+            }
+        }
+        assert!(
+            server.base.starts_with("http://127.0.0.1:")
+                || server.base.starts_with("https://127.0.0.1:"),
+            "{}",
+            server.base
+        );
+        server
+    }
+
+    /// Sends SIGTERM, as an orchestrator stopping the server does.
+    pub fn terminate(&self) {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
+
+    /// `host:port`, for clients that speak TCP themselves.
+    pub fn addr(&self) -> &str {
+        self.base
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn stderr(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits for the process to end and returns its exit code.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
