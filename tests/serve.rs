@@ -163,13 +163,7 @@ fn infer_json(values: &[f32], rows: usize) -> Value {
 }
 
 fn output_data(reply: &Reply) -> Vec<f32> {
-    let v = reply.json();
-    v["outputs"][0]["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    common::server::output_data(&reply.json())
 }
 
 fn assert_close(got: &[f32], expected: &[Vec<f32>]) {

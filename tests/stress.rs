@@ -116,13 +116,7 @@ impl GoodRequest {
             }
             row
         } else {
-            let v: Value = serde_json::from_slice(&body).unwrap();
-            v["outputs"][0]["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
+            common::server::output_data(&serde_json::from_slice(&body).unwrap())
         };
         assert_eq!(got.len(), self.expected.len(), "{}: {text}", self.path);
         for (i, (a, b)) in got.iter().zip(&self.expected).enumerate() {

@@ -126,3 +126,13 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// `outputs[0].data` of a v2 infer answer, as f32.
+pub fn output_data(answer: &serde_json::Value) -> Vec<f32> {
+    answer["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
