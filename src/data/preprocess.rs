@@ -7,11 +7,12 @@
 //! to 32x32 with a triangle filter, and laid out channel-major. Both then go through
 //! [`normalize`]: bytes scaled to [0, 1].
 
+use std::borrow::Cow;
 use std::io::Cursor;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, imageops::FilterType};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage, imageops::FilterType};
 use serde::{Deserialize, Serialize};
 
 /// Width and height of the model's input.
@@ -60,19 +61,18 @@ pub fn normalize(pixels: &[u8], out: &mut Vec<f32>) {
 /// [`normalize`] into a slice of the same length (the first `pixels.len()` values of `out`).
 pub fn normalize_into(pixels: &[u8], out: &mut [f32]) {
     for (o, &p) in out.iter_mut().zip(pixels) {
-        *o = f32::from(p) * (1.0 / 255.0);
+        *o = pixel_value(p);
     }
+}
+
+/// THE scaling of one byte to a model input value; every path goes through it.
+const fn pixel_value(p: u8) -> f32 {
+    p as f32 * (1.0 / 255.0)
 }
 
 /// An image of any size and colour type to channel-major RGB bytes of 32x32.
 pub fn image_to_chw(image: &DynamicImage) -> Vec<u8> {
-    let rgb = if image.width() == SIDE && image.height() == SIDE {
-        image.to_rgb8()
-    } else {
-        image
-            .resize_exact(SIDE, SIDE, FilterType::Triangle)
-            .to_rgb8()
-    };
+    let rgb = rgb_32x32(image);
     let plane = (SIDE * SIDE) as usize;
     let mut chw = vec![0u8; 3 * plane];
     for (i, px) in rgb.pixels().enumerate() {
@@ -163,20 +163,7 @@ pub fn small_image_to_input(bytes: &[u8], max_pixels: u64) -> Option<Vec<f32>> {
 
 /// [`image_to_chw`] and [`normalize`] at once, without the intermediate bytes.
 fn image_to_input(image: &DynamicImage, out: &mut Vec<f32>) {
-    let converted;
-    let rgb = match image.as_rgb8() {
-        Some(rgb) if image.width() == SIDE && image.height() == SIDE => rgb,
-        _ => {
-            converted = if image.width() == SIDE && image.height() == SIDE {
-                image.to_rgb8()
-            } else {
-                image
-                    .resize_exact(SIDE, SIDE, FilterType::Triangle)
-                    .to_rgb8()
-            };
-            &converted
-        }
-    };
+    let rgb = rgb_32x32(image);
     let plane = (SIDE * SIDE) as usize;
     let start = out.len();
     out.resize(start + 3 * plane, 0.0);
@@ -189,13 +176,26 @@ fn image_to_input(image: &DynamicImage, out: &mut Vec<f32>) {
     }
 }
 
-/// Every byte's model input value, exactly as [`normalize_into`] computes it (the same f32
-/// product, evaluated at compile time): a lookup costs less than the conversion and product.
+/// THE resize and colour conversion: the image as 8-bit RGB of 32x32, borrowed when it already is.
+fn rgb_32x32(image: &DynamicImage) -> Cow<'_, RgbImage> {
+    match image.as_rgb8() {
+        Some(rgb) if rgb.width() == SIDE && rgb.height() == SIDE => Cow::Borrowed(rgb),
+        _ if image.width() == SIDE && image.height() == SIDE => Cow::Owned(image.to_rgb8()),
+        _ => Cow::Owned(
+            image
+                .resize_exact(SIDE, SIDE, FilterType::Triangle)
+                .to_rgb8(),
+        ),
+    }
+}
+
+/// Every byte's [`pixel_value`], computed at compile time: for one image a lookup costs less
+/// than the conversion and product.
 const SCALED: [f32; 256] = {
     let mut table = [0.0; 256];
     let mut i = 0;
     while i < 256 {
-        table[i] = i as f32 * (1.0 / 255.0);
+        table[i] = pixel_value(i as u8);
         i += 1;
     }
     table
