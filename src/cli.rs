@@ -466,15 +466,11 @@ fn run_predict(args: PredictArgs, choice: DeviceChoice, reporter: &Reporter) -> 
     let selected = select_device(choice, reporter)?;
     let classifier = Classifier::new(&loaded, &selected.device);
     let (files, problems) = expand_inputs(&args.images);
-    // A bar only where there is something to wait for.
-    let bar = if files.len() >= 200 {
-        reporter.bar(
-            files.len() as u64,
-            "classifying {bar:30} {pos}/{len} images [{elapsed}<{eta}]",
-        )
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = reporter.bar_from(
+        200,
+        files.len(),
+        "classifying {bar:30} {pos}/{len} images [{elapsed}<{eta}]",
+    );
     let mut report =
         classifier.predict_files(Path::new(&path), &files, args.top_k as usize, &bar)?;
     report.errors.splice(0..0, problems);

@@ -52,6 +52,15 @@ impl Reporter {
         }
     }
 
+    /// A bar over `len` items only when they are at least `min`: below that the work is over
+    /// before a bar would say anything.
+    pub fn bar_from(&self, min: usize, len: usize, template: &str) -> ProgressBar {
+        if len < min {
+            return ProgressBar::hidden();
+        }
+        self.bar(len as u64, template)
+    }
+
     /// A bar over `len` steps, hidden unless bars are on.
     pub fn bar(&self, len: u64, template: &str) -> ProgressBar {
         if !self.bars {

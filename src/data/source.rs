@@ -127,14 +127,11 @@ fn load_checked(
     opts: &LoadOptions,
     reporter: &Reporter,
 ) -> Result<Cifar10Split> {
-    let bar = if files.len() >= 500 {
-        reporter.bar(
-            files.len() as u64,
-            "reading images {bar:30} {pos}/{len} [{elapsed}<{eta}]",
-        )
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = reporter.bar_from(
+        500,
+        files.len(),
+        "reading images {bar:30} {pos}/{len} [{elapsed}<{eta}]",
+    );
     let (split, skipped) = folder::load_files(files, &bar);
     if let Some(first) = skipped.first()
         && opts.strict
