@@ -9,7 +9,7 @@
 
 use anyhow::{Result, bail};
 use burn::module::Param;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{log_softmax, relu, softmax};
@@ -184,14 +184,24 @@ impl Mlp {
         };
         let tensor1 =
             |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
-        // LinearConfig gives the layer its shape; its own random draw is replaced at once.
-        let mut hidden = LinearConfig::new(INPUT_LEN, h).init(device);
-        hidden.weight = Param::from_tensor(tensor2(&weights.w1, [INPUT_LEN, h]));
-        hidden.bias = Some(Param::from_tensor(tensor1(&weights.b1)));
-        let mut output = LinearConfig::new(h, classes).init(device);
-        output.weight = Param::from_tensor(tensor2(&weights.w2, [h, classes]));
-        output.bias = Some(Param::from_tensor(tensor1(&weights.b2)));
-        Self { hidden, output }
+        Self::from_parameters(
+            tensor2(&weights.w1, [INPUT_LEN, h]),
+            tensor1(&weights.b1),
+            tensor2(&weights.w2, [h, classes]),
+            tensor1(&weights.b2),
+        )
+    }
+
+    /// The model made of these parameters, already on their device.
+    pub fn from_parameters(w1: Tensor<2>, b1: Tensor<1>, w2: Tensor<2>, b2: Tensor<1>) -> Self {
+        let layer = |weight, bias| Linear {
+            weight: Param::from_tensor(weight),
+            bias: Some(Param::from_tensor(bias)),
+        };
+        Self {
+            hidden: layer(w1, b1),
+            output: layer(w2, b2),
+        }
     }
 
     /// The width of the hidden layer.
@@ -207,21 +217,6 @@ impl Mlp {
             self.output.weight.val(),
             bias(&self.output),
         )
-    }
-
-    /// Replaces the parameters, keeping the module's structure.
-    pub fn with_parameters(
-        mut self,
-        w1: Tensor<2>,
-        b1: Tensor<1>,
-        w2: Tensor<2>,
-        b2: Tensor<1>,
-    ) -> Self {
-        self.hidden.weight = Param::from_tensor(w1);
-        self.hidden.bias = Some(Param::from_tensor(b1));
-        self.output.weight = Param::from_tensor(w2);
-        self.output.bias = Some(Param::from_tensor(b2));
-        self
     }
 
     /// Copies the parameters back to the host.
@@ -418,7 +413,7 @@ mod tests {
             w2.require_grad(),
             b2.require_grad(),
         );
-        let ad_model = ad_model.with_parameters(w1.clone(), b1.clone(), w2.clone(), b2.clone());
+        let ad_model = Mlp::from_parameters(w1.clone(), b1.clone(), w2.clone(), b2.clone());
         let loss = ad_model.loss(x.to_device(&ad), y.to_device(&ad));
         let reference = loss.backward();
         let g = |t: Option<Tensor<2>>| read_f32(t.unwrap()).unwrap();

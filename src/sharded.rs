@@ -33,10 +33,10 @@ struct Trained<const D: usize> {
 }
 
 impl<const D: usize> Trained<D> {
-    fn upload(value: Tensor<D>, m: &[f32], v: &[f32], device: &Device) -> Self {
-        let shape: [usize; D] = value.dims();
+    /// The parameter `value` with its moments `m` and `v`, from the host, all of `shape`.
+    fn upload(value: &[f32], m: &[f32], v: &[f32], shape: [usize; D], device: &Device) -> Self {
         Self {
-            value,
+            value: Tensor::from_data(TensorData::new(value.to_vec(), shape), device),
             moments: Moments::upload(m, v, shape, device),
         }
     }
@@ -73,10 +73,9 @@ impl Head {
     fn new(w: &Weights, m: &Weights, v: &Weights, device: &Device) -> Self {
         let join = |w: &Weights| [w.b1.as_slice(), &w.w2, &w.b2].concat();
         let values = join(w);
-        let len = values.len();
-        let value = Tensor::<1>::from_data(TensorData::new(values, [len]), device);
+        let shape = [values.len()];
         Self {
-            flat: Trained::upload(value, &join(m), &join(v), device),
+            flat: Trained::upload(&values, &join(m), &join(v), shape, device),
             hidden: w.hidden,
             classes: w.b2.len(),
         }
@@ -143,7 +142,6 @@ impl ShardedTrainer {
         shards: usize,
         device: &Device,
     ) -> Self {
-        let (w1, _, _, _) = Mlp::from_weights(weights, device).parameters();
         let (m, v) = (&state.m, &state.v);
         let count = shards.clamp(1, INPUT_LEN);
         let hidden = weights.hidden;
@@ -151,8 +149,9 @@ impl ShardedTrainer {
             .map(|k| {
                 let rows = k * INPUT_LEN / count..(k + 1) * INPUT_LEN / count;
                 let flat = rows.start * hidden..rows.end * hidden;
-                let value = w1.clone().slice_dim(0, rows.clone());
-                let w1 = Trained::upload(value, &m.w1[flat.clone()], &v.w1[flat], device);
+                let shape = [rows.len(), hidden];
+                let (w, m, v) = (&weights.w1[flat.clone()], &m.w1[flat.clone()], &v.w1[flat]);
+                let w1 = Trained::upload(w, m, v, shape, device);
                 Shard { rows, w1 }
             })
             .collect();
@@ -208,29 +207,22 @@ impl ShardedTrainer {
         rest.stats
     }
 
-    /// `w1` and its moments, whole again.
-    fn whole_w1(&self) -> Trained<2> {
-        let cat = |f: fn(&Shard) -> Tensor<2>| Tensor::cat(self.shards.iter().map(f).collect(), 0);
-        Trained {
-            value: cat(|s| s.w1.value.clone()),
-            moments: Moments {
-                m: cat(|s| s.w1.moments.m.clone()),
-                v: cat(|s| s.w1.moments.v.clone()),
-            },
-        }
+    /// One of `w1`, its first or its second moment, whole again.
+    fn whole_w1(&self, part: fn(&Trained<2>) -> &Tensor<2>) -> Tensor<2> {
+        Tensor::cat(self.shards.iter().map(|s| part(&s.w1).clone()).collect(), 0)
     }
 
     /// The model as it stands, on the device.
     pub fn model(&self) -> Mlp {
-        let w1 = self.whole_w1().value;
         let (b1, w2, b2) = self.head.split(&self.head.flat.value);
-        Mlp::init(self.head.hidden, self.head.classes, 0, &w1.device())
-            .with_parameters(w1, b1, w2, b2)
+        Mlp::from_parameters(self.whole_w1(|t| &t.value), b1, w2, b2)
     }
 
     /// The weights and Adam's state, copied to the host to be saved.
     pub fn state(&self) -> Result<(Weights, AdamState)> {
-        let [w1, w1m, w1v] = self.whole_w1().host()?;
+        let w1 = read_f32(self.whole_w1(|t| &t.value))?;
+        let w1m = read_f32(self.whole_w1(|t| &t.moments.m))?;
+        let w1v = read_f32(self.whole_w1(|t| &t.moments.v))?;
         let [mut weights, mut m, mut v] = self.head.host()?;
         (weights.w1, m.w1, v.w1) = (w1, w1m, w1v);
         Ok((
@@ -285,7 +277,7 @@ mod tests {
             let (g, _) = model.gradients(x, y, l);
             let lr_t = config.step_size(step as u64);
             let (w1, b1, w2, b2) = model.parameters();
-            model = model.with_parameters(
+            model = Mlp::from_parameters(
                 adam::update(w1, g.w1, &mut w1m, lr_t, config),
                 adam::update(b1, g.b1, &mut b1m, lr_t, config),
                 adam::update(w2, g.w2, &mut w2m, lr_t, config),
