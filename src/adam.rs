@@ -6,6 +6,7 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
+use crate::fused;
 use crate::model::Weights;
 
 /// Adam's hyper-parameters (Keras defaults but for the learning rate, which is the user's).
@@ -104,7 +105,36 @@ impl<const D: usize> Moments<D> {
     }
 }
 
-/// One Adam update of `param` from `grad` with step size `lr_t` ([`AdamConfig::step_size`]).
+/// One Adam update of `param` and its `moments` from `grad`, in place where the backend allows:
+/// on the CPU as one fused pass ([`fused::adam_step`]), elsewhere as [`update`].
+pub fn update_in_place<const D: usize>(
+    param: &mut Tensor<D>,
+    grad: Tensor<D>,
+    moments: &mut Moments<D>,
+    lr_t: f64,
+    c: AdamConfig,
+) {
+    if fused::on_flex(param) {
+        // Moved out, not cloned, so that the fused pass owns the buffers and writes into them.
+        let device = param.device();
+        let take = |t: &mut Tensor<D>| std::mem::replace(t, Tensor::empty([0; D], &device));
+        let (p, m, v) = fused::adam_step(
+            take(param),
+            grad,
+            take(&mut moments.m),
+            take(&mut moments.v),
+            lr_t,
+            c,
+        );
+        (*param, moments.m, moments.v) = (p, m, v);
+    } else {
+        *param = update(param.clone(), grad, moments, lr_t, c);
+    }
+}
+
+/// One Adam update of `param` from `grad` with step size `lr_t` ([`AdamConfig::step_size`]), in
+/// burn's tensor operations: the reference arithmetic, and the update on devices other than the
+/// CPU.
 pub fn update<const D: usize>(
     param: Tensor<D>,
     grad: Tensor<D>,

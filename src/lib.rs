@@ -14,6 +14,7 @@ pub mod eval;
 pub mod explain;
 pub mod export;
 pub mod fsutil;
+pub mod fused;
 pub mod model;
 pub mod onnx;
 pub mod plots;

@@ -42,7 +42,7 @@ impl<const D: usize> Trained<D> {
     }
 
     fn update(&mut self, grad: Tensor<D>, lr_t: f64, config: AdamConfig) {
-        self.value = adam::update(self.value.clone(), grad, &mut self.moments, lr_t, config);
+        adam::update_in_place(&mut self.value, grad, &mut self.moments, lr_t, config);
     }
 
     fn host(&self) -> Result<[Vec<f32>; 3]> {

@@ -1,0 +1,93 @@
+//! Times the training step alone (no data loading, no evaluation): the figure behind issue #4's
+//! training ratios, steadier than a whole run on a noisy machine.
+//!
+//!     cargo run --example step_bench -- [BATCH] [STEPS] [ROUNDS]
+//!
+//! Prints the best and the median time per step over the rounds, and samples/s of the best.
+use std::time::Instant;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use maas::adam::{AdamConfig, AdamState};
+use maas::model::Weights;
+use maas::sharded::{ShardedTrainer, shards_for};
+
+const CLASSES: usize = 10;
+const HIDDEN: usize = 64;
+const STRIDE: usize = 3072 + 16;
+
+/// The `n`th command-line argument as a number, or `default` when it is absent.
+fn arg(n: usize, default: usize) -> usize {
+    match std::env::args().nth(n) {
+        None => default,
+        Some(a) => a.parse().unwrap_or_else(|_| {
+            eprintln!("step_bench: `{a}` is not a whole number");
+            std::process::exit(2)
+        }),
+    }
+}
+
+fn main() {
+    let batch = arg(1, 32).max(1);
+    let steps = arg(2, 300).max(1);
+    let rounds = arg(3, 9).max(1);
+    let device = Device::flex();
+    let weights = Weights::init(HIDDEN, CLASSES, 1);
+    let state = AdamState::zeros(HIDDEN, CLASSES);
+    let mut trainer = ShardedTrainer::new(
+        &weights,
+        &state,
+        AdamConfig::new(1e-3),
+        shards_for("cpu"),
+        &device,
+    );
+    // A few distinct batches, cycled, so the caches see fresh inputs as in training.
+    let mut seed = 7u64;
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let batches: Vec<(Vec<f32>, Vec<f32>, Vec<i64>)> = (0..16)
+        .map(|_| {
+            let x: Vec<f32> = (0..batch * STRIDE).map(|_| next()).collect();
+            let labels: Vec<i64> = (0..batch)
+                .map(|_| (next() * CLASSES as f32) as i64)
+                .collect();
+            let mut y = vec![0f32; batch * CLASSES];
+            for (k, &l) in labels.iter().enumerate() {
+                y[k * CLASSES + l as usize] = 1.0;
+            }
+            (x, y, labels)
+        })
+        .collect();
+    let mut times = Vec::new();
+    rayon::scope(|_| {
+        for round in 0..rounds + 1 {
+            let started = Instant::now();
+            for s in 0..steps {
+                let (x, y, l) = &batches[s % batches.len()];
+                let x =
+                    Tensor::<2>::from_data(TensorData::new(x.clone(), [batch, STRIDE]), &device);
+                let y =
+                    Tensor::<2>::from_data(TensorData::new(y.clone(), [batch, CLASSES]), &device);
+                let l = Tensor::<1, Int>::from_data(TensorData::new(l.clone(), [batch]), &device);
+                let stats = trainer.step(x, y, l);
+                std::hint::black_box(stats);
+            }
+            // The first round warms up.
+            if round > 0 {
+                times.push(started.elapsed().as_secs_f64() / steps as f64);
+            }
+        }
+    });
+    times.sort_by(f64::total_cmp);
+    let best = times[0];
+    println!(
+        "batch {batch}: best {:.1} us/step, median {:.1} us/step, {:.0} samples/s (best)",
+        best * 1e6,
+        times[times.len() / 2] * 1e6,
+        batch as f64 / best
+    );
+}
