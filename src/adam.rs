@@ -105,6 +105,13 @@ impl<const D: usize> Moments<D> {
     }
 }
 
+/// `tensor`'s value, moved out and replaced by an empty tensor: a fused CPU operation given it
+/// owns the buffer and writes into it, where a clone would make it copy the buffer first.
+pub fn take<const D: usize>(tensor: &mut Tensor<D>) -> Tensor<D> {
+    let empty = Tensor::empty([0; D], &tensor.device());
+    std::mem::replace(tensor, empty)
+}
+
 /// One Adam update of `param` and its `moments` from `grad`, in place where the backend allows:
 /// on the CPU as one fused pass ([`fused::adam_step`]), elsewhere as [`update`].
 pub fn update_in_place<const D: usize>(
@@ -115,9 +122,6 @@ pub fn update_in_place<const D: usize>(
     c: AdamConfig,
 ) {
     if fused::on_flex(param) {
-        // Moved out, not cloned, so that the fused pass owns the buffers and writes into them.
-        let device = param.device();
-        let take = |t: &mut Tensor<D>| std::mem::replace(t, Tensor::empty([0; D], &device));
         let (p, m, v) = fused::adam_step(
             take(param),
             grad,

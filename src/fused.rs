@@ -1,14 +1,21 @@
 //! Fused CPU operations, added to burn through its backend-extension API.
 //!
-//! Why: burn's CPU backend (flex) runs every elementwise operation as its own pass over memory.
-//! Adam's update is twelve of them; over `w1`'s 197k values that was a quarter of a training step
-//! at batch 32. As one backend operation it is a single pass that updates the weights and both
-//! moments in place. burn routes the call to the backend that holds the tensors; only the CPU
-//! backend has it, so [`adam::update`](crate::adam::update) calls it for CPU tensors and keeps the
-//! composed tensor operations everywhere else (a GPU runs those as fused kernels of its own).
+//! Why: burn's CPU backend (flex) runs every elementwise operation as its own pass over memory,
+//! and every matmul allocates its output and then copies it once more to align it. Adam's update
+//! was twelve passes; over `w1`'s 197k values that was a quarter of a training step at batch 32,
+//! and the copy of the first layer's gradient a fifth. Two backend operations replace them:
 //!
-//! The arithmetic is that of the composed operations, operation for operation in f32, so both
-//! give the same bits (tested).
+//! - [`FusedOps::adam_step`]: Adam as one pass that updates a parameter and both moments in place.
+//! - [`FusedOps::first_layer_adam`]: a block of `w1`'s rows at a time, its gradient into a reused
+//!   buffer that stays in the cache, then Adam on those rows. The gradient never goes to memory.
+//!
+//! burn routes a call to the backend that holds the tensors. Only the CPU backend has these, so
+//! callers check [`on_flex`] and keep the composed tensor operations everywhere else (a GPU runs
+//! those as fused kernels of its own).
+//!
+//! The arithmetic is that of the composed operations, operation for operation in f32, and the
+//! product is burn's own (`gemm`, same strides), so both give the same bits (tested here, and
+//! through the whole training step in `sharded`).
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
@@ -31,7 +38,27 @@ pub trait FusedOps: Backend {
         lr_t: f64,
         config: AdamConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Rows `first_row..first_row + R` of the first layer, `w1` `[R, hidden]` with its moments `m`
+    /// and `v`: their gradient `input[:, rows]^T @ d_pre` (`input` `[N, >= first_row + R]`,
+    /// `d_pre` `[N, hidden]`) and the Adam update it makes. Returns `w1`, `m`, `v`.
+    #[allow(clippy::too_many_arguments)]
+    fn first_layer_adam(
+        input: FloatTensor<Self>,
+        d_pre: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        first_row: usize,
+        lr_t: f64,
+        config: AdamConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
+
+/// Rows of `w1` whose gradient is computed and applied at a time by `first_layer_adam`: the
+/// gradient block, and the weights and moments it updates, stay in the core's cache (4 x 64 KiB
+/// at 64 hidden units) instead of a whole shard's gradient going to memory and coming back.
+const BLOCK_ROWS: usize = 256;
 
 impl FusedOps for Flex {
     fn adam_step(
@@ -44,14 +71,7 @@ impl FusedOps for Flex {
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let (mut param, grad, mut m, mut v) =
             (writable(param), writable(grad), writable(m), writable(v));
-        let step = AdamStep {
-            beta1: c.beta1 as f32,
-            beta2: c.beta2 as f32,
-            keep1: (1.0 - c.beta1) as f32,
-            keep2: (1.0 - c.beta2) as f32,
-            lr_t: lr_t as f32,
-            epsilon: c.epsilon as f32,
-        };
+        let step = AdamStep::new(lr_t, c);
         step.apply(
             param.storage_mut::<f32>(),
             grad.storage::<f32>(),
@@ -59,6 +79,102 @@ impl FusedOps for Flex {
             v.storage_mut::<f32>(),
         );
         (param, m, v)
+    }
+
+    fn first_layer_adam(
+        input: FlexTensor,
+        d_pre: FlexTensor,
+        w1: FlexTensor,
+        m: FlexTensor,
+        v: FlexTensor,
+        first_row: usize,
+        lr_t: f64,
+        c: AdamConfig,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (input, d_pre) = (writable(input), writable(d_pre));
+        let (mut w1, mut m, mut v) = (writable(w1), writable(m), writable(v));
+        let (rows, hidden) = (w1.layout().shape()[0], w1.layout().shape()[1]);
+        let width = input.layout().shape()[1];
+        let x: &[f32] = input.storage();
+        let d: &[f32] = d_pre.storage();
+        let step = AdamStep::new(lr_t, c);
+        let (p, m_out, v_out) = (
+            w1.storage_mut::<f32>(),
+            m.storage_mut::<f32>(),
+            v.storage_mut::<f32>(),
+        );
+        let mut grad = vec![0f32; BLOCK_ROWS.min(rows) * hidden];
+        for start in (0..rows).step_by(BLOCK_ROWS) {
+            let len = BLOCK_ROWS.min(rows - start);
+            let grad = &mut grad[..len * hidden];
+            columns_transposed_times(x, width, first_row + start, d, hidden, grad);
+            let span = start * hidden..(start + len) * hidden;
+            step.apply(
+                &mut p[span.clone()],
+                grad,
+                &mut m_out[span.clone()],
+                &mut v_out[span],
+            );
+        }
+        (w1, m, v)
+    }
+}
+
+/// `out` `[R, hidden]` = `x[:, first_col..first_col + R]^T @ d`, for `x` `[N, width]` and `d`
+/// `[N, hidden]`, all row-major: the first layer's gradient for R of its input rows.
+///
+/// It calls the matrix product burn's CPU backend uses (the `gemm` crate) with the same strides
+/// and settings as `burn_flex`'s matmul of the transposed view, so the sums are the same, but
+/// into a buffer that is reused: burn's matmul allocates its output, and then copies it once
+/// more to align it, for every call.
+fn columns_transposed_times(
+    x: &[f32],
+    width: usize,
+    first_col: usize,
+    d: &[f32],
+    hidden: usize,
+    out: &mut [f32],
+) {
+    let r = out.len() / hidden;
+    let n = d.len() / hidden;
+    // The bounds the raw-pointer product relies on.
+    assert!(
+        out.len() == r * hidden
+            && d.len() == n * hidden
+            && x.len() == n * width
+            && first_col + r <= width,
+        "first layer gradient: shapes do not fit"
+    );
+    if r == 0 || n == 0 || hidden == 0 {
+        out.fill(0.0);
+        return;
+    }
+    // SAFETY: every element read or written lies inside its slice (checked above): lhs element
+    // (i, b) is x[b * width + first_col + i] with i < r, b < n; rhs element (b, j) is
+    // d[b * hidden + j]; out element (i, j) is out[i * hidden + j]. `out` does not overlap the
+    // inputs (it is borrowed mutably). With read_dst false, alpha is unused and out is written.
+    unsafe {
+        gemm::gemm(
+            r,
+            hidden,
+            n,
+            out.as_mut_ptr(),
+            1,
+            hidden as isize,
+            false,
+            x.as_ptr().add(first_col),
+            width as isize,
+            1,
+            d.as_ptr(),
+            1,
+            hidden as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
@@ -73,6 +189,17 @@ struct AdamStep {
 }
 
 impl AdamStep {
+    fn new(lr_t: f64, c: AdamConfig) -> Self {
+        Self {
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            keep1: (1.0 - c.beta1) as f32,
+            keep2: (1.0 - c.beta2) as f32,
+            lr_t: lr_t as f32,
+            epsilon: c.epsilon as f32,
+        }
+    }
+
     fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") {
@@ -121,6 +248,35 @@ fn writable(tensor: FlexTensor) -> FlexTensor {
 /// Whether `tensor` can take the fused path: f32 on the CPU backend.
 pub fn on_flex<const D: usize>(tensor: &Tensor<D>) -> bool {
     tensor.dtype() == DType::F32 && matches!(tensor.device().as_dispatch(), DispatchDevice::Flex(_))
+}
+
+/// [`FusedOps::first_layer_adam`] on tensors for which [`on_flex`] holds.
+#[allow(clippy::too_many_arguments)]
+pub fn first_layer_adam(
+    input: Tensor<2>,
+    d_pre: Tensor<2>,
+    w1: Tensor<2>,
+    m: Tensor<2>,
+    v: Tensor<2>,
+    first_row: usize,
+    lr_t: f64,
+    config: AdamConfig,
+) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
+    let (w1, m, v) = <Dispatch as FusedOps>::first_layer_adam(
+        input.into_dispatch(),
+        d_pre.into_dispatch(),
+        w1.into_dispatch(),
+        m.into_dispatch(),
+        v.into_dispatch(),
+        first_row,
+        lr_t,
+        config,
+    );
+    (
+        Tensor::from_dispatch(w1),
+        Tensor::from_dispatch(m),
+        Tensor::from_dispatch(v),
+    )
 }
 
 /// [`FusedOps::adam_step`] on tensors for which [`on_flex`] holds.

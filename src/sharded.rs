@@ -22,8 +22,9 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use crate::adam::{self, AdamConfig, AdamState, Moments};
+use crate::adam::{self, AdamConfig, AdamState, Moments, take};
 use crate::data::preprocess::INPUT_LEN;
+use crate::fused;
 use crate::model::{Mlp, StepStats, Weights, beyond_first_product, first_layer_gradient, read_f32};
 
 /// A parameter and its Adam moments.
@@ -58,6 +59,31 @@ impl<const D: usize> Trained<D> {
 struct Shard {
     rows: Range<usize>,
     w1: Trained<2>,
+}
+
+impl Shard {
+    /// Computes this shard's rows of `w1`'s gradient from the batch `input` and the hidden
+    /// layer's `d_pre`, and updates them: on the CPU fused, block by block
+    /// ([`fused::first_layer_adam`]); elsewhere as [`first_layer_gradient`] and [`adam::update`].
+    fn learn(&mut self, input: &Tensor<2>, d_pre: &Tensor<2>, lr_t: f64, config: AdamConfig) {
+        let w1 = &mut self.w1;
+        if fused::on_flex(&w1.value) {
+            let (value, m, v) = fused::first_layer_adam(
+                input.clone(),
+                d_pre.clone(),
+                take(&mut w1.value),
+                take(&mut w1.moments.m),
+                take(&mut w1.moments.v),
+                self.rows.start,
+                lr_t,
+                config,
+            );
+            (w1.value, w1.moments.m, w1.moments.v) = (value, m, v);
+        } else {
+            let columns = input.clone().slice_dim(1, self.rows.clone());
+            w1.update(first_layer_gradient(columns, d_pre.clone()), lr_t, config);
+        }
+    }
 }
 
 /// `b1`, `w2` and `b2` in one flat tensor, in that order: 714 numbers at the default width, which
@@ -197,10 +223,9 @@ impl ShardedTrainer {
         let head = &mut self.head;
         rayon::join(
             || {
-                self.shards.par_iter_mut().for_each(|s| {
-                    let grad = first_layer_gradient(columns(&s.rows), d_pre.clone());
-                    s.w1.update(grad, lr_t, config);
-                })
+                self.shards
+                    .par_iter_mut()
+                    .for_each(|s| s.learn(&input, &d_pre, lr_t, config))
             },
             || head.update(rest.d_b1, rest.d_w2, rest.d_b2, lr_t, config),
         );
