@@ -8,12 +8,16 @@
 //! Each step, every shard multiplies its columns of the batch by its rows of `w1` on a thread of
 //! its own; the parts are added, and the small rest of the network runs forward and backward
 //! ([`beyond_first_product`]); then every shard computes its rows of `w1`'s gradient and updates
-//! them, in parallel with Adam on the small parameters. The arithmetic is that of
-//! [`Mlp::gradients`] and [`adam::update`]; only the product's sum is taken in another order
-//! (tested to agree). Rows are the cut because the product then splits into sums over long
-//! rows, and the gradient into tall blocks: the shapes the matmul runs fastest on.
+//! them, in parallel with Adam on the small parameters. On the CPU the gradient and Adam of a
+//! shard are one fused operation that works through its rows a block at a time
+//! ([`fused::first_layer_adam`]), and Adam on the small parameters is one pass
+//! ([`adam::update_in_place`]). The arithmetic is that of [`Mlp::gradients`] and
+//! [`adam::update`]; only the product's sum is taken in another order when there are several
+//! shards (tested to agree; with one shard the weights are equal to the bit). Rows are the cut
+//! because the product then splits into sums over long rows, and the gradient into tall blocks:
+//! the shapes the matmul runs fastest on.
 //!
-//! On a GPU there is one shard: the device is parallel already.
+//! On a GPU there is one shard (the device is parallel already) and burn's own operations.
 
 use std::ops::Range;
 
