@@ -10,7 +10,6 @@ use burn::tensor::TensorData;
 use burn::tensor::activation::log_softmax;
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::adam::{AdamConfig, AdamState};
@@ -18,7 +17,7 @@ use crate::checkpoint::{
     Checkpoint, CheckpointMeta, EpochMetrics, RunFiles, TrainConfig, metrics_csv,
 };
 use crate::data::cifar10::Cifar10Split;
-use crate::data::preprocess::{INPUT_LEN, normalize_into};
+use crate::data::preprocess::{INPUT_LEN, normalize};
 use crate::data::source::{DEFAULT_VAL_SPLIT, DataSource, LoadOptions};
 use crate::device::Selected;
 use crate::fsutil::write_atomic;
@@ -158,16 +157,10 @@ impl<'a> Batches<'a> {
             &self.split.images[start..start + INPUT_LEN]
         };
         let n = index.len();
-        let mut inputs = vec![0f32; n * ROW_STRIDE];
-        if n >= 64 {
-            inputs
-                .par_chunks_mut(ROW_STRIDE)
-                .zip(index.par_iter())
-                .for_each(|(row, &i)| normalize_into(image(i), row));
-        } else {
-            for (row, &i) in inputs.chunks_mut(ROW_STRIDE).zip(index) {
-                normalize_into(image(i), row);
-            }
+        let mut inputs = Vec::with_capacity(n * ROW_STRIDE);
+        for &i in index {
+            normalize(image(i), &mut inputs);
+            inputs.extend([0.0; ROW_STRIDE - INPUT_LEN]);
         }
         let mut targets = vec![0f32; n * self.classes];
         let mut labels = Vec::with_capacity(n);
