@@ -402,7 +402,12 @@ pub fn train(
         let order = epoch_order(train_data.len(), cfg.seed, epoch);
         let mut loss_sum = Tensor::<1>::zeros([1], device);
         let mut correct = Tensor::<1, Int>::zeros([1], device);
-        for (step, index) in order.chunks(cfg.batch_size).enumerate() {
+        let mut indices = order.chunks(cfg.batch_size);
+        let mut next = indices.next().map(|index| train_data.rows(index, device));
+        for step in 0.. {
+            let Some((x, y, labels)) = next.take() else {
+                break;
+            };
             if stop.load(Ordering::Relaxed) {
                 bar.finish_and_clear();
                 let saved = if state.meta.epoch == 0 {
@@ -417,8 +422,13 @@ pub fn train(
                 };
                 return Err(Interrupted { epoch, saved }.into());
             }
-            let (x, y, labels) = train_data.rows(index, device);
-            let stats = trainer.step(x, y, labels);
+            // The next batch is assembled while this one trains, on whichever core is free.
+            let following = indices.next();
+            let (stats, following) = rayon::join(
+                || trainer.step(x, y, labels),
+                || following.map(|index| train_data.rows(index, device)),
+            );
+            next = following;
             loss_sum = loss_sum + stats.loss_sum;
             correct = correct + stats.correct;
             // Reading a value waits for the device, so the bar's figures are refreshed only now
