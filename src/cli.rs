@@ -400,7 +400,9 @@ fn run_train(
         resume: args.resume,
         overwrite: args.overwrite,
     };
-    let summary = train::train(&opts, &selected, reporter, stop)?;
+    // On one of rayon's threads, so that the step's parallel parts are handed between the pool's
+    // threads, without waking this one and putting it back to sleep every step.
+    let summary = rayon::scope(|_| train::train(&opts, &selected, reporter, stop))?;
     if args.json {
         print_json(&summary)?;
     } else {

@@ -107,7 +107,8 @@ impl FusedOps for Flex {
         for start in (0..rows).step_by(BLOCK_ROWS) {
             let len = BLOCK_ROWS.min(rows - start);
             let grad = &mut grad[..len * hidden];
-            columns_transposed_times(x, width, first_row + start, d, hidden, grad);
+            let rows_t = Strided::dense(x, width).columns(first_row + start, len).t();
+            product(rows_t, Strided::dense(d, hidden), grad);
             let span = start * hidden..(start + len) * hidden;
             step.apply(
                 &mut p[span.clone()],
@@ -120,54 +121,96 @@ impl FusedOps for Flex {
     }
 }
 
-/// `out` `[R, hidden]` = `x[:, first_col..first_col + R]^T @ d`, for `x` `[N, width]` and `d`
-/// `[N, hidden]`, all row-major: the first layer's gradient for R of its input rows.
+/// A matrix read through strides from a slice: element `(i, j)` is
+/// `data[offset + i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy)]
+struct Strided<'a> {
+    data: &'a [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// A row-major `[data.len() / cols, cols]` matrix.
+    fn dense(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            offset: 0,
+            rows: data.len() / cols.max(1),
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// Columns `first..first + len` of `self`.
+    fn columns(self, first: usize, len: usize) -> Self {
+        Self {
+            offset: self.offset + first * self.col_stride,
+            cols: len,
+            ..self
+        }
+    }
+
+    /// The transpose, without a copy.
+    fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// Whether every element lies inside `data`.
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < self.data.len()
+    }
+}
+
+/// `out` (row-major `[a.rows, b.cols]`) = `a @ b`.
 ///
-/// It calls the matrix product burn's CPU backend uses (the `gemm` crate) with the same strides
-/// and settings as `burn_flex`'s matmul of the transposed view, so the sums are the same, but
-/// into a buffer that is reused: burn's matmul allocates its output, and then copies it once
-/// more to align it, for every call.
-fn columns_transposed_times(
-    x: &[f32],
-    width: usize,
-    first_col: usize,
-    d: &[f32],
-    hidden: usize,
-    out: &mut [f32],
-) {
-    let r = out.len() / hidden;
-    let n = d.len() / hidden;
-    // The bounds the raw-pointer product relies on.
+/// It calls the matrix product burn's CPU backend uses (the `gemm` crate) with the strides and
+/// settings `burn_flex`'s matmul would pass for the same views, so the sums are the same, but
+/// into a buffer of the caller's: burn's matmul allocates its output and then copies it once
+/// more to align it, for every call. One thread: the callers already run one per core.
+fn product(a: Strided, b: Strided, out: &mut [f32]) {
+    // The bounds the raw-pointer call relies on.
     assert!(
-        out.len() == r * hidden
-            && d.len() == n * hidden
-            && x.len() == n * width
-            && first_col + r <= width,
-        "first layer gradient: shapes do not fit"
+        a.cols == b.rows && out.len() == a.rows * b.cols && a.in_bounds() && b.in_bounds(),
+        "fused product: the shapes do not fit"
     );
-    if r == 0 || n == 0 || hidden == 0 {
+    if out.is_empty() || a.cols == 0 {
         out.fill(0.0);
         return;
     }
-    // SAFETY: every element read or written lies inside its slice (checked above): lhs element
-    // (i, b) is x[b * width + first_col + i] with i < r, b < n; rhs element (b, j) is
-    // d[b * hidden + j]; out element (i, j) is out[i * hidden + j]. `out` does not overlap the
-    // inputs (it is borrowed mutably). With read_dst false, alpha is unused and out is written.
+    let stride = |s: usize| s as isize;
+    // SAFETY: every element of `a` and `b` that gemm reads lies inside its slice (checked above
+    // through the strides), and `out`, a separate mutable borrow, holds exactly
+    // `a.rows * b.cols` elements, written row-major. With read_dst false, gemm writes `out`
+    // without reading it.
     unsafe {
         gemm::gemm(
-            r,
-            hidden,
-            n,
+            a.rows,
+            b.cols,
+            a.cols,
             out.as_mut_ptr(),
             1,
-            hidden as isize,
+            stride(b.cols),
             false,
-            x.as_ptr().add(first_col),
-            width as isize,
-            1,
-            d.as_ptr(),
-            1,
-            hidden as isize,
+            a.data.as_ptr().add(a.offset),
+            stride(a.col_stride),
+            stride(a.row_stride),
+            b.data.as_ptr().add(b.offset),
+            stride(b.col_stride),
+            stride(b.row_stride),
             0.0,
             1.0,
             false,
