@@ -73,10 +73,10 @@ impl FusedOps for Flex {
             (writable(param), writable(grad), writable(m), writable(v));
         let step = AdamStep::new(lr_t, c);
         step.apply(
-            param.storage_mut::<f32>(),
-            grad.storage::<f32>(),
-            m.storage_mut::<f32>(),
-            v.storage_mut::<f32>(),
+            values_mut(&mut param),
+            values(&grad),
+            values_mut(&mut m),
+            values_mut(&mut v),
         );
         (param, m, v)
     }
@@ -95,14 +95,9 @@ impl FusedOps for Flex {
         let (mut w1, mut m, mut v) = (writable(w1), writable(m), writable(v));
         let (rows, hidden) = (w1.layout().shape()[0], w1.layout().shape()[1]);
         let width = input.layout().shape()[1];
-        let x: &[f32] = input.storage();
-        let d: &[f32] = d_pre.storage();
+        let (x, d) = (values(&input), values(&d_pre));
         let step = AdamStep::new(lr_t, c);
-        let (p, m_out, v_out) = (
-            w1.storage_mut::<f32>(),
-            m.storage_mut::<f32>(),
-            v.storage_mut::<f32>(),
-        );
+        let (p, m_out, v_out) = (values_mut(&mut w1), values_mut(&mut m), values_mut(&mut v));
         let mut grad = vec![0f32; BLOCK_ROWS.min(rows) * hidden];
         for start in (0..rows).step_by(BLOCK_ROWS) {
             let len = BLOCK_ROWS.min(rows - start);
@@ -166,12 +161,17 @@ impl<'a> Strided<'a> {
         }
     }
 
-    /// Whether every element lies inside `data`.
+    /// Whether every element lies inside `data` (an overflow counts as outside).
     fn in_bounds(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
-                < self.data.len()
+        if self.rows == 0 || self.cols == 0 {
+            return true;
+        }
+        let last = (self.rows - 1)
+            .checked_mul(self.row_stride)
+            .zip((self.cols - 1).checked_mul(self.col_stride))
+            .and_then(|(r, c)| r.checked_add(c))
+            .and_then(|rc| rc.checked_add(self.offset));
+        last.is_some_and(|last| last < self.data.len())
     }
 }
 
@@ -244,6 +244,10 @@ impl AdamStep {
     }
 
     fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        assert!(
+            g.len() == p.len() && m.len() == p.len() && v.len() == p.len(),
+            "Adam: the parameter, its gradient and its moments differ in length"
+        );
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2, checked just above.
@@ -286,6 +290,17 @@ fn writable(tensor: FlexTensor) -> FlexTensor {
             FlexTensor::from_data(copy.into_data())
         }
     }
+}
+
+/// The f32 values of a tensor [`writable`] returned (its buffer may be longer than the tensor).
+fn values(tensor: &FlexTensor) -> &[f32] {
+    &tensor.storage::<f32>()[..tensor.layout().num_elements()]
+}
+
+/// [`values`], to write (after a copy if the buffer is shared).
+fn values_mut(tensor: &mut FlexTensor) -> &mut [f32] {
+    let n = tensor.layout().num_elements();
+    &mut tensor.storage_mut::<f32>()[..n]
 }
 
 /// Whether `tensor` can take the fused path: f32 on the CPU backend.
@@ -436,6 +451,80 @@ mod tests {
                 .iter()
                 .all(|&w| (w - 0.99).abs() < 1e-5)
         );
+    }
+
+    #[test]
+    fn fused_adam_takes_views_that_end_before_their_buffer() {
+        let device = Device::flex();
+        let config = AdamConfig::new(0.01);
+        let whole = tensor(values(20, 5, 1.0), &device);
+        // The first 8 values: contiguous from the start of a buffer that holds 20.
+        let mut param = whole.clone().slice(0..8);
+        let mut reference = param.clone();
+        let mut fused_m = Moments::upload(&[0.0; 8], &[0.0; 8], [8], &device);
+        let mut plain_m = fused_m.clone();
+        let grad = tensor(values(8, 6, 1.0), &device);
+        adam::update_in_place(&mut param, grad.clone(), &mut fused_m, 0.01, config);
+        reference = adam::update(reference, grad, &mut plain_m, 0.01, config);
+        assert_eq!(param.dims(), [8]);
+        assert_eq!(read_f32(param).unwrap(), read_f32(reference).unwrap());
+        assert_eq!(read_f32(whole).unwrap(), values(20, 5, 1.0));
+    }
+
+    #[test]
+    fn fused_first_layer_step_equals_gradient_then_adam() {
+        let device = Device::flex();
+        let config = AdamConfig::new(0.01);
+        let (n, width, hidden, first, rows) = (5, 700, 3, 40, 600);
+        let input = Tensor::<2>::from_data(
+            TensorData::new(values(n * width, 7, 2.0), [n, width]),
+            &device,
+        );
+        let d_pre = Tensor::<2>::from_data(
+            TensorData::new(values(n * hidden, 8, 0.1), [n, hidden]),
+            &device,
+        );
+        let w1 = Tensor::<2>::from_data(
+            TensorData::new(values(rows * hidden, 9, 0.5), [rows, hidden]),
+            &device,
+        );
+        let zeros = vec![0.0; rows * hidden];
+        let mut plain_m = Moments::upload(&zeros, &zeros, [rows, hidden], &device);
+        // The reference: burn's matmul for the gradient, burn's operations for Adam.
+        let columns = input.clone().slice_dim(1, first..first + rows);
+        let grad = crate::model::first_layer_gradient(columns, d_pre.clone());
+        let expected = adam::update(w1.clone(), grad, &mut plain_m, 0.01, config);
+        // 600 rows: two whole blocks and a part of one.
+        let fresh = Moments::upload(&zeros, &zeros, [rows, hidden], &device);
+        let (fused, m, v) = first_layer_adam(
+            input,
+            d_pre,
+            w1.clone(),
+            fresh.m,
+            fresh.v,
+            first,
+            0.01,
+            config,
+        );
+        let fused = read_f32(fused).unwrap();
+        assert_eq!(fused, read_f32(expected).unwrap());
+        assert_eq!(read_f32(m).unwrap(), read_f32(plain_m.m).unwrap());
+        assert_eq!(read_f32(v).unwrap(), read_f32(plain_m.v).unwrap());
+        assert_ne!(fused, read_f32(w1).unwrap(), "the step moved the weights");
+    }
+
+    #[test]
+    fn strided_bounds_count_overflow_as_outside() {
+        let data = [0.0f32; 12];
+        let m = Strided::dense(&data, 4);
+        assert!(m.in_bounds());
+        assert!(!m.columns(1, 4).in_bounds());
+        assert!(m.columns(1, 3).t().in_bounds());
+        let huge = Strided {
+            row_stride: usize::MAX / 2,
+            ..m
+        };
+        assert!(!huge.in_bounds());
     }
 
     #[test]
