@@ -11,6 +11,7 @@ use burn::tensor::TensorData;
 use maas::adam::{AdamConfig, AdamState};
 use maas::model::Weights;
 use maas::sharded::{ShardedTrainer, shards_for};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const CLASSES: usize = 10;
 const HIDDEN: usize = 64;
@@ -42,18 +43,12 @@ fn main() {
         &device,
     );
     // A few distinct batches, cycled, so the caches see fresh inputs as in training.
-    let mut seed = 7u64;
-    let mut next = || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 40) as f32 / (1u64 << 24) as f32
-    };
+    let mut rng = StdRng::seed_from_u64(7);
     let batches: Vec<(Vec<f32>, Vec<f32>, Vec<i64>)> = (0..16)
         .map(|_| {
-            let x: Vec<f32> = (0..batch * STRIDE).map(|_| next()).collect();
+            let x: Vec<f32> = (0..batch * STRIDE).map(|_| rng.random()).collect();
             let labels: Vec<i64> = (0..batch)
-                .map(|_| (next() * CLASSES as f32) as i64)
+                .map(|_| rng.random_range(0..CLASSES as i64))
                 .collect();
             let mut y = vec![0f32; batch * CLASSES];
             for (k, &l) in labels.iter().enumerate() {

@@ -105,11 +105,19 @@ impl<const D: usize> Moments<D> {
     }
 }
 
-/// `tensor`'s value, moved out and replaced by an empty tensor: a fused CPU operation given it
-/// owns the buffer and writes into it, where a clone would make it copy the buffer first.
-pub fn take<const D: usize>(tensor: &mut Tensor<D>) -> Tensor<D> {
-    let empty = Tensor::empty([0; D], &tensor.device());
-    std::mem::replace(tensor, empty)
+/// Runs `op` on `param` and its `moments` moved out, and stores the three tensors it returns.
+///
+/// Moved, not cloned: a fused CPU operation then owns the buffers and writes into them, where a
+/// clone would make it copy each buffer first. Their places hold empty tensors meanwhile.
+pub fn replace_with<const D: usize>(
+    param: &mut Tensor<D>,
+    moments: &mut Moments<D>,
+    op: impl FnOnce(Tensor<D>, Tensor<D>, Tensor<D>) -> (Tensor<D>, Tensor<D>, Tensor<D>),
+) {
+    let device = param.device();
+    let take = |t: &mut Tensor<D>| std::mem::replace(t, Tensor::empty([0; D], &device));
+    let (p, m, v) = op(take(param), take(&mut moments.m), take(&mut moments.v));
+    (*param, moments.m, moments.v) = (p, m, v);
 }
 
 /// One Adam update of `param` and its `moments` from `grad`, in place where the backend allows:
@@ -122,15 +130,9 @@ pub fn update_in_place<const D: usize>(
     c: AdamConfig,
 ) {
     if fused::on_flex(param) {
-        let (p, m, v) = fused::adam_step(
-            take(param),
-            grad,
-            take(&mut moments.m),
-            take(&mut moments.v),
-            lr_t,
-            c,
-        );
-        (*param, moments.m, moments.v) = (p, m, v);
+        replace_with(param, moments, |p, m, v| {
+            fused::adam_step(p, grad, m, v, lr_t, c)
+        });
     } else {
         *param = update(param.clone(), grad, moments, lr_t, c);
     }

@@ -19,7 +19,7 @@
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, DispatchDevice, Flex, backend_extension};
+use burn::backend::{Backend, Dispatch, DispatchDevice, DispatchTensor, Flex, backend_extension};
 use burn::prelude::*;
 use burn::tensor::DType;
 
@@ -320,7 +320,7 @@ pub fn first_layer_adam(
     lr_t: f64,
     config: AdamConfig,
 ) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
-    let (w1, m, v) = <Dispatch as FusedOps>::first_layer_adam(
+    tensors(<Dispatch as FusedOps>::first_layer_adam(
         input.into_dispatch(),
         d_pre.into_dispatch(),
         w1.into_dispatch(),
@@ -329,12 +329,7 @@ pub fn first_layer_adam(
         first_row,
         lr_t,
         config,
-    );
-    (
-        Tensor::from_dispatch(w1),
-        Tensor::from_dispatch(m),
-        Tensor::from_dispatch(v),
-    )
+    ))
 }
 
 /// [`FusedOps::adam_step`] on tensors for which [`on_flex`] holds.
@@ -346,14 +341,20 @@ pub fn adam_step<const D: usize>(
     lr_t: f64,
     config: AdamConfig,
 ) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
-    let (p, m, v) = <Dispatch as FusedOps>::adam_step(
+    tensors(<Dispatch as FusedOps>::adam_step(
         param.into_dispatch(),
         grad.into_dispatch(),
         m.into_dispatch(),
         v.into_dispatch(),
         lr_t,
         config,
-    );
+    ))
+}
+
+/// The parameter and moments a fused operation returns, as tensors again.
+fn tensors<const D: usize>(
+    (p, m, v): (DispatchTensor, DispatchTensor, DispatchTensor),
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
     (
         Tensor::from_dispatch(p),
         Tensor::from_dispatch(m),
@@ -367,16 +368,13 @@ mod tests {
     use crate::adam::{self, Moments};
     use crate::model::read_f32;
     use burn::tensor::TensorData;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
 
-    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut state = seed;
+    /// `n` values drawn evenly from `[-scale / 2, scale / 2)`.
+    fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
         (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
-            })
+            .map(|_| rng.random_range(-0.5..0.5) * scale)
             .collect()
     }
 
@@ -391,7 +389,7 @@ mod tests {
         let config = AdamConfig::new(0.003);
         // Lengths around the 8-lane width, so the loop's tail is covered too.
         for n in [1, 7, 8, 9, 1003] {
-            let start = values(n, 1, 0.2);
+            let start = pseudo_random(n, 1, 0.2);
             let zeros = vec![0.0; n];
             let (mut fused_p, mut fused_m) = (
                 tensor(start.clone(), &device),
@@ -404,7 +402,7 @@ mod tests {
             for step in 1..=5 {
                 // Gradients of very different sizes, as the first layer's are.
                 let scale = if step % 2 == 0 { 1e-4 } else { 3.0 };
-                let grad = values(n, 10 + step, scale);
+                let grad = pseudo_random(n, 10 + step, scale);
                 let lr_t = config.step_size(step);
                 adam::update_in_place(
                     &mut fused_p,
@@ -459,15 +457,15 @@ mod tests {
         let config = AdamConfig::new(0.01);
         let (n, width, hidden, first, rows) = (5, 700, 3, 40, 600);
         let input = Tensor::<2>::from_data(
-            TensorData::new(values(n * width, 7, 2.0), [n, width]),
+            TensorData::new(pseudo_random(n * width, 7, 2.0), [n, width]),
             &device,
         );
         let d_pre = Tensor::<2>::from_data(
-            TensorData::new(values(n * hidden, 8, 0.1), [n, hidden]),
+            TensorData::new(pseudo_random(n * hidden, 8, 0.1), [n, hidden]),
             &device,
         );
         let w1 = Tensor::<2>::from_data(
-            TensorData::new(values(rows * hidden, 9, 0.5), [rows, hidden]),
+            TensorData::new(pseudo_random(rows * hidden, 9, 0.5), [rows, hidden]),
             &device,
         );
         let zeros = vec![0.0; rows * hidden];
@@ -515,12 +513,12 @@ mod tests {
         let config = AdamConfig::new(0.01);
         // Values 4..12 start inside the buffer; values 0..8 start with it and end before it does.
         for part in [4..12, 0..8] {
-            let whole = tensor(values(20, 3, 1.0), &device);
+            let whole = tensor(pseudo_random(20, 3, 1.0), &device);
             let mut param = whole.clone().slice(part.clone());
             let mut reference = param.clone();
             let mut fused_m = Moments::upload(&[0.0; 8], &[0.0; 8], [8], &device);
             let mut plain_m = fused_m.clone();
-            let grad = tensor(values(8, 4, 1.0), &device);
+            let grad = tensor(pseudo_random(8, 4, 1.0), &device);
             adam::update_in_place(&mut param, grad.clone(), &mut fused_m, 0.01, config);
             reference = adam::update(reference, grad, &mut plain_m, 0.01, config);
             assert_eq!(param.dims(), [8], "{part:?}");
@@ -529,7 +527,11 @@ mod tests {
                 read_f32(reference).unwrap(),
                 "{part:?}"
             );
-            assert_eq!(read_f32(whole).unwrap(), values(20, 3, 1.0), "{part:?}");
+            assert_eq!(
+                read_f32(whole).unwrap(),
+                pseudo_random(20, 3, 1.0),
+                "{part:?}"
+            );
         }
     }
 }

@@ -26,7 +26,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use crate::adam::{self, AdamConfig, AdamState, Moments, take};
+use crate::adam::{self, AdamConfig, AdamState, Moments};
 use crate::data::preprocess::INPUT_LEN;
 use crate::fused;
 use crate::model::{Mlp, StepStats, Weights, beyond_first_product, first_layer_gradient, read_f32};
@@ -72,17 +72,10 @@ impl Shard {
     fn learn(&mut self, input: &Tensor<2>, d_pre: &Tensor<2>, lr_t: f64, config: AdamConfig) {
         let w1 = &mut self.w1;
         if fused::on_flex(&w1.value) {
-            let (value, m, v) = fused::first_layer_adam(
-                input.clone(),
-                d_pre.clone(),
-                take(&mut w1.value),
-                take(&mut w1.moments.m),
-                take(&mut w1.moments.v),
-                self.rows.start,
-                lr_t,
-                config,
-            );
-            (w1.value, w1.moments.m, w1.moments.v) = (value, m, v);
+            adam::replace_with(&mut w1.value, &mut w1.moments, |value, m, v| {
+                let (input, d_pre) = (input.clone(), d_pre.clone());
+                fused::first_layer_adam(input, d_pre, value, m, v, self.rows.start, lr_t, config)
+            });
         } else {
             let columns = input.clone().slice_dim(1, self.rows.clone());
             w1.update(first_layer_gradient(columns, d_pre.clone()), lr_t, config);
