@@ -7,9 +7,8 @@
 use std::time::Instant;
 
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use maas::adam::{AdamConfig, AdamState};
-use maas::model::Weights;
+use maas::model::{Weights, batch_tensors};
 use maas::sharded::{ShardedTrainer, shards_for};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -44,17 +43,13 @@ fn main() {
     );
     // A few distinct batches, cycled, so the caches see fresh inputs as in training.
     let mut rng = StdRng::seed_from_u64(7);
-    let batches: Vec<(Vec<f32>, Vec<f32>, Vec<i64>)> = (0..16)
+    let batches: Vec<(Vec<f32>, Vec<i64>)> = (0..16)
         .map(|_| {
-            let x: Vec<f32> = (0..batch * STRIDE).map(|_| rng.random()).collect();
-            let labels: Vec<i64> = (0..batch)
+            let x = (0..batch * STRIDE).map(|_| rng.random()).collect();
+            let labels = (0..batch)
                 .map(|_| rng.random_range(0..CLASSES as i64))
                 .collect();
-            let mut y = vec![0f32; batch * CLASSES];
-            for (k, &l) in labels.iter().enumerate() {
-                y[k * CLASSES + l as usize] = 1.0;
-            }
-            (x, y, labels)
+            (x, labels)
         })
         .collect();
     let mut times = Vec::new();
@@ -62,12 +57,8 @@ fn main() {
         for round in 0..rounds + 1 {
             let started = Instant::now();
             for s in 0..steps {
-                let (x, y, l) = &batches[s % batches.len()];
-                let x =
-                    Tensor::<2>::from_data(TensorData::new(x.clone(), [batch, STRIDE]), &device);
-                let y =
-                    Tensor::<2>::from_data(TensorData::new(y.clone(), [batch, CLASSES]), &device);
-                let l = Tensor::<1, Int>::from_data(TensorData::new(l.clone(), [batch]), &device);
+                let (x, labels) = &batches[s % batches.len()];
+                let (x, y, l) = batch_tensors(x.clone(), labels.clone(), CLASSES, &device);
                 let stats = trainer.step(x, y, l);
                 std::hint::black_box(stats);
             }

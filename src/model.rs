@@ -350,6 +350,27 @@ pub fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
         .map_err(|e| anyhow::anyhow!("unexpected tensor data: {e:?}"))
 }
 
+/// A batch as training takes it: `inputs` (one row per label, of any width) `[N, width]`, the
+/// labels as one-hot targets `[N, classes]`, and the labels `[N]`.
+pub fn batch_tensors(
+    inputs: Vec<f32>,
+    labels: Vec<i64>,
+    classes: usize,
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
+    let n = labels.len();
+    let width = inputs.len() / n.max(1);
+    let mut targets = vec![0f32; n * classes];
+    for (row, &label) in targets.chunks_mut(classes).zip(&labels) {
+        row[label as usize] = 1.0;
+    }
+    (
+        Tensor::from_data(TensorData::new(inputs, [n, width]), device),
+        Tensor::from_data(TensorData::new(targets, [n, classes]), device),
+        Tensor::from_data(TensorData::new(labels, [n]), device),
+    )
+}
+
 /// `n` random inputs in [0, 1) with random labels of `classes`: inputs, one-hot targets, labels.
 #[cfg(test)]
 pub(crate) fn random_batch(
@@ -365,15 +386,7 @@ pub(crate) fn random_batch(
     let labels: Vec<i64> = (0..n)
         .map(|_| rng.random_range(0..classes as i64))
         .collect();
-    let mut onehot = vec![0f32; n * classes];
-    for (i, &l) in labels.iter().enumerate() {
-        onehot[i * classes + l as usize] = 1.0;
-    }
-    (
-        Tensor::from_data(TensorData::new(x, [n, INPUT_LEN]), device),
-        Tensor::from_data(TensorData::new(onehot, [n, classes]), device),
-        Tensor::from_data(TensorData::new(labels, [n]), device),
-    )
+    batch_tensors(x, labels, classes, device)
 }
 
 #[cfg(test)]

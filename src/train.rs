@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use burn::tensor::activation::log_softmax;
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
@@ -21,7 +20,7 @@ use crate::data::preprocess::{INPUT_LEN, normalize};
 use crate::data::source::{DEFAULT_VAL_SPLIT, DataSource, LoadOptions};
 use crate::device::Selected;
 use crate::fsutil::write_atomic;
-use crate::model::{DEFAULT_HIDDEN, Mlp, ModelConfig, Weights};
+use crate::model::{DEFAULT_HIDDEN, Mlp, ModelConfig, Weights, batch_tensors};
 use crate::plots;
 use crate::progress::Reporter;
 use crate::sharded::{ShardedTrainer, shards_for};
@@ -162,18 +161,11 @@ impl<'a> Batches<'a> {
             normalize(image(i), &mut inputs);
             inputs.extend([0.0; ROW_STRIDE - INPUT_LEN]);
         }
-        let mut targets = vec![0f32; n * self.classes];
-        let mut labels = Vec::with_capacity(n);
-        for (k, &i) in index.iter().enumerate() {
-            let label = self.split.labels[i as usize];
-            targets[k * self.classes + usize::from(label)] = 1.0;
-            labels.push(i64::from(label));
-        }
-        (
-            Tensor::from_data(TensorData::new(inputs, [n, ROW_STRIDE]), device),
-            Tensor::from_data(TensorData::new(targets, [n, self.classes]), device),
-            Tensor::from_data(TensorData::new(labels, [n]), device),
-        )
+        let labels = index
+            .iter()
+            .map(|&i| i64::from(self.split.labels[i as usize]))
+            .collect();
+        batch_tensors(inputs, labels, self.classes, device)
     }
 }
 
