@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use maas::adam::{AdamConfig, AdamState};
+use maas::device::DeviceKind;
 use maas::model::{Weights, batch_tensors};
 use maas::sharded::{ShardedTrainer, shards_for};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 const CLASSES: usize = 10;
 const HIDDEN: usize = 64;
@@ -38,7 +39,7 @@ fn main() {
         &weights,
         &state,
         AdamConfig::new(1e-3),
-        shards_for("cpu"),
+        shards_for(DeviceKind::Cpu),
         &device,
     );
     // A few distinct batches, cycled, so the caches see fresh inputs as in training.

@@ -74,7 +74,7 @@ impl AdamConfig {
 
 /// One parameter's moments, on the device.
 #[derive(Debug, Clone)]
-pub struct Moments<const D: usize> {
+pub(crate) struct Moments<const D: usize> {
     /// First moment.
     pub m: Tensor<D>,
     /// Second moment.
@@ -87,29 +87,13 @@ impl<const D: usize> Moments<D> {
         let t = |v: &[f32]| Tensor::<D>::from_data(TensorData::new(v.to_vec(), shape), device);
         Self { m: t(m), v: t(v) }
     }
-
-    /// The moments of the elements `range` along `dim`.
-    pub fn slice_dim(&self, dim: usize, range: std::ops::Range<usize>) -> Self {
-        Self {
-            m: self.m.clone().slice_dim(dim, range.clone()),
-            v: self.v.clone().slice_dim(dim, range),
-        }
-    }
-
-    /// Parts of one parameter's moments put back together along `dim`.
-    pub fn cat(parts: Vec<&Self>, dim: usize) -> Self {
-        Self {
-            m: Tensor::cat(parts.iter().map(|p| p.m.clone()).collect(), dim),
-            v: Tensor::cat(parts.iter().map(|p| p.v.clone()).collect(), dim),
-        }
-    }
 }
 
 /// Runs `op` on `param` and its `moments` moved out, and stores the three tensors it returns.
 ///
 /// Moved, not cloned: a fused CPU operation then owns the buffers and writes into them, where a
 /// clone would make it copy each buffer first. Their places hold empty tensors meanwhile.
-pub fn replace_with<const D: usize>(
+pub(crate) fn replace_with<const D: usize>(
     param: &mut Tensor<D>,
     moments: &mut Moments<D>,
     op: impl FnOnce(Tensor<D>, Tensor<D>, Tensor<D>) -> (Tensor<D>, Tensor<D>, Tensor<D>),
@@ -122,7 +106,7 @@ pub fn replace_with<const D: usize>(
 
 /// One Adam update of `param` and its `moments` from `grad`, in place where the backend allows:
 /// on the CPU as one fused pass ([`fused::adam_step`]), elsewhere as [`update`].
-pub fn update_in_place<const D: usize>(
+pub(crate) fn update_in_place<const D: usize>(
     param: &mut Tensor<D>,
     grad: Tensor<D>,
     moments: &mut Moments<D>,
@@ -141,7 +125,7 @@ pub fn update_in_place<const D: usize>(
 /// One Adam update of `param` from `grad` with step size `lr_t` ([`AdamConfig::step_size`]), in
 /// burn's tensor operations: the reference arithmetic, and the update on devices other than the
 /// CPU.
-pub fn update<const D: usize>(
+pub(crate) fn update<const D: usize>(
     param: Tensor<D>,
     grad: Tensor<D>,
     moments: &mut Moments<D>,

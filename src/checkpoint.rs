@@ -84,7 +84,7 @@ pub struct Checkpoint {
 const WEIGHT_NAMES: [&str; 4] = ["w1", "b1", "w2", "b2"];
 
 /// The weights as named arrays, with `prefix` before each name.
-pub fn weight_arrays(prefix: &str, w: &Weights) -> Vec<Array> {
+pub(crate) fn weight_arrays(prefix: &str, w: &Weights) -> Vec<Array> {
     let values = [&w.w1, &w.b1, &w.w2, &w.b2];
     WEIGHT_NAMES
         .iter()
@@ -96,7 +96,7 @@ pub fn weight_arrays(prefix: &str, w: &Weights) -> Vec<Array> {
 
 /// Takes the weights named with `prefix` out of a decoded file, of a model of `hidden` width and
 /// `classes` outputs.
-pub fn take_weights(
+pub(crate) fn take_weights(
     contents: &mut Contents,
     prefix: &str,
     hidden: usize,
@@ -140,7 +140,7 @@ impl Checkpoint {
     }
 
     /// Builds a checkpoint from a decoded file.
-    pub fn from_contents(mut contents: Contents) -> Result<Self> {
+    pub(crate) fn from_contents(mut contents: Contents) -> Result<Self> {
         if contents.kind != Kind::Checkpoint {
             bail!("is a maas {}, not a checkpoint", contents.kind);
         }

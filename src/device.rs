@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use burn::tensor::{Device, DeviceType};
 
 /// What the user asked for with `--device`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceChoice {
     /// A GPU when the machine has one, else the CPU.
     Auto,
@@ -17,13 +17,31 @@ pub enum DeviceChoice {
     Gpu,
 }
 
+/// The kind of device a [`Selected`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// The CPU (burn's flex backend).
+    Cpu,
+    /// A GPU (burn's wgpu backend), software rasterizers included.
+    Gpu,
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Gpu => "gpu",
+        })
+    }
+}
+
 /// The device that will run the model, and how to name it to people.
 #[derive(Debug, Clone)]
 pub struct Selected {
     /// The burn device.
     pub device: Device,
-    /// `cpu` or `gpu`.
-    pub kind: &'static str,
+    /// CPU or GPU.
+    pub kind: DeviceKind,
     /// A human description, e.g. `gpu (NVIDIA H100, wgpu)`.
     pub description: String,
 }
@@ -33,7 +51,7 @@ impl Selected {
     pub fn cpu() -> Self {
         Self {
             device: Device::flex(),
-            kind: "cpu",
+            kind: DeviceKind::Cpu,
             description: "cpu (burn flex backend)".into(),
         }
     }
@@ -115,7 +133,7 @@ pub fn select(choice: DeviceChoice) -> Result<Selected> {
     Ok(match pick {
         Some(a) => Selected {
             device: a.device,
-            kind: "gpu",
+            kind: DeviceKind::Gpu,
             description: format!(
                 "gpu ({}{}, burn wgpu backend)",
                 a.name,

@@ -4,7 +4,8 @@
 use anyhow::{Result, bail};
 use serde::Serialize;
 
-use crate::data::cifar10::{Cifar10Split, IMAGE_BYTES};
+use crate::data::LabelledImages;
+use crate::data::cifar10::IMAGE_BYTES;
 use crate::data::preprocess::normalize;
 use crate::predict::Classifier;
 
@@ -58,7 +59,11 @@ pub struct EvalOutput<'a> {
 const CHUNK: usize = 1000;
 
 /// Evaluates `classifier` on `split`.
-pub fn evaluate(classifier: &Classifier, split: &Cifar10Split, model: &str) -> Result<EvalReport> {
+pub fn evaluate(
+    classifier: &Classifier,
+    split: &LabelledImages,
+    model: &str,
+) -> Result<EvalReport> {
     if split.is_empty() {
         bail!("no images to evaluate");
     }

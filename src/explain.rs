@@ -71,7 +71,8 @@ impl Explainer {
     }
 
     /// The logit of `class` for one input (to check gradients against finite differences).
-    pub fn logit(&self, input: &[f32], class: usize) -> Result<f32> {
+    #[cfg(test)]
+    fn logit(&self, input: &[f32], class: usize) -> Result<f32> {
         let x = Tensor::<2>::from_data(
             TensorData::new(input.to_vec(), [1, INPUT_LEN]),
             &self.device,
@@ -156,7 +157,7 @@ pub fn explain(
 mod tests {
     use super::*;
     use crate::model::{ModelConfig, Weights};
-    use rand::{Rng, SeedableRng, rngs::StdRng};
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
 
     #[test]
     fn gradients_match_finite_differences() {

@@ -50,7 +50,7 @@ pub struct LoadedModel {
 }
 
 /// The file formats `maas export` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// maas's own self-contained file, for `predict` and `serve`.
@@ -103,7 +103,7 @@ pub fn export(checkpoint: &Path, out: &Path, format: Format) -> Result<LoadedMod
             )?;
         }
         Format::Onnx => {
-            let bytes = crate::onnx::encode(&ckpt.meta.model, &ckpt.weights, Some(&provenance));
+            let bytes = crate::onnx::encode(&ckpt.meta.model, &ckpt.weights, Some(&provenance))?;
             crate::fsutil::write_atomic(out, &bytes)?;
         }
     }

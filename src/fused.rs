@@ -368,7 +368,7 @@ mod tests {
     use crate::adam::{self, Moments};
     use crate::model::read_f32;
     use burn::tensor::TensorData;
-    use rand::{Rng, SeedableRng, rngs::StdRng};
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
 
     /// `n` values drawn evenly from `[-scale / 2, scale / 2)`.
     fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {

@@ -3,6 +3,11 @@
 //! The binary, the tests and `examples/` all use this library. Data flows one way: bytes on disk
 //! ([`data`]) become tensors on a device ([`device`]), go through the one model ([`model`]) and
 //! come back to people as labelled probabilities ([`predict`]).
+//!
+//! Public is what the binary, the tests, `examples/` and `fuzz/` use; the rest is the crate's own.
+
+// `unsafe` is a visible decision: allowed only in the module that needs it (SIMD in `fused`).
+#![deny(unsafe_code)]
 
 pub mod adam;
 pub mod checkpoint;
@@ -10,14 +15,15 @@ pub mod cli;
 pub mod container;
 pub mod data;
 pub mod device;
-pub mod eval;
-pub mod explain;
+mod eval;
+mod explain;
 pub mod export;
-pub mod fsutil;
-pub mod fused;
+mod fsutil;
+#[allow(unsafe_code)]
+mod fused;
 pub mod model;
-pub mod onnx;
-pub mod plots;
+mod onnx;
+mod plots;
 pub mod predict;
 pub mod progress;
 pub mod serve;

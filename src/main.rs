@@ -1,5 +1,7 @@
 //! The `maas` binary: parse, dispatch, and turn errors into one line and an exit code.
 
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +13,7 @@ use maas::train::Interrupted;
 /// Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set" on every adapter they open
 /// when the variable is missing (headless servers, containers, CI); maas draws no windows, so any
 /// private folder will do.
+#[allow(unsafe_code)] // setting a variable is unsafe where other threads may read the environment
 fn quiet_the_vulkan_loader() {
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         // SAFETY: called at the start of `main`, before any other thread exists.

@@ -13,13 +13,13 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{log_softmax, relu, softmax};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::data::preprocess::{INPUT_LEN, Preprocessing};
 
 /// The most classes a model may tell apart: labels are stored as bytes.
-pub const MAX_CLASSES: usize = 256;
+pub use crate::data::MAX_CLASSES;
 /// The default width of the hidden layer.
 pub const DEFAULT_HIDDEN: usize = 64;
 
@@ -148,9 +148,11 @@ pub struct Mlp {
     pub output: Linear,
 }
 
-/// Gradients of the mean cross-entropy with respect to each parameter.
+/// Gradients of the mean cross-entropy with respect to each parameter: the plain hand-derived
+/// step, which the tests hold the sharded step and burn's autodiff to.
+#[cfg(test)]
 #[derive(Debug, Clone)]
-pub struct Gradients {
+pub(crate) struct Gradients {
     /// d loss / d w1.
     pub w1: Tensor<2>,
     /// d loss / d b1.
@@ -193,7 +195,7 @@ impl Mlp {
     }
 
     /// The model made of these parameters, already on their device.
-    pub fn from_parameters(w1: Tensor<2>, b1: Tensor<1>, w2: Tensor<2>, b2: Tensor<1>) -> Self {
+    pub(crate) fn from_parameters(w1: Tensor<2>, b1: Tensor<1>, w2: Tensor<2>, b2: Tensor<1>) -> Self {
         let layer = |weight, bias| Linear {
             weight: Param::from_tensor(weight),
             bias: Some(Param::from_tensor(bias)),
@@ -210,7 +212,7 @@ impl Mlp {
     }
 
     /// The parameters `(w1, b1, w2, b2)` as tensors.
-    pub fn parameters(&self) -> (Tensor<2>, Tensor<1>, Tensor<2>, Tensor<1>) {
+    pub(crate) fn parameters(&self) -> (Tensor<2>, Tensor<1>, Tensor<2>, Tensor<1>) {
         (
             self.hidden.weight.val(),
             bias(&self.hidden),
@@ -256,7 +258,8 @@ impl Mlp {
     /// Training runs the same arithmetic with the first layer's product cut into shards
     /// ([`crate::sharded`]); this whole-model form is the reference that is tested against
     /// autodiff, and the sharded step against it.
-    pub fn gradients(
+    #[cfg(test)]
+    pub(crate) fn gradients(
         &self,
         input: Tensor<2>,
         targets: Tensor<2>,
@@ -280,7 +283,7 @@ impl Mlp {
 
 /// What a step computes beyond the first layer's product `input @ w1`.
 #[derive(Debug, Clone)]
-pub struct BeyondFirstProduct {
+pub(crate) struct BeyondFirstProduct {
     /// d loss / d pre-activations, `[N, hidden]`: what `w1`'s gradient is made of.
     pub d_pre: Tensor<2>,
     /// d loss / d b1.
@@ -296,7 +299,7 @@ pub struct BeyondFirstProduct {
 /// The rest of the forward pass from the first layer's product `input @ w1` `[N, hidden]`, the
 /// mean cross-entropy against one-hot `targets`, and the backward pass down to the
 /// pre-activations. All of it works on `[N, hidden]` or smaller: cheap next to the product.
-pub fn beyond_first_product(
+pub(crate) fn beyond_first_product(
     product: Tensor<2>,
     b1: Tensor<1>,
     w2: Tensor<2>,
@@ -329,7 +332,7 @@ pub fn beyond_first_product(
 }
 
 /// d loss / d w1 (or the rows of it that belong to `input`'s columns): `input^T @ d_pre`.
-pub fn first_layer_gradient(input: Tensor<2>, d_pre: Tensor<2>) -> Tensor<2> {
+pub(crate) fn first_layer_gradient(input: Tensor<2>, d_pre: Tensor<2>) -> Tensor<2> {
     input.transpose().matmul(d_pre)
 }
 

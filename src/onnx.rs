@@ -5,6 +5,8 @@
 //! provenance in the model's metadata. The protobuf is written directly: the few messages needed
 //! are small, and a protobuf toolchain would be a heavy build dependency for them.
 
+use anyhow::{Context, Result};
+
 use crate::export::Provenance;
 use crate::model::{ModelConfig, Weights};
 
@@ -101,7 +103,11 @@ fn node(op: &str, inputs: &[&str], output: &str, attributes: &[(&str, i64)]) -> 
 }
 
 /// The model as an ONNX `ModelProto`.
-pub fn encode(config: &ModelConfig, weights: &Weights, provenance: Option<&Provenance>) -> Vec<u8> {
+pub fn encode(
+    config: &ModelConfig,
+    weights: &Weights,
+    provenance: Option<&Provenance>,
+) -> Result<Vec<u8>> {
     let (h, classes) = (weights.hidden, weights.classes());
     let [c, height, width] = config.input_shape;
     let graph = Message::default()
@@ -120,18 +126,26 @@ pub fn encode(config: &ModelConfig, weights: &Weights, provenance: Option<&Prove
             value_info(INPUT, &[None, Some(c), Some(height), Some(width)]),
         )
         .message(12, value_info(OUTPUT, &[None, Some(classes)]));
-    let json = |v: serde_json::Result<String>| v.unwrap_or_default();
+    let json = |key: &str, v: serde_json::Result<String>| {
+        v.with_context(|| format!("cannot write the model's {key} as ONNX metadata"))
+    };
     let mut metadata = vec![
-        ("classes", json(serde_json::to_string(&config.classes))),
+        (
+            "classes",
+            json("classes", serde_json::to_string(&config.classes))?,
+        ),
         (
             "preprocessing",
-            json(serde_json::to_string(&config.preprocessing)),
+            json(
+                "preprocessing",
+                serde_json::to_string(&config.preprocessing),
+            )?,
         ),
         ("architecture", config.architecture.clone()),
         ("maas_version", crate::VERSION.to_string()),
     ];
     if let Some(p) = provenance {
-        metadata.push(("provenance", json(serde_json::to_string(p))));
+        metadata.push(("provenance", json("provenance", serde_json::to_string(p))?));
     }
     let mut model = Message::default()
         .int(1, IR_VERSION)
@@ -143,7 +157,7 @@ pub fn encode(config: &ModelConfig, weights: &Weights, provenance: Option<&Prove
     for (key, value) in metadata {
         model = model.message(14, Message::default().string(1, key).string(2, &value));
     }
-    model.0
+    Ok(model.0)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -41,7 +41,7 @@ fn render(
     {
         let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
         paint(&root)?;
-        root.present().map_err(|e| anyhow!("cannot draw: {e}"))?;
+        root.present().context("cannot draw")?;
     }
     let image = image::RgbImage::from_raw(width, height, pixels)
         .context("the canvas has the wrong size")?;
@@ -53,8 +53,8 @@ fn render(
 }
 
 /// plotters' errors carry the backend's type; for us they are all "could not draw".
-fn drawing<T, E: std::fmt::Display>(result: Result<T, E>) -> Result<T> {
-    result.map_err(|e| anyhow!("cannot draw: {e}"))
+fn drawing<T, E: std::error::Error + Send + Sync + 'static>(result: Result<T, E>) -> Result<T> {
+    result.context("cannot draw")
 }
 
 const TRAIN_COLOUR: RGBColor = RGBColor(31, 119, 180);

@@ -12,6 +12,9 @@ use crate::data::preprocess::{INPUT_LEN, load_image_file};
 use crate::export::LoadedModel;
 use crate::model::{Mlp, ModelConfig, read_f32};
 
+// Defined in the data layer, which reports unreadable images too; kept here for callers.
+pub use crate::data::FileError;
+
 /// One class and its probability.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Ranked {
@@ -36,15 +39,6 @@ pub struct Prediction {
     pub probability: f32,
     /// The `k` most probable classes, most probable first.
     pub top_k: Vec<Ranked>,
-}
-
-/// An image that could not be classified.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FileError {
-    /// The file.
-    pub file: String,
-    /// What was wrong with it.
-    pub error: String,
 }
 
 /// The whole answer of `predict`, as `--json` prints it.

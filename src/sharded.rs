@@ -28,6 +28,7 @@ use rayon::prelude::*;
 
 use crate::adam::{self, AdamConfig, AdamState, Moments};
 use crate::data::preprocess::INPUT_LEN;
+use crate::device::DeviceKind;
 use crate::fused;
 use crate::model::{Mlp, StepStats, Weights, beyond_first_product, first_layer_gradient, read_f32};
 
@@ -262,13 +263,12 @@ impl ShardedTrainer {
     }
 }
 
-/// How many shards to cut `w1` into on a device of `kind` (`cpu` or `gpu`): one per core on the
-/// CPU, one on a GPU.
-pub fn shards_for(kind: &str) -> usize {
-    if kind == "cpu" {
-        rayon::current_num_threads()
-    } else {
-        1
+/// How many shards to cut `w1` into on a device of `kind`: one per core on the CPU, one on a
+/// GPU.
+pub fn shards_for(kind: DeviceKind) -> usize {
+    match kind {
+        DeviceKind::Cpu => rayon::current_num_threads(),
+        DeviceKind::Gpu => 1,
     }
 }
 

@@ -15,7 +15,7 @@ use crate::adam::{AdamConfig, AdamState};
 use crate::checkpoint::{
     Checkpoint, CheckpointMeta, EpochMetrics, RunFiles, TrainConfig, metrics_csv,
 };
-use crate::data::cifar10::Cifar10Split;
+use crate::data::LabelledImages;
 use crate::data::preprocess::{INPUT_LEN, normalize};
 use crate::data::source::{DEFAULT_VAL_SPLIT, DataSource, LoadOptions};
 use crate::device::Selected;
@@ -131,12 +131,12 @@ const ROW_STRIDE: usize = INPUT_LEN + 16;
 /// files; a batch is normalised in microseconds. On the CPU backend a batch's buffer becomes its
 /// tensor without a copy; a GPU gets one transfer a step.
 struct Batches<'a> {
-    split: &'a Cifar10Split,
+    split: &'a LabelledImages,
     classes: usize,
 }
 
 impl<'a> Batches<'a> {
-    fn new(split: &'a Cifar10Split, classes: usize) -> Result<Self> {
+    fn new(split: &'a LabelledImages, classes: usize) -> Result<Self> {
         if let Some(l) = split.labels.iter().find(|&&l| usize::from(l) >= classes) {
             bail!("label {l} is beyond the {classes} classes");
         }
@@ -216,6 +216,9 @@ fn check_same<T: PartialEq + std::fmt::Display>(
 }
 
 /// Where training starts: a fresh model, or the last complete checkpoint.
+///
+/// With --resume and a `last.ckpt`, that checkpoint, once [`check_resume`] agrees; a folder that
+/// holds a run is otherwise refused unless --overwrite says to start afresh.
 fn starting_point(
     opts: &TrainOptions,
     files: &RunFiles,
@@ -225,44 +228,7 @@ fn starting_point(
     let last = files.last();
     if opts.resume && last.exists() {
         let ckpt = Checkpoint::load(&last)?;
-        check_same("--hidden", opts.hidden, ckpt.meta.model.hidden, &last)?;
-        check_same(
-            "--batch-size",
-            opts.batch_size,
-            ckpt.meta.train.batch_size,
-            &last,
-        )?;
-        check_same("--lr", opts.lr, ckpt.meta.train.lr, &last)?;
-        check_same("--seed", opts.seed, ckpt.meta.train.seed, &last)?;
-        if let Some(given) = opts.val_split
-            && ckpt
-                .meta
-                .train
-                .val_split
-                .is_some_and(|saved| saved != given)
-        {
-            bail!(
-                "{}: this run was trained with --val-split {}, not {given}",
-                last.display(),
-                ckpt.meta.train.val_split.unwrap_or_default()
-            );
-        }
-        if opts.limit != ckpt.meta.train.limit {
-            bail!(
-                "{}: this run was trained with --limit {:?}, not {:?}",
-                last.display(),
-                ckpt.meta.train.limit,
-                opts.limit
-            );
-        }
-        if ckpt.meta.model.classes != classes {
-            bail!(
-                "{}: this run's classes {:?} differ from the dataset's {:?}",
-                last.display(),
-                ckpt.meta.model.classes,
-                classes
-            );
-        }
+        check_resume(opts, &ckpt.meta, classes, &last)?;
         reporter.info(format!(
             "resuming from {} (epoch {} complete)",
             last.display(),
@@ -282,6 +248,52 @@ fn starting_point(
             last.display()
         );
     }
+    Ok(fresh_start(opts, classes))
+}
+
+/// Refuses to resume the run of `meta` (read from `path`) with hyper-parameters, a --limit or
+/// classes other than those it was trained with; options not given take the run's values.
+fn check_resume(
+    opts: &TrainOptions,
+    meta: &CheckpointMeta,
+    classes: &[String],
+    path: &Path,
+) -> Result<()> {
+    check_same("--hidden", opts.hidden, meta.model.hidden, path)?;
+    check_same("--batch-size", opts.batch_size, meta.train.batch_size, path)?;
+    check_same("--lr", opts.lr, meta.train.lr, path)?;
+    check_same("--seed", opts.seed, meta.train.seed, path)?;
+    if let Some(given) = opts.val_split
+        && meta.train.val_split.is_some_and(|saved| saved != given)
+    {
+        bail!(
+            "{}: this run was trained with --val-split {}, not {given}",
+            path.display(),
+            meta.train.val_split.unwrap_or_default()
+        );
+    }
+    if opts.limit != meta.train.limit {
+        bail!(
+            "{}: this run was trained with --limit {:?}, not {:?}",
+            path.display(),
+            meta.train.limit,
+            opts.limit
+        );
+    }
+    if meta.model.classes != classes {
+        bail!(
+            "{}: this run's classes {:?} differ from the dataset's {:?}",
+            path.display(),
+            meta.model.classes,
+            classes
+        );
+    }
+    Ok(())
+}
+
+/// A new run at epoch 0: freshly initialised weights, zero Adam state, the options' values or
+/// the defaults.
+fn fresh_start(opts: &TrainOptions, classes: &[String]) -> Checkpoint {
     let hidden = opts.hidden.unwrap_or(DEFAULT_HIDDEN);
     let train = TrainConfig {
         batch_size: opts.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
@@ -293,7 +305,7 @@ fn starting_point(
             .uses_val_split()
             .then(|| opts.val_split.unwrap_or(DEFAULT_VAL_SPLIT)),
     };
-    Ok(Checkpoint {
+    Checkpoint {
         weights: Weights::init(hidden, classes.len(), train.seed),
         adam: AdamState::zeros(hidden, classes.len()),
         meta: CheckpointMeta {
@@ -304,7 +316,7 @@ fn starting_point(
             history: Vec::new(),
             best_epoch: 0,
         },
-    })
+    }
 }
 
 /// The shuffle of epoch `epoch`: a function of the seed and the epoch alone, so that a resumed
@@ -351,6 +363,49 @@ pub fn train(
         classes.join(", ")
     ));
 
+    prepare_folder(&files, &state, opts, selected)?;
+    let mut trainer = ShardedTrainer::new(
+        &state.weights,
+        &state.adam,
+        AdamConfig::new(cfg.lr),
+        shards_for(selected.kind),
+        device,
+    );
+    let first_epoch = state.meta.epoch + 1;
+    let epochs = EpochLoop {
+        train: &train_data,
+        test: &test_data,
+        files: &files,
+        epochs: opts.epochs,
+        reporter,
+        stop,
+        device,
+    };
+    let throughput = epochs.run(&mut state, &mut trainer)?;
+    if first_epoch > opts.epochs {
+        reporter.info(format!(
+            "{} already holds {} epochs: nothing to train",
+            files.last().display(),
+            state.meta.epoch
+        ));
+    }
+    summarize(
+        state.meta,
+        opts.epochs.saturating_sub(first_epoch - 1),
+        throughput,
+        selected.description.clone(),
+        &files,
+    )
+}
+
+/// Creates the checkpoints folder, clears what an earlier killed run left half-written, and, for
+/// a run that starts at epoch 0, writes `run.json`.
+fn prepare_folder(
+    files: &RunFiles,
+    state: &Checkpoint,
+    opts: &TrainOptions,
+    selected: &Selected,
+) -> Result<()> {
     std::fs::create_dir_all(&files.dir)
         .with_context(|| format!("{}: cannot create folder", files.dir.display()))?;
     // A run killed without warning (SIGKILL, power loss) can leave a temporary file of a write that
@@ -360,7 +415,7 @@ pub fn train(
         let run = serde_json::json!({
             "maas_version": crate::VERSION,
             "model": state.meta.model,
-            "train": cfg,
+            "train": state.meta.train,
             "dataset": opts.data.path(),
             "device": selected.description,
         });
@@ -369,64 +424,128 @@ pub fn train(
             serde_json::to_string_pretty(&run)?.as_bytes(),
         )?;
     }
+    Ok(())
+}
 
-    let mut trainer = ShardedTrainer::new(
-        &state.weights,
-        &state.adam,
-        AdamConfig::new(cfg.lr),
-        shards_for(selected.kind),
-        device,
-    );
-    let first_epoch = state.meta.epoch + 1;
-    let steps_per_epoch = train_data.len().div_ceil(cfg.batch_size);
-    let mut run_samples = 0usize;
-    let mut run_seconds = 0f64;
+/// Samples trained and seconds spent by one invocation's epochs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Throughput {
+    samples: usize,
+    seconds: f64,
+}
 
-    for epoch in first_epoch..=opts.epochs {
-        let bar = reporter.bar(
-            steps_per_epoch as u64,
-            &format!(
-                "epoch {epoch}/{} {{bar:30}} {{pos}}/{{len}} {{msg}} [{{elapsed}}<{{eta}}]",
-                opts.epochs
-            ),
-        );
-        let started = Instant::now();
-        let order = epoch_order(train_data.len(), cfg.seed, epoch);
-        let mut loss_sum = Tensor::<1>::zeros([1], device);
-        let mut correct = Tensor::<1, Int>::zeros([1], device);
-        let mut indices = order.chunks(cfg.batch_size);
-        let mut next = indices.next().map(|index| train_data.rows(index, device));
-        for step in 0.. {
-            let Some((x, y, labels)) = next.take() else {
-                break;
-            };
-            if stop.load(Ordering::Relaxed) {
-                bar.finish_and_clear();
+/// One epoch's pass over the training data.
+#[derive(Debug, Clone, Copy)]
+struct EpochTraining {
+    loss: f64,
+    accuracy: f64,
+    seconds: f64,
+}
+
+/// The epochs of a run: what they train and test on, where they checkpoint, how far they go.
+struct EpochLoop<'a> {
+    train: &'a Batches<'a>,
+    test: &'a Batches<'a>,
+    files: &'a RunFiles,
+    /// Train until this many epochs are complete.
+    epochs: usize,
+    reporter: &'a Reporter,
+    /// Set by Ctrl-C: the loop ends with [`Interrupted`] before the next step.
+    stop: &'a AtomicBool,
+    device: &'a Device,
+}
+
+impl EpochLoop<'_> {
+    /// Trains the epochs after `state`'s last complete one, up to `self.epochs`; after each,
+    /// tests, records the epoch in `state` and writes its checkpoint.
+    fn run(&self, state: &mut Checkpoint, trainer: &mut ShardedTrainer) -> Result<Throughput> {
+        let (batch_size, seed) = (state.meta.train.batch_size, state.meta.train.seed);
+        let mut throughput = Throughput::default();
+        for epoch in state.meta.epoch + 1..=self.epochs {
+            let Some(trained) = self.train_epoch(trainer, epoch, batch_size, seed)? else {
                 let saved = if state.meta.epoch == 0 {
                     "no epoch was complete, so no checkpoint was written".to_string()
                 } else {
                     format!(
                         "{} holds epoch {}; continue with `maas train --resume --epochs {}`",
-                        files.last().display(),
+                        self.files.last().display(),
                         state.meta.epoch,
-                        opts.epochs
+                        self.epochs
                     )
                 };
                 return Err(Interrupted { epoch, saved }.into());
+            };
+            let (test_loss, test_accuracy) = evaluate(&trainer.model(), self.test, self.device)?;
+            let metrics = EpochMetrics {
+                epoch,
+                train_loss: trained.loss,
+                train_accuracy: trained.accuracy,
+                test_loss,
+                test_accuracy,
+                seconds: trained.seconds,
+                samples_per_second: self.train.len() as f64 / trained.seconds,
+            };
+            throughput.samples += self.train.len();
+            throughput.seconds += trained.seconds;
+            let improved = record_epoch(&mut state.meta, metrics.clone());
+            (state.weights, state.adam) = trainer.state()?;
+            write_checkpoint(self.files, state, improved)?;
+            self.reporter.info(format!(
+                "epoch {epoch}/{}: train loss {:.4} acc {:.4} | test loss {test_loss:.4} acc {test_accuracy:.4} | {:.0} samples/s{}",
+                self.epochs,
+                trained.loss,
+                trained.accuracy,
+                metrics.samples_per_second,
+                if improved { " | best" } else { "" }
+            ));
+        }
+        Ok(throughput)
+    }
+
+    /// One pass over the training data in the order of [`epoch_order`]; `None` when `stop` was
+    /// set before a step.
+    fn train_epoch(
+        &self,
+        trainer: &mut ShardedTrainer,
+        epoch: usize,
+        batch_size: usize,
+        seed: u64,
+    ) -> Result<Option<EpochTraining>> {
+        let (data, device) = (self.train, self.device);
+        let bar = self.reporter.bar(
+            data.len().div_ceil(batch_size) as u64,
+            &format!(
+                "epoch {epoch}/{} {{bar:30}} {{pos}}/{{len}} {{msg}} [{{elapsed}}<{{eta}}]",
+                self.epochs
+            ),
+        );
+        let started = Instant::now();
+        let order = epoch_order(data.len(), seed, epoch);
+        let mut loss_sum = Tensor::<1>::zeros([1], device);
+        let mut correct = Tensor::<1, Int>::zeros([1], device);
+        let mut indices = order.chunks(batch_size);
+        let mut next = indices.next().map(|index| data.rows(index, device));
+        for step in 0.. {
+            let Some((x, y, labels)) = next.take() else {
+                break;
+            };
+            if self.stop.load(Ordering::Relaxed) {
+                bar.finish_and_clear();
+                return Ok(None);
             }
             // The next batch is assembled while this one trains, on whichever core is free.
             let following = indices.next();
             let (stats, following) = rayon::join(
                 || trainer.step(x, y, labels),
-                || following.map(|index| train_data.rows(index, device)),
+                || following.map(|index| data.rows(index, device)),
             );
             next = following;
             loss_sum = loss_sum + stats.loss_sum;
             correct = correct + stats.correct;
             // Reading a value waits for the device, so the bar's figures are refreshed only now
             // and then.
-            if reporter.bars && (step + 1) % 50 == 0 {
-                let seen = ((step + 1) * cfg.batch_size).min(train_data.len()) as f64;
+            if self.reporter.bars && (step + 1) % 50 == 0 {
+                let seen = ((step + 1) * batch_size).min(data.len()) as f64;
                 let rate = seen / started.elapsed().as_secs_f64();
                 bar.set_message(format!(
                     "loss {:.4} acc {:.3} {:.0} samples/s",
@@ -437,87 +556,84 @@ pub fn train(
             }
             bar.inc(1);
         }
-        let train_loss = scalar(loss_sum)? / train_data.len() as f64;
-        let train_accuracy = scalar(correct)? / train_data.len() as f64;
+        let loss = scalar(loss_sum)? / data.len() as f64;
+        let accuracy = scalar(correct)? / data.len() as f64;
         let seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        let (test_loss, test_accuracy) = evaluate(&trainer.model(), &test_data, device)?;
-        let metrics = EpochMetrics {
-            epoch,
-            train_loss,
-            train_accuracy,
-            test_loss,
-            test_accuracy,
+        Ok(Some(EpochTraining {
+            loss,
+            accuracy,
             seconds,
-            samples_per_second: train_data.len() as f64 / seconds,
-        };
-        run_samples += train_data.len();
-        run_seconds += seconds;
-        let improved = state
-            .meta
-            .best()
-            .is_none_or(|b| test_accuracy > b.test_accuracy);
-        state.meta.history.push(metrics.clone());
-        state.meta.epoch = epoch;
-        if improved {
-            state.meta.best_epoch = epoch;
-        }
-        (state.weights, state.adam) = trainer.state()?;
-        // The epoch's own file, then best, then last: `last.ckpt` is what --resume trusts, so
-        // it is replaced only once everything before it is safely on disk.
-        // Encoded once, written as the epoch's file, maybe best, then last.
-        let bytes = state.encode()?;
-        write_atomic(&files.epoch(epoch), &bytes)?;
-        if improved {
-            write_atomic(&files.best(), &bytes)?;
-        }
-        write_atomic(
-            &files.metrics_csv(),
-            metrics_csv(&state.meta.history).as_bytes(),
-        )?;
-        write_atomic(
-            &files.curves_png(),
-            &plots::curves_png(&state.meta.history)?,
-        )?;
-        write_atomic(&files.last(), &bytes)?;
-        reporter.info(format!(
-            "epoch {epoch}/{}: train loss {train_loss:.4} acc {train_accuracy:.4} | test loss {test_loss:.4} acc {test_accuracy:.4} | {:.0} samples/s{}",
-            opts.epochs,
-            metrics.samples_per_second,
-            if improved { " | best" } else { "" }
-        ));
+        }))
     }
-    if first_epoch > opts.epochs {
-        reporter.info(format!(
-            "{} already holds {} epochs: nothing to train",
-            files.last().display(),
-            state.meta.epoch
-        ));
-    }
+}
 
-    let last = state
-        .meta
+/// Adds `metrics` to `meta` as its newest complete epoch; whether it beat the best test accuracy
+/// so far (the first epoch always does), which makes it the best epoch.
+fn record_epoch(meta: &mut CheckpointMeta, metrics: EpochMetrics) -> bool {
+    let improved = meta
+        .best()
+        .is_none_or(|b| metrics.test_accuracy > b.test_accuracy);
+    meta.epoch = metrics.epoch;
+    meta.history.push(metrics);
+    if improved {
+        meta.best_epoch = meta.epoch;
+    }
+    improved
+}
+
+/// Writes the checkpoint of `state`'s last epoch: the epoch's own file, `best.ckpt` when
+/// `improved`, `metrics.csv`, `curves.png`, then `last.ckpt`. `last.ckpt` is what --resume
+/// trusts, so it is replaced only once everything before it is safely on disk.
+fn write_checkpoint(files: &RunFiles, state: &Checkpoint, improved: bool) -> Result<()> {
+    // Encoded once, written as the epoch's file, maybe best, then last.
+    let bytes = state.encode()?;
+    write_atomic(&files.epoch(state.meta.epoch), &bytes)?;
+    if improved {
+        write_atomic(&files.best(), &bytes)?;
+    }
+    write_atomic(
+        &files.metrics_csv(),
+        metrics_csv(&state.meta.history).as_bytes(),
+    )?;
+    write_atomic(
+        &files.curves_png(),
+        &plots::curves_png(&state.meta.history)?,
+    )?;
+    write_atomic(&files.last(), &bytes)?;
+    Ok(())
+}
+
+/// The summary of a run whose state is now `meta`.
+fn summarize(
+    meta: CheckpointMeta,
+    epochs_this_run: usize,
+    throughput: Throughput,
+    device: String,
+    files: &RunFiles,
+) -> Result<TrainSummary> {
+    let last = meta
         .history
         .last()
         .cloned()
         .context("no epoch has been trained")?;
-    let best = state.meta.best().cloned().unwrap_or_else(|| last.clone());
+    let best = meta.best().cloned().unwrap_or_else(|| last.clone());
     Ok(TrainSummary {
-        epochs: state.meta.epoch,
-        epochs_this_run: opts.epochs.saturating_sub(first_epoch - 1),
+        epochs: meta.epoch,
+        epochs_this_run,
         final_test_accuracy: last.test_accuracy,
         best_test_accuracy: best.test_accuracy,
         best_epoch: best.epoch,
         final_train_loss: last.train_loss,
         final_test_loss: last.test_loss,
-        samples_per_second: if run_seconds > 0.0 {
-            run_samples as f64 / run_seconds
+        samples_per_second: if throughput.seconds > 0.0 {
+            throughput.samples as f64 / throughput.seconds
         } else {
             0.0
         },
-        device: selected.description.clone(),
-        config: cfg,
-        hidden: state.meta.model.hidden,
+        device,
+        config: meta.train,
+        hidden: meta.model.hidden,
         checkpoints: RunPaths {
             dir: files.dir.clone(),
             best: files.best(),
@@ -525,6 +641,448 @@ pub fn train(
             metrics: files.metrics_csv(),
             curves: files.curves_png(),
         },
-        history: state.meta.history,
+        history: meta.history,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::synthetic;
+
+    fn classes() -> Vec<String> {
+        synthetic::CLASS_NAMES.map(String::from).to_vec()
+    }
+
+    /// Options of a run in `dir` with everything left to the defaults.
+    fn options(dir: &Path) -> TrainOptions {
+        TrainOptions {
+            epochs: 1,
+            batch_size: None,
+            lr: None,
+            hidden: None,
+            seed: None,
+            limit: None,
+            data: DataSource::Cifar10(dir.join("data")),
+            val_split: None,
+            strict: false,
+            checkpoints: dir.join("checkpoints"),
+            resume: false,
+            overwrite: false,
+        }
+    }
+
+    /// A small fresh run: hidden 8, batches of 8, seed 7, on 10 classes.
+    fn small_run(dir: &Path) -> Checkpoint {
+        let opts = TrainOptions {
+            hidden: Some(8),
+            batch_size: Some(8),
+            lr: Some(0.01),
+            seed: Some(7),
+            ..options(dir)
+        };
+        fresh_start(&opts, &classes())
+    }
+
+    fn message<T: std::fmt::Debug>(result: Result<T>) -> String {
+        format!("{:#}", result.unwrap_err())
+    }
+
+    /// `n` synthetic images, image `i` of class `i % 10`.
+    fn images(n: usize, seed: u64) -> LabelledImages {
+        let mut split = LabelledImages::default();
+        for i in 0..n {
+            split
+                .images
+                .extend(synthetic::sample_image(i % 10, seed + i as u64));
+            split.labels.push((i % 10) as u8);
+        }
+        split
+    }
+
+    /// `a` and `b` are the same checkpoint, the metrics compared to within the last digit that
+    /// JSON keeps (serde_json's parser may be one unit off in the last place).
+    fn assert_same(a: &Checkpoint, b: &Checkpoint) {
+        assert_eq!(a.weights, b.weights);
+        assert_eq!(a.adam, b.adam);
+        assert_eq!(a.meta.model, b.meta.model);
+        assert_eq!(
+            (a.meta.epoch, a.meta.best_epoch, a.meta.train.seed),
+            (b.meta.epoch, b.meta.best_epoch, b.meta.train.seed)
+        );
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * x.abs().max(y.abs());
+        assert!(close(a.meta.train.lr, b.meta.train.lr));
+        assert_eq!(a.meta.history.len(), b.meta.history.len());
+        for (x, y) in a.meta.history.iter().zip(&b.meta.history) {
+            assert_eq!(x.epoch, y.epoch);
+            assert!(close(x.train_loss, y.train_loss) && close(x.test_accuracy, y.test_accuracy));
+            assert!(close(x.seconds, y.seconds), "{x:?} {y:?}");
+        }
+    }
+
+    fn metrics(epoch: usize, test_accuracy: f64) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            train_loss: 2.0,
+            train_accuracy: 0.5,
+            test_loss: 2.1,
+            test_accuracy,
+            seconds: 1.0,
+            samples_per_second: 100.0,
+        }
+    }
+
+    #[test]
+    fn epoch_order_is_a_permutation_fixed_by_seed_and_epoch() {
+        let order = epoch_order(100, 42, 3);
+        assert_eq!(order, epoch_order(100, 42, 3));
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<i64>>());
+        assert_ne!(order, sorted, "shuffled");
+        assert_ne!(order, epoch_order(100, 42, 4), "another epoch");
+        assert_ne!(order, epoch_order(100, 43, 3), "another seed");
+        assert!(epoch_order(0, 42, 1).is_empty());
+    }
+
+    #[test]
+    fn a_fresh_run_takes_the_options_or_the_defaults() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = options(tmp.path());
+        let files = RunFiles::new(&opts.checkpoints);
+        let state = starting_point(&opts, &files, &classes(), &Reporter::silent()).unwrap();
+        assert_eq!(state.meta.epoch, 0);
+        assert!(state.meta.history.is_empty());
+        assert_eq!(state.meta.model.hidden, DEFAULT_HIDDEN);
+        assert_eq!(state.meta.model.classes, classes());
+        let train = &state.meta.train;
+        assert_eq!(
+            (train.batch_size, train.lr, train.seed, train.limit),
+            (DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_SEED, None)
+        );
+        assert_eq!(train.val_split, None, "CIFAR-10 has its own test split");
+
+        let state = small_run(tmp.path());
+        assert_eq!(state.meta.model.hidden, 8);
+        assert_eq!((state.meta.train.batch_size, state.meta.train.seed), (8, 7));
+        assert_eq!(state.weights, Weights::init(8, 10, 7));
+    }
+
+    #[test]
+    fn a_folder_holding_a_run_needs_resume_or_overwrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = options(tmp.path());
+        let files = RunFiles::new(&opts.checkpoints);
+        let reporter = Reporter::silent();
+
+        // --resume with nothing to resume starts afresh.
+        let resume = TrainOptions {
+            resume: true,
+            ..options(tmp.path())
+        };
+        let state = starting_point(&resume, &files, &classes(), &reporter).unwrap();
+        assert_eq!(state.meta.epoch, 0);
+
+        let mut saved = small_run(tmp.path());
+        saved.meta.epoch = 3;
+        std::fs::create_dir_all(&files.dir).unwrap();
+        saved.save(&files.last()).unwrap();
+
+        let msg = message(starting_point(&opts, &files, &classes(), &reporter));
+        assert!(msg.contains("already holds a run"), "{msg}");
+        assert!(msg.contains("last.ckpt"), "{msg}");
+        assert!(
+            msg.contains("--resume") && msg.contains("--overwrite"),
+            "{msg}"
+        );
+
+        let overwrite = TrainOptions {
+            overwrite: true,
+            ..options(tmp.path())
+        };
+        let state = starting_point(&overwrite, &files, &classes(), &reporter).unwrap();
+        assert_eq!(state.meta.epoch, 0);
+        assert_eq!(
+            state.meta.model.hidden, DEFAULT_HIDDEN,
+            "nothing is taken over"
+        );
+
+        // Resuming takes the run's own settings when none are given.
+        let state = starting_point(&resume, &files, &classes(), &reporter).unwrap();
+        assert_same(&state, &saved);
+    }
+
+    #[test]
+    fn resume_refuses_other_settings_or_classes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut saved = small_run(tmp.path());
+        saved.meta.train.limit = Some(30);
+        let meta = &saved.meta;
+        let path = Path::new("ck/last.ckpt");
+        let same = TrainOptions {
+            limit: Some(30),
+            ..options(tmp.path())
+        };
+        check_resume(&same, meta, &classes(), path).unwrap();
+        let given = TrainOptions {
+            hidden: Some(8),
+            batch_size: Some(8),
+            lr: Some(0.01),
+            seed: Some(7),
+            val_split: Some(0.3),
+            ..same.clone()
+        };
+        check_resume(&given, meta, &classes(), path).unwrap();
+
+        let refused = |opts: TrainOptions, classes: &[String]| {
+            message(check_resume(&opts, meta, classes, path))
+        };
+        let msg = refused(
+            TrainOptions {
+                hidden: Some(16),
+                ..same.clone()
+            },
+            &classes(),
+        );
+        assert_eq!(
+            msg,
+            "ck/last.ckpt: this run was trained with --hidden 8, not 16; drop --hidden to resume it, or start a new run in another --checkpoints folder"
+        );
+        let msg = refused(
+            TrainOptions {
+                batch_size: Some(32),
+                ..same.clone()
+            },
+            &classes(),
+        );
+        assert!(msg.contains("--batch-size 8, not 32"), "{msg}");
+        let msg = refused(
+            TrainOptions {
+                lr: Some(0.001),
+                ..same.clone()
+            },
+            &classes(),
+        );
+        assert!(msg.contains("--lr 0.01, not 0.001"), "{msg}");
+        let msg = refused(
+            TrainOptions {
+                seed: Some(8),
+                ..same.clone()
+            },
+            &classes(),
+        );
+        assert!(msg.contains("--seed 7, not 8"), "{msg}");
+        let msg = refused(
+            TrainOptions {
+                limit: None,
+                ..same.clone()
+            },
+            &classes(),
+        );
+        assert!(msg.contains("--limit Some(30), not None"), "{msg}");
+        let msg = refused(
+            TrainOptions {
+                limit: Some(20),
+                ..same.clone()
+            },
+            &classes(),
+        );
+        assert!(msg.contains("--limit Some(30), not Some(20)"), "{msg}");
+        let mut other = classes();
+        other[9] = "lorry".into();
+        let msg = refused(same.clone(), &other);
+        assert!(msg.contains("this run's classes"), "{msg}");
+        assert!(msg.contains("lorry"), "{msg}");
+
+        // A run divided by --val-split refuses another share.
+        let mut folder = saved.meta.clone();
+        folder.train.val_split = Some(0.2);
+        check_resume(&same, &folder, &classes(), path).unwrap();
+        let msg = message(check_resume(
+            &TrainOptions {
+                val_split: Some(0.3),
+                ..same.clone()
+            },
+            &folder,
+            &classes(),
+            path,
+        ));
+        assert!(msg.contains("--val-split 0.2, not 0.3"), "{msg}");
+    }
+
+    #[test]
+    fn an_epoch_is_best_only_when_it_beats_the_best_so_far() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut meta = small_run(tmp.path()).meta;
+        assert!(
+            record_epoch(&mut meta, metrics(1, 0.3)),
+            "the first is best"
+        );
+        assert!(!record_epoch(&mut meta, metrics(2, 0.2)));
+        assert!(
+            !record_epoch(&mut meta, metrics(3, 0.3)),
+            "a tie is not better"
+        );
+        assert_eq!((meta.epoch, meta.best_epoch), (3, 1));
+        assert!(record_epoch(&mut meta, metrics(4, 0.4)));
+        assert_eq!((meta.epoch, meta.best_epoch), (4, 4));
+        assert_eq!(meta.history.len(), 4);
+    }
+
+    #[test]
+    fn the_checkpoint_writer_writes_every_file_and_best_only_when_improved() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = RunFiles::new(tmp.path());
+        let mut state = small_run(tmp.path());
+        assert!(record_epoch(&mut state.meta, metrics(1, 0.3)));
+        write_checkpoint(&files, &state, true).unwrap();
+        let first = std::fs::read(files.epoch(1)).unwrap();
+        assert_same(&Checkpoint::decode(&first).unwrap(), &state);
+        assert_eq!(std::fs::read(files.best()).unwrap(), first);
+        assert_eq!(std::fs::read(files.last()).unwrap(), first);
+        assert_eq!(
+            std::fs::read_to_string(files.metrics_csv()).unwrap(),
+            metrics_csv(&state.meta.history)
+        );
+        assert!(
+            std::fs::read(files.curves_png())
+                .unwrap()
+                .starts_with(b"\x89PNG")
+        );
+
+        assert!(!record_epoch(&mut state.meta, metrics(2, 0.1)));
+        write_checkpoint(&files, &state, false).unwrap();
+        let second = std::fs::read(files.epoch(2)).unwrap();
+        assert_ne!(second, first);
+        assert_eq!(std::fs::read(files.best()).unwrap(), first, "best stays");
+        assert_eq!(std::fs::read(files.last()).unwrap(), second);
+        assert_eq!(std::fs::read(files.epoch(1)).unwrap(), first);
+        let csv = std::fs::read_to_string(files.metrics_csv()).unwrap();
+        assert_eq!(csv.lines().count(), 3, "{csv}");
+        let mut names: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "best.ckpt",
+                "curves.png",
+                "epoch-001.ckpt",
+                "epoch-002.ckpt",
+                "last.ckpt",
+                "metrics.csv"
+            ]
+        );
+    }
+
+    /// Runs the epoch loop on `state` up to `epochs` on small synthetic data, checkpointing in
+    /// `dir`, with one shard so that the arithmetic is the same however it is cut.
+    fn run_epochs(
+        state: &mut Checkpoint,
+        dir: &Path,
+        epochs: usize,
+        stop: bool,
+    ) -> Result<Throughput> {
+        let device = Device::flex();
+        let (train_split, test_split) = (images(20, 1), images(10, 1000));
+        let train = Batches::new(&train_split, 10)?;
+        let test = Batches::new(&test_split, 10)?;
+        let files = RunFiles::new(dir);
+        std::fs::create_dir_all(dir)?;
+        let stop = AtomicBool::new(stop);
+        let epoch_loop = EpochLoop {
+            train: &train,
+            test: &test,
+            files: &files,
+            epochs,
+            reporter: &Reporter::silent(),
+            stop: &stop,
+            device: &device,
+        };
+        let mut trainer = ShardedTrainer::new(
+            &state.weights,
+            &state.adam,
+            AdamConfig::new(state.meta.train.lr),
+            1,
+            &device,
+        );
+        epoch_loop.run(state, &mut trainer)
+    }
+
+    #[test]
+    fn the_epoch_loop_trains_records_and_checkpoints_each_epoch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let initial = small_run(tmp.path());
+        let mut state = initial.clone();
+        let throughput = run_epochs(&mut state, tmp.path(), 2, false).unwrap();
+        assert_eq!(throughput.samples, 40);
+        assert!(throughput.seconds > 0.0);
+        assert_eq!(state.meta.epoch, 2);
+        assert_eq!(state.meta.history.len(), 2);
+        assert_eq!(state.meta.history[1].epoch, 2);
+        assert!(
+            state
+                .meta
+                .history
+                .iter()
+                .all(|m| m.train_loss.is_finite() && (0.0..=1.0).contains(&m.test_accuracy))
+        );
+        assert_ne!(state.weights, initial.weights, "the weights were trained");
+        assert_eq!(
+            state.adam.step,
+            2 * 3,
+            "20 images in batches of 8: 3 steps an epoch"
+        );
+        let files = RunFiles::new(tmp.path());
+        assert_same(&Checkpoint::load(&files.last()).unwrap(), &state);
+        assert!(files.epoch(1).exists() && files.epoch(2).exists());
+
+        // Nothing left to train: nothing changes.
+        let before = state.clone();
+        assert_eq!(
+            run_epochs(&mut state, tmp.path(), 2, false).unwrap(),
+            Throughput::default()
+        );
+        assert_eq!(state, before);
+
+        // Resuming from epoch 1 ends where the uninterrupted run did.
+        let mut resumed = Checkpoint::load(&files.epoch(1)).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        run_epochs(&mut resumed, other.path(), 2, false).unwrap();
+        assert_eq!(resumed.weights, state.weights);
+        assert_eq!(
+            resumed.meta.history[1].train_loss,
+            state.meta.history[1].train_loss
+        );
+    }
+
+    #[test]
+    fn the_epoch_loop_stops_with_interrupted_when_asked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut state = small_run(tmp.path());
+        let err = run_epochs(&mut state, tmp.path(), 3, true).unwrap_err();
+        let interrupted = err.downcast_ref::<Interrupted>().expect("Interrupted");
+        assert_eq!(interrupted.epoch, 1);
+        assert_eq!(
+            err.to_string(),
+            "interrupted during epoch 1; no epoch was complete, so no checkpoint was written"
+        );
+        assert_eq!(state.meta.epoch, 0);
+        assert!(!RunFiles::new(tmp.path()).last().exists());
+
+        run_epochs(&mut state, tmp.path(), 1, false).unwrap();
+        let err = run_epochs(&mut state, tmp.path(), 3, true).unwrap_err();
+        let interrupted = err.downcast_ref::<Interrupted>().expect("Interrupted");
+        assert_eq!(interrupted.epoch, 2);
+        assert!(
+            interrupted.saved.ends_with(
+                "last.ckpt holds epoch 1; continue with `maas train --resume --epochs 3`"
+            ),
+            "{}",
+            interrupted.saved
+        );
+        assert_eq!(state.meta.epoch, 1);
+    }
 }

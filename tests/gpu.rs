@@ -6,7 +6,7 @@ mod common;
 
 use common::{Look, Workspace, save_image};
 use maas::data::synthetic;
-use maas::device::{DeviceChoice, select};
+use maas::device::{DeviceChoice, DeviceKind, select};
 use maas::export::load_model;
 use maas::predict::Classifier;
 
@@ -58,7 +58,7 @@ fn cpu_and_gpu_give_the_same_probabilities_for_the_same_weights() {
         .unwrap();
     let gpu_device = select(DeviceChoice::Gpu)
         .expect("a wgpu adapter (llvmpipe at least): run .ci/run to install it");
-    assert_eq!(gpu_device.kind, "gpu");
+    assert_eq!(gpu_device.kind, DeviceKind::Gpu);
     let gpu = Classifier::new(&model, &gpu_device.device)
         .probabilities(&inputs)
         .unwrap();

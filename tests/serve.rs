@@ -20,11 +20,11 @@ use serde_json::{Value, json};
 // `Server` (the running binary) is in tests/common/server.rs; these are its HTTP calls.
 impl Server {
     fn get(&self, path: &str) -> Reply {
-        send(agent().get(&self.url(path)), None)
+        send(agent().get(&self.url(path)).call())
     }
 
     fn post(&self, path: &str, body: &[u8]) -> Reply {
-        send(agent().post(&self.url(path)), Some(body))
+        send(agent().post(&self.url(path)).send(body))
     }
 
     fn post_json(&self, path: &str, body: &Value) -> Reply {
@@ -32,10 +32,15 @@ impl Server {
     }
 }
 
+/// A client that hands back every answer, 4xx and 5xx included, as a response (and ignores
+/// proxy variables: the server is on loopback).
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(60)))
+        .http_status_as_error(false)
+        .proxy(None)
         .build()
+        .new_agent()
 }
 
 /// An HTTP answer, whatever its status.
@@ -76,25 +81,20 @@ impl Reply {
     }
 }
 
-fn send(request: ureq::Request, body: Option<&[u8]>) -> Reply {
-    let result = match body {
-        Some(body) => request.send_bytes(body),
-        None => request.call(),
-    };
-    let response = match result {
-        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("request failed: {e}"),
-    };
-    let status = response.status();
-    let content_type = response
-        .header("content-type")
+fn send(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+    let response = result.unwrap_or_else(|e| panic!("request failed: {e}"));
+    let status = response.status().as_u16();
+    let content_type = header(&response, "content-type")
         .unwrap_or_default()
         .to_string();
-    let header_length = response
-        .header("inference-header-content-length")
-        .map(|v| v.parse().unwrap());
+    let header_length =
+        header(&response, "inference-header-content-length").map(|v| v.parse().unwrap());
     let mut body = Vec::new();
-    response.into_reader().read_to_end(&mut body).unwrap();
+    response
+        .into_body()
+        .into_reader()
+        .read_to_end(&mut body)
+        .unwrap();
     Reply {
         status,
         content_type,
@@ -103,20 +103,25 @@ fn send(request: ureq::Request, body: Option<&[u8]>) -> Reply {
     }
 }
 
+/// A header of `response` as text; `None` when it is missing or not text.
+fn header<'a, B>(response: &'a ureq::http::Response<B>, name: &str) -> Option<&'a str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
 fn post_with(server: &Server, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     let mut request = agent().post(&server.url(path));
     for (name, value) in headers {
-        request = request.set(name, value);
+        request = request.header(*name, *value);
     }
-    send(request, Some(body))
+    send(request.send(body))
 }
 
 fn get_with(server: &Server, path: &str, headers: &[(&str, &str)]) -> Reply {
     let mut request = agent().get(&server.url(path));
     for (name, value) in headers {
-        request = request.set(name, value);
+        request = request.header(*name, *value);
     }
-    send(request, None)
+    send(request.call())
 }
 
 /// A workspace with a small trained model exported as `model.maas`.
@@ -184,24 +189,8 @@ fn binary_body(header: &Value, raw: &[u8]) -> (Vec<u8>, String) {
 
 /// Standard base64 with padding, to build requests the way clients do.
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[test]
@@ -517,14 +506,18 @@ fn v1_explain_answers_with_the_picture_of_maas_explain_in_json_or_png() {
     // Accept: image/png: the picture itself, the prediction in headers.
     let response = agent()
         .post(&server.url("/v1/explain"))
-        .set("Accept", "image/png")
-        .send_bytes(&bytes)
+        .header("Accept", "image/png")
+        .send(&bytes)
         .unwrap();
-    assert_eq!(response.header("content-type"), Some("image/png"));
-    assert_eq!(response.header("x-maas-label"), Some("sky"));
-    assert_eq!(response.header("x-maas-index"), Some("2"));
+    assert_eq!(header(&response, "content-type"), Some("image/png"));
+    assert_eq!(header(&response, "x-maas-label"), Some("sky"));
+    assert_eq!(header(&response, "x-maas-index"), Some("2"));
     let mut png = Vec::new();
-    response.into_reader().read_to_end(&mut png).unwrap();
+    response
+        .into_body()
+        .into_reader()
+        .read_to_end(&mut png)
+        .unwrap();
     assert_eq!(png, picture);
     let image = image::load_from_memory(&png).unwrap();
     assert_eq!((image.width(), image.height()), (520, 256));
@@ -607,10 +600,14 @@ fn bodies_over_the_limit_get_413() {
         .assert_error(413);
     let chunked = agent()
         .post(&server.url("/v1/predict"))
-        .send(std::io::Cursor::new(vec![7u8; 8 << 20]));
-    let Err(ureq::Error::Status(413, _)) = chunked else {
-        panic!("chunked oversize body: {chunked:?}")
-    };
+        .send(ureq::SendBody::from_owned_reader(std::io::Cursor::new(
+            vec![7u8; 8 << 20],
+        )));
+    assert_eq!(
+        chunked.as_ref().map(|r| r.status().as_u16()).ok(),
+        Some(413),
+        "chunked oversize body: {chunked:?}"
+    );
     // A small enough body still works.
     assert_eq!(server.post("/v1/predict", &imgs[0].1).status, 200);
 }
@@ -722,7 +719,7 @@ fn a_burst_of_concurrent_clients_all_succeed_in_shared_batches() {
             let values = fp32_tensor(&imgs[i % 4..i % 4 + 1]);
             std::thread::spawn(move || {
                 let body = serde_json::to_vec(&infer_json(&values, 1)).unwrap();
-                (i % 4, send(agent().post(&url), Some(&body)))
+                (i % 4, send(agent().post(&url).send(&body)))
             })
         })
         .collect();
@@ -898,9 +895,7 @@ fn missing_key_file_and_bad_model_fail_before_listening() {
 
 #[test]
 fn https_serves_a_client_that_trusts_the_certificate_and_no_one_else() {
-    use maas_tls::pki_types::CertificateDer;
-    use maas_tls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls as maas_tls;
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
     let ws = workspace_with_model();
     let made = Command::new("openssl")
@@ -930,22 +925,23 @@ fn https_serves_a_client_that_trusts_the_certificate_and_no_one_else() {
     assert!(server.base.starts_with("https://"), "{}", server.base);
 
     let client = |trusted: bool| {
-        let mut roots = maas_tls::RootCertStore::empty();
+        // Only this certificate, or none at all: not the usual web roots. rustls with ring, as
+        // ureq builds it.
+        let mut roots = Vec::new();
         if trusted {
-            roots
-                .add(CertificateDer::from_pem_file(ws.path("cert.pem")).unwrap())
-                .unwrap();
+            let pem = std::fs::read(ws.path("cert.pem")).unwrap();
+            roots.push(Certificate::from_pem(&pem).unwrap());
         }
-        let provider = Arc::new(maas_tls::crypto::ring::default_provider());
-        let config = maas_tls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        ureq::AgentBuilder::new()
-            .tls_config(Arc::new(config))
-            .timeout(Duration::from_secs(30))
+        ureq::Agent::config_builder()
+            .tls_config(
+                TlsConfig::builder()
+                    .root_certs(RootCerts::Specific(Arc::new(roots)))
+                    .build(),
+            )
+            .timeout_global(Some(Duration::from_secs(30)))
+            .proxy(None)
             .build()
+            .new_agent()
     };
     let ready = client(true)
         .get(&server.url("/v2/health/ready"))
@@ -955,9 +951,9 @@ fn https_serves_a_client_that_trusts_the_certificate_and_no_one_else() {
     let png = images(&ws, 1).remove(0).1;
     let reply = client(true)
         .post(&server.url("/v1/predict"))
-        .send_bytes(&png)
+        .send(&png)
         .unwrap();
-    let entry: Value = serde_json::from_reader(reply.into_reader()).unwrap();
+    let entry: Value = serde_json::from_reader(reply.into_body().into_reader()).unwrap();
     assert!(entry["label"].is_string(), "{entry}");
     assert!(
         client(false)

@@ -61,17 +61,22 @@ impl Server {
     }
 }
 
+/// A client that hands back every answer, 4xx and 5xx included, as a response (and ignores
+/// proxy variables: the server is on loopback).
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout(READ_LIMIT).build()
+    ureq::Agent::config_builder()
+        .timeout_global(Some(READ_LIMIT))
+        .http_status_as_error(false)
+        .proxy(None)
+        .build()
+        .new_agent()
 }
 
 /// (status, body) of a request, whatever its status.
-fn answer(result: Result<ureq::Response, ureq::Error>) -> (u16, String) {
-    let response = match result {
-        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("request failed: {e}"),
-    };
-    (response.status(), response.into_string().unwrap())
+fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, String) {
+    let mut response = result.unwrap_or_else(|e| panic!("request failed: {e}"));
+    let body = response.body_mut().read_to_string().unwrap();
+    (response.status().as_u16(), body)
 }
 
 fn get(url: &str) -> (u16, String) {
@@ -93,13 +98,13 @@ impl GoodRequest {
     fn check(&self, agent: &ureq::Agent, base: &str) {
         let mut request = agent.post(&format!("{base}{}", self.path));
         for (name, value) in &self.headers {
-            request = request.set(name, value);
+            request = request.header(*name, value);
         }
-        let (status, body) = match request.send_bytes(&self.body) {
-            Ok(r) | Err(ureq::Error::Status(_, r)) => {
-                let status = r.status();
+        let (status, body) = match request.send(&self.body) {
+            Ok(r) => {
+                let status = r.status().as_u16();
                 let mut body = Vec::new();
-                r.into_reader().read_to_end(&mut body).unwrap();
+                r.into_body().into_reader().read_to_end(&mut body).unwrap();
                 (status, body)
             }
             Err(e) => panic!("a well-formed request to {} failed: {e}", self.path),

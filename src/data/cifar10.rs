@@ -13,7 +13,9 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
+
+use super::labelled::LabelledImages;
 
 /// Bytes in one image: 3 channels of 32x32.
 pub const IMAGE_BYTES: usize = 3072;
@@ -85,78 +87,14 @@ impl fmt::Display for Split {
     }
 }
 
-/// Images of one split, kept as the raw channel-major bytes (`len() * IMAGE_BYTES`) and labels
-/// (`len()`, each `0..NUM_CLASSES`).
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Cifar10Split {
-    /// Image `i` is `images[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]`: 1024 red, 1024 green, then
-    /// 1024 blue bytes, each plane row-major.
-    pub images: Vec<u8>,
-    /// The label of image `i`, in `0..NUM_CLASSES`.
-    pub labels: Vec<u8>,
-}
-
-impl Cifar10Split {
-    /// The number of images.
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    /// Whether there are no images.
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-
-    /// The channel-major bytes of image `i`.
-    ///
-    /// # Panics
-    /// When `i >= self.len()`, like slice indexing; [`Cifar10Split::get`] is the checked form.
-    pub fn image(&self, i: usize) -> &[u8] {
-        &self.images[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]
-    }
-
-    /// The label of image `i`.
-    ///
-    /// # Panics
-    /// When `i >= self.len()`, like slice indexing.
-    pub fn label(&self, i: usize) -> u8 {
-        self.labels[i]
-    }
-
-    /// Image `i` and its label, or `None` past the end.
-    pub fn get(&self, i: usize) -> Option<(&[u8], u8)> {
-        let label = *self.labels.get(i)?;
-        let start = i.checked_mul(IMAGE_BYTES)?;
-        let image = self.images.get(start..start.checked_add(IMAGE_BYTES)?)?;
-        Some((image, label))
-    }
-
-    /// Every image with its label, in order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&[u8], u8)> + '_ {
-        self.images
-            .chunks_exact(IMAGE_BYTES)
-            .zip(self.labels.iter().copied())
-    }
-}
-
-// The derived form would print every one of 150 million bytes.
-impl fmt::Debug for Cifar10Split {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cifar10Split")
-            .field("len", &self.len())
-            .field("image_bytes", &self.images.len())
-            .finish()
-    }
-}
-
 /// Reads the class names from `<dir>/batches.meta.txt`: one a line, blank lines ignored, surrounding
 /// white space trimmed, exactly [`NUM_CLASSES`] of them.
 pub fn read_class_names(dir: &Path) -> Result<Vec<String>> {
     check_dir(dir)?;
     let path = dir.join(META_FILE);
-    let bytes = fs::read(&path).map_err(|e| io_error(&path, &e))?;
+    let bytes = fs::read(&path).map_err(|e| io_error(&path, e))?;
     let text = std::str::from_utf8(&bytes)
-        .map_err(|e| anyhow!("{}: not UTF-8 text ({e})", path.display()))?;
+        .with_context(|| format!("{}: not UTF-8 text", path.display()))?;
     let names: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -188,7 +126,7 @@ pub fn split_len(dir: &Path, split: Split) -> Result<usize> {
 /// not even opened).
 ///
 /// Every label is checked; an error names the file and the problem.
-pub fn load_split(dir: &Path, split: Split, limit: Option<usize>) -> Result<Cifar10Split> {
+pub fn load_split(dir: &Path, split: Split, limit: Option<usize>) -> Result<LabelledImages> {
     check_dir(dir)?;
     let wanted = limit.unwrap_or(usize::MAX);
 
@@ -207,16 +145,11 @@ pub fn load_split(dir: &Path, split: Split, limit: Option<usize>) -> Result<Cifa
     let image_bytes = total
         .checked_mul(IMAGE_BYTES)
         .ok_or_else(|| anyhow!("{}: too many records to hold in memory", dir.display()))?;
-    let mut data = Cifar10Split::default();
+    let mut data = LabelledImages::default();
     data.images
         .try_reserve_exact(image_bytes)
         .and_then(|()| data.labels.try_reserve_exact(total))
-        .map_err(|e| {
-            anyhow!(
-                "{}: cannot hold {total} images in memory: {e}",
-                dir.display()
-            )
-        })?;
+        .with_context(|| format!("{}: cannot hold {total} images in memory", dir.display()))?;
 
     // One reused read buffer, then a copy per image. (Reading straight into `images` and
     // squeezing the labels out in place measured slower: the kernel faulting in fresh pages
@@ -228,10 +161,10 @@ pub fn load_split(dir: &Path, split: Split, limit: Option<usize>) -> Result<Cifa
         buf.clear();
         // `Take` hides the file size from `read_to_end`, which would otherwise grow by doubling.
         buf.try_reserve_exact(want_bytes)
-            .map_err(|e| anyhow!("{}: cannot read into memory: {e}", path.display()))?;
+            .with_context(|| format!("{}: cannot read into memory", path.display()))?;
         File::open(&path)
             .and_then(|f| f.take(want_bytes as u64).read_to_end(&mut buf))
-            .map_err(|e| io_error(&path, &e))?;
+            .map_err(|e| io_error(&path, e))?;
         if buf.len() != want_bytes {
             bail!(
                 "{}: file shrank while being read ({} of {want_bytes} bytes)",
@@ -274,7 +207,7 @@ pub fn validate_dir(dir: &Path) -> Result<()> {
 /// The number of records in one `.bin` file, checking that its size is a positive multiple of
 /// the record size.
 pub fn record_count(path: &Path) -> Result<usize> {
-    let meta = fs::metadata(path).map_err(|e| io_error(path, &e))?;
+    let meta = fs::metadata(path).map_err(|e| io_error(path, e))?;
     if !meta.is_file() {
         bail!("{}: not a regular file", path.display());
     }
@@ -307,11 +240,12 @@ fn check_dir(dir: &Path) -> Result<()> {
              is missing; or point --data at a folder holding {DIR_NAME}/)",
             dir.display()
         ),
-        Err(e) => bail!("{}: {e}", dir.display()),
+        Err(e) => Err(anyhow::Error::new(e).context(dir.display().to_string())),
     }
 }
 
-fn io_error(path: &Path, e: &io::Error) -> anyhow::Error {
+/// `path`: what went wrong, keeping the I/O error as the cause (a missing file gets advice instead).
+fn io_error(path: &Path, e: io::Error) -> anyhow::Error {
     if e.kind() == io::ErrorKind::NotFound {
         // The folder exists (checked first), so the download step will not refill it by itself.
         let folder = path.parent().unwrap_or(path);
@@ -322,7 +256,7 @@ fn io_error(path: &Path, e: &io::Error) -> anyhow::Error {
             folder.display()
         )
     } else {
-        anyhow!("{}: {e}", path.display())
+        anyhow::Error::new(e).context(path.display().to_string())
     }
 }
 
@@ -537,11 +471,5 @@ mod tests {
         assert_eq!(Split::Test.files(), &[TEST_FILE]);
         assert_eq!(Split::Test.to_string(), "test");
         assert_eq!(ALL_FILES.len(), 7);
-        let empty = Cifar10Split::default();
-        assert!(empty.is_empty());
-        assert_eq!(
-            format!("{empty:?}"),
-            "Cifar10Split { len: 0, image_bytes: 0 }"
-        );
     }
 }

@@ -10,7 +10,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use flate2::read::GzDecoder;
 use indicatif::{ProgressBar, ProgressStyle};
 use md5::{Digest, Md5};
@@ -79,7 +79,7 @@ pub fn ensure_cifar10(data: &Path, opts: &DownloadOptions) -> Result<PathBuf> {
     let url = opts.url.as_str();
     let expected_md5 = parse_md5(&opts.md5)?;
     fs::create_dir_all(data)
-        .map_err(|e| anyhow!("{}: cannot create the data folder: {e}", data.display()))?;
+        .with_context(|| format!("{}: cannot create the data folder", data.display()))?;
     remove_stale_temporaries(data);
     if !opts.quiet {
         eprintln!("downloading CIFAR-10 from {url} into {}", data.display());
@@ -90,9 +90,9 @@ pub fn ensure_cifar10(data: &Path, opts: &DownloadOptions) -> Result<PathBuf> {
         .prefix(TEMP_PREFIX)
         .suffix(".tar.gz")
         .tempfile_in(data)
-        .map_err(|e| {
-            anyhow!(
-                "{}: cannot create a temporary file for the download: {e}",
+        .with_context(|| {
+            format!(
+                "{}: cannot create a temporary file for the download",
                 data.display()
             )
         })?;
@@ -115,15 +115,15 @@ pub fn ensure_cifar10(data: &Path, opts: &DownloadOptions) -> Result<PathBuf> {
     let staging = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .tempdir_in(data)
-        .map_err(|e| {
-            anyhow!(
-                "{}: cannot create a temporary folder to extract into: {e}",
+        .with_context(|| {
+            format!(
+                "{}: cannot create a temporary folder to extract into",
                 data.display()
             )
         })?;
     let file = archive.as_file_mut();
     file.seek(SeekFrom::Start(0))
-        .map_err(|e| anyhow!("{}: {e}", archive_path.display()))?;
+        .with_context(|| archive_path.display().to_string())?;
     extract(url, file, staging.path())?;
     let extracted = staging.path().join(DIR_NAME);
     cifar10::validate_dir(&extracted).map_err(|e| {
@@ -138,10 +138,12 @@ pub fn ensure_cifar10(data: &Path, opts: &DownloadOptions) -> Result<PathBuf> {
     if let Err(e) = fs::rename(&extracted, &target) {
         // Another maas that downloaded at the same time may have won the race; its copy is as good.
         if !target.is_dir() {
-            bail!(
-                "{}: cannot move the extracted data into place: {e}",
-                target.display()
-            );
+            return Err(e).with_context(|| {
+                format!(
+                    "{}: cannot move the extracted data into place",
+                    target.display()
+                )
+            });
         }
     }
     drop(archive);
@@ -171,27 +173,36 @@ fn parse_md5(md5: &str) -> Result<Option<String>> {
 
 /// Streams `url` into `out`, returning the byte count and the MD5 in lower-case hex.
 fn fetch(url: &str, out: &mut File, out_path: &Path, progress: bool) -> Result<(u64, String)> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(CONNECT_TIMEOUT)
-        .timeout_read(READ_TIMEOUT)
+    let agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_per_read(Some(READ_TIMEOUT))
         .user_agent(concat!("maas/", env!("CARGO_PKG_VERSION")))
-        .build();
-    // Otherwise ureq offers gzip content encoding, and from a server that takes it up it would
-    // hand back the inner .tar, whose MD5 is not the published one.
-    let response = match agent.get(url).set("Accept-Encoding", "identity").call() {
-        Ok(response) => response,
-        Err(ureq::Error::Status(code, response)) => {
-            bail!(
-                "{url}: the server answered HTTP {code} {}",
-                response.status_text()
-            )
-        }
-        Err(ureq::Error::Transport(transport)) => {
-            bail!("{url}: download failed: {}", describe_transport(&transport))
-        }
-    };
+        // Straight to the URL, as maas always did: ureq 3 would otherwise take a proxy from
+        // ALL_PROXY/HTTPS_PROXY/HTTP_PROXY.
+        .proxy(None)
+        // A 4xx/5xx is a response like any other; it is reported below with its code.
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    // The archive as it is: a server that compressed it again would hand back something whose
+    // MD5 is not the published one.
+    let response = agent
+        .get(url)
+        .header("Accept-Encoding", "identity")
+        .call()
+        .with_context(|| format!("{url}: download failed"))?;
+    let status = response.status();
+    if !status.is_success() {
+        bail!(
+            "{url}: the server answered HTTP {} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or_default()
+        );
+    }
     let expected_len = response
-        .header("Content-Length")
+        .headers()
+        .get("Content-Length")
+        .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if let Some(len) = expected_len
         && len > MAX_ARCHIVE_BYTES
@@ -204,7 +215,10 @@ fn fetch(url: &str, out: &mut File, out_path: &Path, progress: bool) -> Result<(
 
     let bar = progress.then(|| byte_bar(expected_len));
     let mut hasher = Md5::new();
-    let mut reader = response.into_reader().take(MAX_ARCHIVE_BYTES + 1);
+    let mut reader = response
+        .into_body()
+        .into_reader()
+        .take(MAX_ARCHIVE_BYTES + 1);
     let result = copy(&mut reader, out, |chunk| {
         hasher.update(chunk);
         if let Some(bar) = &bar {
@@ -217,10 +231,12 @@ fn fetch(url: &str, out: &mut File, out_path: &Path, progress: bool) -> Result<(
     let size = match result {
         Ok(size) => size,
         Err(CopyError::Read(e, done)) => {
-            bail!("{url}: download interrupted after {done} bytes: {e}")
+            return Err(e)
+                .with_context(|| format!("{url}: download interrupted after {done} bytes"));
         }
         Err(CopyError::Write(e)) => {
-            bail!("{}: cannot write the download: {e}", out_path.display())
+            return Err(e)
+                .with_context(|| format!("{}: cannot write the download", out_path.display()));
         }
     };
     if size > MAX_ARCHIVE_BYTES {
@@ -234,7 +250,7 @@ fn fetch(url: &str, out: &mut File, out_path: &Path, progress: bool) -> Result<(
         bail!("{url}: download ended after {size} of {len} bytes");
     }
     out.sync_all()
-        .map_err(|e| anyhow!("{}: cannot write the download: {e}", out_path.display()))?;
+        .with_context(|| format!("{}: cannot write the download", out_path.display()))?;
     let digest = hasher
         .finalize()
         .iter()
@@ -243,28 +259,17 @@ fn fetch(url: &str, out: &mut File, out_path: &Path, progress: bool) -> Result<(
     Ok((size, digest))
 }
 
-/// ureq's own message repeats the URL, which ours already leads with.
-fn describe_transport(transport: &ureq::Transport) -> String {
-    let mut text = transport.kind().to_string();
-    if let Some(message) = transport.message() {
-        text.push_str(": ");
-        text.push_str(message);
-    }
-    if let Some(source) = std::error::Error::source(transport) {
-        text.push_str(": ");
-        text.push_str(&source.to_string());
-    }
-    text
-}
-
 /// Extracts the seven expected members of the `.tar.gz` in `archive` into
 /// `<dest>/cifar-10-batches-bin/`. Everything else is read past and dropped: only names from
 /// [`ALL_FILES`] are ever written, so no member path can reach outside `dest`.
 fn extract(url: &str, archive: &mut File, dest: &Path) -> Result<()> {
-    let damaged =
-        |e: io::Error| anyhow!("{url}: the archive is damaged (not a complete .tar.gz): {e}");
+    let damaged = |e: io::Error| {
+        anyhow::Error::new(e).context(format!(
+            "{url}: the archive is damaged (not a complete .tar.gz)"
+        ))
+    };
     let dir = dest.join(DIR_NAME);
-    fs::create_dir(&dir).map_err(|e| anyhow!("{}: cannot create: {e}", dir.display()))?;
+    fs::create_dir(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
 
     let mut tar = tar::Archive::new(GzDecoder::new(BufReader::new(archive)));
     let mut found = [false; ALL_FILES.len()];
@@ -283,7 +288,7 @@ fn extract(url: &str, archive: &mut File, dest: &Path) -> Result<()> {
         }
         let path = dir.join(ALL_FILES[index]);
         let mut out =
-            File::create(&path).map_err(|e| anyhow!("{}: cannot create: {e}", path.display()))?;
+            File::create(&path).with_context(|| format!("{}: cannot create", path.display()))?;
         let size = match copy(
             &mut (&mut entry).take(MAX_MEMBER_BYTES + 1),
             &mut out,
@@ -291,7 +296,9 @@ fn extract(url: &str, archive: &mut File, dest: &Path) -> Result<()> {
         ) {
             Ok(size) => size,
             Err(CopyError::Read(e, _)) => return Err(damaged(e)),
-            Err(CopyError::Write(e)) => bail!("{}: cannot write: {e}", path.display()),
+            Err(CopyError::Write(e)) => {
+                return Err(e).with_context(|| format!("{}: cannot write", path.display()));
+            }
         };
         if size > MAX_MEMBER_BYTES {
             bail!(
@@ -300,7 +307,7 @@ fn extract(url: &str, archive: &mut File, dest: &Path) -> Result<()> {
             );
         }
         out.sync_all()
-            .map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))?;
+            .with_context(|| format!("{}: cannot write", path.display()))?;
         found[index] = true;
     }
     // The gzip checksum sits after the tar's end marker; reading to the end is what checks it.

@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use serde::Serialize;
 
 /// File name extensions of the images a folder or a pattern contributes; a file named on its own
 /// is always tried, whatever its name.
@@ -11,6 +12,15 @@ pub const IMAGE_EXTENSIONS: [&str; 15] = [
     "png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "pnm", "pbm", "pgm", "ppm", "tga",
     "ico", "qoi",
 ];
+
+/// An image that could not be read or classified, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FileError {
+    /// The file.
+    pub file: String,
+    /// What was wrong with it.
+    pub error: String,
+}
 
 /// Whether `path` has the extension of an image (any case).
 pub fn is_image_name(path: &Path) -> bool {
@@ -22,7 +32,7 @@ pub fn is_image_name(path: &Path) -> bool {
 /// Appends the image files under `dir` to `out`, recursively, in name order.
 pub fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| anyhow::anyhow!("cannot list the folder: {e}"))?
+        .context("cannot list the folder")?
         .flatten()
         .map(|e| e.path())
         .collect();

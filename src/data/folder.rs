@@ -13,11 +13,11 @@ use indicatif::ProgressBar;
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 
-use super::cifar10::{Cifar10Split, DIR_NAME, IMAGE_BYTES};
-use super::files::collect_images;
+use super::MAX_CLASSES;
+use super::cifar10::{DIR_NAME, IMAGE_BYTES};
+use super::files::{FileError, collect_images};
+use super::labelled::LabelledImages;
 use super::preprocess::{decode_image, image_to_chw};
-use crate::model::MAX_CLASSES;
-use crate::predict::FileError;
 
 /// The share of each class held out for testing when the folder has no `test/`.
 pub const DEFAULT_VAL_SPLIT: f64 = 0.1;
@@ -246,7 +246,7 @@ impl ImageFolder {
 
 /// Decodes and preprocesses `files` on every core. Unreadable files are returned, not fatal; the
 /// caller decides (`--strict`). `bar` advances by one per file.
-pub fn load_files(files: &[(PathBuf, u8)], bar: &ProgressBar) -> (Cifar10Split, Vec<FileError>) {
+pub fn load_files(files: &[(PathBuf, u8)], bar: &ProgressBar) -> (LabelledImages, Vec<FileError>) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_thread = files.len().div_ceil(threads).max(1);
     let decoded: Vec<Vec<Result<Vec<u8>, String>>> = std::thread::scope(|scope| {
@@ -274,7 +274,7 @@ pub fn load_files(files: &[(PathBuf, u8)], bar: &ProgressBar) -> (Cifar10Split, 
             .collect()
     });
     bar.finish_and_clear();
-    let mut split = Cifar10Split::default();
+    let mut split = LabelledImages::default();
     let mut skipped = Vec::new();
     for ((path, label), result) in files.iter().zip(decoded.into_iter().flatten()) {
         match result {

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
-use super::cifar10::{self, Cifar10Split, Split};
+use super::cifar10::{self, Split};
 use super::folder::{self, ImageFolder};
+use super::labelled::LabelledImages;
 use crate::progress::Reporter;
 
 /// A dataset, before any image is loaded.
@@ -59,7 +60,7 @@ impl DataSource {
         &self,
         opts: &LoadOptions,
         reporter: &Reporter,
-    ) -> Result<(Cifar10Split, Cifar10Split)> {
+    ) -> Result<(LabelledImages, LabelledImages)> {
         match self {
             DataSource::Cifar10(dir) => Ok((
                 cifar10::load_split(dir, Split::Train, opts.limit)?,
@@ -79,7 +80,7 @@ impl DataSource {
     }
 
     /// The test split alone.
-    pub fn load_test(&self, opts: &LoadOptions, reporter: &Reporter) -> Result<Cifar10Split> {
+    pub fn load_test(&self, opts: &LoadOptions, reporter: &Reporter) -> Result<LabelledImages> {
         match self {
             DataSource::Cifar10(dir) => cifar10::load_split(dir, Split::Test, None),
             DataSource::Folder(f) => {
@@ -126,7 +127,7 @@ fn load_checked(
     files: &[(PathBuf, u8)],
     opts: &LoadOptions,
     reporter: &Reporter,
-) -> Result<Cifar10Split> {
+) -> Result<LabelledImages> {
     let bar = reporter.bar_from(
         500,
         files.len(),

@@ -7,7 +7,6 @@
 //! requests in flight.
 
 mod auth;
-mod base64;
 mod batcher;
 mod error;
 mod metrics;
@@ -19,7 +18,7 @@ mod tensor_data;
 mod tls;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +34,6 @@ use self::batcher::{BatchConfig, Batcher};
 use self::metrics::Metrics;
 use self::state::AppState;
 use self::tls::TlsListener;
-use crate::cli::ServeArgs;
 use crate::device::Selected;
 use crate::export::load_model;
 use crate::progress::Reporter;
@@ -63,49 +61,82 @@ pub fn decode_infer_request(
     decode().map_err(|e| e.message)
 }
 
+/// What `maas serve` serves, where, and within which limits: built once from the command line.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The model file.
+    pub model: PathBuf,
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on (0: any free port).
+    pub port: u16,
+    /// The model's name in the v2 routes.
+    pub model_name: String,
+    /// Most images in one forward pass.
+    pub max_batch: usize,
+    /// Longest a request waits for others to fill a batch.
+    pub max_wait: Duration,
+    /// Most requests waiting for the model; beyond it 503.
+    pub max_queue: usize,
+    /// Largest request body in bytes; beyond it 413.
+    pub max_body_bytes: usize,
+    /// Longest a request may take, reading its body included.
+    pub timeout: Duration,
+    /// An accepted API key.
+    pub api_key: Option<String>,
+    /// A file of accepted API keys, one per line.
+    pub api_key_file: Option<PathBuf>,
+    /// Serve HTTPS with these files.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of an HTTPS server.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
 /// Extra time, beyond the request timeout, that shutdown waits for connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Loads the model, serves it until SIGTERM or Ctrl-C, and returns once the requests in flight
 /// are answered.
-pub fn run(
-    args: &ServeArgs,
-    model_path: &Path,
-    selected: &Selected,
-    reporter: &Reporter,
-) -> Result<()> {
+pub fn run(config: &ServeConfig, selected: &Selected, reporter: &Reporter) -> Result<()> {
     // Keys first: a bad key file should fail before the model is loaded, not after.
-    let keys = Keys::from_args(args.api_key.as_deref(), args.api_key_file.as_deref())?;
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::load_config(cert, key)?),
-        _ => None,
+    let keys = Keys::from_args(config.api_key.as_deref(), config.api_key_file.as_deref())?;
+    let tls = match &config.tls {
+        Some(files) => Some(tls::load_config(&files.cert, &files.key)?),
+        None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let metrics = Arc::new(Metrics::new());
     let started = Instant::now();
-    let loaded = load_model(model_path)?;
+    let loaded = load_model(&config.model)?;
     let classes = loaded.config.classes.clone();
-    let config = BatchConfig {
-        max_batch: args.max_batch as usize,
-        max_wait: Duration::from_millis(args.max_wait_ms),
-        max_queue: args.max_queue as usize,
+    let batching = BatchConfig {
+        max_batch: config.max_batch,
+        max_wait: config.max_wait,
+        max_queue: config.max_queue,
     };
     let (batcher, worker) = Batcher::start(
         loaded,
         selected.device.clone(),
-        config,
+        batching,
         Arc::clone(&metrics),
     )?;
     metrics.set_model_load_seconds(started.elapsed().as_secs_f64());
-    let timeout = Duration::from_millis(args.timeout_ms);
+    let timeout = config.timeout;
     let state = AppState::new(
-        args.model_name.clone(),
+        config.model_name.clone(),
         classes,
         batcher,
         metrics,
         timeout,
-        args.max_body_bytes,
-        args.max_queue as usize,
+        config.max_body_bytes,
+        config.max_queue,
     );
     let has_keys = keys.is_some();
     let app = routes::router(state, keys);
@@ -124,13 +155,19 @@ pub fn run(
         // Printed even with --quiet: with --port 0 it is the only way to learn the port.
         eprintln!(
             "listening on {scheme}://{addr} (model {} from {}, device {})",
-            args.model_name,
-            model_path.display(),
+            config.model_name,
+            config.model.display(),
             selected.description
         );
     };
     let result = runtime.block_on(serve(
-        app, &args.host, args.port, tls, timeout, announce, reporter,
+        app,
+        &config.host,
+        config.port,
+        tls,
+        timeout,
+        announce,
+        reporter,
     ));
     // Dropping the runtime drops the router and with it every handle on the batcher, which lets
     // the model thread see its queue close and end.

@@ -10,7 +10,10 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::base64;
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+
 use super::error::ApiError;
 use super::tensor_data::FlatData;
 use crate::data::preprocess::{INPUT_LEN, SIDE, image_bytes_to_input};
@@ -389,13 +392,52 @@ fn bytes_from_json(data: FlatData, count: usize) -> Result<Vec<Vec<u8>>, ApiErro
         .iter()
         .enumerate()
         .map(|(i, text)| {
-            base64::decode(&text.0).map_err(|e| {
+            decode_base64(&text.0).map_err(|e| {
                 ApiError::bad_request(format!(
-                    "BYTES element {i}: {e} (send images base64-encoded)"
+                    "BYTES element {i}: base64: {e} (send images base64-encoded)"
                 ))
             })
         })
         .collect()
+}
+
+/// Standard base64 (RFC 4648), the alphabet the protocol's JSON BYTES use, with or without
+/// padding and with any final bits.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// Decodes a BYTES element sent as a JSON string. Clients differ, so the URL-safe alphabet and
+/// line breaks (MIME wraps at 76) are accepted too: text that fails as it is is decoded again
+/// with those mapped to the standard alphabet.
+pub(crate) fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    BASE64.decode(text).or_else(|error| {
+        let lenient = text
+            .bytes()
+            .any(|b| matches!(b, b'-' | b'_') || b.is_ascii_whitespace());
+        if !lenient {
+            return Err(error);
+        }
+        let standard: Vec<u8> = text
+            .bytes()
+            .filter(|b| !b.is_ascii_whitespace())
+            .map(|b| match b {
+                b'-' => b'+',
+                b'_' => b'/',
+                b => b,
+            })
+            .collect();
+        BASE64.decode(standard)
+    })
+}
+
+/// Encodes `bytes` in standard base64, padded, as the protocol's JSON BYTES and
+/// `/v1/explain`'s `picture_png` carry them.
+pub(crate) fn encode_base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[derive(Serialize)]
@@ -580,6 +622,43 @@ mod tests {
         assert!(status(parse(&body, Some(len))).1.contains("3 elements"));
         let (body, len) = binary_body(&header, &raw[..5]);
         assert_eq!(status(parse(&body, Some(len))).0, 400);
+    }
+
+    #[test]
+    fn base64_rfc4648_vectors_both_alphabets_and_line_breaks() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(
+                decode_base64(encoded).unwrap(),
+                plain.as_bytes(),
+                "{encoded}"
+            );
+            assert_eq!(encode_base64(plain.as_bytes()), encoded);
+            let unpadded = encoded.trim_end_matches('=');
+            assert_eq!(
+                decode_base64(unpadded).unwrap(),
+                plain.as_bytes(),
+                "{unpadded}"
+            );
+        }
+        // 0xfb 0xff 0xbf encodes to "+/+/" (standard) or "-_-_" (URL-safe).
+        assert_eq!(decode_base64("+/+/").unwrap(), [0xfb, 0xff, 0xbf]);
+        assert_eq!(decode_base64("-_-_").unwrap(), [0xfb, 0xff, 0xbf]);
+        assert_eq!(decode_base64("Zm9v\r\nYmFy\n").unwrap(), b"foobar");
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(decode_base64(&encode_base64(&all)).unwrap(), all);
+        for bad in [
+            "Zg=a", "Z", "Zm9vY", "Zm9v!", "Zg===", "Z===", "é", "Zm 9v!",
+        ] {
+            assert!(decode_base64(bad).is_err(), "{bad:?} decoded");
+        }
     }
 
     #[test]

@@ -18,7 +18,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::{self, Keys};
-use super::base64;
 use super::batcher::{Answer, Want};
 use super::error::ApiError;
 use super::protocol::{self, INPUT_NAME, MODEL_VERSION, OUTPUT_NAME};
@@ -240,7 +239,7 @@ async fn explain(
     }
     let mut body = serde_json::to_value(&prediction)
         .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))?;
-    body["picture_png"] = Value::String(base64::encode(&picture));
+    body["picture_png"] = Value::String(protocol::encode_base64(&picture));
     Ok(Json(body).into_response())
 }
 

@@ -1,0 +1,98 @@
+//! `maas eval`.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use super::args::{DataArgs, ModelArgs, unit_interval};
+use super::{Context, print_json};
+use crate::data::source::{DEFAULT_VAL_SPLIT, LoadOptions};
+use crate::eval;
+use crate::fsutil::write_atomic;
+use crate::plots;
+use crate::predict::Classifier;
+use crate::train::DEFAULT_SEED;
+
+/// `maas eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Which model to use.
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The dataset; its test split is evaluated.
+    #[command(flatten)]
+    data: DataArgs,
+    /// Exit with 1 when the accuracy is below this (0-1), to gate a release in CI.
+    #[arg(long, value_name = "ACCURACY", value_parser = unit_interval)]
+    fail_under: Option<f64>,
+    /// Folder for confusion.png [default: the model file's folder].
+    #[arg(long, value_name = "DIR")]
+    plots: Option<PathBuf>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn run(args: EvalArgs, cx: &Context) -> Result<u8> {
+    let reporter = &cx.reporter;
+    let (path, loaded) = args.model.load(reporter)?;
+    let data = args.data.ensure(reporter)?;
+    let classes = data.classes()?;
+    if classes != loaded.config.classes {
+        bail!(
+            "{}: the model's classes {:?} are not the dataset's {:?}",
+            path.display(),
+            loaded.config.classes,
+            classes
+        );
+    }
+    // A single image folder is divided as it was for training: the model's seed and share.
+    let trained = loaded.train.as_ref();
+    let load = LoadOptions {
+        seed: trained.map_or(DEFAULT_SEED, |t| t.seed),
+        val_split: args
+            .data
+            .val_split
+            .or(trained.and_then(|t| t.val_split))
+            .unwrap_or(DEFAULT_VAL_SPLIT),
+        limit: None,
+        strict: args.data.strict,
+    };
+    let test = data.load_test(&load, reporter)?;
+    let selected = cx.select_device()?;
+    let classifier = Classifier::new(&loaded, &selected.device);
+    let report = eval::evaluate(&classifier, &test, &path.display().to_string())?;
+    // Beside the model unless told otherwise: the picture belongs to that model's evaluation.
+    let plots_dir = args
+        .plots
+        .unwrap_or_else(|| path.parent().map(PathBuf::from).unwrap_or_default());
+    let picture = plots_dir.join("confusion.png");
+    let note = format!(
+        "{} test images, accuracy {:.4}, model {}",
+        report.samples,
+        report.accuracy,
+        path.display()
+    );
+    let png = plots::confusion_png(&report.labels, &report.confusion, &note)?;
+    write_atomic(&picture, &png)?;
+    if args.json {
+        print_json(&eval::EvalOutput {
+            report: &report,
+            confusion_png: &picture,
+        })?;
+    } else {
+        print!("{}", eval::render(&report));
+        reporter.info(format!("confusion matrix picture: {}", picture.display()));
+    }
+    match args.fail_under {
+        Some(bar) if report.accuracy < bar => {
+            eprintln!(
+                "maas: accuracy {:.4} is below --fail-under {bar}",
+                report.accuracy
+            );
+            Ok(1)
+        }
+        _ => Ok(0),
+    }
+}

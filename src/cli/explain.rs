@@ -1,0 +1,82 @@
+//! `maas explain`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::args::ModelArgs;
+use super::{Context, exit_code, print_json};
+use crate::data::FileError;
+use crate::data::preprocess::load_image_file;
+use crate::explain::{self, Explainer};
+use crate::predict::{Classifier, expand_inputs};
+
+/// `maas explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Image files, folders of them, or quoted patterns, as for `predict`.
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    /// Which model to use.
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Folder for the pictures (`<image name>.explain.png`).
+    #[arg(long, value_name = "DIR", default_value = "explain")]
+    out: PathBuf,
+    /// How many of the most probable classes to list (at most the model's classes).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=256))]
+    top_k: u16,
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
+    let (path, loaded) = args.model.load(&cx.reporter)?;
+    let selected = cx.select_device()?;
+    let classifier = Classifier::new(&loaded, &selected.device);
+    let explainer = Explainer::new(&loaded, &selected.device);
+    let (files, mut errors) = expand_inputs(&args.images);
+    let mut explanations = Vec::new();
+    for file in &files {
+        let outcome = load_image_file(file).and_then(|input| {
+            explain::explain(
+                &classifier,
+                &explainer,
+                file,
+                &input,
+                &args.out,
+                args.top_k as usize,
+            )
+        });
+        match outcome {
+            Ok(e) => explanations.push(e),
+            Err(e) => errors.push(FileError {
+                file: file.display().to_string(),
+                error: format!("{e:#}"),
+            }),
+        }
+    }
+    if args.json {
+        print_json(&serde_json::json!({
+            "model": path,
+            "explanations": explanations,
+            "errors": errors,
+        }))?;
+    } else {
+        for e in &explanations {
+            println!(
+                "{}: {} {:.1}% -> {}",
+                e.file,
+                e.label,
+                100.0 * e.probability,
+                e.picture.display()
+            );
+        }
+        for e in &errors {
+            eprintln!("maas: error: {}: {}", e.file, e.error);
+        }
+    }
+    Ok(exit_code(errors.len()))
+}

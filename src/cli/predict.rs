@@ -1,0 +1,51 @@
+//! `maas predict`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::args::ModelArgs;
+use super::{Context, exit_code, print_json};
+use crate::predict::{Classifier, expand_inputs, render_table};
+
+/// `maas predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Image files (PNG, JPEG, GIF, BMP, TIFF, WebP, ...; any size, grey, RGB or RGBA), folders
+    /// of them (searched recursively), or quoted patterns such as 'photos/*.jpg'.
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    /// Which model to use.
+    #[command(flatten)]
+    model: ModelArgs,
+    /// How many of the most probable classes to list (at most the model's classes).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=256))]
+    top_k: u16,
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn run(args: PredictArgs, cx: &Context) -> Result<u8> {
+    let (path, loaded) = args.model.load(&cx.reporter)?;
+    let selected = cx.select_device()?;
+    let classifier = Classifier::new(&loaded, &selected.device);
+    let (files, problems) = expand_inputs(&args.images);
+    let bar = cx.reporter.bar_from(
+        200,
+        files.len(),
+        "classifying {bar:30} {pos}/{len} images [{elapsed}<{eta}]",
+    );
+    let mut report = classifier.predict_files(&path, &files, args.top_k as usize, &bar)?;
+    report.errors.splice(0..0, problems);
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", render_table(&report));
+        for e in &report.errors {
+            eprintln!("maas: error: {}: {}", e.file, e.error);
+        }
+    }
+    Ok(exit_code(report.errors.len()))
+}

@@ -1,0 +1,91 @@
+//! `maas serve`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::Context;
+use super::args::ModelArgs;
+use crate::serve::{self, ServeConfig, TlsFiles};
+
+/// `maas serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Which model to use.
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on; 0.0.0.0 listens on every interface.
+    #[arg(long, default_value = "127.0.0.1", env = "MAAS_HOST")]
+    host: String,
+    /// Port to listen on (0: any free port, printed on stderr).
+    #[arg(long, default_value_t = 8080, env = "MAAS_PORT")]
+    port: u16,
+    /// The model's name in the v2 routes (/v2/models/NAME/...).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "maas",
+        env = "MAAS_MODEL_NAME"
+    )]
+    model_name: String,
+    /// Most images in one forward pass when concurrent requests are batched together.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    max_batch: u32,
+    /// Longest a request waits for others to fill a batch, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2)]
+    max_wait_ms: u64,
+    /// Most requests waiting for the model; beyond it requests get 503.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_queue: u32,
+    /// Largest request body in bytes; beyond it requests get 413.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Longest a request may take, in milliseconds, reading its body included.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    timeout_ms: u64,
+    /// Require `Authorization: Bearer KEY` on every route but health and metrics.
+    #[arg(long, value_name = "KEY", env = "MAAS_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, value_name = "PATH", env = "MAAS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", env = "MAAS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A file of accepted API keys, one per line.
+    #[arg(long, value_name = "PATH", env = "MAAS_API_KEY_FILE")]
+    api_key_file: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The server's configuration, for the model file at `model`.
+    fn into_config(self, model: PathBuf) -> ServeConfig {
+        ServeConfig {
+            model,
+            host: self.host,
+            port: self.port,
+            model_name: self.model_name,
+            max_batch: self.max_batch as usize,
+            max_wait: Duration::from_millis(self.max_wait_ms),
+            max_queue: self.max_queue as usize,
+            max_body_bytes: self.max_body_bytes,
+            timeout: Duration::from_millis(self.timeout_ms),
+            api_key: self.api_key,
+            api_key_file: self.api_key_file,
+            // clap's `requires` makes these come in pairs.
+            tls: self
+                .tls_cert
+                .zip(self.tls_key)
+                .map(|(cert, key)| TlsFiles { cert, key }),
+        }
+    }
+}
+
+pub(super) fn run(args: ServeArgs, cx: &Context) -> Result<u8> {
+    let model = args.model.resolve(&cx.reporter)?;
+    let selected = cx.select_device()?;
+    serve::run(&args.into_config(model), &selected, &cx.reporter)?;
+    Ok(0)
+}
