@@ -167,6 +167,17 @@ impl ModelArgs {
     }
 }
 
+/// How `predict` and `explain` report what they found.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// How many of the most probable classes to list (at most the model's classes).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub top_k: u16,
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// A share strictly between 0 and 1.
 pub fn open_unit_interval(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {

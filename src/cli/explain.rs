@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::args::ModelArgs;
+use super::args::{ModelArgs, OutputArgs};
 use super::{Context, exit_code, print_json};
 use crate::data::FileError;
 use crate::data::preprocess::load_image_file;
@@ -24,12 +24,9 @@ pub struct ExplainArgs {
     /// Folder for the pictures (`<image name>.explain.png`).
     #[arg(long, value_name = "DIR", default_value = "explain")]
     out: PathBuf,
-    /// How many of the most probable classes to list (at most the model's classes).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=256))]
-    top_k: u16,
-    /// Print one JSON document on stdout.
-    #[arg(long)]
-    json: bool,
+    /// What to print.
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
@@ -47,7 +44,7 @@ pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
                 file,
                 &input,
                 &args.out,
-                args.top_k as usize,
+                args.output.top_k as usize,
             )
         });
         match outcome {
@@ -58,7 +55,7 @@ pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
             }),
         }
     }
-    if args.json {
+    if args.output.json {
         print_json(&serde_json::json!({
             "model": path,
             "explanations": explanations,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::args::ModelArgs;
+use super::args::{ModelArgs, OutputArgs};
 use super::{Context, exit_code, print_json};
 use crate::predict::{Classifier, expand_inputs, render_table};
 
@@ -19,12 +19,9 @@ pub struct PredictArgs {
     /// Which model to use.
     #[command(flatten)]
     model: ModelArgs,
-    /// How many of the most probable classes to list (at most the model's classes).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=256))]
-    top_k: u16,
-    /// Print one JSON document on stdout.
-    #[arg(long)]
-    json: bool,
+    /// What to print.
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 pub(super) fn run(args: PredictArgs, cx: &Context) -> Result<u8> {
@@ -37,9 +34,9 @@ pub(super) fn run(args: PredictArgs, cx: &Context) -> Result<u8> {
         files.len(),
         "classifying {bar:30} {pos}/{len} images [{elapsed}<{eta}]",
     );
-    let mut report = classifier.predict_files(&path, &files, args.top_k as usize, &bar)?;
+    let mut report = classifier.predict_files(&path, &files, args.output.top_k as usize, &bar)?;
     report.errors.splice(0..0, problems);
-    if args.json {
+    if args.output.json {
         print_json(&report)?;
     } else {
         print!("{}", render_table(&report));
