@@ -195,7 +195,12 @@ impl Mlp {
     }
 
     /// The model made of these parameters, already on their device.
-    pub(crate) fn from_parameters(w1: Tensor<2>, b1: Tensor<1>, w2: Tensor<2>, b2: Tensor<1>) -> Self {
+    pub(crate) fn from_parameters(
+        w1: Tensor<2>,
+        b1: Tensor<1>,
+        w2: Tensor<2>,
+        b2: Tensor<1>,
+    ) -> Self {
         let layer = |weight, bias| Linear {
             weight: Param::from_tensor(weight),
             bias: Some(Param::from_tensor(bias)),
