@@ -7,6 +7,7 @@
 //! The signature catches foreign files (and, like PNG's, text-mode mangling); the version lets an
 //! old maas refuse a file from a newer one by name; the checksum catches truncation and bit rot.
 
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -151,16 +152,6 @@ pub fn decode(bytes: &[u8]) -> Result<Contents> {
     if bytes.len() < PREFIX_BYTES + CRC_BYTES {
         bail!("truncated ({} bytes)", bytes.len());
     }
-    let version = read_u32(bytes, SIGNATURE.len());
-    if version > FORMAT_VERSION {
-        bail!(
-            "made by a newer maas (file format {version}; this maas {} reads format {FORMAT_VERSION} and older): upgrade maas",
-            crate::VERSION
-        );
-    }
-    if version == 0 {
-        bail!("corrupted (format version 0)");
-    }
     let header_len = read_u32(bytes, SIGNATURE.len() + 4) as usize;
     let header_end = PREFIX_BYTES.saturating_add(header_len);
     let header: Option<Header> = bytes
@@ -170,19 +161,31 @@ pub fn decode(bytes: &[u8]) -> Result<Contents> {
     let expected_len = header.as_ref().map(|h| {
         data_bytes(h).and_then(|data| header_end.saturating_add(CRC_BYTES).checked_add(data))
     });
-    match expected_len {
-        Some(Some(expected)) if bytes.len() < expected => {
-            bail!("truncated ({} of {expected} bytes)", bytes.len())
-        }
-        None if header_end.saturating_add(CRC_BYTES) > bytes.len() => {
-            bail!("truncated ({} bytes)", bytes.len())
-        }
-        _ => {}
-    }
+    // Every format version ends with a CRC-32 of all before it, so no field is believed before
+    // the checksum holds: a flipped bit in the version or the header length is damage, not a
+    // newer maas or a truncation.
     let body_end = bytes.len() - CRC_BYTES;
-    let stored_crc = read_u32(bytes, body_end);
-    if crc32fast::hash(&bytes[..body_end]) != stored_crc {
-        bail!("corrupted (checksum mismatch)");
+    if crc32fast::hash(&bytes[..body_end]) != read_u32(bytes, body_end) {
+        // A file cut short fails the checksum too; its header, when whole and readable, tells.
+        match expected_len {
+            Some(Some(expected)) if bytes.len() < expected => {
+                bail!("truncated ({} of {expected} bytes)", bytes.len())
+            }
+            None if header_end.saturating_add(CRC_BYTES) > bytes.len() => {
+                bail!("corrupted or truncated (checksum mismatch)")
+            }
+            _ => bail!("corrupted (checksum mismatch)"),
+        }
+    }
+    let version = read_u32(bytes, SIGNATURE.len());
+    if version > FORMAT_VERSION {
+        bail!(
+            "made by a newer maas (file format {version}; this maas {} reads format {FORMAT_VERSION} and older): upgrade maas",
+            crate::VERSION
+        );
+    }
+    if version == 0 {
+        bail!("corrupted (format version 0)");
     }
     let Some(header) = header else {
         bail!("corrupted (unreadable header)");
@@ -225,6 +228,34 @@ pub fn read(path: &Path) -> Result<Contents> {
     }
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     decode(&bytes).with_context(|| format!("{}", path.display()))
+}
+
+/// What the maas file at `path` says it holds, from its header alone; `None` when it is not a
+/// regular file with a readable maas header. The checksum is deliberately not checked: this is
+/// for deciding whether a file deserves protection, and a damaged checkpoint still does.
+pub fn peek_kind(path: &Path) -> Option<Kind> {
+    #[derive(Deserialize)]
+    struct KindOnly {
+        kind: Kind,
+    }
+    // Opening a FIFO to read it would wait for a writer.
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut prefix = [0u8; PREFIX_BYTES];
+    file.read_exact(&mut prefix).ok()?;
+    if &prefix[..SIGNATURE.len()] != SIGNATURE {
+        return None;
+    }
+    let header_len = read_u32(&prefix, SIGNATURE.len() + 4);
+    let mut header = Vec::new();
+    file.take(u64::from(header_len))
+        .read_to_end(&mut header)
+        .ok()?;
+    serde_json::from_slice::<KindOnly>(&header)
+        .ok()
+        .map(|h| h.kind)
 }
 
 /// Encodes and writes a maas file atomically.
@@ -327,15 +358,40 @@ mod tests {
         }
     }
 
+    /// `bytes` made by a maas whose format version is `version`: the checksum still holds.
+    fn with_version(bytes: &[u8], version: u32) -> Vec<u8> {
+        let mut b = bytes[..bytes.len() - CRC_BYTES].to_vec();
+        b[8..12].copy_from_slice(&version.to_le_bytes());
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    // Issue 16: a flip in the version said "made by a newer maas", one in the header length
+    // "truncated"; the checksum is checked first, so both are damage.
+    #[test]
+    fn a_bit_flip_in_the_version_or_length_is_corruption() {
+        let bytes = sample();
+        for i in 8..16 {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                let err = format!("{:#}", decode(&b).unwrap_err());
+                assert!(
+                    err.contains("corrupted") && err.contains("checksum") && !err.contains("newer"),
+                    "a flip of bit {bit} of byte {i}: {err}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn names_the_problem() {
         let bytes = sample();
         let msg = |b: &[u8]| format!("{:#}", decode(b).unwrap_err());
         assert!(msg(b"\x89PNG\r\n\x1a\n....").contains("not a maas"));
         assert!(msg(&bytes[..bytes.len() - 10]).contains("truncated"));
-        let mut newer = bytes.clone();
-        newer[8] = 9;
-        assert!(msg(&newer).contains("newer maas"));
+        assert!(msg(&with_version(&bytes, 9)).contains("newer maas"));
         let mut flipped = bytes.clone();
         let n = flipped.len();
         flipped[n - 8] ^= 0x10;

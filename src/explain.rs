@@ -1,6 +1,7 @@
 //! Why this answer: gradient x input through the same burn model (autodiff), drawn as a heat map
 //! beside the image.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -125,31 +126,54 @@ fn hot(t: f32) -> Rgb<u8> {
     ])
 }
 
-/// Explains each input: classifies it, computes the evidence for its top class and writes the
-/// picture `<out>/<file stem>.explain.png`.
+/// The picture of each file: `<out>/<file stem>.explain.png`, or `<stem>-2`, `-3`, ... for a file
+/// whose name an earlier one took, so that `a/x.png b/x.png` keeps both pictures. Names are
+/// compared ignoring case, as the file systems of macOS and Windows do.
+pub fn picture_paths(files: &[PathBuf], out: &Path) -> Vec<PathBuf> {
+    let mut taken = HashSet::new();
+    files
+        .iter()
+        .map(|file| {
+            let stem = file
+                .file_stem()
+                .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+            let mut n = 1;
+            loop {
+                let name = if n == 1 {
+                    format!("{stem}.explain.png")
+                } else {
+                    format!("{stem}-{n}.explain.png")
+                };
+                if taken.insert(name.to_lowercase()) {
+                    break out.join(name);
+                }
+                n += 1;
+            }
+        })
+        .collect()
+}
+
+/// Explains one input: classifies it, computes the evidence for its top class and writes the
+/// picture to `picture_path` (see [`picture_paths`]).
 pub fn explain(
     classifier: &Classifier,
     explainer: &Explainer,
     file: &Path,
     input: &[f32],
-    out: &Path,
+    picture_path: &Path,
     k: usize,
 ) -> Result<Explanation> {
     let probabilities = classifier.probabilities(input)?;
     let prediction = classifier.prediction(file.display().to_string(), &probabilities, k);
     let evidence = explainer.gradient_x_input(input, prediction.index)?;
-    let stem = file
-        .file_stem()
-        .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
-    let picture_path = out.join(format!("{stem}.explain.png"));
-    crate::fsutil::write_atomic(&picture_path, &picture_png(input, &evidence)?)?;
+    crate::fsutil::write_atomic(picture_path, &picture_png(input, &evidence)?)?;
     Ok(Explanation {
         file: prediction.file,
         label: prediction.label,
         index: prediction.index,
         probability: prediction.probability,
         top_k: prediction.top_k,
-        picture: picture_path,
+        picture: picture_path.to_path_buf(),
     })
 }
 
@@ -187,6 +211,19 @@ mod tests {
                 evidence[i]
             );
         }
+    }
+
+    #[test]
+    fn pictures_of_files_with_one_name_do_not_collide() {
+        let files: Vec<PathBuf> = ["a/x.png", "b/x.png", "c/x-2.png", "X.jpg", "y.png"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let names: Vec<PathBuf> = ["x", "x-2", "x-2-2", "X-3", "y"]
+            .iter()
+            .map(|s| Path::new("E").join(format!("{s}.explain.png")))
+            .collect();
+        assert_eq!(picture_paths(&files, Path::new("E")), names);
     }
 
     #[test]

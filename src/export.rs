@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, TrainConfig, take_weights, weight_arrays};
 use crate::container::{self, Kind};
+use crate::fsutil::{write_atomic, write_target};
 use crate::model::{ModelConfig, Weights};
 
 /// Where a model came from.
@@ -70,7 +71,32 @@ impl Format {
 }
 
 /// Writes the model of `checkpoint` to `out` as one self-contained file in `format`.
+///
+/// Refuses to replace the checkpoint itself or any other checkpoint (a model file in its place
+/// would end the run's resumes), and anything [`write_target`] refuses.
 pub fn export(checkpoint: &Path, out: &Path, format: Format) -> Result<LoadedModel> {
+    let target = write_target(out)?;
+    if same_file::is_same_file(checkpoint, &target).unwrap_or(false) {
+        bail!(
+            "{}: is the checkpoint being exported; refusing to replace it, choose another output",
+            out.display()
+        );
+    }
+    if container::peek_kind(&target) == Some(Kind::Checkpoint) {
+        bail!(
+            "{}: is a training checkpoint; refusing to replace it with a model, choose another output",
+            out.display()
+        );
+    }
+    let (mut model, bytes) = export_bytes(checkpoint, format)?;
+    write_atomic(out, &bytes)?;
+    model.path = out.to_path_buf();
+    Ok(model)
+}
+
+/// The bytes of the file [`export`] writes, for a caller that sends them elsewhere (`-o -`:
+/// stdout); the model's `path` is `-`.
+pub fn export_bytes(checkpoint: &Path, format: Format) -> Result<(LoadedModel, Vec<u8>)> {
     let ckpt = Checkpoint::load(checkpoint)?;
     let last = ckpt
         .meta
@@ -89,31 +115,28 @@ pub fn export(checkpoint: &Path, out: &Path, format: Format) -> Result<LoadedMod
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
-    match format {
+    let bytes = match format {
         Format::Maas => {
             let meta = ModelMeta {
                 model: ckpt.meta.model.clone(),
                 provenance: provenance.clone(),
             };
-            container::write(
-                out,
+            container::encode(
                 Kind::Model,
                 serde_json::to_value(&meta)?,
                 &weight_arrays("", &ckpt.weights),
-            )?;
+            )?
         }
-        Format::Onnx => {
-            let bytes = crate::onnx::encode(&ckpt.meta.model, &ckpt.weights, Some(&provenance))?;
-            crate::fsutil::write_atomic(out, &bytes)?;
-        }
-    }
-    Ok(LoadedModel {
+        Format::Onnx => crate::onnx::encode(&ckpt.meta.model, &ckpt.weights, Some(&provenance))?,
+    };
+    let model = LoadedModel {
         config: ckpt.meta.model,
         weights: ckpt.weights,
         train: Some(provenance.train.clone()),
         provenance: Some(provenance),
-        path: out.to_path_buf(),
-    })
+        path: PathBuf::from("-"),
+    };
+    Ok((model, bytes))
 }
 
 /// Loads a model file (`maas export`) or a checkpoint, checking that this maas can run it.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
-use maas::cli::{Cli, run};
+use maas::cli::{Cli, StdoutClosed, run};
 use maas::train::Interrupted;
 
 /// Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set" on every adapter they open
@@ -45,13 +45,22 @@ fn main() -> ExitCode {
     });
     match run(cli, &stop) {
         Ok(code) => ExitCode::from(code),
+        // As ripgrep does: `maas predict ... | head -1` is a normal end.
+        Err(err) if err.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(err) if err.is::<Interrupted>() => {
             eprintln!("maas: {err}");
             ExitCode::from(130)
         }
-        Err(err) => {
-            eprintln!("maas: error: {err:#}");
-            ExitCode::from(1)
-        }
+        Err(err) => match err.downcast::<clap::Error>() {
+            // A conflict clap could not see while parsing (`export --json -o -`): a usage error.
+            Ok(usage) => {
+                let _ = usage.print();
+                ExitCode::from(2)
+            }
+            Err(err) => {
+                eprintln!("maas: error: {err:#}");
+                ExitCode::from(1)
+            }
+        },
     }
 }

@@ -78,8 +78,12 @@ fn bad_model_files_are_named_with_their_problem() {
         32,
     );
     let good = std::fs::read(ws.path("model.maas")).unwrap();
-    let mut future = good.clone();
-    future[8] = 99; // the format version; the checksum now fails too, but the version is read first
+    // A newer maas's file: another format version, and a checksum that holds (a flipped version
+    // byte with a failing checksum is damage, not a newer file).
+    let mut future = good[..good.len() - 4].to_vec();
+    future[8] = 99;
+    let crc = crc32fast::hash(&future);
+    future.extend_from_slice(&crc.to_le_bytes());
     std::fs::write(ws.path("future.maas"), future).unwrap();
     let mut other = container::decode(&good).unwrap();
     other.meta["model"]["architecture"] = "resnet-50".into();

@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use super::args::{DataArgs, ModelArgs, unit_interval};
-use super::{Context, print_json};
+use super::{Context, print_json, print_stdout};
 use crate::data::source::{DEFAULT_VAL_SPLIT, LoadOptions};
 use crate::eval;
 use crate::fsutil::write_atomic;
@@ -82,7 +82,7 @@ pub(super) fn run(args: EvalArgs, cx: &Context) -> Result<u8> {
             confusion_png: &picture,
         })?;
     } else {
-        print!("{}", eval::render(&report));
+        print_stdout(eval::render(&report))?;
         reporter.info(format!("confusion matrix picture: {}", picture.display()));
     }
     match args.fail_under {

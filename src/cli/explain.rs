@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::args::{ModelArgs, OutputArgs};
-use super::{Context, exit_code, print_json};
+use super::{Context, exit_code, print_json, print_stdout};
 use crate::data::FileError;
 use crate::data::preprocess::load_image_file;
 use crate::explain::{self, Explainer};
@@ -21,7 +21,8 @@ pub struct ExplainArgs {
     /// Which model to use.
     #[command(flatten)]
     model: ModelArgs,
-    /// Folder for the pictures (`<image name>.explain.png`).
+    /// Folder for the pictures (`<image name>.explain.png`; `<image name>-2.explain.png` for a
+    /// second image of that name).
     #[arg(long, value_name = "DIR", default_value = "explain")]
     out: PathBuf,
     /// What to print.
@@ -35,15 +36,16 @@ pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
     let classifier = Classifier::new(&loaded, &selected.device);
     let explainer = Explainer::new(&loaded, &selected.device);
     let (files, mut errors) = expand_inputs(&args.images);
+    let pictures = explain::picture_paths(&files, &args.out);
     let mut explanations = Vec::new();
-    for file in &files {
+    for (file, picture) in files.iter().zip(&pictures) {
         let outcome = load_image_file(file).and_then(|input| {
             explain::explain(
                 &classifier,
                 &explainer,
                 file,
                 &input,
-                &args.out,
+                picture,
                 args.output.top_k as usize,
             )
         });
@@ -63,13 +65,13 @@ pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
         }))?;
     } else {
         for e in &explanations {
-            println!(
-                "{}: {} {:.1}% -> {}",
+            print_stdout(format!(
+                "{}: {} {:.1}% -> {}\n",
                 e.file,
                 e.label,
                 100.0 * e.probability,
                 e.picture.display()
-            );
+            ))?;
         }
         for e in &errors {
             eprintln!("maas: error: {}: {}", e.file, e.error);

@@ -1,6 +1,10 @@
 //! The command line. Each command's flags are parsed once and turned into the library's own
 //! configuration (as fd does): the library never sees a clap type. One module per command, each
 //! with its flags and its handler; [`args`] holds the flag groups several commands share.
+//!
+//! Output for stdout goes through [`print_stdout`], never `print!`, which panics when the reader
+//! has gone.
+#![warn(clippy::print_stdout)]
 
 mod args;
 mod eval;
@@ -10,9 +14,10 @@ mod predict;
 mod serve;
 mod train;
 
+use std::io::Write;
 use std::sync::atomic::AtomicBool;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 use self::args::{DeviceFlag, ProgressFlag};
@@ -101,8 +106,22 @@ pub fn run(cli: Cli, stop: &AtomicBool) -> Result<u8> {
 
 /// Prints `value` as pretty JSON on stdout.
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    print_stdout(format!("{}\n", serde_json::to_string_pretty(value)?))
+}
+
+/// Stdout's reader went away (`maas predict ... | head -1`): a normal end, not a failure.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed")]
+pub struct StdoutClosed;
+
+/// Writes `bytes` to stdout. Rust ignores SIGPIPE, so a closed pipe is an error here (where
+/// `print!` would panic); it becomes [`StdoutClosed`], on which `main` ends quietly.
+fn print_stdout(bytes: impl AsRef<[u8]>) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes.as_ref()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        other => Ok(other.context("cannot write to stdout")?),
+    }
 }
 
 /// The exit code of a command over files: 1 when any file failed, the others still answered.

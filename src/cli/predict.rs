@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::args::{ModelArgs, OutputArgs};
-use super::{Context, exit_code, print_json};
+use super::{Context, exit_code, print_json, print_stdout};
 use crate::predict::{Classifier, expand_inputs, render_table};
 
 /// `maas predict`.
@@ -39,7 +39,7 @@ pub(super) fn run(args: PredictArgs, cx: &Context) -> Result<u8> {
     if args.output.json {
         print_json(&report)?;
     } else {
-        print!("{}", render_table(&report));
+        print_stdout(render_table(&report))?;
         for e in &report.errors {
             eprintln!("maas: error: {}: {}", e.file, e.error);
         }

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::args::{CheckpointsArg, DataArgs, positive_float};
-use super::{Context, print_json};
+use super::{Context, print_json, print_stdout};
 use crate::train::{self, TrainOptions};
 
 /// `maas train`.
@@ -68,15 +68,15 @@ pub(super) fn run(args: TrainArgs, cx: &Context) -> Result<u8> {
     if args.json {
         print_json(&summary)?;
     } else {
-        println!(
-            "trained {} epoch{}: test accuracy {:.4} (best {:.4} at epoch {}); checkpoints in {}",
+        print_stdout(format!(
+            "trained {} epoch{}: test accuracy {:.4} (best {:.4} at epoch {}); checkpoints in {}\n",
             summary.epochs,
             if summary.epochs == 1 { "" } else { "s" },
             summary.final_test_accuracy,
             summary.best_test_accuracy,
             summary.best_epoch,
             summary.checkpoints.dir.display()
-        );
+        ))?;
     }
     Ok(0)
 }
