@@ -98,6 +98,10 @@ pub fn export(checkpoint: &Path, out: &Path, format: Format) -> Result<LoadedMod
 /// stdout); the model's `path` is `-`.
 pub fn export_bytes(checkpoint: &Path, format: Format) -> Result<(LoadedModel, Vec<u8>)> {
     let ckpt = Checkpoint::load(checkpoint)?;
+    // A model every command would refuse to load is not worth writing.
+    ckpt.weights
+        .check_finite()
+        .with_context(|| format!("{}", checkpoint.display()))?;
     let last = ckpt
         .meta
         .history
@@ -151,7 +155,14 @@ pub fn decode_model(bytes: &[u8], path: &Path) -> Result<LoadedModel> {
     model_from_contents(container::decode(bytes)?, path)
 }
 
-fn model_from_contents(mut contents: container::Contents, path: &Path) -> Result<LoadedModel> {
+fn model_from_contents(contents: container::Contents, path: &Path) -> Result<LoadedModel> {
+    let loaded = model_of_kind(contents, path)?;
+    // Checked here, where every command loads its model, rather than by each command.
+    loaded.weights.check_finite()?;
+    Ok(loaded)
+}
+
+fn model_of_kind(mut contents: container::Contents, path: &Path) -> Result<LoadedModel> {
     match contents.kind {
         Kind::Checkpoint => {
             let ckpt = Checkpoint::from_contents(contents)?;

@@ -128,6 +128,26 @@ impl Weights {
         self.b2.len()
     }
 
+    /// Checks that every weight is a finite number. A model whose training diverged can hold NaN
+    /// in a file whose checksum is fine, and would then answer every image with NaN probabilities.
+    pub fn check_finite(&self) -> Result<()> {
+        for (name, values) in [
+            ("w1", &self.w1),
+            ("b1", &self.b1),
+            ("w2", &self.w2),
+            ("b2", &self.b2),
+        ] {
+            if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "weight {name} holds {:?} (element {at}): every answer would be NaN (did its \
+                     training diverge? train again with a lower --lr)",
+                    values[at]
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The shapes of `w1`, `b1`, `w2`, `b2`, in that order.
     pub fn shapes(hidden: usize, classes: usize) -> [Vec<usize>; 4] {
         [
@@ -462,6 +482,21 @@ mod tests {
     fn weights_round_trip_through_the_module() {
         let w = Weights::init(5, 3, 11);
         assert_eq!(Mlp::from_weights(&w, &Device::flex()).weights().unwrap(), w);
+    }
+
+    #[test]
+    fn non_finite_weights_are_named() {
+        let mut w = Weights::init(4, 3, 1);
+        assert!(w.check_finite().is_ok());
+        w.w2[5] = f32::NAN;
+        let err = w.check_finite().unwrap_err().to_string();
+        assert!(
+            err.contains("w2") && err.contains("NaN") && err.contains("element 5"),
+            "{err}"
+        );
+        w.w2[5] = 0.0;
+        w.b2[0] = f32::NEG_INFINITY;
+        assert!(w.check_finite().unwrap_err().to_string().contains("b2"));
     }
 
     #[test]

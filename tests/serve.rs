@@ -574,7 +574,7 @@ fn malformed_requests_get_400_and_the_server_stays_up() {
         server
             .post("/v2/models/maas/infer", body.as_bytes())
             .assert_error(400)
-            .contains("infinite")
+            .contains("must be in [0, 1]")
     );
     assert_eq!(
         server

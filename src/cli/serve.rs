@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
+use clap::builder::RangedU64ValueParser;
 
 use super::Context;
 use super::args::ModelArgs;
@@ -27,7 +28,8 @@ pub struct ServeArgs {
         long,
         value_name = "NAME",
         default_value = "maas",
-        env = "MAAS_MODEL_NAME"
+        env = "MAAS_MODEL_NAME",
+        value_parser = model_name
     )]
     model_name: String,
     /// Most images in one forward pass when concurrent requests are batched together.
@@ -40,10 +42,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     max_queue: u32,
     /// Largest request body in bytes; beyond it requests get 413.
-    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     max_body_bytes: usize,
+    /// Most pixels one request may decode, all its images together (as their headers declare them),
+    /// and most pixels decoded at once across the server; beyond it requests get 413.
+    #[arg(long, value_name = "PIXELS", default_value_t = serve::DEFAULT_MAX_DECODE_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    max_decode_pixels: u64,
     /// Longest a request may take, in milliseconds, reading its body included.
-    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    #[arg(long, value_name = "MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
     /// Require `Authorization: Bearer KEY` on every route but health and metrics.
     #[arg(long, value_name = "KEY", env = "MAAS_API_KEY", hide_env_values = true)]
@@ -59,6 +65,22 @@ pub struct ServeArgs {
     api_key_file: Option<PathBuf>,
 }
 
+/// A model name that can stand in `/v2/models/NAME` as it is: letters, digits, `.`, `_` and `-`,
+/// not `.` or `..` alone (which clients resolve away); anything else would leave a server whose
+/// every v2 request fails.
+fn model_name(s: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if s.is_empty() {
+        return Err("the model name is empty".into());
+    }
+    if s == "." || s == ".." || !s.chars().all(allowed) {
+        return Err(format!(
+            "{s:?} cannot be a model name: use letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(s.to_string())
+}
+
 impl ServeArgs {
     /// The server's configuration, for the model file at `model`.
     fn into_config(self, model: PathBuf) -> ServeConfig {
@@ -71,6 +93,7 @@ impl ServeArgs {
             max_wait: Duration::from_millis(self.max_wait_ms),
             max_queue: self.max_queue as usize,
             max_body_bytes: self.max_body_bytes,
+            max_decode_pixels: self.max_decode_pixels,
             timeout: Duration::from_millis(self.timeout_ms),
             api_key: self.api_key,
             api_key_file: self.api_key_file,

@@ -139,20 +139,67 @@ pub fn image_bytes_to_input(bytes: &[u8]) -> Result<Vec<f32>> {
 /// between the header and the pixels. The values are the same: the same decoder, the same
 /// resize and conversion, the same scaling.
 pub fn small_image_to_input(bytes: &[u8], max_pixels: u64) -> Option<Vec<f32>> {
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .ok()?;
-    reader.format()?;
-    reader.limits(decode_limits());
-    let decoder = reader.into_decoder().ok()?;
-    let (w, h) = decoder.dimensions();
-    if u64::from(w) * u64::from(h) > max_pixels.min(MAX_PIXELS) {
+    let image = open_image(bytes).ok()?;
+    if image.pixels() > max_pixels {
         return None;
     }
-    let image = DynamicImage::from_decoder(decoder).ok()?;
     let mut out = Vec::with_capacity(INPUT_LEN);
-    image_to_input(&image, &mut out);
+    image.to_input(&mut out).ok()?;
     Some(out)
+}
+
+/// An encoded image whose header has been read: its size is known and no pixel is decoded yet,
+/// so that a caller can refuse it, or wait for room, before paying for the pixels (a PNG of half
+/// a megabyte can declare 8192x8192 16-bit pixels: 550 MB and a second of CPU).
+pub struct OpenedImage<D> {
+    decoder: D,
+}
+
+/// Reads the header of an encoded image (any format the `image` crate reads, told by its
+/// content); an image of more than [`MAX_PIXELS`] pixels is refused here, undecoded.
+pub fn open_image(bytes: &[u8]) -> Result<OpenedImage<impl ImageDecoder + '_>> {
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .context("cannot read image")?;
+    if reader.format().is_none() {
+        anyhow::bail!("not an image in a format maas reads (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)");
+    }
+    reader.limits(decode_limits());
+    let image = OpenedImage {
+        decoder: reader
+            .into_decoder()
+            .context("cannot read the image's header")?,
+    };
+    if image.pixels() > MAX_PIXELS {
+        let (w, h) = image.dimensions();
+        anyhow::bail!("image is {w}x{h} pixels, more than the {MAX_PIXELS}-pixel limit");
+    }
+    Ok(image)
+}
+
+impl<D: ImageDecoder> OpenedImage<D> {
+    /// Width and height, as the header declares them.
+    pub fn dimensions(&self) -> (u32, u32) {
+        self.decoder.dimensions()
+    }
+
+    /// Pixels, as the header declares them.
+    pub fn pixels(&self) -> u64 {
+        let (w, h) = self.dimensions();
+        u64::from(w) * u64::from(h)
+    }
+
+    /// Decodes the pixels and appends the model input values to `out`: the preprocessing of
+    /// [`image_bytes_to_input`].
+    pub fn to_input(self, out: &mut Vec<f32>) -> Result<()> {
+        // What `ImageReader::decode` checks before allocating the image.
+        decode_limits()
+            .reserve(self.decoder.total_bytes())
+            .context("cannot decode image")?;
+        let image = DynamicImage::from_decoder(self.decoder).context("cannot decode image")?;
+        image_to_input(&image, out);
+        Ok(())
+    }
 }
 
 /// [`image_to_chw`] and [`normalize`] at once, without the intermediate bytes.
@@ -273,5 +320,10 @@ mod tests {
         bomb[29..33].copy_from_slice(&crc.to_be_bytes());
         let err = format!("{:#}", image_bytes_to_input(&bomb).unwrap_err());
         assert!(err.contains("limit"), "{err}");
+        // The header alone tells: refused before any pixel is decoded.
+        let err = format!("{:#}", open_image(&bomb).err().unwrap());
+        assert!(err.contains("100000x100000"), "{err}");
+        let opened = open_image(&full).unwrap();
+        assert_eq!((opened.dimensions(), opened.pixels()), ((40, 40), 1600));
     }
 }

@@ -8,6 +8,7 @@
 
 mod auth;
 mod batcher;
+mod decode;
 mod error;
 mod metrics;
 mod protocol;
@@ -31,6 +32,8 @@ use tokio_rustls::rustls::ServerConfig;
 
 use self::auth::Keys;
 use self::batcher::{BatchConfig, Batcher};
+pub use self::decode::DEFAULT_MAX_DECODE_PIXELS;
+use self::decode::Decoding;
 use self::metrics::Metrics;
 use self::state::AppState;
 use self::tls::TlsListener;
@@ -56,7 +59,9 @@ pub fn decode_infer_request(
     }
     let decode = || {
         let length = protocol::header_length(&headers)?;
-        protocol::parse(body, length)?.input.into_values()
+        protocol::parse(body, length)?
+            .input
+            .into_values(&mut Decoding::unbounded())
     };
     decode().map_err(|e| e.message)
 }
@@ -80,6 +85,9 @@ pub struct ServeConfig {
     pub max_queue: usize,
     /// Largest request body in bytes; beyond it 413.
     pub max_body_bytes: usize,
+    /// Most pixels one request may decode (as its images' headers declare them), beyond it 413;
+    /// also the most decoded at once across the server.
+    pub max_decode_pixels: u64,
     /// Longest a request may take, reading its body included.
     pub timeout: Duration,
     /// An accepted API key.
@@ -137,6 +145,7 @@ pub fn run(config: &ServeConfig, selected: &Selected, reporter: &Reporter) -> Re
         timeout,
         config.max_body_bytes,
         config.max_queue,
+        config.max_decode_pixels,
     );
     let has_keys = keys.is_some();
     let app = routes::router(state, keys);
@@ -211,6 +220,11 @@ async fn serve(
 /// request deadline only starts once the head is in), and a client that has sent its whole
 /// request and shut down its write side still gets the answer (hyper otherwise drops the
 /// request when it reads the end of the stream).
+///
+/// A request hyper cannot parse (HTTP/0.9, two different Content-Lengths, a head too large) never
+/// reaches `app`: hyper answers 400, 414 or 431 itself, with an empty body, and closes. Its
+/// builder has no hook to word that answer (the response is made inside `proto::h1`), so those
+/// are the one answers that are not `{"error": ...}`; README says so.
 async fn serve_on<L>(
     mut listener: L,
     app: Router,

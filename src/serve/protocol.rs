@@ -14,9 +14,10 @@ use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
+use super::decode::Decoding;
 use super::error::ApiError;
 use super::tensor_data::FlatData;
-use crate::data::preprocess::{INPUT_LEN, SIDE, image_bytes_to_input};
+use crate::data::preprocess::{INPUT_LEN, SIDE};
 
 /// The model's one input.
 pub const INPUT_NAME: &str = "input";
@@ -80,18 +81,21 @@ pub struct InferRequest {
 }
 
 impl Input {
-    /// Model input values and how many images they hold; encoded images are decoded here with
-    /// the one preprocessing of training and `predict`.
-    pub fn into_values(self) -> Result<(Vec<f32>, usize), ApiError> {
+    /// Model input values and how many images they hold; encoded images are decoded here,
+    /// one after the other within the bounds of `decoding`, with the one preprocessing of
+    /// training and `predict`.
+    pub fn into_values(self, decoding: &mut Decoding) -> Result<(Vec<f32>, usize), ApiError> {
         match self {
             Input::Fp32 { rows, values } => Ok((values, rows)),
             Input::Images(images) => {
                 let mut values = Vec::with_capacity(images.len() * INPUT_LEN);
                 for (i, bytes) in images.iter().enumerate() {
-                    let one = image_bytes_to_input(bytes).map_err(|e| {
-                        ApiError::bad_request(format!("input '{INPUT_NAME}' element {i}: {e:#}"))
+                    decoding.image(bytes, &mut values).map_err(|e| {
+                        ApiError::new(
+                            e.status,
+                            format!("input '{INPUT_NAME}' element {i}: {}", e.message),
+                        )
                     })?;
-                    values.extend(one);
                 }
                 Ok((values, images.len()))
             }
@@ -210,9 +214,13 @@ fn parse_input(input: InputJson, binary: &mut Option<&[u8]>) -> Result<Input, Ap
                 (None, Some(data)) => fp32_from_json(data, rows)?,
                 (None, None) => return Err(missing_data()),
             };
-            if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+            // The model only ever saw pixel bytes / 255: anything else (NaN, 1e30, a client's own
+            // mean/std normalisation) would get a confident but meaningless answer.
+            if let Some(at) = values.iter().position(|v| !(0.0..=1.0).contains(v)) {
                 return Err(ApiError::bad_request(format!(
-                    "input '{INPUT_NAME}' holds a NaN or infinite value (element {at}); values must be finite, in [0, 1]"
+                    "input '{INPUT_NAME}' element {at} is {:?}; values must be in [0, 1] \
+                     (pixel bytes / 255, channel-major RGB)",
+                    values[at]
                 )));
             }
             Ok(Input::Fp32 { rows, values })
@@ -716,15 +724,27 @@ mod tests {
     }
 
     #[test]
-    fn nan_and_infinity_are_refused_in_binary() {
-        for bad in [f32::NAN, f32::INFINITY] {
+    fn values_outside_the_unit_interval_are_refused_in_binary() {
+        for bad in [f32::NAN, f32::INFINITY, 1e30, -0.001, 1.0001] {
             let mut v = values(1);
             v[5] = bad;
             let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
             let header = json!({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "parameters": {"binary_data_size": raw.len()}}]});
             let (body, len) = binary_body(&header, &raw);
-            assert!(status(parse(&body, Some(len))).1.contains("element 5"));
+            let message = status(parse(&body, Some(len))).1;
+            assert!(
+                message.contains("element 5") && message.contains("[0, 1]"),
+                "{message}"
+            );
         }
+        // The bounds themselves are pixel values.
+        let mut v = values(1);
+        v[0] = 0.0;
+        v[1] = 1.0;
+        let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let header = json!({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "parameters": {"binary_data_size": raw.len()}}]});
+        let (body, len) = binary_body(&header, &raw);
+        assert!(parse(&body, Some(len)).is_ok());
     }
 
     #[tokio::test]

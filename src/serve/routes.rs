@@ -19,14 +19,11 @@ use serde_json::{Value, json};
 
 use super::auth::{self, Keys};
 use super::batcher::{Answer, Want};
+use super::decode::SMALL_IMAGE_PIXELS;
 use super::error::ApiError;
 use super::protocol::{self, INPUT_NAME, MODEL_VERSION, OUTPUT_NAME};
 use super::state::{Admission, AppState, refuse};
-use crate::data::preprocess::{SIDE, image_bytes_to_input, small_image_to_input};
-
-/// Largest image, in pixels, decoded on the async thread that read it (four times the model's
-/// input): see [`image_request`].
-const INLINE_DECODE_PIXELS: u64 = 4 * (SIDE as u64) * (SIDE as u64);
+use crate::data::preprocess::{INPUT_LEN, SIDE, small_image_to_input};
 
 /// Every route; all but health and metrics need a key when `keys` is given.
 pub fn router(state: AppState, keys: Option<Keys>) -> Router {
@@ -153,9 +150,9 @@ async fn infer(
     };
     let body = state.read_body(request, deadline).await?;
     let (id, binary, values, rows) = state
-        .decode(deadline, move || {
+        .decode(deadline, move |decoding| {
             let request = protocol::parse(&body, header_length)?;
-            let (values, rows) = request.input.into_values()?;
+            let (values, rows) = request.input.into_values(decoding)?;
             Ok((request.id, request.binary_output, values, rows))
         })
         .await?;
@@ -290,15 +287,17 @@ async fn image_request(
     }
     // An image about the model's size decodes in microseconds, less than handing it to the
     // blocking pool and back costs (two thread wake-ups); a larger one could stall every
-    // connection on this async thread, so it goes to the pool, as does a broken one (whose
-    // error the general path words).
-    let values = match small_image_to_input(&body, INLINE_DECODE_PIXELS) {
+    // connection on this async thread, so it goes to the pool, within the pixel limits, as does
+    // a broken one (whose error the general path words).
+    let inline = SMALL_IMAGE_PIXELS.min(state.pixels.per_request());
+    let values = match small_image_to_input(&body, inline) {
         Some(values) => values,
         None => {
             state
-                .decode(deadline, move || {
-                    image_bytes_to_input(&body)
-                        .map_err(|e| ApiError::bad_request(format!("cannot read the image: {e:#}")))
+                .decode(deadline, move |decoding| {
+                    let mut values = Vec::with_capacity(INPUT_LEN);
+                    decoding.image(&body, &mut values)?;
+                    Ok(values)
                 })
                 .await?
         }

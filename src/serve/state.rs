@@ -4,7 +4,7 @@
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout_at};
 
 use super::batcher::Batcher;
+use super::decode::{Decoding, PixelLimits, StopOnDrop};
 use super::error::ApiError;
 use super::metrics::Metrics;
 
@@ -51,6 +52,8 @@ pub struct Shared {
     admission: Arc<Semaphore>,
     /// Decodes running at once: decoding is CPU work, more than the cores only queues it.
     decoders: Arc<Semaphore>,
+    /// Pixels decoded per request and at once.
+    pub pixels: PixelLimits,
 }
 
 impl Deref for AppState {
@@ -62,7 +65,9 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    /// The state of a server; `max_pending` requests may hold a body at once.
+    /// The state of a server; `max_pending` requests may hold a body at once, each may decode
+    /// `max_pixels`, and that many may be decoded at once.
+    #[allow(clippy::too_many_arguments)] // one call, in serve::run, each argument named there
     pub fn new(
         model_name: String,
         classes: Vec<String>,
@@ -71,6 +76,7 @@ impl AppState {
         timeout: Duration,
         max_body: usize,
         max_pending: usize,
+        max_pixels: u64,
     ) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self(Arc::new(Shared {
@@ -82,6 +88,7 @@ impl AppState {
             max_body,
             admission: Arc::new(Semaphore::new(max_pending.max(1))),
             decoders: Arc::new(Semaphore::new(cores)),
+            pixels: PixelLimits::new(max_pixels),
         }))
     }
 
@@ -151,10 +158,12 @@ impl AppState {
     }
 
     /// Runs CPU-heavy decoding (JSON, images) on the blocking pool rather than on the async
-    /// threads that serve every connection.
+    /// threads that serve every connection; `work` decodes images through the [`Decoding`] it is
+    /// given, within the request's pixel limit, and stops at the next image once this returns
+    /// (on the deadline) or is dropped (the client went away).
     pub async fn decode<T, F>(&self, deadline: Instant, work: F) -> Result<T, ApiError>
     where
-        F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+        F: FnOnce(&mut Decoding) -> Result<T, ApiError> + Send + 'static,
         T: Send + 'static,
     {
         let late = || ApiError::unavailable("timed out decoding the request; retry later");
@@ -162,9 +171,13 @@ impl AppState {
             .await
             .map_err(|_| late())?
             .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+        let gone = Arc::new(AtomicBool::new(false));
+        let _stop = StopOnDrop(Arc::clone(&gone));
+        let mut decoding = self.pixels.request(deadline, gone);
         let task = tokio::task::spawn_blocking(move || {
+            // Held until the work really ends, not just until its answer is given up on.
             let _permit = permit;
-            work()
+            work(&mut decoding)
         });
         match timeout_at(deadline, task).await {
             Err(_) => Err(late()),

@@ -48,7 +48,7 @@ impl<'de> Visitor<'de> for Collect<'_> {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        // Out-of-range values become infinite here and are refused with the other non-finite ones.
+        // Out-of-range values become infinite here and are refused with the others outside [0, 1].
         self.0.numbers.push(v as f32);
         Ok(())
     }
