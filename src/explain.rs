@@ -138,10 +138,12 @@ pub fn explain(
     let probabilities = classifier.probabilities(input)?;
     let prediction = classifier.prediction(file.display().to_string(), &probabilities, k);
     let evidence = explainer.gradient_x_input(input, prediction.index)?;
-    let stem = file
+    // The stem as the file system has it: a name that is not UTF-8 keeps its bytes.
+    let mut name = file
         .file_stem()
-        .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
-    let picture_path = out.join(format!("{stem}.explain.png"));
+        .map_or_else(|| "image".into(), std::ffi::OsStr::to_os_string);
+    name.push(".explain.png");
+    let picture_path = out.join(name);
     crate::fsutil::write_atomic(&picture_path, &picture_png(input, &evidence)?)?;
     Ok(Explanation {
         file: prediction.file,
