@@ -218,6 +218,12 @@ pub fn decode(bytes: &[u8]) -> Result<Contents> {
     })
 }
 
+/// Largest maas file read, in bytes. The largest legal one is a checkpoint of the widest model
+/// `train` makes (`--hidden 65536`, 256 classes): three copies of the weights (the model and
+/// Adam's two moments), 2.6 GB, and a header that grows by a line per epoch. Anything larger,
+/// or a device such as `/dev/zero`, is refused before it fills memory.
+pub const MAX_FILE_BYTES: u64 = 4 << 30;
+
 /// Reads and decodes the maas file at `path`; errors name the file.
 pub fn read(path: &Path) -> Result<Contents> {
     if path.is_dir() {
@@ -226,7 +232,8 @@ pub fn read(path: &Path) -> Result<Contents> {
             path.display()
         );
     }
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let bytes = crate::fsutil::read_regular(path, MAX_FILE_BYTES)
+        .with_context(|| format!("{}", path.display()))?;
     decode(&bytes).with_context(|| format!("{}", path.display()))
 }
 

@@ -134,17 +134,19 @@ pub fn picture_paths(files: &[PathBuf], out: &Path) -> Vec<PathBuf> {
     files
         .iter()
         .map(|file| {
+            // The stem as the file system has it: a name that is not UTF-8 keeps its bytes.
             let stem = file
                 .file_stem()
-                .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+                .map_or_else(|| "image".into(), std::ffi::OsStr::to_os_string);
             let mut n = 1;
             loop {
-                let name = if n == 1 {
-                    format!("{stem}.explain.png")
-                } else {
-                    format!("{stem}-{n}.explain.png")
-                };
-                if taken.insert(name.to_lowercase()) {
+                let mut name = stem.clone();
+                if n > 1 {
+                    name.push(format!("-{n}"));
+                }
+                name.push(".explain.png");
+                // Case folded: on a case-insensitive file system X.png and x.png would collide.
+                if taken.insert(name.to_string_lossy().to_lowercase()) {
                     break out.join(name);
                 }
                 n += 1;

@@ -1,7 +1,7 @@
 //! Writing files so that nothing is ever half-written: a temporary name, then a rename.
 
 use std::fs::FileType;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -129,6 +129,83 @@ pub fn remove_temporaries(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Reads the regular file at `path` (links followed): anything else is refused, and so is a file
+/// of more than `max_bytes`.
+///
+/// A FIFO blocks a read until a writer comes, possibly forever, and a device such as `/dev/zero`
+/// never ends; opening some devices has effects of its own. So the type is checked before the
+/// file is opened, the file is opened without blocking (in case it was swapped meanwhile) and
+/// checked again, and at most `max_bytes + 1` bytes are read: a file that grows, or whose size
+/// the system does not report (`/proc`), still stops at the limit. Errors do not name the file:
+/// callers do.
+pub fn read_regular(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
+    check_regular(&std::fs::metadata(path).context("cannot read")?, max_bytes)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    // On a regular file O_NONBLOCK changes nothing; on a FIFO, open returns at once.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path).context("cannot read")?;
+    let meta = file.metadata().context("cannot read")?;
+    check_regular(&meta, max_bytes)?;
+    let mut bytes = Vec::new();
+    // `Take` hides the size from `read_to_end`, which would otherwise grow the buffer by doubling.
+    let size = usize::try_from(meta.len().min(max_bytes)).unwrap_or(usize::MAX);
+    bytes
+        .try_reserve_exact(size)
+        .with_context(|| format!("cannot hold {size} bytes in memory"))?;
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .context("cannot read")?;
+    if bytes.len() as u64 > max_bytes {
+        bail!("too large: more than the {max_bytes}-byte limit");
+    }
+    Ok(bytes)
+}
+
+/// Refuses what [`read_regular`] must not read, from its metadata.
+fn check_regular(meta: &std::fs::Metadata, max_bytes: u64) -> Result<()> {
+    if meta.is_dir() {
+        bail!("is a folder, expected a file");
+    }
+    if !meta.is_file() {
+        bail!("{}", not_regular(meta.file_type()));
+    }
+    if meta.len() > max_bytes {
+        bail!(
+            "too large: {} bytes, more than the {max_bytes}-byte limit",
+            meta.len()
+        );
+    }
+    Ok(())
+}
+
+/// What a file that is neither a regular file nor a folder is, for messages:
+/// "not a regular file (a FIFO)".
+pub fn not_regular(file_type: std::fs::FileType) -> String {
+    #[cfg(unix)]
+    let kind = {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            " (a FIFO)"
+        } else if file_type.is_char_device() {
+            " (a character device)"
+        } else if file_type.is_block_device() {
+            " (a block device)"
+        } else if file_type.is_socket() {
+            " (a socket)"
+        } else {
+            ""
+        }
+    };
+    #[cfg(not(unix))]
+    let kind = {
+        let _ = file_type;
+        ""
+    };
+    format!("not a regular file{kind}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +235,32 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("last.ckpt")]);
+    }
+
+    #[test]
+    fn read_regular_reads_files_and_refuses_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        std::fs::write(&path, b"12345").unwrap();
+        assert_eq!(read_regular(&path, 5).unwrap(), b"12345");
+        let err = format!("{:#}", read_regular(&path, 4).unwrap_err());
+        assert!(err.contains("too large"), "{err}");
+        let err = format!("{:#}", read_regular(dir.path(), 4).unwrap_err());
+        assert!(err.contains("folder"), "{err}");
+        // Only read: a device that never ends is refused before a byte is read.
+        #[cfg(unix)]
+        {
+            let err = format!("{:#}", read_regular(Path::new("/dev/zero"), 4).unwrap_err());
+            assert!(
+                err.contains("not a regular file (a character device)"),
+                "{err}"
+            );
+            // A FIFO with no writer: refused, not waited on.
+            let fifo = dir.path().join("pipe.png");
+            let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+            assert!(made.unwrap().success());
+            let err = format!("{:#}", read_regular(&fifo, 4).unwrap_err());
+            assert!(err.contains("not a regular file (a FIFO)"), "{err}");
+        }
     }
 }

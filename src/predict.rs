@@ -207,56 +207,66 @@ impl Classifier {
 }
 
 pub use crate::data::files::IMAGE_EXTENSIONS;
-use crate::data::files::{collect_images, is_image_name};
+use crate::data::files::ImageWalk;
+
+/// What the user named, as image files: see [`expand_inputs`].
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// The image files, in the order named (a folder's in name order).
+    pub files: Vec<PathBuf>,
+    /// Patterns that matched nothing, folders that hold no image or cannot be read.
+    pub errors: Vec<FileError>,
+    /// Special files (FIFOs, devices) a folder or a pattern held: left out, to be said as
+    /// warnings.
+    pub skipped: Vec<FileError>,
+}
 
 /// Expands what the user named into image files: a folder gives the images inside it
-/// (recursively, in name order), a pattern such as `'photos/*.jpg'` the images it matches, and
-/// anything else stays as named. A pattern that matches nothing or a folder that cannot be read
-/// is reported as a [`FileError`].
-pub fn expand_inputs(named: &[PathBuf]) -> (Vec<PathBuf>, Vec<FileError>) {
-    let mut files = Vec::new();
-    let mut errors = Vec::new();
+/// (recursively, in name order, links followed), a pattern such as `'photos/*.jpg'` the images
+/// it matches, and anything else stays as named. Folders and patterns give each file once,
+/// however many links lead to it, and leave special files out; a file named on its own is
+/// always tried (reading refuses one that is not a regular file).
+pub fn expand_inputs(named: &[PathBuf]) -> Inputs {
+    let mut inputs = Inputs::default();
+    let mut walk = ImageWalk::default();
     for path in named {
         let text = path.to_string_lossy();
         if path.is_dir() {
-            let before = files.len();
-            if let Err(e) = collect_images(path, &mut files) {
-                errors.push(FileError {
+            if let Err(e) = walk.folder(path) {
+                inputs.errors.push(FileError {
                     file: text.into_owned(),
                     error: format!("{e:#}"),
                 });
-            } else if files.len() == before {
-                errors.push(FileError {
+            } else if walk.files.is_empty() {
+                inputs.errors.push(FileError {
                     file: text.into_owned(),
                     error: "folder holds no image files".into(),
                 });
             }
         } else if !path.exists() && text.contains(['*', '?', '[']) {
-            let matched: Vec<PathBuf> = match glob::glob(&text) {
-                Ok(paths) => paths
-                    .flatten()
-                    .filter(|p| p.is_file() && is_image_name(p))
-                    .collect(),
+            match glob::glob(&text) {
+                Ok(paths) => paths.flatten().for_each(|p| walk.matched(p)),
                 Err(e) => {
-                    errors.push(FileError {
+                    inputs.errors.push(FileError {
                         file: text.into_owned(),
                         error: format!("bad pattern: {e}"),
                     });
                     continue;
                 }
-            };
-            if matched.is_empty() {
-                errors.push(FileError {
+            }
+            if walk.files.is_empty() {
+                inputs.errors.push(FileError {
                     file: text.into_owned(),
                     error: "no image files match".into(),
                 });
             }
-            files.extend(matched);
         } else {
-            files.push(path.clone());
+            inputs.files.push(path.clone());
         }
+        inputs.files.append(&mut walk.files);
     }
-    (files, errors)
+    inputs.skipped = walk.skipped;
+    inputs
 }
 
 /// The report as a table for people: one row per image, then one line per error.

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::args::{ModelArgs, OutputArgs};
-use super::{Context, exit_code, print_json, print_stdout};
+use super::{Context, exit_code, print_json, print_stdout, warn_skipped};
 use crate::data::FileError;
 use crate::data::preprocess::load_image_file;
 use crate::explain::{self, Explainer};
@@ -35,7 +35,9 @@ pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
     let selected = cx.select_device()?;
     let classifier = Classifier::new(&loaded, &selected.device);
     let explainer = Explainer::new(&loaded, &selected.device);
-    let (files, mut errors) = expand_inputs(&args.images);
+    let inputs = expand_inputs(&args.images);
+    warn_skipped(&inputs.skipped);
+    let (files, mut errors) = (inputs.files, inputs.errors);
     let pictures = explain::picture_paths(&files, &args.out);
     let mut explanations = Vec::new();
     for (file, picture) in files.iter().zip(&pictures) {

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::args::{ModelArgs, OutputArgs};
-use super::{Context, exit_code, print_json, print_stdout};
+use super::{Context, exit_code, print_json, print_stdout, warn_skipped};
 use crate::predict::{Classifier, expand_inputs, render_table};
 
 /// `maas predict`.
@@ -28,7 +28,9 @@ pub(super) fn run(args: PredictArgs, cx: &Context) -> Result<u8> {
     let (path, loaded) = args.model.load(&cx.reporter)?;
     let selected = cx.select_device()?;
     let classifier = Classifier::new(&loaded, &selected.device);
-    let (files, problems) = expand_inputs(&args.images);
+    let inputs = expand_inputs(&args.images);
+    warn_skipped(&inputs.skipped);
+    let (files, problems) = (inputs.files, inputs.errors);
     let bar = cx.reporter.bar_from(
         200,
         files.len(),

@@ -53,6 +53,8 @@ pub const ALL_FILES: [&str; 7] = [
 ];
 
 const TEST_FILES: [&str; 1] = [TEST_FILE];
+/// Largest `batches.meta.txt` read: ten class names take about 80 bytes.
+const META_MAX_BYTES: u64 = 1 << 20;
 
 /// One of the two halves of the data set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,7 +94,11 @@ impl fmt::Display for Split {
 pub fn read_class_names(dir: &Path) -> Result<Vec<String>> {
     check_dir(dir)?;
     let path = dir.join(META_FILE);
-    let bytes = fs::read(&path).map_err(|e| io_error(&path, e))?;
+    // A missing file gets advice; then a bounded read, so that a link to a device (or a huge
+    // file) in its place is refused rather than read until memory runs out.
+    fs::metadata(&path).map_err(|e| io_error(&path, e))?;
+    let bytes = crate::fsutil::read_regular(&path, META_MAX_BYTES)
+        .with_context(|| path.display().to_string())?;
     let text = std::str::from_utf8(&bytes)
         .with_context(|| format!("{}: not UTF-8 text", path.display()))?;
     let names: Vec<String> = text

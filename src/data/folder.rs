@@ -15,9 +15,9 @@ use rand::{SeedableRng, rngs::StdRng};
 
 use super::MAX_CLASSES;
 use super::cifar10::{DIR_NAME, IMAGE_BYTES};
-use super::files::{FileError, collect_images};
+use super::files::{FileError, ImageWalk};
 use super::labelled::LabelledImages;
-use super::preprocess::{decode_image, image_to_chw};
+use super::preprocess::{MAX_FILE_BYTES, decode_image, image_to_chw};
 
 /// The share of each class held out for testing when the folder has no `test/`.
 pub const DEFAULT_VAL_SPLIT: f64 = 0.1;
@@ -29,6 +29,9 @@ pub struct ImageFolder {
     pub root: PathBuf,
     /// Class names: the sorted names of the class folders.
     pub classes: Vec<String>,
+    /// Entries named like images that are not regular files (FIFOs, devices): left out, to be
+    /// said as a warning.
+    pub skipped: Vec<FileError>,
     layout: Layout,
 }
 
@@ -71,7 +74,13 @@ fn sub_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 
 /// The image files of each class folder of `dir`, with the class names. Training needs two
 /// classes at least; a test folder may hold fewer (`min_classes` 0).
-fn scan_classes(dir: &Path, min_classes: usize) -> Result<(Vec<String>, Vec<Vec<PathBuf>>)> {
+/// `walk` is shared by every folder of one dataset, so that an image reached twice (through a
+/// link) lands in one class and one split only: the first in name order, training before test.
+fn scan_classes(
+    dir: &Path,
+    min_classes: usize,
+    walk: &mut ImageWalk,
+) -> Result<(Vec<String>, Vec<Vec<PathBuf>>)> {
     let folders = sub_folders(dir)?;
     if folders.len() < min_classes {
         bail!(
@@ -91,10 +100,10 @@ fn scan_classes(dir: &Path, min_classes: usize) -> Result<(Vec<String>, Vec<Vec<
     let mut names = Vec::with_capacity(folders.len());
     let mut files = Vec::with_capacity(folders.len());
     for (name, path) in folders {
-        let mut images = Vec::new();
-        collect_images(&path, &mut images).with_context(|| format!("{}", path.display()))?;
+        walk.folder(&path)
+            .with_context(|| format!("{}", path.display()))?;
         names.push(name);
-        files.push(images);
+        files.push(std::mem::take(&mut walk.files));
     }
     Ok((names, files))
 }
@@ -112,9 +121,18 @@ impl ImageFolder {
     /// Reads the layout of the image folder at `dir` (names only; no image is decoded).
     pub fn open(dir: &Path) -> Result<Self> {
         let (train_dir, test_dir) = (dir.join("train"), dir.join("test"));
+        let mut walk = ImageWalk::default();
+        // The dataset's own folders belong to it: a link inside a class to one of them (or to a
+        // folder above) is passed over rather than pulling another class's images in.
+        for folder in [dir, &train_dir, &test_dir] {
+            walk.claim(folder);
+            for (_, class) in sub_folders(folder).unwrap_or_default() {
+                walk.claim(&class);
+            }
+        }
         let layout_root = if train_dir.is_dir() && test_dir.is_dir() {
-            let (classes, train) = scan_classes(&train_dir, 2)?;
-            let (test_classes, test_files) = scan_classes(&test_dir, 0)?;
+            let (classes, train) = scan_classes(&train_dir, 2, &mut walk)?;
+            let (test_classes, test_files) = scan_classes(&test_dir, 0, &mut walk)?;
             // A test class unknown to training could never be predicted right.
             if let Some(extra) = test_classes.iter().find(|c| !classes.contains(c)) {
                 bail!(
@@ -132,6 +150,7 @@ impl ImageFolder {
             let folder = Self {
                 root: dir.to_path_buf(),
                 classes,
+                skipped: Vec::new(),
                 layout: Layout::Divided { train, test },
             };
             (folder, train_dir)
@@ -142,15 +161,17 @@ impl ImageFolder {
             } else {
                 dir.to_path_buf()
             };
-            let (classes, files) = scan_classes(&source, 2)?;
+            let (classes, files) = scan_classes(&source, 2, &mut walk)?;
             let folder = Self {
                 root: dir.to_path_buf(),
                 classes,
+                skipped: Vec::new(),
                 layout: Layout::Single { files },
             };
             (folder, source)
         };
-        let (folder, train_root) = layout_root;
+        let (mut folder, train_root) = layout_root;
+        folder.skipped = walk.skipped;
         for (k, name) in folder.classes.iter().enumerate() {
             if folder.train_files(k) == 0 {
                 bail!(
@@ -296,7 +317,7 @@ pub fn load_files(files: &[(PathBuf, u8)], bar: &ProgressBar) -> (LabelledImages
 }
 
 fn read_image(path: &Path) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let bytes = crate::fsutil::read_regular(path, MAX_FILE_BYTES).map_err(|e| format!("{e:#}"))?;
     let image = decode_image(&bytes).map_err(|e| format!("{e:#}"))?;
     Ok(image_to_chw(&image))
 }

@@ -22,6 +22,10 @@ pub const INPUT_LEN: usize = 3 * (SIDE * SIDE) as usize;
 /// Largest image accepted, in pixels: larger ones are refused before they are decoded, so that a
 /// small file claiming huge dimensions (a decompression bomb) cannot exhaust memory.
 pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
+/// Largest image file read, in bytes: an uncompressed 8-bit RGBA image at the pixel limit
+/// (256 MiB). Compressed images of that size are far smaller; the bound is for what is not an
+/// image at all (`/dev/zero`, a runaway file).
+pub const MAX_FILE_BYTES: u64 = 4 * MAX_PIXELS;
 
 /// A description of the preprocessing, saved in every model file and checked on load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +86,7 @@ pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage> {
     let reader = || -> Result<ImageReader<Cursor<&[u8]>>> {
         let reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
+            .map_err(|e| image_error(&e))
             .context("cannot read image")?;
         if reader.format().is_none() {
             anyhow::bail!(
@@ -93,13 +98,34 @@ pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage> {
     // The header alone first: its dimensions decide whether decoding is safe at all.
     let (w, h) = reader()?
         .into_dimensions()
+        .map_err(|e| image_error(&e))
         .context("cannot read the image's header")?;
     let mut reader = reader()?;
     if u64::from(w) * u64::from(h) > MAX_PIXELS {
         anyhow::bail!("image is {w}x{h} pixels, more than the {MAX_PIXELS}-pixel limit");
     }
     reader.limits(decode_limits());
-    reader.decode().context("cannot decode image")
+    reader
+        .decode()
+        .map_err(|e| image_error(&e))
+        .context("cannot decode image")
+}
+
+/// The message of a decoder's error, each cause once. The `image` crate's errors (and those of
+/// the decoders below it) put their cause in their own message and return it as their source
+/// too, so printing the chain said it twice: "Format error decoding Png: X: X". A cause already
+/// in the message is left out; one that is not is kept.
+fn image_error(error: &(dyn std::error::Error + 'static)) -> anyhow::Error {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = cause.source();
+    }
+    anyhow::anyhow!(message)
 }
 
 /// The limits decoding runs under: at most 1 GiB allocated.
@@ -114,7 +140,7 @@ pub fn load_image_file(path: &Path) -> Result<Vec<f32>> {
     if path.is_dir() {
         anyhow::bail!("is a folder, expected an image file");
     }
-    let bytes = std::fs::read(path).context("cannot read")?;
+    let bytes = crate::fsutil::read_regular(path, MAX_FILE_BYTES)?;
     image_bytes_to_input(&bytes)
 }
 
@@ -325,5 +351,22 @@ mod tests {
         assert!(err.contains("100000x100000"), "{err}");
         let opened = open_image(&full).unwrap();
         assert_eq!((opened.dimensions(), opened.pixels()), ((40, 40), 1600));
+    }
+
+    #[test]
+    fn decoder_messages_say_each_cause_once() {
+        let full = png(&DynamicImage::ImageRgb8(RgbImage::new(40, 40)));
+        // A chunk type mangled (its checksum now wrong too), and a JPEG whose first marker lies.
+        let mut chunk = full.clone();
+        chunk[40] ^= 0xff;
+        let mut jpeg = vec![0xff, 0xd8, 0xff, 0xe0];
+        jpeg.extend([0; 500]);
+        for bytes in [chunk, jpeg] {
+            let err = format!("{:#}", image_bytes_to_input(&bytes).unwrap_err());
+            let parts: Vec<&str> = err.split(": ").collect();
+            for (i, part) in parts.iter().enumerate() {
+                assert!(!parts[i + 1..].contains(part), "said twice: {err}");
+            }
+        }
     }
 }
