@@ -76,6 +76,9 @@ impl Format {
 /// would end the run's resumes), and anything [`write_target`] refuses.
 pub fn export(checkpoint: &Path, out: &Path, format: Format) -> Result<LoadedModel> {
     let target = write_target(out)?;
+    // Read first: that refuses a checkpoint that is not a regular file (a FIFO), which the
+    // comparison below would otherwise open and wait on.
+    let (mut model, bytes) = export_bytes(checkpoint, format)?;
     if same_file::is_same_file(checkpoint, &target).unwrap_or(false) {
         bail!(
             "{}: is the checkpoint being exported; refusing to replace it, choose another output",
@@ -88,7 +91,6 @@ pub fn export(checkpoint: &Path, out: &Path, format: Format) -> Result<LoadedMod
             out.display()
         );
     }
-    let (mut model, bytes) = export_bytes(checkpoint, format)?;
     write_atomic(out, &bytes)?;
     model.path = out.to_path_buf();
     Ok(model)
