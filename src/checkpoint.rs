@@ -1,6 +1,7 @@
 //! Training checkpoints: the model, the optimizer state and the run's history after each epoch,
 //! enough to resume exactly. Every file is written atomically (see [`crate::fsutil`]).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -63,6 +64,24 @@ pub struct CheckpointMeta {
     pub best_epoch: usize,
 }
 
+impl EpochMetrics {
+    /// The first figure that is not a finite number (NaN or infinite), described: a diverged
+    /// run's. serde_json writes NaN as `null`, which no checkpoint reader accepts.
+    pub fn non_finite(&self) -> Option<String> {
+        [
+            ("training loss", self.train_loss),
+            ("training accuracy", self.train_accuracy),
+            ("test loss", self.test_loss),
+            ("test accuracy", self.test_accuracy),
+            ("seconds", self.seconds),
+            ("samples per second", self.samples_per_second),
+        ]
+        .into_iter()
+        .find(|(_, v)| !v.is_finite())
+        .map(|(what, v)| format!("the {what} is {v}"))
+    }
+}
+
 impl CheckpointMeta {
     /// Metrics of the best epoch so far.
     pub fn best(&self) -> Option<&EpochMetrics> {
@@ -112,7 +131,41 @@ pub(crate) fn take_weights(
     })
 }
 
+/// The first array of `weights` and `adam`'s moments holding a value that is not a finite
+/// number, described.
+pub fn non_finite_arrays(weights: &Weights, adam: &AdamState) -> Option<String> {
+    [("", weights), ("adam.m.", &adam.m), ("adam.v.", &adam.v)]
+        .into_iter()
+        .flat_map(|(prefix, w)| {
+            let values = [&w.w1, &w.b1, &w.w2, &w.b2];
+            WEIGHT_NAMES
+                .iter()
+                .zip(values)
+                .map(move |(n, v)| (prefix, n, v))
+        })
+        .find_map(|(prefix, name, values)| {
+            let bad = values.iter().find(|v| !v.is_finite())?;
+            Some(format!("{prefix}{name} holds {bad}"))
+        })
+}
+
 impl Checkpoint {
+    /// The first value that is not a finite number (a diverged run's), described.
+    pub fn non_finite(&self) -> Option<String> {
+        let lr = self.meta.train.lr;
+        let val_split = self.meta.train.val_split.unwrap_or(0.0);
+        if !(lr.is_finite() && val_split.is_finite()) {
+            return Some(format!(
+                "the learning rate is {lr}, --val-split {val_split}"
+            ));
+        }
+        self.meta
+            .history
+            .iter()
+            .find_map(|m| Some(format!("epoch {}: {}", m.epoch, m.non_finite()?)))
+            .or_else(|| non_finite_arrays(&self.weights, &self.adam))
+    }
+
     /// Writes the checkpoint to `path` atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         crate::fsutil::write_atomic(path, &self.encode()?)
@@ -120,6 +173,11 @@ impl Checkpoint {
 
     /// The checkpoint as file bytes, to be written to one path or several.
     pub fn encode(&self) -> Result<Vec<u8>> {
+        // A NaN would be written as `null` in the header (which cannot be read back) or as
+        // weights that answer NaN: such a file is never made.
+        if let Some(bad) = self.non_finite() {
+            bail!("refusing to write a checkpoint whose values are not all finite numbers ({bad})");
+        }
         let mut arrays = weight_arrays("", &self.weights);
         arrays.extend(weight_arrays("adam.m.", &self.adam.m));
         arrays.extend(weight_arrays("adam.v.", &self.adam.v));
@@ -202,6 +260,150 @@ impl RunFiles {
     pub fn curves_png(&self) -> PathBuf {
         self.dir.join("curves.png")
     }
+    /// The file `maas train` locks while it uses the folder (see [`RunFiles::lock`]).
+    pub fn lock_file(&self) -> PathBuf {
+        self.dir.join(".maas-train.lock")
+    }
+
+    /// The epoch checkpoints (`epoch-NNN.ckpt`) in the folder, by epoch; none when it is missing.
+    pub fn epochs(&self) -> Result<Vec<(usize, PathBuf)>> {
+        let mut out: Vec<(usize, PathBuf)> = self
+            .names()?
+            .into_iter()
+            .filter_map(|name| {
+                let n = name.strip_prefix("epoch-")?.strip_suffix(".ckpt")?;
+                let epoch = n
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| n.parse().ok())??;
+                Some((epoch, self.dir.join(name)))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The files of a run in the folder: `last.ckpt` first when there, then the others that
+    /// maas writes. A folder holding any of them holds a run, whichever is missing.
+    pub fn run_files(&self) -> Result<Vec<PathBuf>> {
+        let mut out: Vec<PathBuf> = [
+            self.last(),
+            self.best(),
+            self.run_json(),
+            self.metrics_csv(),
+            self.curves_png(),
+        ]
+        .into_iter()
+        .filter(|p| p.exists())
+        .collect();
+        out.extend(self.epochs()?.into_iter().map(|(_, p)| p));
+        Ok(out)
+    }
+
+    /// Removes every file of a run from the folder (`--overwrite`), so that none of the old run
+    /// is left to be mistaken for the new one's.
+    pub fn remove_run(&self) -> Result<usize> {
+        let files = self.run_files()?;
+        for path in &files {
+            std::fs::remove_file(path).with_context(|| {
+                format!("{}: cannot remove the earlier run's file", path.display())
+            })?;
+        }
+        Ok(files.len())
+    }
+
+    /// The file names in the folder; none when it is missing.
+    fn names(&self) -> Result<Vec<String>> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(e).with_context(|| format!("{}: cannot list", self.dir.display()));
+            }
+        };
+        Ok(entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect())
+    }
+
+    /// Takes the folder for this process alone, creating it: a second `maas train` on it is
+    /// refused, naming the holder (its pid and start time, written in the lock file). The lock
+    /// is the operating system's (`flock`): it ends with the process, however it ends.
+    pub fn lock(&self) -> Result<RunLock> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("{}: cannot create folder", self.dir.display()))?;
+        let path = self.lock_file();
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("{}: cannot open", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = match holder.trim() {
+                    "" => "another process".to_string(),
+                    h => format!("another maas train, {h}"),
+                };
+                bail!(
+                    "{}: in use by {holder} (it holds {}); wait for it to end, or choose another --checkpoints folder",
+                    self.dir.display(),
+                    path.display()
+                );
+            }
+            // Some network file systems cannot lock: train anyway, as before, but say so.
+            Err(std::fs::TryLockError::Error(e)) => {
+                eprintln!(
+                    "maas: warning: {}: cannot lock ({e}); nothing stops a second maas train from using the folder at the same time",
+                    path.display()
+                );
+                return Ok(RunLock { _file: None });
+            }
+        }
+        // Written in place, not atomically: the lock belongs to this file, and a file renamed
+        // over it would be a new one, free for a second run to lock.
+        let holder = format!(
+            "pid {}, started {}\n",
+            std::process::id(),
+            httpdate::fmt_http_date(std::time::SystemTime::now())
+        );
+        file.set_len(0)
+            .and_then(|()| file.write_all(holder.as_bytes()))
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+        Ok(RunLock { _file: Some(file) })
+    }
+
+    /// The model and hyper-parameters `run.json` records, or `None` when there is no `run.json`.
+    pub fn read_run_json(&self) -> Result<Option<RunRecord>> {
+        let path = self.run_json();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("{}: not a run.json maas wrote", path.display()))
+    }
+}
+
+/// Holds a checkpoints folder for one `maas train` until dropped (or the process ends).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: Option<std::fs::File>,
+}
+
+/// What `run.json` records of a run: the model and hyper-parameters it started with.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RunRecord {
+    /// The model's configuration.
+    pub model: ModelConfig,
+    /// The run's hyper-parameters.
+    pub train: TrainConfig,
 }
 
 /// The metrics history as CSV.
@@ -260,6 +462,78 @@ mod tests {
         let c = sample();
         c.save(&path).unwrap();
         assert_eq!(Checkpoint::load(&path).unwrap(), c);
+    }
+
+    #[test]
+    fn a_checkpoint_with_a_value_that_is_not_finite_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.ckpt");
+        let mut c = sample();
+        c.meta.history.push(EpochMetrics {
+            epoch: 1,
+            train_loss: f64::NAN,
+            train_accuracy: 0.1,
+            test_loss: 2.0,
+            test_accuracy: 0.1,
+            seconds: 1.0,
+            samples_per_second: 10.0,
+        });
+        let err = format!("{:#}", c.save(&path).unwrap_err());
+        assert!(err.contains("epoch 1: the training loss is NaN"), "{err}");
+        c.meta.history[0].train_loss = 2.0;
+        c.adam.v.w2[3] = f32::INFINITY;
+        let err = format!("{:#}", c.save(&path).unwrap_err());
+        assert!(err.contains("adam.v.w2 holds inf"), "{err}");
+        assert!(!path.exists());
+        c.adam.v.w2[3] = 0.0;
+        c.save(&path).unwrap();
+    }
+
+    #[test]
+    fn run_files_epochs_and_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = RunFiles::new(&dir.path().join("ck"));
+        assert!(files.run_files().unwrap().is_empty(), "no folder yet");
+        std::fs::create_dir_all(&files.dir).unwrap();
+        for name in [
+            "epoch-010.ckpt",
+            "epoch-002.ckpt",
+            "epoch-1000.ckpt",
+            "epoch-x.ckpt",
+            "notes",
+        ] {
+            std::fs::write(files.dir.join(name), b"x").unwrap();
+        }
+        let epochs: Vec<usize> = files.epochs().unwrap().iter().map(|(n, _)| *n).collect();
+        assert_eq!(epochs, [2, 10, 1000]);
+        std::fs::write(files.run_json(), b"{}").unwrap();
+        assert_eq!(files.run_files().unwrap()[0], files.run_json());
+        assert_eq!(files.remove_run().unwrap(), 4);
+        let mut left: Vec<_> = std::fs::read_dir(&files.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["epoch-x.ckpt", "notes"]);
+    }
+
+    #[test]
+    fn a_locked_folder_is_refused_naming_the_holder_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = RunFiles::new(&dir.path().join("ck"));
+        let lock = files.lock().unwrap();
+        let holder = std::fs::read_to_string(files.lock_file()).unwrap();
+        assert!(
+            holder.starts_with(&format!("pid {}, started ", std::process::id())),
+            "{holder}"
+        );
+        let err = format!("{:#}", files.lock().unwrap_err());
+        assert!(
+            err.contains("in use by another maas train, pid ") && err.contains(".maas-train.lock"),
+            "{err}"
+        );
+        drop(lock);
+        files.lock().unwrap();
     }
 
     #[test]

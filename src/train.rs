@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::adam::{AdamConfig, AdamState};
 use crate::checkpoint::{
-    Checkpoint, CheckpointMeta, EpochMetrics, RunFiles, TrainConfig, metrics_csv,
+    Checkpoint, CheckpointMeta, EpochMetrics, RunFiles, TrainConfig, metrics_csv, non_finite_arrays,
 };
 use crate::data::LabelledImages;
 use crate::data::preprocess::{INPUT_LEN, normalize};
@@ -48,7 +48,7 @@ pub struct TrainOptions {
     pub strict: bool,
     /// Where checkpoints go.
     pub checkpoints: PathBuf,
-    /// Continue from `last.ckpt`.
+    /// Continue from `last.ckpt` (or else the latest `epoch-NNN.ckpt`).
     pub resume: bool,
     /// Start afresh even where a run's checkpoints already are.
     pub overwrite: bool,
@@ -217,38 +217,115 @@ fn check_same<T: PartialEq + std::fmt::Display>(
 
 /// Where training starts: a fresh model, or the last complete checkpoint.
 ///
-/// With --resume and a `last.ckpt`, that checkpoint, once [`check_resume`] agrees; a folder that
-/// holds a run is otherwise refused unless --overwrite says to start afresh.
+/// A folder holding any file of a run (see [`RunFiles::run_files`]) is refused unless --resume
+/// continues it or --overwrite replaces it. --resume takes `last.ckpt`, or else the latest
+/// `epoch-NNN.ckpt`, once [`check_resume`] and [`check_run_json`] agree.
 fn starting_point(
     opts: &TrainOptions,
     files: &RunFiles,
     classes: &[String],
     reporter: &Reporter,
 ) -> Result<Checkpoint> {
-    let last = files.last();
-    if opts.resume && last.exists() {
-        let ckpt = Checkpoint::load(&last)?;
-        check_resume(opts, &ckpt.meta, classes, &last)?;
-        reporter.info(format!(
-            "resuming from {} (epoch {} complete)",
-            last.display(),
-            ckpt.meta.epoch
-        ));
-        return Ok(ckpt);
-    }
     if opts.resume {
+        let last = files.last();
+        let from = if last.exists() {
+            Some(last)
+        } else {
+            files.epochs()?.pop().map(|(_, path)| path)
+        };
+        if let Some(path) = from {
+            let ckpt = Checkpoint::load(&path)?;
+            check_resume(opts, &ckpt.meta, classes, &path)?;
+            check_run_json(files, &ckpt.meta, &path)?;
+            let how = if path == files.last() {
+                String::new()
+            } else {
+                format!("no {}: ", files.last().display())
+            };
+            reporter.info(format!(
+                "{how}resuming from {} (epoch {} complete)",
+                path.display(),
+                ckpt.meta.epoch
+            ));
+            return Ok(ckpt);
+        }
+        // A killed first epoch leaves run.json alone: nothing to resume, nothing to lose. A
+        // best.ckpt without any epoch to resume from would be replaced by a new run's.
+        let best = files.best();
+        if best.exists() {
+            bail!(
+                "{} holds {} but no last.ckpt or epoch-NNN.ckpt to resume from; pass --overwrite to replace the run, or choose another --checkpoints folder",
+                files.dir.display(),
+                best.display()
+            );
+        }
         reporter.info(format!(
             "nothing to resume in {}: starting at epoch 1",
             files.dir.display()
         ));
-    } else if last.exists() && !opts.overwrite {
+    } else if !opts.overwrite
+        && let Some(found) = files.run_files()?.first()
+    {
         bail!(
             "{} already holds a run ({}); pass --resume to continue it, --overwrite to replace it, or choose another --checkpoints folder",
             files.dir.display(),
-            last.display()
+            found.display()
         );
     }
     Ok(fresh_start(opts, classes))
+}
+
+/// Refuses a checkpoint `path` (of `meta`) that is not of the run `run.json` records, such as a
+/// `last.ckpt` copied from another run: its model or hyper-parameters differ.
+fn check_run_json(files: &RunFiles, meta: &CheckpointMeta, path: &Path) -> Result<()> {
+    let Some(run) = files.read_run_json()? else {
+        return Ok(());
+    };
+    let (mine, theirs) = (&meta.train, &run.train);
+    // The learning rate went through JSON twice; serde_json may read it back one unit off in
+    // the last place.
+    let same_lr = (mine.lr - theirs.lr).abs() <= 1e-12 * mine.lr.abs().max(theirs.lr.abs());
+    let differences = [
+        (
+            "--hidden",
+            meta.model.hidden.to_string(),
+            run.model.hidden.to_string(),
+        ),
+        (
+            "classes",
+            format!("{:?}", meta.model.classes),
+            format!("{:?}", run.model.classes),
+        ),
+        (
+            "--batch-size",
+            mine.batch_size.to_string(),
+            theirs.batch_size.to_string(),
+        ),
+        (
+            "--lr",
+            mine.lr.to_string(),
+            if same_lr { mine.lr } else { theirs.lr }.to_string(),
+        ),
+        ("--seed", mine.seed.to_string(), theirs.seed.to_string()),
+        (
+            "--limit",
+            format!("{:?}", mine.limit),
+            format!("{:?}", theirs.limit),
+        ),
+        (
+            "--val-split",
+            format!("{:?}", mine.val_split),
+            format!("{:?}", theirs.val_split),
+        ),
+    ];
+    if let Some((what, ckpt, recorded)) = differences.into_iter().find(|(_, a, b)| a != b) {
+        bail!(
+            "{}: trained with {what} {ckpt}, but {} records {what} {recorded}: the checkpoint is not this run's; put the run's own back, or start afresh with --overwrite",
+            path.display(),
+            files.run_json().display()
+        );
+    }
+    Ok(())
 }
 
 /// Refuses to resume the run of `meta` (read from `path`) with hyper-parameters, a --limit or
@@ -338,6 +415,8 @@ pub fn train(
     let device = &selected.device;
     let files = RunFiles::new(&opts.checkpoints);
     let classes = opts.data.classes()?;
+    // Held to the end: a second run on the folder would mix its files with this one's.
+    let _lock = files.lock()?;
     let mut state = starting_point(opts, &files, &classes, reporter)?;
     let cfg = state.meta.train.clone();
 
@@ -352,6 +431,18 @@ pub fn train(
     if train_split.is_empty() {
         bail!("{}: no training images", opts.data.path().display());
     }
+    // An empty test split would make every epoch "best" at accuracy 0: refused instead.
+    if test_split.is_empty() {
+        let hint = if opts.data.uses_val_split() {
+            "--val-split holds out images only from classes of two images or more; add images, or a test/ folder beside train/"
+        } else {
+            "add test images"
+        };
+        bail!(
+            "{}: no test images to measure the model on ({hint})",
+            opts.data.path().display()
+        );
+    }
     let train_data = Batches::new(&train_split, classes.len())?;
     let test_data = Batches::new(&test_split, classes.len())?;
     reporter.info(format!(
@@ -363,7 +454,7 @@ pub fn train(
         classes.join(", ")
     ));
 
-    prepare_folder(&files, &state, opts, selected)?;
+    prepare_folder(&files, &state, opts, selected, reporter)?;
     let mut trainer = ShardedTrainer::new(
         &state.weights,
         &state.adam,
@@ -398,20 +489,29 @@ pub fn train(
     )
 }
 
-/// Creates the checkpoints folder, clears what an earlier killed run left half-written, and, for
-/// a run that starts at epoch 0, writes `run.json`.
+/// Clears what an earlier killed run left half-written and, for a run that starts at epoch 0,
+/// the earlier run's files (allowed by --overwrite, or run.json alone of a run killed in its
+/// first epoch), then writes `run.json`.
 fn prepare_folder(
     files: &RunFiles,
     state: &Checkpoint,
     opts: &TrainOptions,
     selected: &Selected,
+    reporter: &Reporter,
 ) -> Result<()> {
-    std::fs::create_dir_all(&files.dir)
-        .with_context(|| format!("{}: cannot create folder", files.dir.display()))?;
     // A run killed without warning (SIGKILL, power loss) can leave a temporary file of a write that
     // never finished; the folder belongs to this run, so they go.
     crate::fsutil::remove_temporaries(&files.dir)?;
     if state.meta.epoch == 0 {
+        // None of the old run's epochs may be left to pass for the new run's.
+        let removed = files.remove_run()?;
+        if removed > 0 {
+            reporter.info(format!(
+                "removed the earlier run's {removed} file{} from {}",
+                if removed == 1 { "" } else { "s" },
+                files.dir.display()
+            ));
+        }
         let run = serde_json::json!({
             "maas_version": crate::VERSION,
             "model": state.meta.model,
@@ -463,16 +563,13 @@ impl EpochLoop<'_> {
         let mut throughput = Throughput::default();
         for epoch in state.meta.epoch + 1..=self.epochs {
             let Some(trained) = self.train_epoch(trainer, epoch, batch_size, seed)? else {
-                let saved = if state.meta.epoch == 0 {
-                    "no epoch was complete, so no checkpoint was written".to_string()
-                } else {
-                    format!(
-                        "{} holds epoch {}; continue with `maas train --resume --epochs {}`",
-                        self.files.last().display(),
-                        state.meta.epoch,
+                let mut saved = self.kept(state);
+                if state.meta.epoch > 0 {
+                    saved += &format!(
+                        "; continue with `maas train --resume --epochs {}`",
                         self.epochs
-                    )
-                };
+                    );
+                }
                 return Err(Interrupted { epoch, saved }.into());
             };
             let (test_loss, test_accuracy) = evaluate(&trainer.model(), self.test, self.device)?;
@@ -483,12 +580,25 @@ impl EpochLoop<'_> {
                 test_loss,
                 test_accuracy,
                 seconds: trained.seconds,
-                samples_per_second: self.train.len() as f64 / trained.seconds,
+                samples_per_second: self.train.len() as f64 / trained.seconds.max(1e-9),
             };
+            let (weights, adam) = trainer.state()?;
+            // A diverged run (a learning rate far too large) stops here, before its epoch is
+            // recorded or written: the checkpoints on disk stay the last good ones.
+            if let Some(bad) = metrics
+                .non_finite()
+                .or_else(|| non_finite_arrays(&weights, &adam))
+            {
+                bail!(
+                    "epoch {epoch}: training diverged ({bad}); try a smaller --lr than this run's {:e}, in a new run (--overwrite replaces this one); {}",
+                    state.meta.train.lr,
+                    self.kept(state)
+                );
+            }
             throughput.samples += self.train.len();
             throughput.seconds += trained.seconds;
             let improved = record_epoch(&mut state.meta, metrics.clone());
-            (state.weights, state.adam) = trainer.state()?;
+            (state.weights, state.adam) = (weights, adam);
             write_checkpoint(self.files, state, improved)?;
             self.reporter.info(format!(
                 "epoch {epoch}/{}: train loss {:.4} acc {:.4} | test loss {test_loss:.4} acc {test_accuracy:.4} | {:.0} samples/s{}",
@@ -502,8 +612,22 @@ impl EpochLoop<'_> {
         Ok(throughput)
     }
 
+    /// What the folder still holds of the run `state` has reached.
+    fn kept(&self, state: &Checkpoint) -> String {
+        if state.meta.epoch == 0 {
+            "no epoch was complete, so no checkpoint was written".to_string()
+        } else {
+            format!(
+                "{} holds epoch {}",
+                self.files.last().display(),
+                state.meta.epoch
+            )
+        }
+    }
+
     /// One pass over the training data in the order of [`epoch_order`]; `None` when `stop` was
-    /// set before a step.
+    /// set before a step. A loss that is no longer finite ends the pass early when the bar reads
+    /// it; the caller finds it in the epoch's loss.
     fn train_epoch(
         &self,
         trainer: &mut ShardedTrainer,
@@ -547,9 +671,13 @@ impl EpochLoop<'_> {
             if self.reporter.bars && (step + 1) % 50 == 0 {
                 let seen = ((step + 1) * batch_size).min(data.len()) as f64;
                 let rate = seen / started.elapsed().as_secs_f64();
+                let running = scalar(loss_sum.clone())? / seen;
+                // Diverged: the rest of the epoch cannot mend it (NaN stays in the sum).
+                if !running.is_finite() {
+                    break;
+                }
                 bar.set_message(format!(
-                    "loss {:.4} acc {:.3} {:.0} samples/s",
-                    scalar(loss_sum.clone())? / seen,
+                    "loss {running:.4} acc {:.3} {:.0} samples/s",
                     scalar(correct.clone())? / seen,
                     rate
                 ));
@@ -813,6 +941,86 @@ mod tests {
     }
 
     #[test]
+    fn any_file_of_a_run_holds_a_run_and_resume_falls_back_to_the_latest_epoch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = options(tmp.path());
+        let files = RunFiles::new(&opts.checkpoints);
+        let reporter = Reporter::silent();
+        let resume = TrainOptions {
+            resume: true,
+            ..options(tmp.path())
+        };
+        std::fs::create_dir_all(&files.dir).unwrap();
+
+        // run.json alone (a first epoch killed): a run, but nothing to resume.
+        std::fs::write(files.run_json(), "{}").unwrap();
+        let msg = message(starting_point(&opts, &files, &classes(), &reporter));
+        assert!(
+            msg.contains("already holds a run") && msg.contains("run.json"),
+            "{msg}"
+        );
+        std::fs::remove_file(files.run_json()).unwrap();
+
+        // Epochs 2 and 10 and best, but no last.ckpt.
+        let mut saved = small_run(tmp.path());
+        for epoch in [2, 10] {
+            saved.meta.epoch = epoch;
+            saved.save(&files.epoch(epoch)).unwrap();
+        }
+        saved.save(&files.best()).unwrap();
+        let msg = message(starting_point(&opts, &files, &classes(), &reporter));
+        assert!(
+            msg.contains("already holds a run") && msg.contains("best.ckpt"),
+            "{msg}"
+        );
+        let state = starting_point(&resume, &files, &classes(), &reporter).unwrap();
+        assert_eq!(state.meta.epoch, 10, "the latest epoch");
+
+        // best.ckpt with nothing to resume from: resuming would replace it.
+        for epoch in [2, 10] {
+            std::fs::remove_file(files.epoch(epoch)).unwrap();
+        }
+        let msg = message(starting_point(&resume, &files, &classes(), &reporter));
+        assert!(
+            msg.contains("best.ckpt but no last.ckpt") && msg.contains("--overwrite"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn resume_refuses_a_checkpoint_that_run_json_does_not_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = RunFiles::new(tmp.path());
+        let saved = small_run(tmp.path());
+        let path = files.last();
+        // No run.json: nothing to compare with.
+        check_run_json(&files, &saved.meta, &path).unwrap();
+        let record = |meta: &CheckpointMeta| {
+            let run = serde_json::json!({"model": meta.model, "train": meta.train});
+            std::fs::write(files.run_json(), run.to_string()).unwrap();
+        };
+        record(&saved.meta);
+        check_run_json(&files, &saved.meta, &path).unwrap();
+        let mut other = saved.meta.clone();
+        other.model.hidden = 16;
+        record(&other);
+        let msg = message(check_run_json(&files, &saved.meta, &path));
+        assert!(
+            msg.contains("last.ckpt: trained with --hidden 8, but ")
+                && msg.contains("run.json records --hidden 16"),
+            "{msg}"
+        );
+        let mut other = saved.meta.clone();
+        other.train.seed = 1;
+        record(&other);
+        let msg = message(check_run_json(&files, &saved.meta, &path));
+        assert!(msg.contains("--seed 7, but"), "{msg}");
+        std::fs::write(files.run_json(), "not json").unwrap();
+        let msg = message(check_run_json(&files, &saved.meta, &path));
+        assert!(msg.contains("run.json: not a run.json"), "{msg}");
+    }
+
+    #[test]
     fn resume_refuses_other_settings_or_classes() {
         let tmp = tempfile::tempdir().unwrap();
         let mut saved = small_run(tmp.path());
@@ -1056,6 +1264,43 @@ mod tests {
             resumed.meta.history[1].train_loss,
             state.meta.history[1].train_loss
         );
+    }
+
+    #[test]
+    fn a_diverged_epoch_is_an_error_that_keeps_the_last_good_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = RunFiles::new(tmp.path());
+        let mut state = small_run(tmp.path());
+        run_epochs(&mut state, tmp.path(), 1, false).unwrap();
+        let good = std::fs::read(files.last()).unwrap();
+        // Weights of 1e38 overflow f32 in the first product: NaN losses.
+        state.meta.train.lr = 1e38;
+        let before = state.clone();
+        let msg = message(run_epochs(&mut state, tmp.path(), 3, false));
+        assert!(
+            msg.starts_with("epoch 2: training diverged (the training loss is ")
+                && (msg.contains(" is NaN)") || msg.contains(" is inf)")),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("try a smaller --lr than this run's 1e38")
+                && msg.ends_with("last.ckpt holds epoch 1"),
+            "{msg}"
+        );
+        assert_eq!(state, before, "nothing recorded");
+        assert_eq!(std::fs::read(files.last()).unwrap(), good);
+        assert!(!files.epoch(2).exists());
+
+        // From the first epoch: nothing written at all.
+        let fresh = tempfile::tempdir().unwrap();
+        let mut state = small_run(fresh.path());
+        state.meta.train.lr = 1e38;
+        let msg = message(run_epochs(&mut state, fresh.path(), 1, false));
+        assert!(
+            msg.ends_with("no epoch was complete, so no checkpoint was written"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read_dir(fresh.path()).unwrap().count(), 0);
     }
 
     #[test]

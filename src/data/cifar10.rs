@@ -90,7 +90,7 @@ impl fmt::Display for Split {
 }
 
 /// Reads the class names from `<dir>/batches.meta.txt`: one a line, blank lines ignored, surrounding
-/// white space trimmed, exactly [`NUM_CLASSES`] of them.
+/// white space trimmed, exactly [`NUM_CLASSES`] distinct ones.
 pub fn read_class_names(dir: &Path) -> Result<Vec<String>> {
     check_dir(dir)?;
     let path = dir.join(META_FILE);
@@ -101,20 +101,32 @@ pub fn read_class_names(dir: &Path) -> Result<Vec<String>> {
         .with_context(|| path.display().to_string())?;
     let text = std::str::from_utf8(&bytes)
         .with_context(|| format!("{}: not UTF-8 text", path.display()))?;
-    let names: Vec<String> = text
+    // With their line numbers, for the message about a name given twice.
+    let lines: Vec<(usize, &str)> = text
         .lines()
         .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .map(str::to_owned)
+        .enumerate()
+        .filter(|(_, line)| !line.is_empty())
         .collect();
-    if names.len() != NUM_CLASSES {
+    if lines.len() != NUM_CLASSES {
         bail!(
             "{}: expected {NUM_CLASSES} class names, found {}",
             path.display(),
-            names.len()
+            lines.len()
         );
     }
-    Ok(names)
+    // Two classes of one name could not be told apart in any answer.
+    for (i, &(line, name)) in lines.iter().enumerate() {
+        if let Some(&(first, _)) = lines[..i].iter().find(|(_, n)| *n == name) {
+            bail!(
+                "{}: class `{name}` is named twice (lines {} and {})",
+                path.display(),
+                first + 1,
+                line + 1
+            );
+        }
+    }
+    Ok(lines.into_iter().map(|(_, name)| name.to_owned()).collect())
 }
 
 /// The number of records in `split`, from the file sizes alone (no file is read).
@@ -424,6 +436,15 @@ mod tests {
         let msg = message(read_class_names(tmp.path()));
         assert!(
             msg.contains("batches.meta.txt: expected 10 class names, found 3"),
+            "{msg}"
+        );
+        assert!(validate_dir(tmp.path()).is_err());
+
+        let twice: String = (0..10).map(|i| format!("c{}\n", i % 9)).collect();
+        fs::write(&meta, twice).unwrap();
+        let msg = message(read_class_names(tmp.path()));
+        assert!(
+            msg.contains("batches.meta.txt: class `c0` is named twice (lines 1 and 10)"),
             "{msg}"
         );
         assert!(validate_dir(tmp.path()).is_err());
