@@ -1056,46 +1056,47 @@ mod tests {
             msg,
             "ck/last.ckpt: this run was trained with --hidden 8, not 16; drop --hidden to resume it, or start a new run in another --checkpoints folder"
         );
-        let msg = refused(
-            TrainOptions {
-                batch_size: Some(32),
-                ..same.clone()
-            },
-            &classes(),
-        );
-        assert!(msg.contains("--batch-size 8, not 32"), "{msg}");
-        let msg = refused(
-            TrainOptions {
-                lr: Some(0.001),
-                ..same.clone()
-            },
-            &classes(),
-        );
-        assert!(msg.contains("--lr 0.01, not 0.001"), "{msg}");
-        let msg = refused(
-            TrainOptions {
-                seed: Some(8),
-                ..same.clone()
-            },
-            &classes(),
-        );
-        assert!(msg.contains("--seed 7, not 8"), "{msg}");
-        let msg = refused(
-            TrainOptions {
-                limit: None,
-                ..same.clone()
-            },
-            &classes(),
-        );
-        assert!(msg.contains("--limit Some(30), not None"), "{msg}");
-        let msg = refused(
-            TrainOptions {
-                limit: Some(20),
-                ..same.clone()
-            },
-            &classes(),
-        );
-        assert!(msg.contains("--limit Some(30), not Some(20)"), "{msg}");
+        let others = [
+            (
+                TrainOptions {
+                    batch_size: Some(32),
+                    ..same.clone()
+                },
+                "--batch-size 8, not 32",
+            ),
+            (
+                TrainOptions {
+                    lr: Some(0.001),
+                    ..same.clone()
+                },
+                "--lr 0.01, not 0.001",
+            ),
+            (
+                TrainOptions {
+                    seed: Some(8),
+                    ..same.clone()
+                },
+                "--seed 7, not 8",
+            ),
+            (
+                TrainOptions {
+                    limit: None,
+                    ..same.clone()
+                },
+                "--limit Some(30), not None",
+            ),
+            (
+                TrainOptions {
+                    limit: Some(20),
+                    ..same.clone()
+                },
+                "--limit Some(30), not Some(20)",
+            ),
+        ];
+        for (opts, expected) in others {
+            let msg = refused(opts, &classes());
+            assert!(msg.contains(expected), "{msg}");
+        }
         let mut other = classes();
         other[9] = "lorry".into();
         let msg = refused(same.clone(), &other);

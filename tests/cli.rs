@@ -460,14 +460,7 @@ fn predict_takes_folders_and_quoted_patterns() {
     )
     .unwrap();
 
-    let files = |report: &serde_json::Value| -> Vec<String> {
-        report["predictions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["file"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let files = common::predicted_files;
     let folder: serde_json::Value =
         serde_json::from_str(&ws.ok(&["predict", "--json", "photos"])).unwrap();
     assert_eq!(

@@ -11,7 +11,7 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Workspace, write_class_folder};
+use common::{Workspace, predicted_files, write_class_folder};
 
 /// Runs maas, killed after `secs` (a hang fails the test instead of stalling it); returns (exit
 /// code, stdout, stderr).
@@ -48,15 +48,6 @@ fn photos_and_model() -> Workspace {
     ws
 }
 
-fn files_of(report: &serde_json::Value) -> Vec<String> {
-    report["predictions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["file"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn folders_with_link_loops_second_links_and_special_files_are_walked_once() {
     let ws = Workspace::new(1, 1);
@@ -85,7 +76,7 @@ fn folders_with_link_loops_second_links_and_special_files_are_walked_once() {
     let (code, out, err) = run_within(&ws, 60, &["predict", "--json", "photos"]);
     assert_eq!(code, 0, "{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let files = files_of(&report);
+    let files = predicted_files(&report);
     assert_eq!(files.len(), 12, "{files:?}");
     assert!(
         files
@@ -100,7 +91,7 @@ fn folders_with_link_loops_second_links_and_special_files_are_walked_once() {
     let (code, out, err) = run_within(&ws, 60, &["predict", "--json", "photos/b/*"]);
     assert_eq!(code, 0, "{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(files_of(&report).len(), 6, "{report}");
+    assert_eq!(predicted_files(&report).len(), 6, "{report}");
     assert!(warned(&err), "{err}");
 }
 

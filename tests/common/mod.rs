@@ -142,3 +142,13 @@ pub fn write_class_folder(dir: &Path, classes: &[&str], per_class: usize, seed: 
         }
     }
 }
+
+/// The `file` of each prediction in a `predict --json` report, in order.
+pub fn predicted_files(report: &serde_json::Value) -> Vec<String> {
+    report["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["file"].as_str().unwrap().to_string())
+        .collect()
+}
