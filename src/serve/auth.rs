@@ -15,6 +15,10 @@ use subtle::{Choice, ConstantTimeEq};
 use super::error::ApiError;
 use super::state::refuse;
 
+/// The largest key file read: far beyond any list of keys, and a bound on what a path such as
+/// /dev/zero could make the server read.
+const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
+
 /// The accepted keys; a request must present one of them.
 #[derive(Clone)]
 pub struct Keys(Vec<Vec<u8>>);
@@ -37,7 +41,8 @@ impl Keys {
             keys.push(key.as_bytes().to_vec());
         }
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
+            let text = crate::fsutil::read_regular(path, MAX_KEY_FILE_BYTES)
+                .and_then(|bytes| String::from_utf8(bytes).context("not UTF-8 text"))
                 .with_context(|| format!("--api-key-file {}", path.display()))?;
             let before = keys.len();
             keys.extend(parse_key_file(&text));
@@ -103,6 +108,16 @@ mod tests {
 
     fn keys(list: &[&str]) -> Keys {
         Keys(list.iter().map(|k| k.as_bytes().to_vec()).collect())
+    }
+
+    // /dev/zero is only ever opened for its type here; reading it to the end never ended.
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_that_is_not_a_regular_file_is_refused() {
+        let err = Keys::from_args(None, Some(Path::new("/dev/zero"))).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.starts_with("--api-key-file /dev/zero: "), "{msg}");
+        assert!(msg.contains("not a regular file"), "{msg}");
     }
 
     #[test]

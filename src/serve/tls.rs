@@ -20,10 +20,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finished handshakes waiting for the server to take them.
 const READY_CONNECTIONS: usize = 256;
 
+/// The largest PEM file read: a long certificate chain is tens of kilobytes; the bound keeps a
+/// path such as /dev/zero from being read without end.
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
 /// The server's TLS configuration from a PEM certificate chain and a PEM private key.
 pub fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("{}: cannot read the certificate", cert.display()))?
+    let cert_pem = crate::fsutil::read_regular(cert, MAX_PEM_BYTES)
+        .with_context(|| format!("{}: cannot read the certificate", cert.display()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .with_context(|| format!("{}: not a PEM certificate chain", cert.display()))?;
     if chain.is_empty() {
@@ -32,7 +37,9 @@ pub fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
             cert.display()
         );
     }
-    let key = PrivateKeyDer::from_pem_file(key)
+    let key_pem = crate::fsutil::read_regular(key, MAX_PEM_BYTES)
+        .with_context(|| format!("{}: cannot read the private key", key.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .with_context(|| format!("{}: not a PEM private key", key.display()))?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let config = ServerConfig::builder_with_provider(provider)
@@ -98,5 +105,23 @@ impl Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // /dev/zero is only ever opened for its type here; reading it to the end never ended.
+    #[cfg(unix)]
+    #[test]
+    fn pem_files_that_are_not_regular_files_are_refused() {
+        let err = load_config(Path::new("/dev/zero"), Path::new("/dev/zero")).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.starts_with("/dev/zero: cannot read the certificate"),
+            "{msg}"
+        );
+        assert!(msg.contains("not a regular file"), "{msg}");
     }
 }
