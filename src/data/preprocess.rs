@@ -81,34 +81,10 @@ pub fn image_to_chw(image: &DynamicImage) -> Vec<u8> {
     chw
 }
 
-/// Decodes an encoded image (any format the `image` crate reads, told by its content).
+/// Decodes an encoded image (any format the `image` crate reads, told by its content); the
+/// header is read first, and an image of more than [`MAX_PIXELS`] pixels is refused undecoded.
 pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage> {
-    let reader = || -> Result<ImageReader<Cursor<&[u8]>>> {
-        let reader = ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| image_error(&e))
-            .context("cannot read image")?;
-        if reader.format().is_none() {
-            anyhow::bail!(
-                "not an image in a format maas reads (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)"
-            );
-        }
-        Ok(reader)
-    };
-    // The header alone first: its dimensions decide whether decoding is safe at all.
-    let (w, h) = reader()?
-        .into_dimensions()
-        .map_err(|e| image_error(&e))
-        .context("cannot read the image's header")?;
-    let mut reader = reader()?;
-    if u64::from(w) * u64::from(h) > MAX_PIXELS {
-        anyhow::bail!("image is {w}x{h} pixels, more than the {MAX_PIXELS}-pixel limit");
-    }
-    reader.limits(decode_limits());
-    reader
-        .decode()
-        .map_err(|e| image_error(&e))
-        .context("cannot decode image")
+    open_image(bytes)?.decode()
 }
 
 /// The message of a decoder's error, each cause once. The `image` crate's errors (and those of
@@ -146,24 +122,14 @@ pub fn load_image_file(path: &Path) -> Result<Vec<f32>> {
 
 /// Decodes and preprocesses an encoded image into model input values.
 pub fn image_bytes_to_input(bytes: &[u8]) -> Result<Vec<f32>> {
-    if let Some(input) = small_image_to_input(bytes, MAX_PIXELS) {
-        return Ok(input);
-    }
-    let image = decode_image(bytes)?;
     let mut out = Vec::with_capacity(INPUT_LEN);
-    normalize(&image_to_chw(&image), &mut out);
+    open_image(bytes)?.to_input(&mut out)?;
     Ok(out)
 }
 
-/// [`image_bytes_to_input`] in one pass, for an image that declares at most `max_pixels`
-/// pixels: `None` when it declares more or anything goes wrong, for [`image_bytes_to_input`]
-/// to handle and word the error.
-///
-/// [`decode_image`] reads the header twice (once to refuse decompression bombs, once to decode)
-/// and each read builds a decoder; for an image of the model's size building the decoders (the
-/// inflate tables of PNG) costs more than the pixels, so this builds one and checks the size
-/// between the header and the pixels. The values are the same: the same decoder, the same
-/// resize and conversion, the same scaling.
+/// [`image_bytes_to_input`] for an image that declares at most `max_pixels` pixels: `None` when
+/// it declares more or anything goes wrong, for the caller to take the general path (serve
+/// decodes larger images off its async threads, under its pixel budget).
 pub fn small_image_to_input(bytes: &[u8], max_pixels: u64) -> Option<Vec<f32>> {
     let image = open_image(bytes).ok()?;
     if image.pixels() > max_pixels {
@@ -186,6 +152,7 @@ pub struct OpenedImage<D> {
 pub fn open_image(bytes: &[u8]) -> Result<OpenedImage<impl ImageDecoder + '_>> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
+        .map_err(|e| image_error(&e))
         .context("cannot read image")?;
     if reader.format().is_none() {
         anyhow::bail!("not an image in a format maas reads (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)");
@@ -194,6 +161,7 @@ pub fn open_image(bytes: &[u8]) -> Result<OpenedImage<impl ImageDecoder + '_>> {
     let image = OpenedImage {
         decoder: reader
             .into_decoder()
+            .map_err(|e| image_error(&e))
             .context("cannot read the image's header")?,
     };
     if image.pixels() > MAX_PIXELS {
@@ -215,15 +183,22 @@ impl<D: ImageDecoder> OpenedImage<D> {
         u64::from(w) * u64::from(h)
     }
 
-    /// Decodes the pixels and appends the model input values to `out`: the preprocessing of
-    /// [`image_bytes_to_input`].
-    pub fn to_input(self, out: &mut Vec<f32>) -> Result<()> {
+    /// Decodes the pixels.
+    pub fn decode(self) -> Result<DynamicImage> {
         // What `ImageReader::decode` checks before allocating the image.
         decode_limits()
             .reserve(self.decoder.total_bytes())
+            .map_err(|e| image_error(&e))
             .context("cannot decode image")?;
-        let image = DynamicImage::from_decoder(self.decoder).context("cannot decode image")?;
-        image_to_input(&image, out);
+        DynamicImage::from_decoder(self.decoder)
+            .map_err(|e| image_error(&e))
+            .context("cannot decode image")
+    }
+
+    /// Decodes the pixels and appends the model input values to `out`: the preprocessing of
+    /// [`image_bytes_to_input`].
+    pub fn to_input(self, out: &mut Vec<f32>) -> Result<()> {
+        image_to_input(&self.decode()?, out);
         Ok(())
     }
 }
