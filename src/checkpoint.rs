@@ -133,19 +133,12 @@ pub(crate) fn take_weights(
 
 /// The first array of `weights` and `adam`'s moments holding a value that is not a finite
 /// number, described.
-pub fn non_finite_arrays(weights: &Weights, adam: &AdamState) -> Option<String> {
+fn non_finite_arrays(weights: &Weights, adam: &AdamState) -> Option<String> {
     [("", weights), ("adam.m.", &adam.m), ("adam.v.", &adam.v)]
         .into_iter()
-        .flat_map(|(prefix, w)| {
-            let values = [&w.w1, &w.b1, &w.w2, &w.b2];
-            WEIGHT_NAMES
-                .iter()
-                .zip(values)
-                .map(move |(n, v)| (prefix, n, v))
-        })
-        .find_map(|(prefix, name, values)| {
-            let bad = values.iter().find(|v| !v.is_finite())?;
-            Some(format!("{prefix}{name} holds {bad}"))
+        .find_map(|(prefix, w)| {
+            let (name, _, value) = w.first_non_finite()?;
+            Some(format!("{prefix}{name} holds {value}"))
         })
 }
 

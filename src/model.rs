@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::preprocess::{INPUT_LEN, Preprocessing};
 
-/// The most classes a model may tell apart: labels are stored as bytes.
-pub use crate::data::MAX_CLASSES;
+use crate::data::MAX_CLASSES;
 /// The default width of the hidden layer.
 pub const DEFAULT_HIDDEN: usize = 64;
 
@@ -131,21 +130,28 @@ impl Weights {
     /// Checks that every weight is a finite number. A model whose training diverged can hold NaN
     /// in a file whose checksum is fine, and would then answer every image with NaN probabilities.
     pub fn check_finite(&self) -> Result<()> {
-        for (name, values) in [
+        if let Some((name, at, value)) = self.first_non_finite() {
+            bail!(
+                "weight {name} holds {value:?} (element {at}): every answer would be NaN (did its \
+                 training diverge? train again with a lower --lr)"
+            );
+        }
+        Ok(())
+    }
+
+    /// The first value that is not a finite number: its array's name, its index and itself.
+    pub fn first_non_finite(&self) -> Option<(&'static str, usize, f32)> {
+        [
             ("w1", &self.w1),
             ("b1", &self.b1),
             ("w2", &self.w2),
             ("b2", &self.b2),
-        ] {
-            if let Some(at) = values.iter().position(|v| !v.is_finite()) {
-                bail!(
-                    "weight {name} holds {:?} (element {at}): every answer would be NaN (did its \
-                     training diverge? train again with a lower --lr)",
-                    values[at]
-                );
-            }
-        }
-        Ok(())
+        ]
+        .into_iter()
+        .find_map(|(name, values)| {
+            let at = values.iter().position(|v| !v.is_finite())?;
+            Some((name, at, values[at]))
+        })
     }
 
     /// The shapes of `w1`, `b1`, `w2`, `b2`, in that order.

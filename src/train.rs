@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::adam::{AdamConfig, AdamState};
 use crate::checkpoint::{
-    Checkpoint, CheckpointMeta, EpochMetrics, RunFiles, TrainConfig, metrics_csv, non_finite_arrays,
+    Checkpoint, CheckpointMeta, EpochMetrics, RunFiles, TrainConfig, metrics_csv,
 };
 use crate::data::LabelledImages;
 use crate::data::preprocess::{INPUT_LEN, normalize};
@@ -582,13 +582,11 @@ impl EpochLoop<'_> {
                 seconds: trained.seconds,
                 samples_per_second: self.train.len() as f64 / trained.seconds.max(1e-9),
             };
-            let (weights, adam) = trainer.state()?;
             // A diverged run (a learning rate far too large) stops here, before its epoch is
-            // recorded or written: the checkpoints on disk stay the last good ones.
-            if let Some(bad) = metrics
-                .non_finite()
-                .or_else(|| non_finite_arrays(&weights, &adam))
-            {
+            // recorded or written: the checkpoints on disk stay the last good ones. A weight
+            // that is not finite makes the test loss NaN; `Checkpoint::encode` checks the arrays
+            // themselves before anything is written.
+            if let Some(bad) = metrics.non_finite() {
                 bail!(
                     "epoch {epoch}: training diverged ({bad}); try a smaller --lr than this run's {:e}, in a new run (--overwrite replaces this one); {}",
                     state.meta.train.lr,
@@ -598,7 +596,7 @@ impl EpochLoop<'_> {
             throughput.samples += self.train.len();
             throughput.seconds += trained.seconds;
             let improved = record_epoch(&mut state.meta, metrics.clone());
-            (state.weights, state.adam) = (weights, adam);
+            (state.weights, state.adam) = trainer.state()?;
             write_checkpoint(self.files, state, improved)?;
             self.reporter.info(format!(
                 "epoch {epoch}/{}: train loss {:.4} acc {:.4} | test loss {test_loss:.4} acc {test_accuracy:.4} | {:.0} samples/s{}",
