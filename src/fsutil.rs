@@ -86,7 +86,7 @@ pub fn write_target(path: &Path) -> Result<PathBuf> {
     bail!("{}: too many levels of symbolic links", path.display())
 }
 
-/// What a file that is neither a regular file nor a symlink is, for an error message.
+/// What a file that is not a regular file is, for messages: "a FIFO", "a folder", ...
 fn describe(kind: FileType) -> &'static str {
     #[cfg(unix)]
     {
@@ -98,7 +98,7 @@ fn describe(kind: FileType) -> &'static str {
             return "a block device";
         }
         if kind.is_fifo() {
-            return "a FIFO (named pipe)";
+            return "a FIFO";
         }
         if kind.is_socket() {
             return "a socket";
@@ -180,30 +180,9 @@ fn check_regular(meta: &std::fs::Metadata, max_bytes: u64) -> Result<()> {
     Ok(())
 }
 
-/// What a file that is neither a regular file nor a folder is, for messages:
-/// "not a regular file (a FIFO)".
-pub fn not_regular(file_type: std::fs::FileType) -> String {
-    #[cfg(unix)]
-    let kind = {
-        use std::os::unix::fs::FileTypeExt;
-        if file_type.is_fifo() {
-            " (a FIFO)"
-        } else if file_type.is_char_device() {
-            " (a character device)"
-        } else if file_type.is_block_device() {
-            " (a block device)"
-        } else if file_type.is_socket() {
-            " (a socket)"
-        } else {
-            ""
-        }
-    };
-    #[cfg(not(unix))]
-    let kind = {
-        let _ = file_type;
-        ""
-    };
-    format!("not a regular file{kind}")
+/// Why a file that is not a regular file is refused, for messages: "not a regular file (a FIFO)".
+pub fn not_regular(file_type: FileType) -> String {
+    format!("not a regular file ({})", describe(file_type))
 }
 
 #[cfg(test)]

@@ -12,8 +12,7 @@ use crate::data::preprocess::{INPUT_LEN, load_image_file};
 use crate::export::LoadedModel;
 use crate::model::{Mlp, ModelConfig, read_f32};
 
-// Defined in the data layer, which reports unreadable images too; kept here for callers.
-pub use crate::data::FileError;
+use crate::data::FileError;
 
 /// One class and its probability.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -206,7 +205,6 @@ impl Classifier {
     }
 }
 
-pub use crate::data::files::IMAGE_EXTENSIONS;
 use crate::data::files::ImageWalk;
 
 /// What the user named, as image files: see [`expand_inputs`].

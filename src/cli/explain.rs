@@ -6,8 +6,9 @@ use anyhow::Result;
 use clap::Args;
 
 use super::args::{ModelArgs, OutputArgs};
-use super::{Context, exit_code, print_json, print_stdout, warn_skipped};
+use super::{Context, exit_code, print_json, print_stdout};
 use crate::data::FileError;
+use crate::data::files::warn_skipped;
 use crate::data::preprocess::load_image_file;
 use crate::explain::{self, Explainer};
 use crate::predict::{Classifier, expand_inputs};

@@ -124,14 +124,6 @@ fn print_stdout(bytes: impl AsRef<[u8]>) -> Result<()> {
     }
 }
 
-/// Says which special files a folder or a pattern held; even with --quiet, as the images
-/// classified are not all the user named.
-fn warn_skipped(skipped: &[crate::data::FileError]) {
-    for s in skipped {
-        eprintln!("maas: warning: {}: {}", s.file, s.error);
-    }
-}
-
 /// The exit code of a command over files: 1 when any file failed, the others still answered.
 fn exit_code(failures: usize) -> u8 {
     u8::from(failures > 0)

@@ -6,7 +6,8 @@ use anyhow::Result;
 use clap::Args;
 
 use super::args::{ModelArgs, OutputArgs};
-use super::{Context, exit_code, print_json, print_stdout, warn_skipped};
+use super::{Context, exit_code, print_json, print_stdout};
+use crate::data::files::warn_skipped;
 use crate::predict::{Classifier, expand_inputs, render_table};
 
 /// `maas predict`.

@@ -24,6 +24,14 @@ pub struct FileError {
     pub error: String,
 }
 
+/// Says which files a folder or a pattern held that were passed over (special files); even with
+/// --quiet, as what was used is not all that the user named.
+pub fn warn_skipped(skipped: &[FileError]) {
+    for s in skipped {
+        eprintln!("maas: warning: {}: {}", s.file, s.error);
+    }
+}
+
 /// Whether `path` has the extension of an image (any case).
 pub fn is_image_name(path: &Path) -> bool {
     path.extension()

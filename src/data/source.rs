@@ -129,10 +129,7 @@ fn describe(
         f.classes.len(),
         f.table(plan, train).trim_end()
     ));
-    // Said even with --quiet, as unreadable images are.
-    for s in &f.skipped {
-        eprintln!("maas: warning: {}: {}", s.file, s.error);
-    }
+    super::files::warn_skipped(&f.skipped);
 }
 
 /// Loads `files`; an unreadable one is skipped and reported (an error with `--strict`).
