@@ -137,16 +137,7 @@ pub fn run(config: &ServeConfig, selected: &Selected, reporter: &Reporter) -> Re
     )?;
     metrics.set_model_load_seconds(started.elapsed().as_secs_f64());
     let timeout = config.timeout;
-    let state = AppState::new(
-        config.model_name.clone(),
-        classes,
-        batcher,
-        metrics,
-        timeout,
-        config.max_body_bytes,
-        config.max_queue,
-        config.max_decode_pixels,
-    );
+    let state = AppState::new(config, classes, batcher, metrics);
     let has_keys = keys.is_some();
     let app = routes::router(state, keys);
     let runtime = tokio::runtime::Builder::new_multi_thread()

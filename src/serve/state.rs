@@ -13,6 +13,7 @@ use axum::http::{StatusCode, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout_at};
 
+use super::ServeConfig;
 use super::batcher::Batcher;
 use super::decode::{Decoding, PixelLimits, StopOnDrop};
 use super::error::ApiError;
@@ -65,30 +66,25 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    /// The state of a server; `max_pending` requests may hold a body at once, each may decode
-    /// `max_pixels`, and that many may be decoded at once.
-    #[allow(clippy::too_many_arguments)] // one call, in serve::run, each argument named there
+    /// The state of a server with the limits of `config`: `max_queue` requests may hold a body at
+    /// once, each may decode `max_decode_pixels`, and that many may be decoded at once.
     pub fn new(
-        model_name: String,
+        config: &ServeConfig,
         classes: Vec<String>,
         batcher: Batcher,
         metrics: Arc<Metrics>,
-        timeout: Duration,
-        max_body: usize,
-        max_pending: usize,
-        max_pixels: u64,
     ) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self(Arc::new(Shared {
-            model_name,
+            model_name: config.model_name.clone(),
             classes,
             batcher,
             metrics,
-            timeout,
-            max_body,
-            admission: Arc::new(Semaphore::new(max_pending.max(1))),
+            timeout: config.timeout,
+            max_body: config.max_body_bytes,
+            admission: Arc::new(Semaphore::new(config.max_queue.max(1))),
             decoders: Arc::new(Semaphore::new(cores)),
-            pixels: PixelLimits::new(max_pixels),
+            pixels: PixelLimits::new(config.max_decode_pixels),
         }))
     }
 
