@@ -69,6 +69,15 @@ fn sub_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         }
     }
     out.sort();
+    // Folder names differ, but two may print alike (names that are not UTF-8): a class must be
+    // told apart by its name.
+    if let Some(pair) = out.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        bail!(
+            "{}: two class folders are named `{}`",
+            dir.display(),
+            pair[0].0
+        );
+    }
     Ok(out)
 }
 
@@ -371,6 +380,21 @@ mod tests {
         touch(tmp.path(), "test/c/1.png");
         let err = format!("{:#}", ImageFolder::open(tmp.path()).unwrap_err());
         assert!(err.contains("`c`"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn class_folders_whose_names_print_alike_are_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        for name in [&b"caf\xe9"[..], &b"caf\xe8"[..]] {
+            std::fs::create_dir(dir.path().join(std::ffi::OsStr::from_bytes(name))).unwrap();
+        }
+        let err = sub_folders(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("two class folders are named `caf\u{FFFD}`"),
+            "{err}"
+        );
     }
 
     #[test]
