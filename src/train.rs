@@ -894,18 +894,24 @@ mod tests {
         assert_eq!(state.weights, Weights::init(8, 10, 7));
     }
 
+    /// A new run's options, the same with --resume, and the files of their folder.
+    fn run_folder(dir: &Path) -> (TrainOptions, TrainOptions, RunFiles) {
+        let opts = options(dir);
+        let resume = TrainOptions {
+            resume: true,
+            ..opts.clone()
+        };
+        let files = RunFiles::new(&opts.checkpoints);
+        (opts, resume, files)
+    }
+
     #[test]
     fn a_folder_holding_a_run_needs_resume_or_overwrite() {
         let tmp = tempfile::tempdir().unwrap();
-        let opts = options(tmp.path());
-        let files = RunFiles::new(&opts.checkpoints);
+        let (opts, resume, files) = run_folder(tmp.path());
         let reporter = Reporter::silent();
 
         // --resume with nothing to resume starts afresh.
-        let resume = TrainOptions {
-            resume: true,
-            ..options(tmp.path())
-        };
         let state = starting_point(&resume, &files, &classes(), &reporter).unwrap();
         assert_eq!(state.meta.epoch, 0);
 
@@ -941,13 +947,8 @@ mod tests {
     #[test]
     fn any_file_of_a_run_holds_a_run_and_resume_falls_back_to_the_latest_epoch() {
         let tmp = tempfile::tempdir().unwrap();
-        let opts = options(tmp.path());
-        let files = RunFiles::new(&opts.checkpoints);
+        let (opts, resume, files) = run_folder(tmp.path());
         let reporter = Reporter::silent();
-        let resume = TrainOptions {
-            resume: true,
-            ..options(tmp.path())
-        };
         std::fs::create_dir_all(&files.dir).unwrap();
 
         // run.json alone (a first epoch killed): a run, but nothing to resume.
