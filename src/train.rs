@@ -228,20 +228,17 @@ fn starting_point(
 ) -> Result<Checkpoint> {
     if opts.resume {
         let last = files.last();
+        // The file to resume from, and how it was chosen (said when it is not last.ckpt).
         let from = if last.exists() {
-            Some(last)
+            Some((last, String::new()))
         } else {
-            files.epochs()?.pop().map(|(_, path)| path)
+            let how = format!("no {}: ", last.display());
+            files.epochs()?.pop().map(|(_, path)| (path, how))
         };
-        if let Some(path) = from {
+        if let Some((path, how)) = from {
             let ckpt = Checkpoint::load(&path)?;
             check_resume(opts, &ckpt.meta, classes, &path)?;
             check_run_json(files, &ckpt.meta, &path)?;
-            let how = if path == files.last() {
-                String::new()
-            } else {
-                format!("no {}: ", files.last().display())
-            };
             reporter.info(format!(
                 "{how}resuming from {} (epoch {} complete)",
                 path.display(),
