@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::data::LabelledImages;
 use crate::data::cifar10::IMAGE_BYTES;
 use crate::data::preprocess::normalize;
-use crate::predict::Classifier;
+use crate::predict::{Probabilities, rank};
 
 /// One class's figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -58,16 +58,16 @@ pub struct EvalOutput<'a> {
 /// Images per forward pass.
 const CHUNK: usize = 1000;
 
-/// Evaluates `classifier` on `split`.
+/// Evaluates `classifier` (a model here or behind a URL) on `split`.
 pub fn evaluate(
-    classifier: &Classifier,
+    classifier: &dyn Probabilities,
     split: &LabelledImages,
     model: &str,
 ) -> Result<EvalReport> {
     if split.is_empty() {
         bail!("no images to evaluate");
     }
-    let labels = classifier.config().classes.clone();
+    let labels = classifier.classes().to_vec();
     let n_classes = labels.len();
     let mut confusion = vec![vec![0u64; n_classes]; n_classes];
     let (mut top3, mut loss) = (0usize, 0f64);
@@ -88,7 +88,7 @@ pub fn evaluate(
             if truth >= n_classes {
                 bail!("label {truth} is beyond the model's {n_classes} classes");
             }
-            let ranked = classifier.rank(row, 3);
+            let ranked = rank(&labels, row, 3);
             let predicted = ranked.first().map_or(0, |r| r.index);
             confusion[truth][predicted] += 1;
             top3 += usize::from(ranked.iter().any(|r| r.index == truth));

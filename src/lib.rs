@@ -26,6 +26,7 @@ mod onnx;
 mod plots;
 pub mod predict;
 pub mod progress;
+pub mod remote;
 pub mod serve;
 pub mod sharded;
 pub mod train;

@@ -6,7 +6,7 @@ use anyhow::Result;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use indicatif::ProgressBar;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::preprocess::{INPUT_LEN, load_image_file};
 use crate::export::LoadedModel;
@@ -15,7 +15,7 @@ use crate::model::{Mlp, ModelConfig, read_f32};
 use crate::data::FileError;
 
 /// One class and its probability.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ranked {
     /// Class name.
     pub label: String,
@@ -49,6 +49,27 @@ pub struct PredictReport {
     pub predictions: Vec<Prediction>,
     /// One entry per image that could not be read.
     pub errors: Vec<FileError>,
+}
+
+/// Class probabilities for a batch of preprocessed inputs: what a model here and a model deployed
+/// behind a URL ([`crate::remote::RemoteModel`]) have in common, so that expanding inputs,
+/// ranking, evaluating and printing are written once for both.
+pub trait Probabilities {
+    /// The class names, in index order (the length of each row of probabilities).
+    fn classes(&self) -> &[String];
+    /// Class probabilities for preprocessed inputs (each [`INPUT_LEN`] values): one row per
+    /// input, in order.
+    fn probabilities(&self, inputs: &[f32]) -> Result<Vec<f32>>;
+}
+
+impl Probabilities for Classifier {
+    fn classes(&self) -> &[String] {
+        &self.config.classes
+    }
+
+    fn probabilities(&self, inputs: &[f32]) -> Result<Vec<f32>> {
+        Classifier::probabilities(self, inputs)
+    }
 }
 
 /// A loaded model on a device, ready to classify.
@@ -122,45 +143,15 @@ impl Classifier {
 
     /// The `k` most probable classes of one row of probabilities, most probable first.
     pub fn rank(&self, probabilities: &[f32], k: usize) -> Vec<Ranked> {
-        let mut order: Vec<usize> = (0..probabilities.len()).collect();
-        order.sort_by(|&a, &b| {
-            probabilities[b]
-                .total_cmp(&probabilities[a])
-                .then(a.cmp(&b))
-        });
-        order
-            .into_iter()
-            .take(k)
-            .map(|i| Ranked {
-                label: self
-                    .config
-                    .classes
-                    .get(i)
-                    .cloned()
-                    .unwrap_or_else(|| i.to_string()),
-                index: i,
-                probability: probabilities[i],
-            })
-            .collect()
+        rank(&self.config.classes, probabilities, k)
     }
 
     /// The prediction for one row of probabilities.
     pub fn prediction(&self, file: String, probabilities: &[f32], k: usize) -> Prediction {
-        let top_k = self.rank(probabilities, k.max(1));
-        let (label, index, probability) = top_k.first().map_or((String::new(), 0, 0.0), |b| {
-            (b.label.clone(), b.index, b.probability)
-        });
-        Prediction {
-            file,
-            label,
-            index,
-            probability,
-            top_k,
-        }
+        prediction(&self.config.classes, file, probabilities, k)
     }
 
-    /// Classifies image files, [`CHUNK`] at a time as one batch each; unreadable files are
-    /// reported, not fatal. `bar` advances by one per file.
+    /// Classifies image files: see [`predict_files`].
     pub fn predict_files(
         &self,
         model_path: &Path,
@@ -168,41 +159,89 @@ impl Classifier {
         k: usize,
         bar: &ProgressBar,
     ) -> Result<PredictReport> {
-        let mut predictions = Vec::with_capacity(files.len());
-        let mut errors = Vec::new();
-        let mut inputs = Vec::new();
-        for chunk in files.chunks(CHUNK) {
-            inputs.clear();
-            let mut good = Vec::with_capacity(chunk.len());
-            for file in chunk {
-                match load_image_file(file) {
-                    Ok(input) => {
-                        inputs.extend(input);
-                        good.push(file.display().to_string());
-                    }
-                    Err(e) => errors.push(FileError {
-                        file: file.display().to_string(),
-                        error: format!("{e:#}"),
-                    }),
-                }
-            }
-            if !good.is_empty() {
-                let probabilities = self.probabilities(&inputs)?;
-                predictions.extend(
-                    good.into_iter()
-                        .zip(probabilities.chunks(self.num_classes()))
-                        .map(|(file, p)| self.prediction(file, p, k)),
-                );
-            }
-            bar.inc(chunk.len() as u64);
-        }
-        bar.finish_and_clear();
-        Ok(PredictReport {
-            model: model_path.display().to_string(),
-            predictions,
-            errors,
-        })
+        predict_files(self, &model_path.display().to_string(), files, k, bar)
     }
+}
+
+/// The `k` most probable classes of one row of probabilities, most probable first; a class
+/// without a name is called by its index.
+pub fn rank(classes: &[String], probabilities: &[f32], k: usize) -> Vec<Ranked> {
+    let mut order: Vec<usize> = (0..probabilities.len()).collect();
+    order.sort_by(|&a, &b| {
+        probabilities[b]
+            .total_cmp(&probabilities[a])
+            .then(a.cmp(&b))
+    });
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| Ranked {
+            label: classes.get(i).cloned().unwrap_or_else(|| i.to_string()),
+            index: i,
+            probability: probabilities[i],
+        })
+        .collect()
+}
+
+/// The prediction for one row of probabilities.
+pub fn prediction(classes: &[String], file: String, probabilities: &[f32], k: usize) -> Prediction {
+    let top_k = rank(classes, probabilities, k.max(1));
+    let (label, index, probability) = top_k.first().map_or((String::new(), 0, 0.0), |b| {
+        (b.label.clone(), b.index, b.probability)
+    });
+    Prediction {
+        file,
+        label,
+        index,
+        probability,
+        top_k,
+    }
+}
+
+/// Classifies image files with `model` (named `model_name` in the report), [`CHUNK`] at a time
+/// as one batch each; unreadable files are reported, not fatal. `bar` advances by one per file.
+pub fn predict_files(
+    model: &dyn Probabilities,
+    model_name: &str,
+    files: &[PathBuf],
+    k: usize,
+    bar: &ProgressBar,
+) -> Result<PredictReport> {
+    let classes = model.classes();
+    let mut predictions = Vec::with_capacity(files.len());
+    let mut errors = Vec::new();
+    let mut inputs = Vec::new();
+    for chunk in files.chunks(CHUNK) {
+        inputs.clear();
+        let mut good = Vec::with_capacity(chunk.len());
+        for file in chunk {
+            match load_image_file(file) {
+                Ok(input) => {
+                    inputs.extend(input);
+                    good.push(file.display().to_string());
+                }
+                Err(e) => errors.push(FileError {
+                    file: file.display().to_string(),
+                    error: format!("{e:#}"),
+                }),
+            }
+        }
+        if !good.is_empty() {
+            let probabilities = model.probabilities(&inputs)?;
+            predictions.extend(
+                good.into_iter()
+                    .zip(probabilities.chunks(classes.len().max(1)))
+                    .map(|(file, p)| prediction(classes, file, p, k)),
+            );
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(PredictReport {
+        model: model_name.to_string(),
+        predictions,
+        errors,
+    })
 }
 
 use crate::data::files::ImageWalk;

@@ -6,12 +6,14 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use super::args::{DataArgs, ModelArgs, unit_interval};
+use super::remote::RemoteArgs;
 use super::{Context, print_json, print_stdout};
-use crate::data::source::{DEFAULT_VAL_SPLIT, LoadOptions};
+use crate::data::source::{DEFAULT_VAL_SPLIT, DataSource, LoadOptions};
 use crate::eval;
 use crate::fsutil::write_atomic;
 use crate::plots;
-use crate::predict::Classifier;
+use crate::predict::{Classifier, Probabilities};
+use crate::remote::RemoteModel;
 use crate::train::DEFAULT_SEED;
 
 /// `maas eval`.
@@ -32,47 +34,37 @@ pub struct EvalArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Or a deployed model.
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+/// The model to evaluate, how to name it, how its test split is drawn and where its picture goes.
+struct Evaluated {
+    classifier: Box<dyn Probabilities>,
+    name: String,
+    load: LoadOptions,
+    plots_dir: PathBuf,
 }
 
 pub(super) fn run(args: EvalArgs, cx: &Context) -> Result<u8> {
     let reporter = &cx.reporter;
-    let (path, loaded) = args.model.load(reporter)?;
-    let data = args.data.ensure(reporter)?;
-    let classes = data.classes()?;
-    if classes != loaded.config.classes {
-        bail!(
-            "{}: the model's classes {:?} are not the dataset's {:?}",
-            path.display(),
-            loaded.config.classes,
-            classes
-        );
-    }
-    // A single image folder is divided as it was for training: the model's seed and share.
-    let trained = loaded.train.as_ref();
-    let load = LoadOptions {
-        seed: trained.map_or(DEFAULT_SEED, |t| t.seed),
-        val_split: args
-            .data
-            .val_split
-            .or(trained.and_then(|t| t.val_split))
-            .unwrap_or(DEFAULT_VAL_SPLIT),
-        limit: None,
-        strict: args.data.strict,
+    let (evaluated, data) = match args.remote.config()? {
+        Some(remote) => remote_model(&args, &remote, reporter)?,
+        None => local_model(&args, cx)?,
     };
+    let Evaluated {
+        classifier,
+        name,
+        load,
+        plots_dir,
+    } = evaluated;
     let test = data.load_test(&load, reporter)?;
-    let selected = cx.select_device()?;
-    let classifier = Classifier::new(&loaded, &selected.device);
-    let report = eval::evaluate(&classifier, &test, &path.display().to_string())?;
-    // Beside the model unless told otherwise: the picture belongs to that model's evaluation.
-    let plots_dir = args
-        .plots
-        .unwrap_or_else(|| path.parent().map(PathBuf::from).unwrap_or_default());
+    let report = eval::evaluate(&*classifier, &test, &name)?;
     let picture = plots_dir.join("confusion.png");
     let note = format!(
-        "{} test images, accuracy {:.4}, model {}",
-        report.samples,
-        report.accuracy,
-        path.display()
+        "{} test images, accuracy {:.4}, model {name}",
+        report.samples, report.accuracy,
     );
     let png = plots::confusion_png(&report.labels, &report.confusion, &note)?;
     write_atomic(&picture, &png)?;
@@ -95,4 +87,83 @@ pub(super) fn run(args: EvalArgs, cx: &Context) -> Result<u8> {
         }
         _ => Ok(0),
     }
+}
+
+/// A model file (or the best checkpoint), with its classes checked against the dataset's and the
+/// split drawn as in its training.
+fn local_model(args: &EvalArgs, cx: &Context) -> Result<(Evaluated, DataSource)> {
+    let (path, loaded) = args.model.load(&cx.reporter)?;
+    let data = args.data.ensure(&cx.reporter)?;
+    let classes = data.classes()?;
+    if classes != loaded.config.classes {
+        bail!(
+            "{}: the model's classes {:?} are not the dataset's {:?}",
+            path.display(),
+            loaded.config.classes,
+            classes
+        );
+    }
+    // A single image folder is divided as it was for training: the model's seed and share.
+    let trained = loaded.train.as_ref();
+    let load = LoadOptions {
+        seed: trained.map_or(DEFAULT_SEED, |t| t.seed),
+        val_split: args
+            .data
+            .val_split
+            .or(trained.and_then(|t| t.val_split))
+            .unwrap_or(DEFAULT_VAL_SPLIT),
+        limit: None,
+        strict: args.data.strict,
+    };
+    let selected = cx.select_device()?;
+    let classifier = Classifier::new(&loaded, &selected.device);
+    // Beside the model unless told otherwise: the picture belongs to that model's evaluation.
+    let plots_dir = args
+        .plots
+        .clone()
+        .unwrap_or_else(|| path.parent().map(PathBuf::from).unwrap_or_default());
+    let evaluated = Evaluated {
+        classifier: Box::new(classifier),
+        name: path.display().to_string(),
+        load,
+        plots_dir,
+    };
+    Ok((evaluated, data))
+}
+
+/// A deployed model. Its classes are checked against the dataset's when the server names them,
+/// and are the dataset's when it does not (their number must agree); the split of a single image
+/// folder is drawn with the default seed, as the server does not say how the model was trained.
+fn remote_model(
+    args: &EvalArgs,
+    remote: &crate::remote::RemoteConfig,
+    reporter: &crate::progress::Reporter,
+) -> Result<(Evaluated, DataSource)> {
+    let mut model = RemoteModel::connect(remote)?;
+    let name = model.describe();
+    let data = args.data.ensure(reporter)?;
+    let classes = data.classes()?;
+    if !model.has_class_names() && model.classes().len() == classes.len() {
+        model.name_classes(classes.clone());
+    }
+    if model.classes() != classes.as_slice() {
+        bail!(
+            "{name}: the model's classes {:?} are not the dataset's {:?}",
+            model.classes(),
+            classes
+        );
+    }
+    let load = LoadOptions {
+        seed: DEFAULT_SEED,
+        val_split: args.data.val_split.unwrap_or(DEFAULT_VAL_SPLIT),
+        limit: None,
+        strict: args.data.strict,
+    };
+    let evaluated = Evaluated {
+        classifier: Box::new(model),
+        name,
+        load,
+        plots_dir: args.plots.clone().unwrap_or_default(),
+    };
+    Ok((evaluated, data))
 }

@@ -1,17 +1,20 @@
 //! `maas explain`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use clap::Args;
 
 use super::args::{ModelArgs, OutputArgs};
+use super::remote::RemoteArgs;
 use super::{Context, exit_code, print_json, print_stdout};
 use crate::data::FileError;
 use crate::data::files::warn_skipped;
-use crate::data::preprocess::load_image_file;
-use crate::explain::{self, Explainer};
+use crate::data::preprocess::{MAX_FILE_BYTES, load_image_file};
+use crate::explain::{self, Explainer, Explanation};
+use crate::fsutil::write_atomic;
 use crate::predict::{Classifier, expand_inputs};
+use crate::remote::RemoteModel;
 
 /// `maas explain`.
 #[derive(Debug, Args)]
@@ -29,29 +32,56 @@ pub struct ExplainArgs {
     /// What to print.
     #[command(flatten)]
     output: OutputArgs,
+    /// Or a deployed model (a maas server: explanations come from its /v1/explain).
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+/// Who explains: the model here, or a maas server.
+enum Explaining {
+    Local(Box<Classifier>, Box<Explainer>),
+    Remote(RemoteModel),
 }
 
 pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
-    let (path, loaded) = args.model.load(&cx.reporter)?;
-    let selected = cx.select_device()?;
-    let classifier = Classifier::new(&loaded, &selected.device);
-    let explainer = Explainer::new(&loaded, &selected.device);
+    let (explaining, name) = match args.remote.config()? {
+        Some(remote) => {
+            let model = RemoteModel::connect(&remote)?;
+            let name = model.describe();
+            (Explaining::Remote(model), name)
+        }
+        None => {
+            let (path, loaded) = args.model.load(&cx.reporter)?;
+            let selected = cx.select_device()?;
+            let classifier = Classifier::new(&loaded, &selected.device);
+            let explainer = Explainer::new(&loaded, &selected.device);
+            let name = path.display().to_string();
+            (
+                Explaining::Local(Box::new(classifier), Box::new(explainer)),
+                name,
+            )
+        }
+    };
+    let k = args.output.top_k as usize;
     let inputs = expand_inputs(&args.images);
     warn_skipped(&inputs.skipped);
     let (files, mut errors) = (inputs.files, inputs.errors);
     let pictures = explain::picture_paths(&files, &args.out);
     let mut explanations = Vec::new();
     for (file, picture) in files.iter().zip(&pictures) {
-        let outcome = load_image_file(file).and_then(|input| {
-            explain::explain(
-                &classifier,
-                &explainer,
-                file,
-                &input,
-                picture,
-                args.output.top_k as usize,
-            )
-        });
+        let outcome = match &explaining {
+            Explaining::Local(classifier, explainer) => load_image_file(file).and_then(|input| {
+                explain::explain(classifier, explainer, file, &input, picture, k)
+            }),
+            // A server's failure ends the command; an unreadable image is that file's error.
+            Explaining::Remote(model) => match read_image(file) {
+                Ok(bytes) => {
+                    let answer = model.explain(&bytes, k)?;
+                    remote_explanation(model, file, answer, picture)
+                }
+                Err(e) => Err(e),
+            },
+        };
         match outcome {
             Ok(e) => explanations.push(e),
             Err(e) => errors.push(FileError {
@@ -62,7 +92,7 @@ pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
     }
     if args.output.json {
         print_json(&serde_json::json!({
-            "model": path,
+            "model": name,
             "explanations": explanations,
             "errors": errors,
         }))?;
@@ -81,4 +111,33 @@ pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
         }
     }
     Ok(exit_code(errors.len()))
+}
+
+/// The bytes of an image file, once its preprocessing has shown that it is one (the error of a
+/// file that is not, as locally).
+fn read_image(file: &Path) -> Result<Vec<u8>> {
+    load_image_file(file)?;
+    crate::fsutil::read_regular(file, MAX_FILE_BYTES)
+}
+
+/// The server's explanation of one image, its picture written.
+fn remote_explanation(
+    model: &RemoteModel,
+    file: &Path,
+    (top_k, png): (Vec<crate::predict::Ranked>, Vec<u8>),
+    picture: &Path,
+) -> Result<Explanation> {
+    let best = top_k
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow!("{}: the explanation ranks no class", model.describe()))?;
+    write_atomic(picture, &png)?;
+    Ok(Explanation {
+        file: file.display().to_string(),
+        label: best.label,
+        index: best.index,
+        probability: best.probability,
+        top_k,
+        picture: picture.to_path_buf(),
+    })
 }

@@ -11,6 +11,7 @@ mod eval;
 mod explain;
 mod export;
 mod predict;
+mod remote;
 mod serve;
 mod train;
 

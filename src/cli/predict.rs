@@ -6,9 +6,11 @@ use anyhow::Result;
 use clap::Args;
 
 use super::args::{ModelArgs, OutputArgs};
+use super::remote::RemoteArgs;
 use super::{Context, exit_code, print_json, print_stdout};
 use crate::data::files::warn_skipped;
-use crate::predict::{Classifier, expand_inputs, render_table};
+use crate::predict::{Classifier, Probabilities, expand_inputs, predict_files, render_table};
+use crate::remote::RemoteModel;
 
 /// `maas predict`.
 #[derive(Debug, Args)]
@@ -23,12 +25,27 @@ pub struct PredictArgs {
     /// What to print.
     #[command(flatten)]
     output: OutputArgs,
+    /// Or a deployed model.
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 pub(super) fn run(args: PredictArgs, cx: &Context) -> Result<u8> {
-    let (path, loaded) = args.model.load(&cx.reporter)?;
-    let selected = cx.select_device()?;
-    let classifier = Classifier::new(&loaded, &selected.device);
+    // The same from here on for a model file and a deployed model: only the probabilities
+    // come from elsewhere.
+    let (classifier, name): (Box<dyn Probabilities>, String) = match args.remote.config()? {
+        Some(remote) => {
+            let model = RemoteModel::connect(&remote)?;
+            let name = model.describe();
+            (Box::new(model), name)
+        }
+        None => {
+            let (path, loaded) = args.model.load(&cx.reporter)?;
+            let selected = cx.select_device()?;
+            let classifier = Classifier::new(&loaded, &selected.device);
+            (Box::new(classifier), path.display().to_string())
+        }
+    };
     let inputs = expand_inputs(&args.images);
     warn_skipped(&inputs.skipped);
     let (files, problems) = (inputs.files, inputs.errors);
@@ -37,7 +54,8 @@ pub(super) fn run(args: PredictArgs, cx: &Context) -> Result<u8> {
         files.len(),
         "classifying {bar:30} {pos}/{len} images [{elapsed}<{eta}]",
     );
-    let mut report = classifier.predict_files(&path, &files, args.output.top_k as usize, &bar)?;
+    let k = args.output.top_k as usize;
+    let mut report = predict_files(&*classifier, &name, &files, k, &bar)?;
     report.errors.splice(0..0, problems);
     if args.output.json {
         print_json(&report)?;

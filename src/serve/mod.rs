@@ -33,9 +33,12 @@ use tokio_rustls::rustls::ServerConfig;
 use self::auth::Keys;
 use self::batcher::{BatchConfig, Batcher};
 pub use self::decode::DEFAULT_MAX_DECODE_PIXELS;
+// The protocol's names and readers, shared with the client (`crate::remote`).
 use self::decode::Decoding;
 use self::metrics::Metrics;
+pub(crate) use self::protocol::{HEADER_LENGTH, INPUT_NAME, OUTPUT_NAME, decode_base64};
 use self::state::AppState;
+pub(crate) use self::tensor_data::FlatData;
 use self::tls::TlsListener;
 use crate::device::Selected;
 use crate::export::load_model;

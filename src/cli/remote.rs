@@ -1,0 +1,85 @@
+//! `--url` and its flags, shared by `predict`, `eval` and `explain` (and `bench`): a model
+//! deployed behind a v2 server instead of a model file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+
+use crate::remote::RemoteConfig;
+
+/// Where a deployed model is and how to reach it.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Calling a deployed model")]
+pub struct RemoteArgs {
+    /// Use the model deployed behind this URL (a server speaking the Open Inference Protocol,
+    /// KServe v2: maas serve, Triton, KServe) instead of a model file, with the same output.
+    /// Images are preprocessed here and sent as FP32 [N,3,32,32].
+    #[arg(long, value_name = "URL", env = "MAAS_URL")]
+    pub url: Option<String>,
+    /// The deployed model's name [default: the server's only model].
+    #[arg(long, value_name = "NAME")]
+    pub model_name: Option<String>,
+    /// The deployed model's version [default: the server's choice].
+    #[arg(long, value_name = "VERSION")]
+    pub model_version: Option<String>,
+    /// The API key the server wants, sent as "Authorization: Bearer KEY".
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "MAAS_API_KEY",
+        hide_env_values = true,
+        conflicts_with = "api_key_file"
+    )]
+    pub api_key: Option<String>,
+    /// A file whose first line is the API key (keeps the key out of the process list).
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
+    /// PEM certificates to trust for an https:// URL, such as a server's self-signed certificate
+    /// [default: the usual public roots].
+    #[arg(long, value_name = "PEM", env = "MAAS_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// The most one request may take, from connecting to the end of the answer, in
+    /// milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
+    /// Class names, one a line, for a server whose metadata gives none [default: the server's,
+    /// else the class index].
+    #[arg(long, value_name = "FILE")]
+    pub classes: Option<PathBuf>,
+}
+
+impl RemoteArgs {
+    /// The deployed model to call, when `--url` names one.
+    pub fn config(&self) -> Result<Option<RemoteConfig>> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let api_key = match (&self.api_key, &self.api_key_file) {
+            (_, Some(path)) => Some(read_key(path)?),
+            (Some(key), None) => Some(key.clone()),
+            (None, None) => None,
+        };
+        Ok(Some(RemoteConfig {
+            url: url.clone(),
+            model_name: self.model_name.clone(),
+            model_version: self.model_version.clone(),
+            api_key,
+            cacert: self.cacert.clone(),
+            timeout: Duration::from_millis(self.timeout_ms),
+            classes_file: self.classes.clone(),
+        }))
+    }
+}
+
+/// The first line of `--api-key-file`.
+fn read_key(path: &std::path::Path) -> Result<String> {
+    let bytes = crate::fsutil::read_regular(path, 64 << 10)
+        .with_context(|| format!("{}", path.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    match text.lines().map(str::trim).find(|l| !l.is_empty()) {
+        Some(key) => Ok(key.to_string()),
+        None => bail!("{}: holds no API key", path.display()),
+    }
+}

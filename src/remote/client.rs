@@ -1,0 +1,244 @@
+//! HTTP to a deployed model: one keep-alive agent (ureq, rustls), the API key on every request,
+//! a deadline per request, and every failure turned into one line that names the URL.
+
+use std::io::ErrorKind;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+
+use super::RemoteConfig;
+
+/// The largest answer read: an infer answer of 256 images is a few KiB, an explanation's picture
+/// tens of KiB; anything near this is not the protocol.
+const MAX_ANSWER_BYTES: u64 = 64 << 20;
+
+/// A server's answer that is not a transport failure (any status).
+#[derive(Debug)]
+pub struct Answer {
+    /// The URL asked.
+    pub url: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// `Inference-Header-Content-Length`, when the answer has one.
+    pub header_length: Option<usize>,
+    /// `Content-Type`.
+    pub content_type: String,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// A client for one server.
+#[derive(Clone)]
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    api_key: Option<String>,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client for `config.url`, trusting `config.cacert` when given.
+    pub fn new(config: &RemoteConfig) -> Result<Self> {
+        let base = config.url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            bail!("{}: not an http:// or https:// URL", config.url);
+        }
+        let mut tls = TlsConfig::builder();
+        if let Some(path) = &config.cacert {
+            tls = tls.root_certs(read_roots(path)?);
+        }
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(config.timeout))
+            .user_agent(concat!("maas/", env!("CARGO_PKG_VERSION")))
+            // Straight to the URL: ureq 3 would otherwise take a proxy from the environment.
+            .proxy(None)
+            // A 4xx/5xx is an answer like any other, explained below with its body.
+            .http_status_as_error(false)
+            .tls_config(tls.build())
+            .build()
+            .new_agent();
+        Ok(Self {
+            agent,
+            base,
+            api_key: config.api_key.clone(),
+            timeout: config.timeout,
+        })
+    }
+
+    /// The server's base URL, without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET base + path`.
+    pub fn get(&self, path: &str) -> Result<Answer> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.agent.get(&url);
+        if let Some(key) = &self.api_key {
+            request = request.header("Authorization", format!("Bearer {key}"));
+        }
+        self.answer(url, request.call())
+    }
+
+    /// `POST base + path` with `body`, its content type and more headers.
+    pub fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> Result<Answer> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.agent.post(&url).header("Content-Type", content_type);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        if let Some(key) = &self.api_key {
+            request = request.header("Authorization", format!("Bearer {key}"));
+        }
+        self.answer(url, request.send(body))
+    }
+
+    /// Reads a response, or says why there is none.
+    fn answer(
+        &self,
+        url: String,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Answer> {
+        let mut response = response.map_err(|e| self.transport(&url, e))?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let header_length = match header(crate::serve::HEADER_LENGTH) {
+            None => None,
+            Some(v) => Some(v.trim().parse::<usize>().map_err(|_| {
+                anyhow!(
+                    "{url}: the answer is not the protocol: Inference-Header-Content-Length {v:?}"
+                )
+            })?),
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
+            .read_to_vec()
+            .map_err(|e| self.transport(&url, e))?;
+        Ok(Answer {
+            url,
+            status,
+            header_length,
+            content_type,
+            body,
+        })
+    }
+
+    /// One line for a request that got no answer.
+    fn transport(&self, url: &str, error: ureq::Error) -> anyhow::Error {
+        let tls_hint = "for a server's own certificate, pass it with --cacert";
+        let problem = match &error {
+            ureq::Error::HostNotFound => "host not found (the name does not resolve)".to_string(),
+            ureq::Error::Timeout(_) => {
+                format!("no answer within --timeout-ms {}", self.timeout.as_millis())
+            }
+            ureq::Error::Io(io) if io.kind() == ErrorKind::ConnectionRefused => {
+                "connection refused: is the server running, on that port?".to_string()
+            }
+            ureq::Error::Io(io)
+                if io.kind() == ErrorKind::InvalidData && url.starts_with("https") =>
+            {
+                format!("TLS failed: {io} ({tls_hint})")
+            }
+            // The system resolver's failure comes as a plain I/O error.
+            ureq::Error::Io(io) if io.to_string().contains("lookup address") => {
+                format!("host not found (the name does not resolve: {io})")
+            }
+            ureq::Error::Io(io) => format!("cannot reach the server: {io}"),
+            ureq::Error::ConnectionFailed => "cannot connect to the server".to_string(),
+            ureq::Error::Tls(e) => format!("TLS failed: {e} ({tls_hint})"),
+            ureq::Error::Rustls(e) => format!("TLS failed: {e} ({tls_hint})"),
+            ureq::Error::BadUri(e) => format!("not a URL: {e}"),
+            ureq::Error::Protocol(e) => format!("the answer is not HTTP: {e}"),
+            ureq::Error::BodyExceedsLimit(n) => format!("the answer is larger than {n} bytes"),
+            other => other.to_string(),
+        };
+        anyhow!("{url}: {problem}")
+    }
+}
+
+impl Answer {
+    /// The answer when it is a success; otherwise one line saying what the status means.
+    pub fn ok(self, had_key: bool) -> Result<Self> {
+        if (200..300).contains(&self.status) {
+            return Ok(self);
+        }
+        let said = self.message();
+        let url = &self.url;
+        let status = self.status;
+        let problem = match status {
+            401 | 403 if had_key => "the server refused the API key".to_string(),
+            401 | 403 => "the server wants an API key (--api-key, --api-key-file or MAAS_API_KEY)"
+                .to_string(),
+            404 => "not found: no such model or version on this server".to_string(),
+            413 => "the request is too large for the server".to_string(),
+            500..=599 => "the server failed".to_string(),
+            _ => "the server refused the request".to_string(),
+        };
+        match said {
+            Some(said) => bail!("{url}: {problem} (HTTP {status}: {said})"),
+            None => bail!("{url}: {problem} (HTTP {status})"),
+        }
+    }
+
+    /// The server's own words: `{"error": MESSAGE}`, else the start of a text body, on one line.
+    fn message(&self) -> Option<String> {
+        let said = serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .or_else(|| {
+                std::str::from_utf8(&self.body)
+                    .ok()
+                    .map(|t| t.chars().take(200).collect())
+            })?;
+        let line = said.split_whitespace().collect::<Vec<_>>().join(" ");
+        (!line.is_empty()).then_some(line)
+    }
+
+    /// The body as JSON of type `T`, or a line saying the answer is not the protocol.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body).map_err(|e| self.not_protocol(e))
+    }
+
+    /// A line saying that the answer is not what the protocol says.
+    pub fn not_protocol(&self, why: impl std::fmt::Display) -> anyhow::Error {
+        anyhow!(
+            "{}: the answer is not the Open Inference Protocol: {why}",
+            self.url
+        )
+    }
+}
+
+/// The certificates of a PEM file, as the only roots to trust.
+fn read_roots(path: &std::path::Path) -> Result<RootCerts> {
+    let pem = crate::fsutil::read_regular(path, 16 << 20)
+        .with_context(|| format!("--cacert {}", path.display()))?;
+    let mut certs: Vec<Certificate<'static>> = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(PemItem::Certificate(cert)) => certs.push(cert),
+            Ok(_) => {}
+            Err(e) => bail!("{}: not a PEM certificate: {e}", path.display()),
+        }
+    }
+    if certs.is_empty() {
+        bail!("{}: holds no PEM certificate", path.display());
+    }
+    Ok(RootCerts::Specific(Arc::new(certs)))
+}

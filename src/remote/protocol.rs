@@ -1,0 +1,289 @@
+//! The Open Inference Protocol (KServe v2 REST) as a client writes and reads it: metadata, and
+//! infer requests of FP32 `[N,3,32,32]` in JSON or with the binary tensor data extension. The
+//! names and the reader of JSON tensor data are the server's own (`crate::serve`).
+
+use anyhow::Result;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::client::Answer;
+use crate::data::preprocess::{INPUT_LEN, SIDE};
+use crate::serve::FlatData;
+
+/// The extension that lets a request and its answer carry tensors as raw bytes.
+pub const BINARY_EXTENSION: &str = "binary_tensor_data";
+
+/// `GET /v2`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ServerMetadata {
+    /// The server's name (`maas`, `triton`, ...).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The protocol extensions it supports.
+    #[serde(default)]
+    pub extensions: Option<Vec<String>>,
+}
+
+impl ServerMetadata {
+    /// Whether the server takes and gives binary tensor data.
+    pub fn binary(&self) -> bool {
+        self.extensions
+            .iter()
+            .flatten()
+            .any(|e| e == BINARY_EXTENSION)
+    }
+}
+
+/// One tensor of a model's metadata.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TensorMetadata {
+    /// Its name.
+    pub name: String,
+    /// Its shape; -1 for a dimension of any size.
+    #[serde(default)]
+    pub shape: Option<Vec<i64>>,
+}
+
+/// `GET /v2/models/{name}[/versions/{v}]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelMetadata {
+    /// The model's name.
+    pub name: String,
+    /// Its inputs.
+    #[serde(default)]
+    pub inputs: Option<Vec<TensorMetadata>>,
+    /// Its outputs.
+    #[serde(default)]
+    pub outputs: Option<Vec<TensorMetadata>>,
+    /// Class names, in index order (`maas serve` gives them; the protocol does not require it).
+    #[serde(default)]
+    pub classes: Option<Vec<String>>,
+}
+
+impl ModelMetadata {
+    /// How many classes the first output has, when its shape says.
+    pub fn output_classes(&self) -> Option<usize> {
+        let shape = self.outputs.as_ref()?.first()?.shape.as_ref()?;
+        match shape.as_slice() {
+            [_, c] if *c > 0 => usize::try_from(*c).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// KServe's `GET /v2/models`.
+#[derive(Debug, Deserialize)]
+pub struct ModelList {
+    /// The names of the models served.
+    pub models: Vec<String>,
+}
+
+/// One entry of Triton's `POST /v2/repository/index`.
+#[derive(Debug, Deserialize)]
+pub struct IndexEntry {
+    /// The model's name.
+    pub name: String,
+    /// `READY` when it is loaded.
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+/// An infer request's body: its content type, its extra headers and its bytes.
+pub struct InferBody {
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// `Inference-Header-Content-Length` when binary.
+    pub headers: Vec<(&'static str, String)>,
+    /// The body.
+    pub bytes: Vec<u8>,
+}
+
+/// The infer request for `inputs` (rows of [`INPUT_LEN`] values) under the input name `input`:
+/// a JSON header and the raw little-endian floats when `binary`, else JSON tensors.
+pub fn infer_request(input: &str, inputs: &[f32], binary: bool) -> Result<InferBody> {
+    let rows = inputs.len() / INPUT_LEN;
+    let side = SIDE as usize;
+    let shape = [rows, 3, side, side];
+    if !binary {
+        let body = json!({
+            "inputs": [{ "name": input, "shape": shape, "datatype": "FP32", "data": inputs }]
+        });
+        return Ok(InferBody {
+            content_type: "application/json",
+            headers: Vec::new(),
+            bytes: serde_json::to_vec(&body)?,
+        });
+    }
+    let head = json!({
+        "inputs": [{
+            "name": input, "shape": shape, "datatype": "FP32",
+            "parameters": { "binary_data_size": inputs.len() * 4 }
+        }],
+        "parameters": { "binary_data_output": true }
+    });
+    let mut bytes = serde_json::to_vec(&head)?;
+    let json_len = bytes.len();
+    bytes.reserve(inputs.len() * 4);
+    for v in inputs {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    Ok(InferBody {
+        content_type: "application/octet-stream",
+        headers: vec![(crate::serve::HEADER_LENGTH, json_len.to_string())],
+        bytes,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct ResponseJson {
+    outputs: Vec<OutputJson>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OutputJson {
+    name: String,
+    datatype: String,
+    shape: Vec<i64>,
+    #[serde(default)]
+    parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    data: Option<FlatData>,
+}
+
+/// The probabilities of an infer answer for `rows` inputs: the output named `output` (else the
+/// first), FP32 `[rows, C]`, every value finite. Gives the values and C.
+pub fn infer_response(answer: &Answer, output: &str, rows: usize) -> Result<(Vec<f32>, usize)> {
+    let (head, mut raw) = match answer.header_length {
+        Some(len) if len <= answer.body.len() => answer.body.split_at(len),
+        Some(len) => {
+            return Err(answer.not_protocol(format!(
+                "a {len}-byte JSON header in a {}-byte body",
+                answer.body.len()
+            )));
+        }
+        None => (answer.body.as_slice(), &[][..]),
+    };
+    let response: ResponseJson =
+        serde_json::from_slice(head).map_err(|e| answer.not_protocol(e))?;
+    // Binary outputs come in the order of `outputs`: skip the bytes of those before ours.
+    let mut chosen = None;
+    for (i, o) in response.outputs.iter().enumerate() {
+        let size = o
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("binary_data_size"))
+            .and_then(serde_json::Value::as_u64)
+            .map(|n| n as usize);
+        if o.name == output || (chosen.is_none() && i + 1 == response.outputs.len()) {
+            chosen = Some((o, size));
+            if o.name == output {
+                break;
+            }
+        } else if let Some(size) = size {
+            raw = raw.get(size..).unwrap_or_default();
+        }
+    }
+    let Some((o, size)) = chosen else {
+        return Err(answer.not_protocol("no outputs"));
+    };
+    if o.datatype != "FP32" {
+        return Err(answer.not_protocol(format!(
+            "output '{}' is {}, expected FP32",
+            o.name, o.datatype
+        )));
+    }
+    let classes = match o.shape.as_slice() {
+        [r, c] if *r == rows as i64 && *c > 0 => *c as usize,
+        _ => {
+            return Err(answer.not_protocol(format!(
+                "output '{}' has shape {:?}, expected [{rows}, classes]",
+                o.name, o.shape
+            )));
+        }
+    };
+    let values: Vec<f32> = match (size, &o.data) {
+        (Some(size), _) => {
+            let bytes = raw
+                .get(..size)
+                .ok_or_else(|| answer.not_protocol("the binary output is cut short"))?;
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        }
+        (None, Some(data)) => data.numbers.clone(),
+        (None, None) => {
+            return Err(answer.not_protocol(format!("output '{}' has no data", o.name)));
+        }
+    };
+    if values.len() != rows * classes {
+        return Err(answer.not_protocol(format!(
+            "output '{}' holds {} values, its shape says {}",
+            o.name,
+            values.len(),
+            rows * classes
+        )));
+    }
+    if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+        return Err(answer.not_protocol(format!("output '{}' holds {bad}", o.name)));
+    }
+    Ok((values, classes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(body: Vec<u8>, header_length: Option<usize>) -> Answer {
+        Answer {
+            url: "http://x/v2/models/m/infer".into(),
+            status: 200,
+            header_length,
+            content_type: String::new(),
+            body,
+        }
+    }
+
+    #[test]
+    fn json_and_binary_answers_give_the_same_rows() {
+        let probs = [0.25f32, 0.75, 0.5, 0.5];
+        let json = serde_json::to_vec(&json!({"outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": [2, 2], "data": [[0.25, 0.75], [0.5, 0.5]]}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            infer_response(&answer(json, None), "probabilities", 2).unwrap(),
+            (probs.to_vec(), 2)
+        );
+        let mut body = serde_json::to_vec(&json!({"outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": [2, 2], "parameters": {"binary_data_size": 16}}
+        ]}))
+        .unwrap();
+        let len = body.len();
+        probs.iter().for_each(|p| body.extend(p.to_le_bytes()));
+        assert_eq!(
+            infer_response(&answer(body, Some(len)), "probabilities", 2).unwrap(),
+            (probs.to_vec(), 2)
+        );
+    }
+
+    #[test]
+    fn answers_that_are_not_the_protocol_are_refused() {
+        let wrong_rows = serde_json::to_vec(&json!({"outputs": [
+            {"name": "p", "datatype": "FP32", "shape": [3, 2], "data": [0, 0, 0, 0, 0, 0]}
+        ]}))
+        .unwrap();
+        let e = infer_response(&answer(wrong_rows, None), "p", 2).unwrap_err();
+        assert!(
+            e.to_string().contains("not the Open Inference Protocol"),
+            "{e}"
+        );
+        let e = infer_response(&answer(b"<html>".to_vec(), None), "p", 2).unwrap_err();
+        assert!(
+            e.to_string().starts_with("http://x/v2/models/m/infer: "),
+            "{e}"
+        );
+        let short = infer_response(&answer(b"{}".to_vec(), Some(10)), "p", 2).unwrap_err();
+        assert!(short.to_string().contains("10-byte JSON header"), "{short}");
+    }
+}
