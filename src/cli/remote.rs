@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::remote::RemoteConfig;
 
@@ -48,6 +48,21 @@ pub struct RemoteArgs {
     /// else the class index].
     #[arg(long, value_name = "FILE")]
     pub classes: Option<PathBuf>,
+    /// How tensors travel: binary (the binary tensor data extension), json, or auto: binary when
+    /// the server's metadata (GET /v2) lists the extension.
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = TensorsFlag::Auto)]
+    pub tensors: TensorsFlag,
+}
+
+/// `--tensors`: how infer requests carry their tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TensorsFlag {
+    /// Binary when the server lists the binary tensor data extension, else JSON.
+    Auto,
+    /// Raw little-endian floats after a JSON header.
+    Binary,
+    /// Numbers in JSON.
+    Json,
 }
 
 impl RemoteArgs {
@@ -69,6 +84,11 @@ impl RemoteArgs {
             cacert: self.cacert.clone(),
             timeout: Duration::from_millis(self.timeout_ms),
             classes_file: self.classes.clone(),
+            binary: match self.tensors {
+                TensorsFlag::Auto => None,
+                TensorsFlag::Binary => Some(true),
+                TensorsFlag::Json => Some(false),
+            },
         }))
     }
 }

@@ -34,4 +34,7 @@ pub struct RemoteConfig {
     pub timeout: Duration,
     /// Class names for a server whose metadata gives none (one name a line).
     pub classes_file: Option<PathBuf>,
+    /// Binary tensors (`Some(true)`), JSON tensors (`Some(false)`), or binary when the server
+    /// lists the extension (`None`).
+    pub binary: Option<bool>,
 }

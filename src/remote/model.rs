@@ -60,7 +60,7 @@ impl RemoteModel {
             had_key,
             input: first_name(&metadata.inputs, crate::serve::INPUT_NAME),
             output: first_name(&metadata.outputs, crate::serve::OUTPUT_NAME),
-            binary: server.binary(),
+            binary: config.binary.unwrap_or_else(|| server.binary()),
             classes: Vec::new(),
             named: false,
             path,

@@ -1,0 +1,302 @@
+//! `predict`, `eval` and `explain` with `--url`: the same answers from a deployed model as from
+//! the model file, against `maas serve` (binary and JSON tensors, an API key, HTTPS) and against a
+//! v2 server we did not write (KServe's Python model server running the ONNX export through
+//! onnxruntime); and the failures a caller meets, each one line and exit 1.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::server::Server;
+use common::{Look, Workspace, save_image};
+use maas::data::synthetic;
+use serde_json::Value;
+
+fn workspace_with_model() -> Workspace {
+    let ws = Workspace::new(20, 60);
+    ws.ok(&["train", "--epochs", "2", "--quiet"]);
+    ws.ok(&["export", "-o", "model.maas", "--quiet"]);
+    ws
+}
+
+/// Writes `n` images of mixed looks and sizes and a file that is not an image; returns their
+/// names (the broken one last).
+fn images(ws: &Workspace, n: usize) -> Vec<String> {
+    let looks = [(Look::Rgb, 32), (Look::Grey, 48), (Look::Rgba, 20)];
+    let mut names: Vec<String> = (0..n)
+        .map(|i| {
+            let name = format!("img{i:02}.png");
+            let (look, size) = looks[i % looks.len()];
+            save_image(
+                &synthetic::sample_image(i, 7 + i as u64),
+                &ws.path(&name),
+                look,
+                size,
+            );
+            name
+        })
+        .collect();
+    std::fs::write(ws.path("broken.png"), b"not a picture").unwrap();
+    names.push("broken.png".into());
+    names
+}
+
+fn json(ws: &Workspace, args: &[&str], expect_code: i32) -> Value {
+    let (code, out, err) = ws.run(args);
+    assert_eq!(code, expect_code, "maas {args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"))
+}
+
+/// Every prediction of a `predict --json --top-k 10` report: file, label, index and the
+/// probabilities in class order.
+fn rows(report: &Value) -> Vec<(String, String, u64, Vec<f64>)> {
+    report["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let mut row = vec![f64::NAN; 10];
+            for r in p["top_k"].as_array().unwrap() {
+                row[r["index"].as_u64().unwrap() as usize] = r["probability"].as_f64().unwrap();
+            }
+            (
+                p["file"].as_str().unwrap().to_string(),
+                p["label"].as_str().unwrap().to_string(),
+                p["index"].as_u64().unwrap(),
+                row,
+            )
+        })
+        .collect()
+}
+
+/// Same files, labels (or indices only, for a server without class names) and probabilities
+/// to 1e-6.
+fn assert_same_predictions(remote: &Value, local: &Value, labels_too: bool) {
+    let (remote, local) = (rows(remote), rows(local));
+    assert_eq!(remote.len(), local.len());
+    for (r, l) in remote.iter().zip(&local) {
+        assert_eq!((&r.0, r.2), (&l.0, l.2));
+        if labels_too {
+            assert_eq!(r.1, l.1, "{}", r.0);
+        }
+        for (a, b) in r.3.iter().zip(&l.3) {
+            assert!((a - b).abs() <= 1e-6, "{}: {a} vs {b}", r.0);
+        }
+    }
+}
+
+/// The figures of `eval --json`, without the fields that name the model and the picture.
+fn assert_same_figures(remote: &Value, local: &Value) {
+    for field in ["samples", "accuracy", "top3_accuracy", "classes", "labels", "confusion"] {
+        assert_eq!(remote[field], local[field], "{field}");
+    }
+    let loss = |v: &Value| v["mean_loss"].as_f64().unwrap();
+    assert!((loss(remote) - loss(local)).abs() <= 1e-6);
+}
+
+fn predict_args<'a>(extra: &[&'a str], names: &'a [String]) -> Vec<&'a str> {
+    let mut args = vec!["predict", "--json", "--top-k", "10"];
+    args.extend_from_slice(extra);
+    args.extend(names.iter().map(String::as_str));
+    args
+}
+
+#[test]
+fn predict_and_eval_by_url_equal_local_over_binary_and_json_with_a_key() {
+    let ws = workspace_with_model();
+    let names = images(&ws, 7);
+    let local = json(&ws, &predict_args(&["--model", "model.maas"], &names), 1);
+    let local_eval = json(&ws, &["eval", "--json", "--model", "model.maas"], 0);
+    let server = Server::start(&ws, &["--api-key", "sesame"]);
+    let url = server.base.clone();
+    for tensors in ["binary", "json"] {
+        let flags = ["--url", &url, "--api-key", "sesame", "--tensors", tensors];
+        let remote = json(&ws, &predict_args(&flags, &names), 1);
+        assert_eq!(
+            remote["model"],
+            format!("{url}/v2/models/maas"),
+            "the model field names the URL and the model"
+        );
+        assert_same_predictions(&remote, &local, true);
+        assert_eq!(remote["errors"], local["errors"], "the broken file, as locally");
+        let mut eval = vec!["eval", "--json", "--plots", "remote-plots"];
+        eval.extend_from_slice(&flags);
+        let remote_eval = json(&ws, &eval, 0);
+        assert_same_figures(&remote_eval, &local_eval);
+        assert!(ws.path("remote-plots/confusion.png").is_file());
+    }
+    // The same from the environment, the key from a file; --fail-under as locally.
+    std::fs::write(ws.path("key.txt"), "sesame\n").unwrap();
+    let (code, _, err) = ws
+        .maas(&["eval", "--api-key-file", "key.txt", "--fail-under", "1"])
+        .env("MAAS_URL", &url)
+        .output()
+        .map(|o| {
+            (
+                o.status.code().unwrap(),
+                String::new(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+        .unwrap();
+    let accuracy = local_eval["accuracy"].as_f64().unwrap();
+    assert_eq!(code, i32::from(accuracy < 1.0), "{err}");
+
+    // A wrong key, and none.
+    let (code, out, err) = ws.run(&["predict", "--url", &url, "--api-key", "open", &names[0]]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&url) && err.contains("refused the API key"), "{err}");
+    let (code, _, err) = ws.run(&["predict", "--url", &url, &names[0]]);
+    assert_eq!(code, 1);
+    assert!(err.contains("wants an API key"), "{err}");
+    // An unknown model or version.
+    let (code, _, err) = ws.run(&[
+        "predict", "--url", &url, "--api-key", "sesame", "--model-name", "nope", &names[0],
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("{url}/v2/models/nope")) && err.contains("404"), "{err}");
+
+    // explain --url draws what `maas explain` draws.
+    ws.ok(&["explain", "--model", "model.maas", "--out", "here", &names[0]]);
+    ws.ok(&["explain", "--url", &url, "--api-key", "sesame", "--out", "there", &names[0]]);
+    assert_eq!(
+        std::fs::read(ws.path("here/img00.explain.png")).unwrap(),
+        std::fs::read(ws.path("there/img00.explain.png")).unwrap()
+    );
+}
+
+#[test]
+fn https_with_cacert_equals_local_and_an_untrusted_certificate_is_one_line() {
+    let ws = workspace_with_model();
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "cert.pem"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .current_dir(ws.dir.path())
+        .output()
+        .expect("openssl makes the test certificate");
+    assert!(made.status.success());
+    let server = Server::start(&ws, &["--tls-cert", "cert.pem", "--tls-key", "key.pem"]);
+    assert!(server.base.starts_with("https://"));
+    let names = images(&ws, 3);
+    let names = &names[..3];
+    let local = json(&ws, &predict_args(&["--model", "model.maas"], names), 0);
+    let flags = ["--url", &server.base, "--cacert", "cert.pem"];
+    let remote = json(&ws, &predict_args(&flags, names), 0);
+    assert_same_predictions(&remote, &local, true);
+    let (code, _, err) = ws.run(&["predict", "--url", &server.base, &names[0]]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("TLS") && err.contains("--cacert"), "{err}");
+}
+
+/// KServe's Python model server on a free port, killed when dropped.
+struct Kserve {
+    child: Child,
+    url: String,
+}
+
+impl Kserve {
+    fn start(ws: &Workspace) -> Kserve {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let python = std::env::var("MAAS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kserve_onnx_model.py");
+        let child = Command::new(python)
+            .args([script, "model.onnx", &port.to_string(), "cifar"])
+            .current_dir(ws.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs (.ci/run installs kserve and onnxruntime)");
+        let server = Kserve {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(2)))
+            .proxy(None)
+            .build()
+            .into();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(90) {
+            let ready = agent.get(&format!("{}/v2/health/ready", server.url)).call();
+            if ready.is_ok_and(|r| r.status() == 200) {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("KServe did not become ready (is the kserve package installed?)");
+    }
+}
+
+impl Drop for Kserve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_kserve_server_running_the_onnx_export_answers_as_the_model_file() {
+    let ws = workspace_with_model();
+    ws.ok(&["export", "--format", "onnx", "-o", "model.onnx", "--quiet"]);
+    let names = images(&ws, 5);
+    let local = json(&ws, &predict_args(&["--model", "model.maas"], &names), 1);
+    let server = Kserve::start(&ws);
+    // Its metadata names no classes: the index is the label, or --classes names them.
+    let remote = json(&ws, &predict_args(&["--url", &server.url], &names), 1);
+    assert_eq!(remote["model"], format!("{}/v2/models/cifar", server.url));
+    assert_same_predictions(&remote, &local, false);
+    let first = &remote["predictions"][0];
+    assert_eq!(first["label"].as_str().unwrap(), first["index"].to_string());
+    let meta = std::fs::read_to_string(ws.path("data/cifar-10-batches-bin/batches.meta.txt"))
+        .unwrap();
+    std::fs::write(ws.path("classes.txt"), meta).unwrap();
+    let flags = ["--url", &server.url, "--classes", "classes.txt"];
+    let named = json(&ws, &predict_args(&flags, &names), 1);
+    assert_same_predictions(&named, &local, true);
+    // eval takes the dataset's class names and gives the local figures.
+    let local_eval = json(&ws, &["eval", "--json", "--model", "model.maas"], 0);
+    let remote_eval = json(&ws, &["eval", "--json", "--url", &server.url], 0);
+    assert_same_figures(&remote_eval, &local_eval);
+    // It does not explain.
+    let (code, _, err) = ws.run(&["explain", "--url", &server.url, &names[0]]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/v1/explain") && err.contains("does not explain"), "{err}");
+}
+
+#[test]
+fn a_server_that_is_down_or_silent_is_one_line_and_exit_1() {
+    let ws = Workspace::new(1, 1);
+    let names = images(&ws, 1);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = format!("http://127.0.0.1:{port}");
+    let (code, out, err) = ws.run(&["predict", "--url", &down, &names[0]]);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&down) && err.contains("connection refused"), "{err}");
+    // Accepts connections and never answers: the deadline ends the wait.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let (code, _, err) = ws.run(&["eval", "--url", &url, "--timeout-ms", "300"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no answer within --timeout-ms 300"), "{err}");
+    let (code, _, err) = ws.run(&["predict", "--url", "ftp://example", &names[0]]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not an http:// or https:// URL"), "{err}");
+}
