@@ -90,7 +90,14 @@ fn assert_same_predictions(remote: &Value, local: &Value, labels_too: bool) {
 
 /// The figures of `eval --json`, without the fields that name the model and the picture.
 fn assert_same_figures(remote: &Value, local: &Value) {
-    for field in ["samples", "accuracy", "top3_accuracy", "classes", "labels", "confusion"] {
+    for field in [
+        "samples",
+        "accuracy",
+        "top3_accuracy",
+        "classes",
+        "labels",
+        "confusion",
+    ] {
         assert_eq!(remote[field], local[field], "{field}");
     }
     let loss = |v: &Value| v["mean_loss"].as_f64().unwrap();
@@ -121,7 +128,10 @@ fn predict_and_eval_by_url_equal_local_over_binary_and_json_with_a_key() {
             "the model field names the URL and the model"
         );
         assert_same_predictions(&remote, &local, true);
-        assert_eq!(remote["errors"], local["errors"], "the broken file, as locally");
+        assert_eq!(
+            remote["errors"], local["errors"],
+            "the broken file, as locally"
+        );
         let mut eval = vec!["eval", "--json", "--plots", "remote-plots"];
         eval.extend_from_slice(&flags);
         let remote_eval = json(&ws, &eval, 0);
@@ -149,20 +159,49 @@ fn predict_and_eval_by_url_equal_local_over_binary_and_json_with_a_key() {
     let (code, out, err) = ws.run(&["predict", "--url", &url, "--api-key", "open", &names[0]]);
     assert_eq!((code, out.as_str()), (1, ""), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains(&url) && err.contains("refused the API key"), "{err}");
+    assert!(
+        err.contains(&url) && err.contains("refused the API key"),
+        "{err}"
+    );
     let (code, _, err) = ws.run(&["predict", "--url", &url, &names[0]]);
     assert_eq!(code, 1);
     assert!(err.contains("wants an API key"), "{err}");
     // An unknown model or version.
     let (code, _, err) = ws.run(&[
-        "predict", "--url", &url, "--api-key", "sesame", "--model-name", "nope", &names[0],
+        "predict",
+        "--url",
+        &url,
+        "--api-key",
+        "sesame",
+        "--model-name",
+        "nope",
+        &names[0],
     ]);
     assert_eq!(code, 1);
-    assert!(err.contains(&format!("{url}/v2/models/nope")) && err.contains("404"), "{err}");
+    assert!(
+        err.contains(&format!("{url}/v2/models/nope")) && err.contains("404"),
+        "{err}"
+    );
 
     // explain --url draws what `maas explain` draws.
-    ws.ok(&["explain", "--model", "model.maas", "--out", "here", &names[0]]);
-    ws.ok(&["explain", "--url", &url, "--api-key", "sesame", "--out", "there", &names[0]]);
+    ws.ok(&[
+        "explain",
+        "--model",
+        "model.maas",
+        "--out",
+        "here",
+        &names[0],
+    ]);
+    ws.ok(&[
+        "explain",
+        "--url",
+        &url,
+        "--api-key",
+        "sesame",
+        "--out",
+        "there",
+        &names[0],
+    ]);
     assert_eq!(
         std::fs::read(ws.path("here/img00.explain.png")).unwrap(),
         std::fs::read(ws.path("there/img00.explain.png")).unwrap()
@@ -173,8 +212,17 @@ fn predict_and_eval_by_url_equal_local_over_binary_and_json_with_a_key() {
 fn https_with_cacert_equals_local_and_an_untrusted_certificate_is_one_line() {
     let ws = workspace_with_model();
     let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "cert.pem"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
         .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .current_dir(ws.dir.path())
@@ -259,8 +307,8 @@ fn a_kserve_server_running_the_onnx_export_answers_as_the_model_file() {
     assert_same_predictions(&remote, &local, false);
     let first = &remote["predictions"][0];
     assert_eq!(first["label"].as_str().unwrap(), first["index"].to_string());
-    let meta = std::fs::read_to_string(ws.path("data/cifar-10-batches-bin/batches.meta.txt"))
-        .unwrap();
+    let meta =
+        std::fs::read_to_string(ws.path("data/cifar-10-batches-bin/batches.meta.txt")).unwrap();
     std::fs::write(ws.path("classes.txt"), meta).unwrap();
     let flags = ["--url", &server.url, "--classes", "classes.txt"];
     let named = json(&ws, &predict_args(&flags, &names), 1);
@@ -273,7 +321,10 @@ fn a_kserve_server_running_the_onnx_export_answers_as_the_model_file() {
     let (code, _, err) = ws.run(&["explain", "--url", &server.url, &names[0]]);
     assert_eq!(code, 1);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("/v1/explain") && err.contains("does not explain"), "{err}");
+    assert!(
+        err.contains("/v1/explain") && err.contains("does not explain"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -289,7 +340,10 @@ fn a_server_that_is_down_or_silent_is_one_line_and_exit_1() {
     let (code, out, err) = ws.run(&["predict", "--url", &down, &names[0]]);
     assert_eq!((code, out.as_str()), (1, ""));
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains(&down) && err.contains("connection refused"), "{err}");
+    assert!(
+        err.contains(&down) && err.contains("connection refused"),
+        "{err}"
+    );
     // Accepts connections and never answers: the deadline ends the wait.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", silent.local_addr().unwrap());
@@ -299,4 +353,70 @@ fn a_server_that_is_down_or_silent_is_one_line_and_exit_1() {
     let (code, _, err) = ws.run(&["predict", "--url", "ftp://example", &names[0]]);
     assert_eq!(code, 1);
     assert!(err.contains("not an http:// or https:// URL"), "{err}");
+}
+
+#[test]
+fn bench_reports_each_concurrency_level_as_json() {
+    let ws = workspace_with_model();
+    let server = Server::start(&ws, &["--api-key", "sesame"]);
+    let url = server.base.clone();
+    let args = [
+        "bench",
+        "--url",
+        &url,
+        "--api-key",
+        "sesame",
+        "--concurrency",
+        "1,3",
+        "--requests",
+        "20",
+        "--batch",
+        "4",
+        "--json",
+    ];
+    let report = json(&ws, &args, 0);
+    assert_eq!(report["url"], url.as_str());
+    assert_eq!(report["model"], format!("{url}/v2/models/maas/infer"));
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for (level, clients) in results.iter().zip([1, 3]) {
+        assert_eq!(level["concurrency"], clients);
+        assert_eq!(
+            (level["requests"].as_u64(), level["errors"].as_u64()),
+            (Some(20), Some(0))
+        );
+        let (rps, ips) = (
+            level["requests_per_s"].as_f64().unwrap(),
+            level["images_per_s"].as_f64().unwrap(),
+        );
+        assert!(rps > 0.0 && (ips - 4.0 * rps).abs() < 1e-6 * ips, "{level}");
+        let l = &level["latency_ms"];
+        let at = |k: &str| l[k].as_f64().unwrap();
+        assert!(0.0 < at("p50") && at("p50") <= at("p90"), "{l}");
+        assert!(at("p90") <= at("p99") && at("p99") <= at("max"), "{l}");
+    }
+    // A refused key is counted by status; the table says so.
+    let (code, out, err) = ws.run(&[
+        "bench",
+        "--url",
+        &url,
+        "--api-key",
+        "open",
+        "--protocol",
+        "v1-image",
+        "--concurrency",
+        "2",
+        "--requests",
+        "6",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("errors at concurrency 2: 401: 6"), "{out}");
+    // A server that is down is one line.
+    drop(server);
+    let (code, _, err) = ws.run(&["bench", "--url", &url, "--protocol", "v1-image"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&url) && err.contains("cannot connect"),
+        "{err}"
+    );
 }

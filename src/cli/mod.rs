@@ -7,6 +7,7 @@
 #![warn(clippy::print_stdout)]
 
 mod args;
+mod bench;
 mod eval;
 mod explain;
 mod export;
@@ -68,6 +69,9 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Serve the model over HTTP (Open Inference Protocol / KServe v2, /v1/predict, /v1/explain).
     Serve(serve::ServeArgs),
+    /// Measure a deployed model: requests and images per second and latency percentiles at
+    /// each concurrency, as Triton's perf_analyzer does.
+    Bench(bench::BenchArgs),
 }
 
 /// What every command gets besides its own flags.
@@ -102,6 +106,7 @@ pub fn run(cli: Cli, stop: &AtomicBool) -> Result<u8> {
         Command::Eval(args) => eval::run(args, &cx),
         Command::Explain(args) => explain::run(args, &cx),
         Command::Serve(args) => serve::run(args, &cx),
+        Command::Bench(args) => bench::run(args, &cx),
     }
 }
 

@@ -9,10 +9,26 @@ use clap::{Args, ValueEnum};
 
 use crate::remote::RemoteConfig;
 
-/// Where a deployed model is and how to reach it.
+/// A deployed model for `predict`, `eval` and `explain`: the server, and how to read its answers.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Calling a deployed model")]
 pub struct RemoteArgs {
+    /// The server and the model.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Class names, one a line, for a server whose metadata gives none [default: the server's,
+    /// else the class index].
+    #[arg(long, value_name = "FILE")]
+    pub classes: Option<PathBuf>,
+    /// How tensors travel: binary (the binary tensor data extension), json, or auto: binary when
+    /// the server's metadata (GET /v2) lists the extension.
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = TensorsFlag::Auto)]
+    pub tensors: TensorsFlag,
+}
+
+/// Where a deployed model is and how to reach it (`predict`, `eval`, `explain`, `bench`).
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
     /// Use the model deployed behind this URL (a server speaking the Open Inference Protocol,
     /// KServe v2: maas serve, Triton, KServe) instead of a model file, with the same output.
     /// Images are preprocessed here and sent as FP32 [N,3,32,32].
@@ -44,14 +60,6 @@ pub struct RemoteArgs {
     /// milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
-    /// Class names, one a line, for a server whose metadata gives none [default: the server's,
-    /// else the class index].
-    #[arg(long, value_name = "FILE")]
-    pub classes: Option<PathBuf>,
-    /// How tensors travel: binary (the binary tensor data extension), json, or auto: binary when
-    /// the server's metadata (GET /v2) lists the extension.
-    #[arg(long, value_enum, value_name = "HOW", default_value_t = TensorsFlag::Auto)]
-    pub tensors: TensorsFlag,
 }
 
 /// `--tensors`: how infer requests carry their tensors.
@@ -68,6 +76,22 @@ pub enum TensorsFlag {
 impl RemoteArgs {
     /// The deployed model to call, when `--url` names one.
     pub fn config(&self) -> Result<Option<RemoteConfig>> {
+        let Some(mut config) = self.server.config()? else {
+            return Ok(None);
+        };
+        config.classes_file = self.classes.clone();
+        config.binary = match self.tensors {
+            TensorsFlag::Auto => None,
+            TensorsFlag::Binary => Some(true),
+            TensorsFlag::Json => Some(false),
+        };
+        Ok(Some(config))
+    }
+}
+
+impl ServerArgs {
+    /// The server to call, when `--url` names one.
+    pub fn config(&self) -> Result<Option<RemoteConfig>> {
         let Some(url) = &self.url else {
             return Ok(None);
         };
@@ -83,12 +107,8 @@ impl RemoteArgs {
             api_key,
             cacert: self.cacert.clone(),
             timeout: Duration::from_millis(self.timeout_ms),
-            classes_file: self.classes.clone(),
-            binary: match self.tensors {
-                TensorsFlag::Auto => None,
-                TensorsFlag::Binary => Some(true),
-                TensorsFlag::Json => Some(false),
-            },
+            classes_file: None,
+            binary: None,
         }))
     }
 }

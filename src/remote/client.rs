@@ -227,6 +227,11 @@ impl Answer {
 
 /// The certificates of a PEM file, as the only roots to trust.
 fn read_roots(path: &std::path::Path) -> Result<RootCerts> {
+    Ok(RootCerts::Specific(Arc::new(read_certificates(path)?)))
+}
+
+/// The certificates of a PEM file (`--cacert`).
+pub fn read_certificates(path: &std::path::Path) -> Result<Vec<Certificate<'static>>> {
     let pem = crate::fsutil::read_regular(path, 16 << 20)
         .with_context(|| format!("--cacert {}", path.display()))?;
     let mut certs: Vec<Certificate<'static>> = Vec::new();
@@ -240,5 +245,5 @@ fn read_roots(path: &std::path::Path) -> Result<RootCerts> {
     if certs.is_empty() {
         bail!("{}: holds no PEM certificate", path.display());
     }
-    Ok(RootCerts::Specific(Arc::new(certs)))
+    Ok(certs)
 }

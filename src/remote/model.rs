@@ -106,6 +106,21 @@ impl RemoteModel {
         format!("{}{}", self.client.base(), self.path)
     }
 
+    /// The path of the model's infer route.
+    pub fn infer_path(&self) -> String {
+        format!("{}/infer", self.path)
+    }
+
+    /// The name of the model's input tensor.
+    pub fn input_name(&self) -> &str {
+        &self.input
+    }
+
+    /// Whether requests carry binary tensors.
+    pub fn binary(&self) -> bool {
+        self.binary
+    }
+
     /// Whether the class names came from the server or `--classes` (else they are indices).
     pub fn has_class_names(&self) -> bool {
         self.named
@@ -127,12 +142,7 @@ impl RemoteModel {
         let headers: Vec<(&str, String)> = body.headers.clone();
         let answer = self
             .client
-            .post(
-                &format!("{}/infer", self.path),
-                body.content_type,
-                &headers,
-                &body.bytes,
-            )?
+            .post(&self.infer_path(), body.content_type, &headers, &body.bytes)?
             .ok(self.had_key)?;
         let (values, classes) = infer_response(&answer, &self.output, rows)?;
         if !self.classes.is_empty() && classes != self.classes.len() {
