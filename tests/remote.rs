@@ -420,3 +420,39 @@ fn bench_reports_each_concurrency_level_as_json() {
         "{err}"
     );
 }
+
+/// Runs examples/pipeline.sh on the workspace's data with the given settings; gives its exit
+/// code and output.
+fn pipeline(ws: &Workspace, settings: &[(&str, &str)]) -> (i32, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/pipeline.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(script)
+        .current_dir(ws.dir.path())
+        .env("MAAS", env!("CARGO_BIN_EXE_maas"))
+        .env("DATA", ws.path("data"))
+        .env("MAAS_PROGRESS", "never")
+        .env_remove("MAAS_URL")
+        .env_remove("MAAS_API_KEY");
+    for (k, v) in settings {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn the_pipeline_example_passes_a_good_model_and_fails_one_below_the_bar() {
+    let ws = Workspace::new(20, 60);
+    let (code, out) = pipeline(&ws, &[("EPOCHS", "3"), ("BAR", "0.5")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("accuracy") && out.contains("reaches --fail-under 0.5"), "{out}");
+    // One image, one epoch: far below the bar, and the job fails.
+    let (code, out) = pipeline(&ws, &[("EPOCHS", "1"), ("LIMIT", "1"), ("BAR", "0.9")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("below --fail-under 0.9"), "{out}");
+}
