@@ -3,7 +3,7 @@
 
     PEER_PYTHON=/tmp/peers/bin/python bench/run.py            # everything (a few minutes)
     PEER_PYTHON=/tmp/peers/bin/python bench/run.py train      # only some parts:
-                                                              # train load predict serve
+                                                              # train load predict serve call
 
 PEER_PYTHON is a Python with torch, numpy and pillow (see bench/README.md). The script builds maas
 (`cargo build`), writes its data into a temporary folder, runs the peer and maas one after the
@@ -197,6 +197,75 @@ def bench_serve(work, args, results, model=None, one=None):
         server.wait(timeout=30)
 
 
+WRK_POST = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "image/png"
+local f = io.open("%s", "rb"); wrk.body = f:read("*a"); f:close()
+"""
+
+
+def bench_call(work, args, results, model=None):
+    """The deployed model called from the CLI: `predict --url` on 1,000 images against local
+    `predict`, and `maas bench` against `wrk` on the same server and route."""
+    if model is None:
+        data = os.path.join(work, "call-data")
+        run([sys.executable, os.path.join(HERE, "make_data.py"), data, "1000", "1000"])
+        run([MAAS, "-q", "--device", "cpu", "train", "--data", data, "--epochs", "1",
+             "--checkpoints", os.path.join(work, "ck-call"), "--overwrite"])
+        model = os.path.join(work, "call.maas")
+        run([MAAS, "-q", "export", "--checkpoints", os.path.join(work, "ck-call"), "-o", model])
+    images = os.path.join(work, "call-images")
+    write_images(sys.executable, images, 1000)
+    one = os.path.join(images, "00000.png")
+    port = free_port()
+    server = subprocess.Popen([MAAS, "--device", "cpu", "-q", "serve", "--model", model, "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + "/v2/health/ready", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        local = wall([MAAS, "--device", "cpu", "predict", images, "--model", model, "--json"], 3)
+        remote = wall([MAAS, "predict", images, "--url", url, "--json"], 3)
+        print(f"\ncall: 1,000 PNGs, whole process (best of 3): local predict {local:.3f} s, "
+              f"predict --url {remote:.3f} s: ratio {remote / local:.2f}x")
+        results["call_predict_1000"] = {"local_s": local, "url_s": remote}
+        seconds = args.call_seconds
+        for clients in (1, 64):
+            out = run([MAAS, "-q", "bench", "--url", url, "--protocol", "v1-image", "--image", one,
+                       "--concurrency", str(clients), "--duration", str(seconds), "--json"]).stdout
+            ours = json.loads(out)["results"][0]
+            line = (f"  /v1/predict, {clients:>2} clients: maas bench {ours['requests_per_s']:>8.0f} "
+                    f"requests/s (p50 {ours['latency_ms']['p50']:.2f} ms, p99 "
+                    f"{ours['latency_ms']['p99']:.2f} ms, {ours['errors']} errors)")
+            entry = {"maas_bench_rps": ours["requests_per_s"], "maas_bench_latency_ms": ours["latency_ms"]}
+            if shutil.which("wrk"):
+                script = os.path.join(work, "post.lua")
+                with open(script, "w") as f:
+                    f.write(WRK_POST % one)
+                threads = str(min(clients, os.cpu_count() or 1))
+                wrk = run(["wrk", "-t", threads, "-c", str(clients), "-d", f"{seconds}s",
+                           "--latency", "-s", script, url + "/v1/predict"]).stdout
+                rps = float(re.search(r"Requests/sec:\s+([\d.]+)", wrk).group(1))
+                p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", wrk)
+                p50_ms = float(p50.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[p50.group(2)]
+                line += f"; wrk {rps:>8.0f} requests/s (p50 {p50_ms:.2f} ms): ratio {ours['requests_per_s'] / rps:.2f}"
+                entry.update({"wrk_rps": rps, "wrk_p50_ms": p50_ms})
+            print(line)
+            results[f"call_bench_{clients}_clients"] = entry
+        out = run([MAAS, "-q", "bench", "--url", url, "--concurrency", "1,64", "--duration",
+                   str(seconds), "--batch", "1", "--json"]).stdout
+        for r in json.loads(out)["results"]:
+            print(f"  v2 infer (binary tensors), {r['concurrency']:>2} clients: maas bench "
+                  f"{r['requests_per_s']:>8.0f} requests/s (p50 {r['latency_ms']['p50']:.2f} ms)")
+            results[f"call_bench_v2_{r['concurrency']}_clients_rps"] = r["requests_per_s"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("parts", nargs="*", default=["train", "load", "predict", "serve"])
@@ -206,6 +275,7 @@ def main():
     ap.add_argument("--keras", action="store_true", help="also train the Keras peer (needs tensorflow)")
     ap.add_argument("--images", type=int, default=10000, help="images for the batch predict")
     ap.add_argument("--requests", type=int, default=20000, help="requests per serve measurement")
+    ap.add_argument("--call-seconds", type=int, default=5, help="seconds per maas bench / wrk level")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
     py = os.environ.get("PEER_PYTHON", "python3")
@@ -223,6 +293,8 @@ def main():
             model, one = bench_predict(py, work, args, results)
         if "serve" in args.parts:
             bench_serve(work, args, results, model, one)
+        if "call" in args.parts:
+            bench_call(work, args, results, model)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
