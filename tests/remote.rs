@@ -450,9 +450,54 @@ fn the_pipeline_example_passes_a_good_model_and_fails_one_below_the_bar() {
     let ws = Workspace::new(20, 60);
     let (code, out) = pipeline(&ws, &[("EPOCHS", "3"), ("BAR", "0.5")]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("accuracy") && out.contains("reaches --fail-under 0.5"), "{out}");
+    assert!(
+        out.contains("accuracy") && out.contains("reaches --fail-under 0.5"),
+        "{out}"
+    );
     // One image, one epoch: far below the bar, and the job fails.
     let (code, out) = pipeline(&ws, &[("EPOCHS", "1"), ("LIMIT", "1"), ("BAR", "0.9")]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("below --fail-under 0.9"), "{out}");
+}
+
+/// A server on a free loopback port that answers every request with `status` and `body`.
+fn answering(status: u16, body: &'static str) -> String {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let port = server.server_addr().to_ip().unwrap().port();
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let _ =
+                request.respond(tiny_http::Response::from_string(body).with_status_code(status));
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn statuses_and_answers_that_are_not_the_protocol_are_one_line_naming_the_url() {
+    let ws = Workspace::new(1, 1);
+    let names = images(&ws, 1);
+    for (status, body, expected) in [
+        (
+            200,
+            "<html>hello</html>",
+            "the answer is not the Open Inference Protocol",
+        ),
+        (
+            503,
+            r#"{"error": "overloaded"}"#,
+            "the server failed (HTTP 503: overloaded)",
+        ),
+        (413, "", "too large for the server (HTTP 413)"),
+        (404, "", "no such model or version"),
+    ] {
+        let url = answering(status, body);
+        let (code, out, err) = ws.run(&["predict", "--url", &url, &names[0]]);
+        assert_eq!((code, out.as_str()), (1, ""), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!("{url}/v2")) && err.contains(expected),
+            "{err}"
+        );
+    }
 }
