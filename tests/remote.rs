@@ -241,6 +241,25 @@ fn https_with_cacert_equals_local_and_an_untrusted_certificate_is_one_line() {
     assert_eq!(code, 1);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("TLS") && err.contains("--cacert"), "{err}");
+    // bench over TLS too: its own connections (tokio-rustls) trust the same certificate.
+    let bench = [
+        "bench",
+        "--url",
+        &server.base,
+        "--cacert",
+        "cert.pem",
+        "--concurrency",
+        "2",
+        "--requests",
+        "10",
+        "--json",
+    ];
+    let report = json(&ws, &bench, 0);
+    let level = &report["results"][0];
+    assert_eq!(
+        (level["requests"].as_u64(), level["errors"].as_u64()),
+        (Some(10), Some(0))
+    );
 }
 
 /// KServe's Python model server on a free port, killed when dropped.
