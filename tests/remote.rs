@@ -138,6 +138,14 @@ fn predict_and_eval_by_url_equal_local_over_binary_and_json_with_a_key() {
         assert_same_figures(&remote_eval, &local_eval);
         assert!(ws.path("remote-plots/confusion.png").is_file());
     }
+    // A version, by the versioned routes.
+    let flags = ["--url", &url, "--api-key", "sesame", "--model-version", "1"];
+    let versioned = json(&ws, &predict_args(&flags, &names), 1);
+    assert_eq!(
+        versioned["model"],
+        format!("{url}/v2/models/maas/versions/1")
+    );
+    assert_same_predictions(&versioned, &local, true);
     // The same from the environment, the key from a file; --fail-under as locally.
     std::fs::write(ws.path("key.txt"), "sesame\n").unwrap();
     let (code, _, err) = ws
