@@ -438,6 +438,37 @@ fn bench_reports_each_concurrency_level_as_json() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("errors at concurrency 2: 401: 6"), "{out}");
+    // Ctrl-C ends the level in progress, prints it and skips the rest (exit 130).
+    let child = Command::new(env!("CARGO_BIN_EXE_maas"))
+        .args([
+            "bench",
+            "--url",
+            &url,
+            "--api-key",
+            "sesame",
+            "--concurrency",
+            "1,8",
+            "--json",
+        ])
+        .env("MAAS_PROGRESS", "never")
+        .env_remove("MAAS_URL")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["interrupted"], true);
+    // The first level, cut short (none yet if the machine was too slow to begin it).
+    let levels = report["results"].as_array().unwrap();
+    assert!(levels.len() <= 1, "{report}");
+    assert!(levels.iter().all(|l| l["concurrency"] == 1), "{report}");
     // A server that is down is one line.
     drop(server);
     let (code, _, err) = ws.run(&["bench", "--url", &url, "--protocol", "v1-image"]);
