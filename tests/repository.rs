@@ -243,6 +243,13 @@ fn admin_routes_need_the_admin_key_and_sighup_reloads() {
     );
     assert_eq!(status, Some(400));
     assert!(body.contains("holds no version"), "{body}");
+    // A name that would step out of the repository is refused before any file is read.
+    for name in ["%2E%2E", "..%2Fother", "cifar%2F..%2Fother"] {
+        let path = format!("/v2/repository/models/{name}/load");
+        let (status, body) = post(&server, &path, Some(ADMIN), &json!({}));
+        assert_eq!(status, Some(400), "{path}: {body}");
+        assert!(body.contains("cannot be a model name"), "{path}: {body}");
+    }
 
     // SIGHUP: version 3 appears, version 1 goes, other is gone.
     let before = probabilities(

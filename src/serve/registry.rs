@@ -172,6 +172,8 @@ impl Registry {
     /// served; a version that fails to load keeps its old model, if it had one. `Err` gives the
     /// reasons, one per failed version, or says that the source has no such model.
     pub fn load(&self, name: &str) -> Result<(), String> {
+        // A name from a URL must not reach outside the repository (`..`, `a/../b`).
+        repository::check_model_name(name)?;
         let _one_at_a_time = lock(&self.changing);
         let files = self.files_of(name).map_err(|e| format!("{e:#}"))?;
         if files.is_empty() {
