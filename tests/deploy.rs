@@ -461,44 +461,132 @@ fn kubernetes_deployment_and_service_agree_with_the_image() {
 }
 
 #[test]
-fn kserve_inference_service_runs_the_same_server_on_the_v2_protocol() {
+fn kserve_runtime_serves_the_maas_format_with_the_plain_image_on_mnt_models() {
     let file = dockerfile();
+    let docs = yaml_docs("deploy/servingruntime.yaml");
+    assert_eq!(docs.len(), 1);
+    let runtime = of_kind(&docs, "ClusterServingRuntime");
+    assert_eq!(
+        string_at(runtime, "apiVersion"),
+        "serving.kserve.io/v1alpha1"
+    );
+    assert_eq!(
+        at(runtime, "spec.supportedModelFormats"),
+        &serde_json::json!([{"name": "maas", "version": "1", "autoSelect": true}])
+    );
+    // gRPC is not served (yet): only the HTTP side of the protocol is declared.
+    assert_eq!(strings(at(runtime, "spec.protocolVersions")), ["v2"]);
+    let containers = at(runtime, "spec.containers").as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let container = &containers[0];
+    assert_eq!(string_at(container, "name"), "kserve-container");
+    assert!(
+        container.get("command").is_none(),
+        "keep the image's ENTRYPOINT (maas)"
+    );
+    let args = strings(at(container, "args"));
+    assert_eq!(args.first().map(String::as_str), Some("serve"), "{args:?}");
+    // The storage initializer's folder, which --model takes as a folder of one model file.
+    assert_eq!(flag(&args, "--model"), Some("/mnt/models"));
+    // KServe's placeholder for the InferenceService name: the CLI sees a real name there.
+    assert_eq!(flag(&args, "--model-name"), Some("{{.Name}}"));
+    let substituted: Vec<String> = args
+        .iter()
+        .map(|a| a.replace("{{.Name}}", "maas"))
+        .collect();
+    assert_cli_accepts("ClusterServingRuntime", &substituted);
+    assert_eq!(flag(&args, "--host"), Some("0.0.0.0"));
+    assert_eq!(flag(&args, "--device"), Some("cpu"));
+    let port: u64 = flag(&args, "--port").unwrap().parse().unwrap();
+    assert_eq!(port, image_port(&file));
+    assert_eq!(at(container, "ports.0.containerPort").as_u64(), Some(port));
+    assert_eq!(string_at(container, "ports.0.name"), "http1");
+    assert_eq!(
+        at(runtime, "spec.annotations")["prometheus.kserve.io/port"]
+            .as_str()
+            .and_then(|p| p.parse::<u64>().ok()),
+        Some(port)
+    );
+    assert_probe(container, "readinessProbe", READY, port);
+    assert_probe(container, "livenessProbe", LIVE, port);
+    assert_eq!(
+        at(container, "securityContext.runAsUser").as_u64(),
+        Some(image_uid(&file))
+    );
+    assert_eq!(
+        at(container, "securityContext.readOnlyRootFilesystem"),
+        true
+    );
+    let env = at(container, "env").as_array().unwrap();
+    let key = env.iter().find(|e| e["name"] == "MAAS_API_KEY").unwrap();
+    assert!(key.get("value").is_none(), "a literal API key");
+    assert_eq!(
+        string_at(key, "valueFrom.secretKeyRef.name"),
+        "maas-api-key"
+    );
+}
+
+#[test]
+fn kserve_inference_service_asks_for_the_maas_format_from_storage() {
     let docs = yaml_docs("deploy/inferenceservice.yaml");
     assert_eq!(docs.len(), 1);
     let isvc = of_kind(&docs, "InferenceService");
     assert_eq!(string_at(isvc, "apiVersion"), "serving.kserve.io/v1beta1");
     let predictor = at(isvc, "spec.predictor");
-    // Knative refuses pod-level securityContext unless a feature flag allows it.
-    assert!(predictor.get("securityContext").is_none());
-    let containers = at(predictor, "containers").as_array().unwrap();
-    assert_eq!(containers.len(), 1, "one custom predictor container");
-    let container = &containers[0];
-    assert_eq!(string_at(container, "name"), "kserve-container");
-    let port = assert_server_container("InferenceService", container, &file);
-    // Knative routes HTTP/1.1 to the port named http1.
-    assert_eq!(string_at(container, "ports.0.name"), "http1");
-    assert_eq!(at(container, "securityContext.runAsNonRoot"), true);
-    assert_eq!(
-        at(container, "securityContext.runAsUser").as_u64(),
-        Some(image_uid(&file))
-    );
-    // A custom container declares its protocol with the PROTOCOL variable (v1 or v2).
-    let env = at(container, "env").as_array().unwrap();
     assert!(
-        env.iter()
-            .any(|e| e["name"] == "PROTOCOL" && e["value"] == "v2"),
-        "PROTOCOL=v2"
+        predictor.get("containers").is_none(),
+        "the runtime brings the container"
     );
-    assert!(port > 0);
+    let model = at(predictor, "model");
+    let runtime_docs = yaml_docs("deploy/servingruntime.yaml");
+    let runtime = of_kind(&runtime_docs, "ClusterServingRuntime");
+    assert_eq!(
+        at(model, "modelFormat.name"),
+        at(runtime, "spec.supportedModelFormats.0.name")
+    );
+    let protocol = string_at(model, "protocolVersion");
+    assert!(
+        strings(at(runtime, "spec.protocolVersions")).contains(&protocol),
+        "{protocol} is not a protocol of the runtime"
+    );
+    let uri = string_at(model, "storageUri");
+    assert!(uri.contains("://"), "storageUri {uri}");
+}
 
-    // The same image and command line as the plain Deployment.
-    let k8s = yaml_docs("deploy/kubernetes.yaml");
-    let plain = at(
-        of_kind(&k8s, "Deployment"),
-        "spec.template.spec.containers.0",
+/// kubernetes-validate (the Kubernetes OpenAPI schemas, strict: no unknown field) on every
+/// object of deploy/kubernetes.yaml and on the runtime's container, as the Pod KServe makes of
+/// it. The KServe resources themselves are CRDs, which it does not know.
+#[test]
+fn manifests_validate_against_the_kubernetes_schemas() {
+    const VALIDATE: &str = r#"
+import json, sys, yaml, kubernetes_validate as kv
+version = kv.latest_version()
+objects = list(yaml.safe_load_all(open(sys.argv[1])))
+runtime = yaml.safe_load(open(sys.argv[2]))
+pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "maas"},
+       "spec": {"containers": runtime["spec"]["containers"]}}
+errors = []
+for obj in objects + [pod]:
+    try:
+        kv.validate(obj, version, strict=True)
+    except kv.ValidationError as e:
+        errors.append(f"{obj['kind']}: {e.message} at {list(e.path)}")
+print(json.dumps({"version": version, "checked": len(objects) + 1, "errors": errors}))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", VALIDATE])
+        .arg(repo("deploy/kubernetes.yaml"))
+        .arg(repo("deploy/servingruntime.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubernetes-validate failed to run (.ci/run installs it):\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(at(container, "image"), at(plain, "image"));
-    assert_eq!(at(container, "args"), at(plain, "args"));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+    assert!(report["checked"].as_u64().unwrap() >= 3, "{report}");
 }
 
 /// Runs the image's command (ENTRYPOINT + CMD, with its ENV) the way the container would, on a

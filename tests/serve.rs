@@ -211,7 +211,10 @@ fn health_metadata_and_readiness_follow_the_v2_protocol() {
     let meta = server.get("/v2").json();
     assert_eq!(meta["name"], "maas");
     assert_eq!(meta["version"], maas::VERSION);
-    assert_eq!(meta["extensions"], json!(["binary_tensor_data"]));
+    assert_eq!(
+        meta["extensions"],
+        json!(["binary_tensor_data", "model_repository", "statistics"])
+    );
     for path in ["/v2/models/maas", "/v2/models/maas/versions/1"] {
         let model = server.get(path);
         assert_eq!(model.status, 200, "{path}");

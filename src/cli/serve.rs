@@ -9,7 +9,7 @@ use clap::builder::RangedU64ValueParser;
 
 use super::Context;
 use super::args::ModelArgs;
-use crate::serve::{self, ServeConfig, TlsFiles};
+use crate::serve::{self, ServeConfig, Source, TlsFiles};
 
 /// `maas serve`.
 #[derive(Debug, Args)]
@@ -17,13 +17,35 @@ pub struct ServeArgs {
     /// Which model to use.
     #[command(flatten)]
     model: ModelArgs,
+    /// Serve every model of this repository instead of one model: DIR/NAME/VERSION/model.maas
+    /// (Triton's layout, positive integer versions), each version at
+    /// /v2/models/NAME/versions/VERSION and the highest at /v2/models/NAME. SIGHUP reads it
+    /// again.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "MAAS_REPOSITORY",
+        conflicts_with = "model"
+    )]
+    repository: Option<PathBuf>,
+    /// Turn on the repository routes (POST /v2/repository/index, .../models/NAME/load and
+    /// .../unload) for requests that send `Authorization: Bearer KEY`; without it they answer
+    /// 403. Separate from the API keys.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "MAAS_ADMIN_KEY",
+        hide_env_values = true
+    )]
+    admin_key: Option<String>,
     /// Address to listen on; 0.0.0.0 listens on every interface.
     #[arg(long, default_value = "127.0.0.1", env = "MAAS_HOST")]
     host: String,
     /// Port to listen on (0: any free port, printed on stderr).
     #[arg(long, default_value_t = 8080, env = "MAAS_PORT")]
     port: u16,
-    /// The model's name in the v2 routes (/v2/models/NAME/...).
+    /// The model's name in the v2 routes (/v2/models/NAME/...); with --repository, the model
+    /// /v1/predict and /v1/explain use (else the repository's only model).
     #[arg(
         long,
         value_name = "NAME",
@@ -65,27 +87,19 @@ pub struct ServeArgs {
     api_key_file: Option<PathBuf>,
 }
 
-/// A model name that can stand in `/v2/models/NAME` as it is: letters, digits, `.`, `_` and `-`,
-/// not `.` or `..` alone (which clients resolve away); anything else would leave a server whose
-/// every v2 request fails.
+/// A model name that can stand in `/v2/models/NAME` as it is; anything else would leave a server
+/// whose every v2 request fails.
 fn model_name(s: &str) -> Result<String, String> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if s.is_empty() {
-        return Err("the model name is empty".into());
-    }
-    if s == "." || s == ".." || !s.chars().all(allowed) {
-        return Err(format!(
-            "{s:?} cannot be a model name: use letters, digits, '.', '_' and '-'"
-        ));
-    }
+    serve::check_model_name(s)?;
     Ok(s.to_string())
 }
 
 impl ServeArgs {
-    /// The server's configuration, for the model file at `model`.
-    fn into_config(self, model: PathBuf) -> ServeConfig {
+    /// The server's configuration, serving `source`.
+    fn into_config(self, source: Source) -> ServeConfig {
         ServeConfig {
-            model,
+            source,
+            admin_key: self.admin_key,
             host: self.host,
             port: self.port,
             model_name: self.model_name,
@@ -107,8 +121,17 @@ impl ServeArgs {
 }
 
 pub(super) fn run(args: ServeArgs, cx: &Context) -> Result<u8> {
-    let model = args.model.resolve(&cx.reporter)?;
+    let source = match &args.repository {
+        Some(dir) if !dir.is_dir() => {
+            anyhow::bail!("--repository {}: not a folder", dir.display())
+        }
+        Some(dir) => Source::Repository(dir.clone()),
+        None => Source::File {
+            name: args.model_name.clone(),
+            path: serve::model_file(&args.model.resolve(&cx.reporter)?)?,
+        },
+    };
     let selected = cx.select_device()?;
-    serve::run(&args.into_config(model), &selected, &cx.reporter)?;
+    serve::run(&args.into_config(source), &selected, &cx.reporter)?;
     Ok(0)
 }

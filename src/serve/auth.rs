@@ -71,6 +71,35 @@ impl Keys {
         });
         found.into()
     }
+
+    /// The key of `--admin-key`; `None` when not given (the repository routes then answer 403).
+    pub fn admin(key: Option<&str>) -> Result<Option<Self>> {
+        match key.map(str::trim) {
+            None => Ok(None),
+            Some("") => bail!(
+                "--admin-key is empty; give a key, or leave the flag out to turn the repository routes off"
+            ),
+            Some(key) => Ok(Some(Self(vec![key.as_bytes().to_vec()]))),
+        }
+    }
+}
+
+/// Whether a request may change what is served: 403 when the server has no admin key (the
+/// repository routes are off), 401 when the request does not carry it.
+pub fn check_admin(admin: Option<&Keys>, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let Some(admin) = admin else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the repository routes are off: start the server with --admin-key (MAAS_ADMIN_KEY) to use them",
+        ));
+    };
+    if admin.accepts(headers.get(axum::http::header::AUTHORIZATION)) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong admin key: send the header `Authorization: Bearer ADMIN_KEY`",
+    ))
 }
 
 /// Keys in a file: one per line; blank lines and lines starting with `#` are not keys.

@@ -12,7 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use burn::tensor::Device;
@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use super::error::ApiError;
 use super::metrics::Metrics;
 use super::queue::{JobQueue, Refused};
+use super::stats::ModelStats;
 use crate::data::preprocess::INPUT_LEN;
 use crate::explain::{Explainer, picture_png};
 use crate::export::LoadedModel;
@@ -68,6 +69,8 @@ struct Job {
     rows: usize,
     want: Want,
     reply: oneshot::Sender<Result<Answer, String>>,
+    /// When it entered the queue.
+    queued: Instant,
 }
 
 /// The sending side, cloned into every request handler.
@@ -106,15 +109,22 @@ impl Worker {
     pub fn join(self) {
         let _ = self.0.join();
     }
+
+    /// Whether the worker has ended.
+    pub fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
 }
 
 impl Batcher {
-    /// Starts the worker and waits until the model is on its device and has run once.
+    /// Starts the worker and waits until the model is on its device and has run once. `stats`
+    /// counts what this model version does.
     pub fn start(
         loaded: LoadedModel,
         device: Device,
         config: BatchConfig,
         metrics: Arc<Metrics>,
+        stats: Arc<ModelStats>,
     ) -> Result<(Self, Worker)> {
         let queue = Arc::new(JobQueue::new(config.max_queue, config.max_batch));
         let jobs = Consumer(Arc::clone(&queue));
@@ -135,7 +145,12 @@ impl Batcher {
                 drop(loaded);
                 let _ready = ReadyWhileAlive::new(worker_ready);
                 let _ = started_tx.send(Ok(()));
-                work(&classifier, &explainer, &jobs.0, config, &worker_metrics);
+                let model = Model {
+                    classifier: &classifier,
+                    explainer: &explainer,
+                    stats: &stats,
+                };
+                work(&model, &jobs.0, config, &worker_metrics);
             })
             .context("cannot start the model thread")?;
         match started_rx.recv() {
@@ -181,6 +196,7 @@ impl Batcher {
             rows,
             want,
             reply,
+            queued: Instant::now(),
         };
         let in_progress = self.metrics.in_progress.load(Ordering::Relaxed);
         if let Err((refused, _)) = self.queue.0.push(job, rows, in_progress) {
@@ -234,31 +250,44 @@ fn place(loaded: &LoadedModel, device: &Device) -> Result<(Classifier, Explainer
     .context("the model failed its first run")
 }
 
-fn work(
-    classifier: &Classifier,
-    explainer: &Explainer,
-    jobs: &JobQueue<Job>,
-    config: BatchConfig,
-    metrics: &Metrics,
-) {
+/// What the worker runs batches on.
+struct Model<'a> {
+    classifier: &'a Classifier,
+    explainer: &'a Explainer,
+    stats: &'a ModelStats,
+}
+
+fn work(model: &Model, jobs: &JobQueue<Job>, config: BatchConfig, metrics: &Metrics) {
     let in_progress = || metrics.in_progress.load(Ordering::Relaxed);
     while let Some(batch) = jobs.next_batch(config.max_wait, in_progress) {
         metrics
             .queue_depth
             .fetch_sub(batch.len(), Ordering::Relaxed);
         let batch = batch.into_iter().map(|(job, _)| job).collect();
-        run_batch(classifier, explainer, batch, metrics);
+        run_batch(model, batch, metrics);
     }
 }
 
-fn run_batch(classifier: &Classifier, explainer: &Explainer, batch: Vec<Job>, metrics: &Metrics) {
+fn run_batch(model: &Model, batch: Vec<Job>, metrics: &Metrics) {
+    let Model {
+        classifier,
+        explainer,
+        stats,
+    } = *model;
     // A request whose client gave up (timeout, disconnect) is not worth computing.
     let mut batch: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
     if batch.is_empty() {
         return;
     }
+    let started = Instant::now();
+    for job in &batch {
+        stats
+            .queue
+            .add(started.saturating_duration_since(job.queued));
+    }
     let rows: usize = batch.iter().map(|j| j.rows).sum();
     metrics.observe_batch(rows);
+    stats.execution(rows);
     // The batch's inputs, moved rather than copied where they can be: only an explanation still
     // needs its image after the pass, so only its job keeps it.
     let keeps = |job: &Job| matches!(job.want, Want::Explanation { .. });
@@ -277,6 +306,11 @@ fn run_batch(classifier: &Classifier, explainer: &Explainer, batch: Vec<Job>, me
     };
     let classes = classifier.num_classes();
     let outcome = catch_unwind(AssertUnwindSafe(|| classifier.probabilities_of(inputs)));
+    // Every request of the batch waited for the whole pass, as Triton counts it.
+    let took = started.elapsed();
+    stats
+        .compute_infer
+        .add_many(batch.len() as u64, took * batch.len() as u32);
     let probabilities = match outcome {
         Ok(Ok(p)) if p.len() == rows * classes => p,
         Ok(Ok(p)) => {
@@ -357,6 +391,7 @@ mod tests {
             crate::device::Selected::cpu().device,
             config,
             Arc::clone(&metrics),
+            Arc::default(),
         )
         .unwrap();
         (b, w, metrics)

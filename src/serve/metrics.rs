@@ -183,7 +183,7 @@ impl Metrics {
 }
 
 /// Label values escape backslash, double quote and newline.
-fn escape(value: &str) -> String {
+pub fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -384,6 +384,26 @@ mod tests {
                 assert!(*v >= prev, "{family} decreases");
             }
         }
+    }
+
+    #[test]
+    fn model_series_carry_model_and_version_labels_after_the_server_families() {
+        use crate::serve::stats::{ModelStats, write_metrics};
+        let (a, b) = (ModelStats::default(), ModelStats::default());
+        a.execution(3);
+        a.request(true, Duration::from_millis(2));
+        b.request(false, Duration::from_millis(1));
+        let mut text = Metrics::new().render();
+        write_metrics(&mut text, &[("cifar", 1, &a), ("odd\"name", 2, &b)]);
+        let (types, samples) = parse(&text);
+        assert_eq!(types["maas_model_requests_total"], "counter");
+        let cifar = [("model", "cifar"), ("version", "1")];
+        assert_eq!(value(&samples, "maas_model_inferences_total", &cifar), 3.0);
+        assert_eq!(value(&samples, "maas_model_executions_total", &cifar), 1.0);
+        let ok = [("model", "cifar"), ("version", "1"), ("result", "success")];
+        assert_eq!(value(&samples, "maas_model_requests_total", &ok), 1.0);
+        let failed = [("model", "odd\"name"), ("version", "2"), ("result", "fail")];
+        assert_eq!(value(&samples, "maas_model_requests_total", &failed), 1.0);
     }
 
     #[test]

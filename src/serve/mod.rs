@@ -13,15 +13,18 @@ mod error;
 mod metrics;
 mod protocol;
 mod queue;
+mod registry;
+mod repository;
 mod routes;
 mod state;
+mod stats;
 mod tensor_data;
 mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
@@ -31,17 +34,18 @@ use hyper_util::service::TowerToHyperService;
 use tokio_rustls::rustls::ServerConfig;
 
 use self::auth::Keys;
-use self::batcher::{BatchConfig, Batcher};
+use self::batcher::BatchConfig;
 pub use self::decode::DEFAULT_MAX_DECODE_PIXELS;
-// The protocol's names and readers, shared with the client (`crate::remote`).
 use self::decode::Decoding;
 use self::metrics::Metrics;
+// The protocol's names and readers, shared with the client (`crate::remote`).
 pub(crate) use self::protocol::{HEADER_LENGTH, INPUT_NAME, OUTPUT_NAME, decode_base64};
+use self::registry::Registry;
+pub use self::repository::{Source, check_model_name, model_file};
 use self::state::AppState;
 pub(crate) use self::tensor_data::FlatData;
 use self::tls::TlsListener;
 use crate::device::Selected;
-use crate::export::load_model;
 use crate::progress::Reporter;
 
 /// Decodes an infer request body as the `infer` route does before the model runs, through the
@@ -72,13 +76,14 @@ pub fn decode_infer_request(
 /// What `maas serve` serves, where, and within which limits: built once from the command line.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// The model file.
-    pub model: PathBuf,
+    /// The model file or the model repository.
+    pub source: Source,
     /// Address to listen on.
     pub host: String,
     /// Port to listen on (0: any free port).
     pub port: u16,
-    /// The model's name in the v2 routes.
+    /// The model `/v1/predict` and `/v1/explain` use (with a repository: when it holds one by
+    /// that name).
     pub model_name: String,
     /// Most images in one forward pass.
     pub max_batch: usize,
@@ -99,6 +104,8 @@ pub struct ServeConfig {
     pub api_key_file: Option<PathBuf>,
     /// Serve HTTPS with these files.
     pub tls: Option<TlsFiles>,
+    /// The key of the repository routes (load, unload, index); without one they answer 403.
+    pub admin_key: Option<String>,
 }
 
 /// The PEM files of an HTTPS server.
@@ -118,29 +125,49 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub fn run(config: &ServeConfig, selected: &Selected, reporter: &Reporter) -> Result<()> {
     // Keys first: a bad key file should fail before the model is loaded, not after.
     let keys = Keys::from_args(config.api_key.as_deref(), config.api_key_file.as_deref())?;
+    let admin_key = Keys::admin(config.admin_key.as_deref())?;
     let tls = match &config.tls {
         Some(files) => Some(tls::load_config(&files.cert, &files.key)?),
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let metrics = Arc::new(Metrics::new());
-    let started = Instant::now();
-    let loaded = load_model(&config.model)?;
-    let classes = loaded.config.classes.clone();
     let batching = BatchConfig {
         max_batch: config.max_batch,
         max_wait: config.max_wait,
         max_queue: config.max_queue,
     };
-    let (batcher, worker) = Batcher::start(
-        loaded,
+    let registry = Arc::new(Registry::new(
+        config.source.clone(),
+        config.model_name.clone(),
         selected.device.clone(),
         batching,
         Arc::clone(&metrics),
-    )?;
-    metrics.set_model_load_seconds(started.elapsed().as_secs_f64());
+    ));
+    registry.load_all()?;
+    let serving = match &config.source {
+        Source::File { name, path } => format!("model {name} from {}", path.display()),
+        Source::Repository(dir) => {
+            let snapshot = registry.snapshot();
+            let versions: usize = snapshot.models.values().map(|m| m.versions.len()).sum();
+            let names: Vec<&str> = snapshot.models.keys().map(String::as_str).collect();
+            if names.is_empty() {
+                reporter.info(format!(
+                    "model repository {} holds no model yet (NAME/VERSION/model.maas); \
+                     add one and load it (SIGHUP or POST /v2/repository/models/NAME/load)",
+                    dir.display()
+                ));
+            }
+            format!(
+                "{} models ({}), {versions} versions, from repository {}",
+                names.len(),
+                names.join(", "),
+                dir.display()
+            )
+        }
+    };
     let timeout = config.timeout;
-    let state = AppState::new(config, classes, batcher, metrics);
+    let state = AppState::new(config, Arc::clone(&registry), admin_key, metrics);
     let has_keys = keys.is_some();
     let app = routes::router(state, keys);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -157,26 +184,60 @@ pub fn run(config: &ServeConfig, selected: &Selected, reporter: &Reporter) -> Re
         }
         // Printed even with --quiet: with --port 0 it is the only way to learn the port.
         eprintln!(
-            "listening on {scheme}://{addr} (model {} from {}, device {})",
-            config.model_name,
-            config.model.display(),
+            "listening on {scheme}://{addr} ({serving}, device {})",
             selected.description
         );
     };
-    let result = runtime.block_on(serve(
-        app,
-        &config.host,
-        config.port,
-        tls,
-        timeout,
-        announce,
-        reporter,
-    ));
-    // Dropping the runtime drops the router and with it every handle on the batcher, which lets
-    // the model thread see its queue close and end.
+    let result = runtime.block_on(async {
+        // Before listening: SIGHUP's default action would end the process.
+        reload_on_hangup(Arc::clone(&registry), *reporter)?;
+        serve(
+            app,
+            &config.host,
+            config.port,
+            tls,
+            timeout,
+            announce,
+            reporter,
+        )
+        .await
+    });
+    // Dropping the runtime drops the router and with it every request's handle on a model, then
+    // the registry lets go of its own, which lets the model threads see their queues close and end.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    worker.join();
+    registry.shutdown();
     result
+}
+
+/// On SIGHUP, reads the whole model source again, off the async threads, one reload at a time.
+fn reload_on_hangup(registry: Arc<Registry>, reporter: Reporter) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups =
+            signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                reporter.info("SIGHUP: reloading the models");
+                let registry = Arc::clone(&registry);
+                let failures = tokio::task::spawn_blocking(move || registry.reload_all()).await;
+                match failures {
+                    Ok(failures) if failures.is_empty() => reporter.info("reloaded the models"),
+                    Ok(failures) => {
+                        for failure in failures {
+                            eprintln!(
+                                "maas: reload failed, the previous file keeps serving: {failure}"
+                            );
+                        }
+                    }
+                    Err(_) => eprintln!("maas: the reload failed unexpectedly"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (registry, reporter);
+    Ok(())
 }
 
 async fn serve(

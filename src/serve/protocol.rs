@@ -23,8 +23,6 @@ use crate::data::preprocess::{INPUT_LEN, SIDE};
 pub const INPUT_NAME: &str = "input";
 /// The model's one output.
 pub const OUTPUT_NAME: &str = "probabilities";
-/// The one version of the served model.
-pub const MODEL_VERSION: &str = "1";
 /// The header of the binary tensor data extension.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 /// Most images in one request: an encoded image of a few bytes becomes 3072 floats, so without a
@@ -451,7 +449,7 @@ pub(crate) fn encode_base64(bytes: &[u8]) -> String {
 #[derive(Serialize)]
 struct ResponseJson<'a> {
     model_name: &'a str,
-    model_version: &'static str,
+    model_version: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
     outputs: [OutputTensor<'a>; 1],
@@ -476,6 +474,7 @@ struct BinaryParameters {
 /// The infer response: JSON, or a JSON header followed by the raw probabilities.
 pub fn response(
     model_name: &str,
+    model_version: &str,
     id: Option<&str>,
     binary: bool,
     probabilities: &[f32],
@@ -494,7 +493,7 @@ pub fn response(
     };
     let head = ResponseJson {
         model_name,
-        model_version: MODEL_VERSION,
+        model_version,
         id,
         outputs: [output],
     };
@@ -751,7 +750,7 @@ mod tests {
     async fn responses_in_json_and_binary() {
         use axum::body::to_bytes;
         let probs: Vec<f32> = (0..20).map(|i| i as f32 / 100.0).collect();
-        let r = response("maas", Some("7"), false, &probs, 10).unwrap();
+        let r = response("maas", "1", Some("7"), false, &probs, 10).unwrap();
         assert!(r.headers().get(HEADER_LENGTH).is_none());
         let v: Value =
             serde_json::from_slice(&to_bytes(r.into_body(), usize::MAX).await.unwrap()).unwrap();
@@ -760,7 +759,7 @@ mod tests {
         assert_eq!(v["outputs"][0]["shape"], json!([2, 10]));
         assert_eq!(v["outputs"][0]["data"][3].as_f64().unwrap() as f32, 0.03);
 
-        let r = response("maas", None, true, &probs, 10).unwrap();
+        let r = response("maas", "1", None, true, &probs, 10).unwrap();
         let len: usize = r.headers()[HEADER_LENGTH]
             .to_str()
             .unwrap()

@@ -1,7 +1,8 @@
-//! The routes: the Open Inference Protocol (KServe v2), `/v1/predict`, `/v1/explain` and
-//! `/metrics`.
+//! The routes: the Open Inference Protocol (KServe v2) with Triton's repository and statistics
+//! extensions, `/v1/predict`, `/v1/explain` and `/metrics`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::time::Instant as Deadline;
@@ -21,8 +22,10 @@ use super::auth::{self, Keys};
 use super::batcher::{Answer, Want};
 use super::decode::SMALL_IMAGE_PIXELS;
 use super::error::ApiError;
-use super::protocol::{self, INPUT_NAME, MODEL_VERSION, OUTPUT_NAME};
+use super::protocol::{self, INPUT_NAME, OUTPUT_NAME};
+use super::registry::Version;
 use super::state::{Admission, AppState, refuse};
+use super::stats;
 use crate::data::preprocess::{INPUT_LEN, SIDE, small_image_to_input};
 
 /// Every route; all but health and metrics need a key when `keys` is given.
@@ -38,6 +41,12 @@ pub fn router(state: AppState, keys: Option<Keys>) -> Router {
         )
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
+        .route("/v2/models/stats", get(model_stats))
+        .route("/v2/models/{name}/stats", get(model_stats))
+        .route(
+            "/v2/models/{name}/versions/{version}/stats",
+            get(model_stats),
+        )
         .route("/v1/predict", post(predict))
         .route("/v1/explain", post(explain));
     if let Some(keys) = keys {
@@ -48,6 +57,10 @@ pub fn router(state: AppState, keys: Option<Keys>) -> Router {
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/metrics", get(metrics))
+        // Guarded by the admin key, not the inference keys (auth::check_admin).
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{name}/load", post(load_model))
+        .route("/v2/repository/models/{name}/unload", post(unload_model))
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -73,8 +86,9 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
-/// A `/v2/models/{name}[/versions/{version}]` path naming the served model; 404 otherwise.
-struct ServedModel;
+/// The model version a `/v2/models/{name}[/versions/{version}]` path names; 404 when it is not
+/// loaded. The request keeps it until answered, so a reload never cuts it short.
+struct ServedModel(Arc<Version>);
 
 impl FromRequestParts<AppState> for ServedModel {
     type Rejection = ApiError;
@@ -84,21 +98,8 @@ impl FromRequestParts<AppState> for ServedModel {
             .await
             .map_err(|e| ApiError::bad_request(e.body_text()))?;
         let name = params.get("name").map_or("", String::as_str);
-        if name != state.model_name {
-            return Err(ApiError::not_found(format!(
-                "unknown model '{name}'; this server serves '{}'",
-                state.model_name
-            )));
-        }
-        if let Some(version) = params
-            .get("version")
-            .filter(|v| v.as_str() != MODEL_VERSION)
-        {
-            return Err(ApiError::not_found(format!(
-                "model '{name}' has no version '{version}'; its one version is '{MODEL_VERSION}'"
-            )));
-        }
-        Ok(ServedModel)
+        let version = params.get("version").map(String::as_str);
+        state.registry.resolve(name, version).map(ServedModel)
     }
 }
 
@@ -107,32 +108,46 @@ async fn live() -> Json<Value> {
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    if state.batcher.is_ready() {
+    if state.registry.is_ready() {
         return Json(json!({ "ready": true })).into_response();
     }
     ApiError::unavailable("the model is not loaded").into_response()
 }
 
 async fn server_metadata() -> Json<Value> {
-    Json(json!({ "name": "maas", "version": crate::VERSION, "extensions": ["binary_tensor_data"] }))
-}
-
-async fn model_metadata(State(state): State<AppState>, _: ServedModel) -> Json<Value> {
     Json(json!({
-        "name": state.model_name,
-        "versions": [MODEL_VERSION],
-        "platform": "maas",
-        "inputs": [{ "name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 3, SIDE, SIDE] }],
-        "outputs": [{ "name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, state.classes.len()] }],
-        "classes": state.classes,
+        "name": "maas",
+        "version": crate::VERSION,
+        "extensions": ["binary_tensor_data", "model_repository", "statistics"],
     }))
 }
 
-async fn model_ready(State(state): State<AppState>, _: ServedModel) -> Response {
-    if state.batcher.is_ready() {
-        return Json(json!({ "name": state.model_name, "ready": true })).into_response();
+async fn model_metadata(
+    State(state): State<AppState>,
+    ServedModel(model): ServedModel,
+) -> Json<Value> {
+    // Every loaded version of the model, as Triton lists them.
+    let snapshot = state.registry.snapshot();
+    let versions: Vec<String> = snapshot
+        .models
+        .get(&model.name)
+        .map(|m| m.versions.keys().map(u64::to_string).collect())
+        .unwrap_or_default();
+    Json(json!({
+        "name": model.name,
+        "versions": versions,
+        "platform": "maas",
+        "inputs": [{ "name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 3, SIDE, SIDE] }],
+        "outputs": [{ "name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, model.classes.len()] }],
+        "classes": model.classes,
+    }))
+}
+
+async fn model_ready(ServedModel(model): ServedModel) -> Response {
+    if model.batcher.is_ready() {
+        return Json(json!({ "name": model.name, "ready": true })).into_response();
     }
-    ApiError::unavailable(format!("model '{}' is not loaded", state.model_name)).into_response()
+    ApiError::unavailable(format!("model '{}' is not loaded", model.name)).into_response()
 }
 
 async fn infer(
@@ -140,15 +155,31 @@ async fn infer(
     model: Result<ServedModel, ApiError>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let started = Instant::now();
     let deadline = state.deadline();
-    let checked = model
-        .and_then(|_| state.admit())
-        .and_then(|place| Ok((place, protocol::header_length(request.headers())?)));
-    let (_place, header_length) = match checked {
+    let checked = model.and_then(|model| {
+        let place = state.admit()?;
+        Ok((model, place, protocol::header_length(request.headers())?))
+    });
+    let (ServedModel(model), _place, header_length) = match checked {
         Ok(ok) => ok,
         Err(e) => return Err(refuse(request, e).await),
     };
+    let answer = infer_on(&state, &model, request, header_length, deadline).await;
+    model.stats.request(answer.is_ok(), started.elapsed());
+    answer
+}
+
+/// An admitted infer request on `model`: its body read, decoded, run and answered.
+async fn infer_on(
+    state: &AppState,
+    model: &Version,
+    request: Request,
+    header_length: Option<usize>,
+    deadline: Deadline,
+) -> Result<Response, ApiError> {
     let body = state.read_body(request, deadline).await?;
+    let decoding = Instant::now();
     let (id, binary, values, rows) = state
         .decode(deadline, move |decoding| {
             let request = protocol::parse(&body, header_length)?;
@@ -156,20 +187,26 @@ async fn infer(
             Ok((request.id, request.binary_output, values, rows))
         })
         .await?;
-    match state
+    model.stats.compute_input.add(decoding.elapsed());
+    let probabilities = match model
         .batcher
         .run(values, rows, Want::Probabilities, deadline)
         .await?
     {
-        Answer::Probabilities(p) => protocol::response(
-            &state.model_name,
-            id.as_deref(),
-            binary,
-            &p,
-            state.classes.len(),
-        ),
-        _ => Err(wrong_kind()),
-    }
+        Answer::Probabilities(p) => p,
+        _ => return Err(wrong_kind()),
+    };
+    let encoding = Instant::now();
+    let response = protocol::response(
+        &model.name,
+        &model.version.to_string(),
+        id.as_deref(),
+        binary,
+        &probabilities,
+        model.classes.len(),
+    );
+    model.stats.compute_output.add(encoding.elapsed());
+    response
 }
 
 fn wrong_kind() -> ApiError {
@@ -193,7 +230,7 @@ async fn predict(
         file: r.file,
         top_k: r.top_k,
     };
-    match state.batcher.run(r.values, 1, want, r.deadline).await? {
+    match r.model.batcher.run(r.values, 1, want, r.deadline).await? {
         Answer::Prediction(p) => Ok(Json(p).into_response()),
         _ => Err(wrong_kind()),
     }
@@ -214,7 +251,7 @@ async fn explain(
         file: r.file,
         top_k: r.top_k,
     };
-    let (prediction, picture) = match state.batcher.run(r.values, 1, want, r.deadline).await? {
+    let (prediction, picture) = match r.model.batcher.run(r.values, 1, want, r.deadline).await? {
         Answer::Explanation {
             prediction,
             picture_png,
@@ -265,17 +302,18 @@ async fn image_request(
     let checked = query
         .map_err(|e| ApiError::bad_request(e.body_text()))
         .and_then(|Query(query)| {
+            let model = state.registry.default_version()?;
             let top_k = query.top_k.unwrap_or(3);
-            let classes = state.classes.len();
+            let classes = model.classes.len();
             if !(1..=classes).contains(&top_k) {
                 return Err(ApiError::bad_request(format!(
                     "top_k must be 1 to {classes}"
                 )));
             }
             let file = query.name.unwrap_or_else(|| "request".into());
-            Ok((state.admit()?, file, top_k))
+            Ok((state.admit()?, model, file, top_k))
         });
-    let (place, file, top_k) = match checked {
+    let (place, model, file, top_k) = match checked {
         Ok(ok) => ok,
         Err(e) => return Err(refuse(request, e).await),
     };
@@ -304,6 +342,7 @@ async fn image_request(
     };
     Ok(ImageRequest {
         _place: place,
+        model,
         deadline,
         values,
         file,
@@ -315,6 +354,8 @@ async fn image_request(
 struct ImageRequest {
     /// Its place among the requests in progress, held until the answer is sent.
     _place: Admission,
+    /// The default model's version it runs on.
+    model: Arc<Version>,
     deadline: Deadline,
     values: Vec<f32>,
     file: String,
@@ -322,14 +363,123 @@ struct ImageRequest {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let mut text = state.metrics.render();
+    let snapshot = state.registry.snapshot();
+    let versions: Vec<_> = snapshot
+        .models
+        .values()
+        .flat_map(|m| m.versions.iter())
+        .map(|(&v, version)| (version.name.as_str(), v, &*version.stats))
+        .collect();
+    stats::write_metrics(&mut text, &versions);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        text,
     )
         .into_response()
+}
+
+/// Triton's statistics extension: every loaded version, those of one model, or one version.
+async fn model_stats(
+    State(state): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let chosen: Vec<Arc<Version>> = match params.get("name") {
+        None => {
+            let snapshot = state.registry.snapshot();
+            let all = snapshot.models.values().flat_map(|m| m.versions.values());
+            all.cloned().collect()
+        }
+        Some(name) => match params.get("version") {
+            Some(v) => vec![state.registry.resolve(name, Some(v))?],
+            None => {
+                // 404 for a model that is not loaded; then all its versions.
+                state.registry.resolve(name, None)?;
+                let snapshot = state.registry.snapshot();
+                let versions = snapshot.models.get(name).map(|m| m.versions.values());
+                versions.into_iter().flatten().cloned().collect()
+            }
+        },
+    };
+    let entries: Vec<Value> = chosen
+        .iter()
+        .map(|v| v.stats.json(&v.name, v.version))
+        .collect();
+    Ok(Json(json!({ "model_stats": entries })))
+}
+
+/// `POST /v2/repository/index`: every model of the repository, with each version's state.
+async fn repository_index(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    auth::check_admin(state.admin_key.as_ref(), &headers)?;
+    let registry = Arc::clone(&state.registry);
+    let index = tokio::task::spawn_blocking(move || registry.index())
+        .await
+        .map_err(|_| ApiError::internal("reading the repository failed unexpectedly"))?
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!(index)))
+}
+
+/// `POST /v2/repository/models/{name}/load`: reads the model's folder again and serves what it
+/// holds now; 400 with the reason when a version fails (its previous file keeps serving).
+async fn load_model(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    auth::check_admin(state.admin_key.as_ref(), &headers)?;
+    refuse_overrides(&body)?;
+    let registry = Arc::clone(&state.registry);
+    let loading = name.clone();
+    tokio::task::spawn_blocking(move || registry.load(&loading))
+        .await
+        .map_err(|_| ApiError::internal("loading the model failed unexpectedly"))?
+        .map_err(ApiError::bad_request)?;
+    Ok(Json(json!({ "name": name, "loaded": true })))
+}
+
+/// Triton's load request may carry a configuration or files to load instead of the repository's;
+/// maas loads only what the repository holds, and says so rather than ignoring them.
+fn refuse_overrides(body: &[u8]) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let request: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the load request is not JSON: {e}")))?;
+    let overrides = request["parameters"]
+        .as_object()
+        .is_some_and(|p| p.keys().any(|k| k == "config" || k.starts_with("file:")));
+    if overrides {
+        return Err(ApiError::bad_request(
+            "maas loads models from its repository only: a config or files in the load request are not supported",
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /v2/repository/models/{name}/unload`: stops serving the model; requests in flight
+/// finish.
+async fn unload_model(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    auth::check_admin(state.admin_key.as_ref(), &headers)?;
+    let registry = Arc::clone(&state.registry);
+    let unloading = name.clone();
+    // As in Triton, unloading a model that is not loaded is no error.
+    let was_loaded = tokio::task::spawn_blocking(move || registry.unload(&unloading))
+        .await
+        .map_err(|_| ApiError::internal("unloading the model failed unexpectedly"))?;
+    Ok(Json(
+        json!({ "name": name, "unloaded": true, "was_loaded": was_loaded }),
+    ))
 }
 
 async fn not_found(request: Request) -> ApiError {

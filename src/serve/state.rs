@@ -14,10 +14,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout_at};
 
 use super::ServeConfig;
-use super::batcher::Batcher;
 use super::decode::{Decoding, PixelLimits, StopOnDrop};
 use super::error::ApiError;
 use super::metrics::Metrics;
+use super::registry::Registry;
 
 /// The shared state, cheap to clone.
 #[derive(Clone)]
@@ -37,12 +37,10 @@ impl Drop for Admission {
 
 /// The contents of [`AppState`].
 pub struct Shared {
-    /// The name clients use in `/v2/models/NAME`.
-    pub model_name: String,
-    /// Class names, in output order.
-    pub classes: Vec<String>,
-    /// The way to the model.
-    pub batcher: Batcher,
+    /// The models served.
+    pub registry: Arc<Registry>,
+    /// The key of the repository routes (`--admin-key`); without one they answer 403.
+    pub admin_key: Option<super::auth::Keys>,
     /// What `/metrics` reports.
     pub metrics: Arc<Metrics>,
     /// Longest a request may take, reading its body included.
@@ -70,15 +68,14 @@ impl AppState {
     /// once, each may decode `max_decode_pixels`, and that many may be decoded at once.
     pub fn new(
         config: &ServeConfig,
-        classes: Vec<String>,
-        batcher: Batcher,
+        registry: Arc<Registry>,
+        admin_key: Option<super::auth::Keys>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self(Arc::new(Shared {
-            model_name: config.model_name.clone(),
-            classes,
-            batcher,
+            registry,
+            admin_key,
             metrics,
             timeout: config.timeout,
             max_body: config.max_body_bytes,

@@ -20,6 +20,14 @@ impl Server {
     /// Starts `maas --device cpu serve --port 0 --model model.maas EXTRA...` in the workspace and
     /// waits for its `listening on` line.
     pub fn start(ws: &Workspace, extra: &[&str]) -> Server {
+        let mut args = vec!["--model", "model.maas"];
+        args.extend_from_slice(extra);
+        Self::start_serving(ws, &args)
+    }
+
+    /// Starts `maas --device cpu serve --port 0 ARGS...` (which name what to serve) in the
+    /// workspace and waits for its `listening on` line.
+    pub fn start_serving(ws: &Workspace, args: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_maas"));
         for (key, _) in std::env::vars() {
             if key.starts_with("MAAS_") {
@@ -28,16 +36,8 @@ impl Server {
         }
         cmd.current_dir(ws.dir.path())
             .env("MAAS_PROGRESS", "never")
-            .args([
-                "--device",
-                "cpu",
-                "serve",
-                "--port",
-                "0",
-                "--model",
-                "model.maas",
-            ])
-            .args(extra)
+            .args(["--device", "cpu", "serve", "--port", "0"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -85,8 +85,13 @@ impl Server {
 
     /// Sends SIGTERM, as an orchestrator stopping the server does.
     pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Sends a signal (`-TERM`, `-HUP`) with kill(1).
+    pub fn signal(&self, which: &str) {
         let killed = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([which, &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(killed.success());
