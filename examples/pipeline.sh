@@ -36,7 +36,8 @@ MAAS_API_KEY=$key "$maas" --device cpu serve --model "$work/model.maas" --port 0
 server=$!
 url=""
 for _ in $(seq 1 300); do
-    url=$(sed -n 's/^listening on \(http[^ ]*\).*/\1/p' "$work/serve.log")
+    # The whole line, up to the details after the URL: the server may still be writing it.
+    url=$(sed -n 's/^listening on \(http[^ ]*\) (.*/\1/p' "$work/serve.log")
     [ -n "$url" ] && break
     kill -0 "$server" 2>/dev/null || { cat "$work/serve.log" >&2; exit 1; }
     sleep 0.1
