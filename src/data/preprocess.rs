@@ -12,7 +12,11 @@ use std::io::Cursor;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage, imageops::FilterType};
+use image::{
+    DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage, imageops::FilterType,
+};
+
+use super::jpeg::ScaledJpeg;
 use serde::{Deserialize, Serialize};
 
 /// Width and height of the model's input.
@@ -26,6 +30,11 @@ pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
 /// (256 MiB). Compressed images of that size are far smaller; the bound is for what is not an
 /// image at all (`/dev/zero`, a runaway file).
 pub const MAX_FILE_BYTES: u64 = 4 * MAX_PIXELS;
+
+/// The largest difference in a model input value (on the 0-1 scale) between a JPEG decoded at a
+/// reduced DCT scale and the same JPEG decoded at full size, both then resized: what the tests
+/// hold the scaled path to (README, "Photos").
+pub const MAX_SCALED_DIFFERENCE: f32 = 0.08;
 
 /// A description of the preprocessing, saved in every model file and checked on load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,8 +90,15 @@ pub fn image_to_chw(image: &DynamicImage) -> Vec<u8> {
     chw
 }
 
+/// Decodes and preprocesses an encoded image into channel-major RGB bytes of 32x32: what
+/// training on a folder keeps of each image (one byte a value, normalised per batch).
+pub fn image_bytes_to_chw(bytes: &[u8]) -> Result<Vec<u8>> {
+    Ok(image_to_chw(&open_image(bytes)?.decode()?))
+}
+
 /// Decodes an encoded image (any format the `image` crate reads, told by its content); the
 /// header is read first, and an image of more than [`MAX_PIXELS`] pixels is refused undecoded.
+/// A large JPEG comes at its reduced DCT scale (see [`OpenedImage::decode`]).
 pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage> {
     open_image(bytes)?.decode()
 }
@@ -143,26 +159,43 @@ pub fn small_image_to_input(bytes: &[u8], max_pixels: u64) -> Option<Vec<f32>> {
 /// An encoded image whose header has been read: its size is known and no pixel is decoded yet,
 /// so that a caller can refuse it, or wait for room, before paying for the pixels (a PNG of half
 /// a megabyte can declare 8192x8192 16-bit pixels: 550 MB and a second of CPU).
-pub struct OpenedImage<D> {
-    decoder: D,
+pub struct OpenedImage<'a> {
+    source: Source<'a>,
+}
+
+enum Source<'a> {
+    /// A JPEG of at least 128 pixels a side, decoded at a reduced DCT scale.
+    Jpeg(Box<ScaledJpeg<'a>>),
+    /// Any other image, decoded at full size by the `image` crate.
+    General(Box<dyn ImageDecoder + 'a>),
 }
 
 /// Reads the header of an encoded image (any format the `image` crate reads, told by its
-/// content); an image of more than [`MAX_PIXELS`] pixels is refused here, undecoded.
-pub fn open_image(bytes: &[u8]) -> Result<OpenedImage<impl ImageDecoder + '_>> {
+/// content); an image of more than [`MAX_PIXELS`] pixels is refused here, undecoded. A JPEG cut
+/// short is refused here too.
+pub fn open_image(bytes: &[u8]) -> Result<OpenedImage<'_>> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| image_error(&e))
         .context("cannot read image")?;
-    if reader.format().is_none() {
+    let Some(format) = reader.format() else {
         anyhow::bail!("not an image in a format maas reads (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)");
+    };
+    if format == ImageFormat::Jpeg
+        && let Some(jpeg) = ScaledJpeg::open(bytes, MAX_PIXELS)?
+    {
+        return Ok(OpenedImage {
+            source: Source::Jpeg(Box::new(jpeg)),
+        });
     }
     reader.limits(decode_limits());
     let image = OpenedImage {
-        decoder: reader
-            .into_decoder()
-            .map_err(|e| image_error(&e))
-            .context("cannot read the image's header")?,
+        source: Source::General(Box::new(
+            reader
+                .into_decoder()
+                .map_err(|e| image_error(&e))
+                .context("cannot read the image's header")?,
+        )),
     };
     if image.pixels() > MAX_PIXELS {
         let (w, h) = image.dimensions();
@@ -171,10 +204,13 @@ pub fn open_image(bytes: &[u8]) -> Result<OpenedImage<impl ImageDecoder + '_>> {
     Ok(image)
 }
 
-impl<D: ImageDecoder> OpenedImage<D> {
+impl OpenedImage<'_> {
     /// Width and height, as the header declares them.
     pub fn dimensions(&self) -> (u32, u32) {
-        self.decoder.dimensions()
+        match &self.source {
+            Source::Jpeg(jpeg) => jpeg.declared(),
+            Source::General(decoder) => decoder.dimensions(),
+        }
     }
 
     /// Pixels, as the header declares them.
@@ -183,16 +219,37 @@ impl<D: ImageDecoder> OpenedImage<D> {
         u64::from(w) * u64::from(h)
     }
 
-    /// Decodes the pixels.
+    /// Pixels the decode will produce: fewer than [`Self::pixels`] for a JPEG decoded at a
+    /// reduced DCT scale (a 4000x3000 photo decodes to 500x375).
+    pub fn decoded_pixels(&self) -> u64 {
+        let (w, h) = match &self.source {
+            Source::Jpeg(jpeg) => jpeg.scaled(),
+            Source::General(decoder) => decoder.dimensions(),
+        };
+        u64::from(w) * u64::from(h)
+    }
+
+    /// Decodes the pixels: a large JPEG at its reduced DCT scale, anything else at full size.
     pub fn decode(self) -> Result<DynamicImage> {
-        // What `ImageReader::decode` checks before allocating the image.
-        decode_limits()
-            .reserve(self.decoder.total_bytes())
-            .map_err(|e| image_error(&e))
-            .context("cannot decode image")?;
-        DynamicImage::from_decoder(self.decoder)
-            .map_err(|e| image_error(&e))
-            .context("cannot decode image")
+        match self.source {
+            Source::Jpeg(jpeg) => {
+                let (w, h) = jpeg.scaled();
+                let rgb = jpeg.decode_rgb()?;
+                RgbImage::from_raw(w, h, rgb)
+                    .map(DynamicImage::ImageRgb8)
+                    .context("cannot decode image: the JPEG decoded to the wrong size")
+            }
+            Source::General(decoder) => {
+                // What `ImageReader::decode` checks before allocating the image.
+                decode_limits()
+                    .reserve(decoder.total_bytes())
+                    .map_err(|e| image_error(&e))
+                    .context("cannot decode image")?;
+                DynamicImage::from_decoder(decoder)
+                    .map_err(|e| image_error(&e))
+                    .context("cannot decode image")
+            }
+        }
     }
 
     /// Decodes the pixels and appends the model input values to `out`: the preprocessing of
@@ -203,8 +260,9 @@ impl<D: ImageDecoder> OpenedImage<D> {
     }
 }
 
-/// [`image_to_chw`] and [`normalize`] at once, without the intermediate bytes.
-fn image_to_input(image: &DynamicImage, out: &mut Vec<f32>) {
+/// [`image_to_chw`] and [`normalize`] at once, without the intermediate bytes: a decoded image's
+/// model input values, appended to `out`.
+pub fn image_to_input(image: &DynamicImage, out: &mut Vec<f32>) {
     let rgb = rgb_32x32(image);
     let plane = (SIDE * SIDE) as usize;
     let start = out.len();
@@ -220,14 +278,33 @@ fn image_to_input(image: &DynamicImage, out: &mut Vec<f32>) {
 
 /// THE resize and colour conversion: the image as 8-bit RGB of 32x32, borrowed when it already is.
 fn rgb_32x32(image: &DynamicImage) -> Cow<'_, RgbImage> {
+    let is_side = image.width() == SIDE && image.height() == SIDE;
     match image.as_rgb8() {
-        Some(rgb) if rgb.width() == SIDE && rgb.height() == SIDE => Cow::Borrowed(rgb),
-        _ if image.width() == SIDE && image.height() == SIDE => Cow::Owned(image.to_rgb8()),
-        _ => Cow::Owned(
-            image
-                .resize_exact(SIDE, SIDE, FilterType::Triangle)
-                .to_rgb8(),
-        ),
+        Some(rgb) if is_side => Cow::Borrowed(rgb),
+        _ if is_side => Cow::Owned(image.to_rgb8()),
+        Some(rgb) => Cow::Owned(resize_rgb(rgb)),
+        None => Cow::Owned(resize_rgb(&image.to_rgb8())),
+    }
+}
+
+/// THE resize: a triangle (bilinear) filter whose support widens with the reduction, so that
+/// every source pixel counts (antialiased, as PIL's); SIMD through `fast_image_resize`.
+fn resize_rgb(rgb: &RgbImage) -> RgbImage {
+    use fast_image_resize::images::{Image, ImageRef};
+    use fast_image_resize::{FilterType as Filter, PixelType, ResizeAlg, ResizeOptions, Resizer};
+    let resized = ImageRef::new(rgb.width(), rgb.height(), rgb.as_raw(), PixelType::U8x3)
+        .ok()
+        .and_then(|src| {
+            let mut dst = Image::new(SIDE, SIDE, PixelType::U8x3);
+            let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(Filter::Bilinear));
+            Resizer::new().resize(&src, &mut dst, &options).ok()?;
+            Some(dst.into_vec())
+        });
+    match resized.and_then(|v| RgbImage::from_raw(SIDE, SIDE, v)) {
+        Some(out) => out,
+        // Not reached: the buffers above are made to fit. The `image` crate's triangle filter
+        // rather than a panic.
+        None => image::imageops::resize(rgb, SIDE, SIDE, FilterType::Triangle),
     }
 }
 
@@ -326,6 +403,97 @@ mod tests {
         assert!(err.contains("100000x100000"), "{err}");
         let opened = open_image(&full).unwrap();
         assert_eq!((opened.dimensions(), opened.pixels()), ((40, 40), 1600));
+    }
+
+    /// A smooth photo-like picture of `w` x `h`, as a JPEG of quality 90.
+    pub(crate) fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+            Rgb([
+                (255.0 * fx) as u8,
+                (255.0 * fy) as u8,
+                (128.0 + 100.0 * (6.0 * fx + 4.0 * fy).sin()) as u8,
+            ])
+        });
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&img)
+            .unwrap();
+        out
+    }
+
+    /// Today's values of a 32x32 image: decoded by the `image` crate, no resize, byte / 255.
+    fn unresized(bytes: &[u8]) -> Vec<f32> {
+        let rgb = image::load_from_memory(bytes).unwrap().to_rgb8();
+        let mut out = vec![0.0; INPUT_LEN];
+        for (i, px) in rgb.pixels().enumerate() {
+            for c in 0..3 {
+                out[c * 1024 + i] = f32::from(px.0[c]) * (1.0 / 255.0);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn images_of_32x32_give_exactly_the_values_of_before() {
+        let rgb = RgbImage::from_fn(32, 32, |x, y| Rgb([(x * 8) as u8, (y * 8) as u8, 77]));
+        for bytes in [png(&DynamicImage::ImageRgb8(rgb)), jpeg(32, 32)] {
+            assert_eq!(image_bytes_to_input(&bytes).unwrap(), unresized(&bytes));
+        }
+    }
+
+    #[test]
+    fn large_jpegs_decode_scaled_and_close_to_a_full_decode() {
+        for (w, h, decoded) in [
+            (640, 427, (160, 107)),
+            (1000, 700, (125, 88)),
+            (200, 150, (100, 75)),
+        ] {
+            let bytes = jpeg(w, h);
+            let opened = open_image(&bytes).unwrap();
+            assert_eq!(opened.dimensions(), (w, h));
+            assert_eq!(opened.decoded_pixels(), decoded.0 * decoded.1);
+            let scaled = image_bytes_to_input(&bytes).unwrap();
+            let full = image::load_from_memory(&bytes).unwrap();
+            let mut reference = Vec::new();
+            image_to_input(&full, &mut reference);
+            let worst = scaled
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(worst <= MAX_SCALED_DIFFERENCE, "{w}x{h}: {worst}");
+        }
+        // Below 128 pixels on a side the general decoder takes it, at full size.
+        let small = jpeg(120, 500);
+        assert_eq!(open_image(&small).unwrap().decoded_pixels(), 120 * 500);
+    }
+
+    #[test]
+    fn truncated_corrupt_and_huge_jpegs_are_errors() {
+        for (w, h) in [(640, 427), (40, 40)] {
+            let full = jpeg(w, h);
+            for cut in [full.len() / 2, full.len() - 2, 300] {
+                let err = format!("{:#}", image_bytes_to_input(&full[..cut]).unwrap_err());
+                assert!(err.contains("truncated"), "{w}x{h} cut at {cut}: {err}");
+            }
+            // Bytes after the end marker are allowed; a segment length that lies is not.
+            let mut trailing = full.clone();
+            trailing.extend_from_slice(b"trailer");
+            assert!(image_bytes_to_input(&trailing).is_ok());
+            let mut lying = full.clone();
+            lying[4..6].copy_from_slice(&[0, 1]);
+            assert!(image_bytes_to_input(&lying).is_err());
+        }
+        // A frame header that claims 65000 x 65000 pixels: refused before any pixel is decoded.
+        let mut bomb = jpeg(640, 427);
+        let sof = bomb.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        bomb[sof + 5..sof + 9].copy_from_slice(&[0xFD, 0xE8, 0xFD, 0xE8]);
+        let err = format!("{:#}", open_image(&bomb).err().unwrap());
+        assert!(
+            err.contains("65000x65000") && err.contains("limit"),
+            "{err}"
+        );
     }
 
     #[test]
