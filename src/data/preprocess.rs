@@ -49,6 +49,10 @@ pub struct Preprocessing {
     pub resize: String,
     /// Factor applied to each 0-255 byte.
     pub scale: f32,
+    /// How images are decoded before the resize, in words (absent in files written before
+    /// JPEGs were decoded at a reduced DCT scale; informative, not checked on load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode: Option<String>,
 }
 
 impl Preprocessing {
@@ -60,7 +64,33 @@ impl Preprocessing {
             size: [SIDE, SIDE],
             resize: "triangle, aspect ratio not kept".into(),
             scale: 1.0 / 255.0,
+            decode: Some(
+                "JPEG of 128 px or more a side: decoded at the smallest DCT scale (1/2, 1/4, 1/8) \
+                 keeping 64 px or more on both axes, then resized; other images decoded at full \
+                 size; triangle filter, antialiased"
+                    .into(),
+            ),
         }
+    }
+
+    /// Whether a model made with `self` takes the same inputs as one made with `other`: everything
+    /// but the [`Self::decode`] description, which files of before lack.
+    pub fn compatible_with(&self, other: &Self) -> bool {
+        let Self {
+            color,
+            layout,
+            size,
+            resize,
+            scale,
+            decode: _,
+        } = other;
+        (
+            &self.color,
+            &self.layout,
+            &self.size,
+            &self.resize,
+            &self.scale,
+        ) == (color, layout, size, resize, scale)
     }
 }
 
@@ -494,6 +524,23 @@ mod tests {
             err.contains("65000x65000") && err.contains("limit"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_decode_description_is_saved_but_files_without_it_still_load() {
+        let current = Preprocessing::current();
+        let json = serde_json::to_string(&current).unwrap();
+        assert!(json.contains("DCT scale"), "{json}");
+        let mut before: serde_json::Value = serde_json::from_str(&json).unwrap();
+        before.as_object_mut().unwrap().remove("decode");
+        let before: Preprocessing = serde_json::from_value(before).unwrap();
+        assert_eq!(before.decode, None);
+        assert!(before.compatible_with(&current));
+        let other = Preprocessing {
+            scale: 1.0,
+            ..current.clone()
+        };
+        assert!(!other.compatible_with(&current));
     }
 
     #[test]
