@@ -8,8 +8,10 @@
 //! [`normalize`]: bytes scaled to [0, 1].
 
 use std::borrow::Cow;
-use std::io::Cursor;
+use std::io::{BufRead, Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use image::{
@@ -204,7 +206,19 @@ enum Source<'a> {
 /// content); an image of more than [`MAX_PIXELS`] pixels is refused here, undecoded. A JPEG cut
 /// short is refused here too.
 pub fn open_image(bytes: &[u8]) -> Result<OpenedImage<'_>> {
-    let mut reader = ImageReader::new(Cursor::new(bytes))
+    open_image_until(bytes, None)
+}
+
+/// [`open_image`] for a decode that stops, with an error, at its next read once `stop` is set:
+/// serve's decoding of a request that has been answered (a timeout) or abandoned. A large PNG
+/// reads its data as it decodes, so it stops within a few rows; a large JPEG's decode is short
+/// (a reduced DCT scale) and runs to its end.
+pub fn open_image_until(bytes: &[u8], stop: Option<Arc<AtomicBool>>) -> Result<OpenedImage<'_>> {
+    let source = StopReader {
+        inner: Cursor::new(bytes),
+        stop,
+    };
+    let mut reader = ImageReader::new(source)
         .with_guessed_format()
         .map_err(|e| image_error(&e))
         .context("cannot read image")?;
@@ -232,6 +246,47 @@ pub fn open_image(bytes: &[u8]) -> Result<OpenedImage<'_>> {
         anyhow::bail!("image is {w}x{h} pixels, more than the {MAX_PIXELS}-pixel limit");
     }
     Ok(image)
+}
+
+/// The encoded bytes, read until a flag says stop.
+struct StopReader<'a> {
+    inner: Cursor<&'a [u8]>,
+    stop: Option<Arc<AtomicBool>>,
+}
+
+impl StopReader<'_> {
+    fn check(&self) -> std::io::Result<()> {
+        match &self.stop {
+            Some(stop) if stop.load(Ordering::Relaxed) => Err(std::io::Error::other(
+                "decoding stopped: nobody waits for the answer any more",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Read for StopReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.check()?;
+        self.inner.read(buf)
+    }
+}
+
+impl BufRead for StopReader<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.check()?;
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.inner.consume(amount);
+    }
+}
+
+impl Seek for StopReader<'_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(to)
+    }
 }
 
 impl OpenedImage<'_> {
@@ -541,6 +596,24 @@ mod tests {
             ..current.clone()
         };
         assert!(!other.compatible_with(&current));
+    }
+
+    #[test]
+    fn a_decode_stops_at_its_next_read_once_told() {
+        // Noise, so that the PNG's data is far larger than what reading its header buffers.
+        let mut state = 1u32;
+        let noisy = RgbImage::from_fn(512, 512, |_, _| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            Rgb([(state >> 24) as u8, (state >> 16) as u8, (state >> 8) as u8])
+        });
+        let bytes = png(&DynamicImage::ImageRgb8(noisy));
+        let stop = Arc::new(AtomicBool::new(false));
+        let opened = open_image_until(&bytes, Some(Arc::clone(&stop))).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let err = format!("{:#}", opened.to_input(&mut Vec::new()).unwrap_err());
+        assert!(err.contains("stopped"), "{err}");
+        let opened = open_image_until(&bytes, Some(Arc::new(AtomicBool::new(false)))).unwrap();
+        assert!(opened.to_input(&mut Vec::new()).is_ok());
     }
 
     #[test]

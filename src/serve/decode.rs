@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout_at};
 
 use super::error::ApiError;
-use crate::data::preprocess::{MAX_PIXELS, SIDE, open_image};
+use crate::data::preprocess::{MAX_PIXELS, SIDE, open_image_until};
 
 /// The default of `--max-decode-pixels`: one image of the largest size maas decodes at all.
 pub const DEFAULT_MAX_DECODE_PIXELS: u64 = MAX_PIXELS;
@@ -99,7 +99,8 @@ impl Decoding {
     pub fn image(&mut self, bytes: &[u8], out: &mut Vec<f32>) -> Result<(), ApiError> {
         self.check_wanted()?;
         let bad = |e: anyhow::Error| ApiError::bad_request(format!("{e:#}"));
-        let image = open_image(bytes).map_err(bad)?;
+        let stop = self.bounds.as_ref().map(|b| Arc::clone(&b.gone));
+        let image = open_image_until(bytes, stop).map_err(bad)?;
         let pixels = image.decoded_pixels();
         if pixels > self.left {
             let (w, h) = image.dimensions();
@@ -119,7 +120,10 @@ impl Decoding {
         }
         self.left -= pixels;
         let _room = self.room(pixels)?;
-        image.to_input(out).map_err(bad)
+        // A decode stopped because the request is gone ends as such, not as a bad image.
+        image
+            .to_input(out)
+            .map_err(|e| self.check_wanted().err().unwrap_or_else(|| bad(e)))
     }
 
     /// Refuses to go on once the request is gone: its answer (a timeout) has been sent, or its
