@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use rayon::prelude::*;
 
 use super::args::{ModelArgs, OutputArgs};
 use super::{Context, exit_code, print_json, print_stdout};
@@ -31,6 +32,9 @@ pub struct ExplainArgs {
     output: OutputArgs,
 }
 
+/// Images decoded at once before they are explained one by one.
+const DECODE_CHUNK: usize = 64;
+
 pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
     let (path, loaded) = args.model.load(&cx.reporter)?;
     let selected = cx.select_device()?;
@@ -41,23 +45,30 @@ pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
     let (files, mut errors) = (inputs.files, inputs.errors);
     let pictures = explain::picture_paths(&files, &args.out);
     let mut explanations = Vec::new();
-    for (file, picture) in files.iter().zip(&pictures) {
-        let outcome = load_image_file(file).and_then(|input| {
-            explain::explain(
-                &classifier,
-                &explainer,
-                file,
-                &input,
-                picture,
-                args.output.top_k as usize,
-            )
-        });
-        match outcome {
-            Ok(e) => explanations.push(e),
-            Err(e) => errors.push(FileError {
-                file: file.display().to_string(),
-                error: format!("{e:#}"),
-            }),
+    // Decoded on every core a chunk at a time (memory stays bounded), explained in order.
+    for (files, pictures) in files
+        .chunks(DECODE_CHUNK)
+        .zip(pictures.chunks(DECODE_CHUNK))
+    {
+        let inputs: Vec<_> = files.par_iter().map(|f| load_image_file(f)).collect();
+        for ((file, picture), input) in files.iter().zip(pictures).zip(inputs) {
+            let outcome = input.and_then(|input| {
+                explain::explain(
+                    &classifier,
+                    &explainer,
+                    file,
+                    &input,
+                    picture,
+                    args.output.top_k as usize,
+                )
+            });
+            match outcome {
+                Ok(e) => explanations.push(e),
+                Err(e) => errors.push(FileError {
+                    file: file.display().to_string(),
+                    error: format!("{e:#}"),
+                }),
+            }
         }
     }
     if args.output.json {
