@@ -75,7 +75,10 @@ impl ModelConfig {
         if self.hidden == 0 {
             bail!("hidden width 0 is not supported");
         }
-        if self.preprocessing != Preprocessing::current() {
+        if !self
+            .preprocessing
+            .compatible_with(&Preprocessing::current())
+        {
             bail!(
                 "its preprocessing {:?} differs from this maas's {:?}",
                 self.preprocessing,

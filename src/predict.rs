@@ -6,6 +6,7 @@ use anyhow::Result;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use indicatif::ProgressBar;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::preprocess::{INPUT_LEN, load_image_file};
@@ -214,8 +215,17 @@ pub fn predict_files(
     for chunk in files.chunks(CHUNK) {
         inputs.clear();
         let mut good = Vec::with_capacity(chunk.len());
-        for file in chunk {
-            match load_image_file(file) {
+        // Decoded on every core, in order; each file's result is its own.
+        let loaded: Vec<_> = chunk
+            .par_iter()
+            .map(|file| {
+                let input = load_image_file(file);
+                bar.inc(1);
+                input
+            })
+            .collect();
+        for (file, input) in chunk.iter().zip(loaded) {
+            match input {
                 Ok(input) => {
                     inputs.extend(input);
                     good.push(file.display().to_string());
@@ -234,7 +244,6 @@ pub fn predict_files(
                     .map(|(file, p)| prediction(classes, file, p, k)),
             );
         }
-        bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     Ok(PredictReport {

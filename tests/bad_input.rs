@@ -49,7 +49,24 @@ fn bad_images_are_named_with_their_problem() {
     bomb[29..33].copy_from_slice(&crc.to_be_bytes());
     std::fs::write(ws.path("bomb.png"), bomb).unwrap();
     std::fs::create_dir(ws.path("folder.png")).unwrap();
+    // A photo cut in half (it used to be classified as its first half), one whose first segment
+    // length lies, one whose frame header claims 65000x65000 pixels.
+    let photo = image::RgbImage::from_fn(640, 427, |x, y| image::Rgb([x as u8, y as u8, 90]));
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new(&mut jpeg)
+        .encode_image(&photo)
+        .unwrap();
+    std::fs::write(ws.path("cut.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();
+    let mut corrupt = jpeg.clone();
+    corrupt[4..6].copy_from_slice(&[0, 1]);
+    std::fs::write(ws.path("corrupt.jpg"), corrupt).unwrap();
+    let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    jpeg[sof + 5..sof + 9].copy_from_slice(&[0xFD, 0xE8, 0xFD, 0xE8]);
+    std::fs::write(ws.path("bomb.jpg"), jpeg).unwrap();
     for (file, problem) in [
+        ("cut.jpg", "truncated"),
+        ("corrupt.jpg", "corrupt"),
+        ("bomb.jpg", "limit"),
         ("empty.png", "not an image"),
         ("truncated.png", "decode"),
         ("garbage.jpg", "not an image"),

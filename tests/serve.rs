@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::server::Server;
 use common::{Look, Workspace, save_image, write_class_folder};
+use image::RgbImage;
 use maas::data::preprocess::image_bytes_to_input;
 use maas::data::synthetic;
 use serde_json::{Value, json};
@@ -133,6 +134,7 @@ fn workspace_with_model() -> Workspace {
 }
 
 /// Writes `n` test images of different classes, sizes and colour types; returns (name, bytes).
+/// The second is a 300x200 JPEG photo, decoded at a reduced DCT scale.
 fn images(ws: &Workspace, n: usize) -> Vec<(String, Vec<u8>)> {
     let looks = [
         (Look::Rgb, 32),
@@ -142,14 +144,20 @@ fn images(ws: &Workspace, n: usize) -> Vec<(String, Vec<u8>)> {
     ];
     (0..n)
         .map(|i| {
-            let name = format!("img{i}.png");
-            let (look, size) = looks[i % looks.len()];
-            save_image(
-                &synthetic::sample_image(i, 100 + i as u64),
-                &ws.path(&name),
-                look,
-                size,
-            );
+            let chw = synthetic::sample_image(i, 100 + i as u64);
+            let name = if i == 1 {
+                let name = format!("img{i}.jpg");
+                let small = RgbImage::from_raw(32, 32, synthetic::chw_to_hwc(&chw)).unwrap();
+                image::imageops::resize(&small, 300, 200, image::imageops::FilterType::Triangle)
+                    .save(ws.path(&name))
+                    .unwrap();
+                name
+            } else {
+                let name = format!("img{i}.png");
+                let (look, size) = looks[i % looks.len()];
+                save_image(&chw, &ws.path(&name), look, size);
+                name
+            };
             (name.clone(), std::fs::read(ws.path(&name)).unwrap())
         })
         .collect()

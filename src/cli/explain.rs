@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow};
 use clap::Args;
+use rayon::prelude::*;
 
 use super::args::{ModelArgs, OutputArgs};
 use super::remote::RemoteArgs;
@@ -43,6 +44,9 @@ enum Explaining {
     Remote(RemoteModel),
 }
 
+/// Images decoded at once before they are explained one by one.
+const DECODE_CHUNK: usize = 64;
+
 pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
     let (explaining, name) = match args.remote.config()? {
         Some(remote) => {
@@ -68,26 +72,39 @@ pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
     let (files, mut errors) = (inputs.files, inputs.errors);
     let pictures = explain::picture_paths(&files, &args.out);
     let mut explanations = Vec::new();
-    for (file, picture) in files.iter().zip(&pictures) {
-        let outcome = match &explaining {
-            Explaining::Local(classifier, explainer) => load_image_file(file).and_then(|input| {
-                explain::explain(classifier, explainer, file, &input, picture, k)
-            }),
-            // A server's failure ends the command; an unreadable image is that file's error.
-            Explaining::Remote(model) => match read_image(file) {
-                Ok(bytes) => {
-                    let answer = model.explain(&bytes, k)?;
-                    remote_explanation(model, file, answer, picture)
-                }
-                Err(e) => Err(e),
-            },
+    // Local images are decoded on every core a chunk at a time (memory stays bounded), then
+    // explained in order; a server decodes what it is sent.
+    for (files, pictures) in files
+        .chunks(DECODE_CHUNK)
+        .zip(pictures.chunks(DECODE_CHUNK))
+    {
+        let inputs: Vec<_> = match &explaining {
+            Explaining::Local(..) => files.par_iter().map(|f| Some(load_image_file(f))).collect(),
+            Explaining::Remote(_) => files.iter().map(|_| None).collect(),
         };
-        match outcome {
-            Ok(e) => explanations.push(e),
-            Err(e) => errors.push(FileError {
-                file: file.display().to_string(),
-                error: format!("{e:#}"),
-            }),
+        for ((file, picture), input) in files.iter().zip(pictures).zip(inputs) {
+            let outcome = match &explaining {
+                Explaining::Local(classifier, explainer) => input
+                    .unwrap_or_else(|| load_image_file(file))
+                    .and_then(|input| {
+                        explain::explain(classifier, explainer, file, &input, picture, k)
+                    }),
+                // A server's failure ends the command; an unreadable image is that file's error.
+                Explaining::Remote(model) => match read_image(file) {
+                    Ok(bytes) => {
+                        let answer = model.explain(&bytes, k)?;
+                        remote_explanation(model, file, answer, picture)
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match outcome {
+                Ok(e) => explanations.push(e),
+                Err(e) => errors.push(FileError {
+                    file: file.display().to_string(),
+                    error: format!("{e:#}"),
+                }),
+            }
         }
     }
     if args.output.json {

@@ -17,7 +17,7 @@ use super::MAX_CLASSES;
 use super::cifar10::{DIR_NAME, IMAGE_BYTES};
 use super::files::{FileError, ImageWalk};
 use super::labelled::LabelledImages;
-use super::preprocess::{MAX_FILE_BYTES, decode_image, image_to_chw};
+use super::preprocess::{MAX_FILE_BYTES, image_bytes_to_chw};
 
 /// The share of each class held out for testing when the folder has no `test/`.
 pub const DEFAULT_VAL_SPLIT: f64 = 0.1;
@@ -327,8 +327,7 @@ pub fn load_files(files: &[(PathBuf, u8)], bar: &ProgressBar) -> (LabelledImages
 
 fn read_image(path: &Path) -> Result<Vec<u8>, String> {
     let bytes = crate::fsutil::read_regular(path, MAX_FILE_BYTES).map_err(|e| format!("{e:#}"))?;
-    let image = decode_image(&bytes).map_err(|e| format!("{e:#}"))?;
-    Ok(image_to_chw(&image))
+    image_bytes_to_chw(&bytes).map_err(|e| format!("{e:#}"))
 }
 
 #[cfg(test)]

@@ -8,11 +8,17 @@
 //! [`normalize`]: bytes scaled to [0, 1].
 
 use std::borrow::Cow;
-use std::io::Cursor;
+use std::io::{BufRead, Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage, imageops::FilterType};
+use image::{
+    DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage, imageops::FilterType,
+};
+
+use super::jpeg::ScaledJpeg;
 use serde::{Deserialize, Serialize};
 
 /// Width and height of the model's input.
@@ -27,6 +33,11 @@ pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
 /// image at all (`/dev/zero`, a runaway file).
 pub const MAX_FILE_BYTES: u64 = 4 * MAX_PIXELS;
 
+/// The largest difference in a model input value (on the 0-1 scale) between a JPEG decoded at a
+/// reduced DCT scale and the same JPEG decoded at full size, both then resized: what the tests
+/// hold the scaled path to (README, "Photos").
+pub const MAX_SCALED_DIFFERENCE: f32 = 0.08;
+
 /// A description of the preprocessing, saved in every model file and checked on load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Preprocessing {
@@ -40,6 +51,10 @@ pub struct Preprocessing {
     pub resize: String,
     /// Factor applied to each 0-255 byte.
     pub scale: f32,
+    /// How images are decoded before the resize, in words (absent in files written before
+    /// JPEGs were decoded at a reduced DCT scale; informative, not checked on load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode: Option<String>,
 }
 
 impl Preprocessing {
@@ -51,7 +66,33 @@ impl Preprocessing {
             size: [SIDE, SIDE],
             resize: "triangle, aspect ratio not kept".into(),
             scale: 1.0 / 255.0,
+            decode: Some(
+                "JPEG of 128 px or more a side: decoded at the smallest DCT scale (1/2, 1/4, 1/8) \
+                 keeping 64 px or more on both axes, then resized; other images decoded at full \
+                 size; triangle filter, antialiased"
+                    .into(),
+            ),
         }
+    }
+
+    /// Whether a model made with `self` takes the same inputs as one made with `other`: everything
+    /// but the [`Self::decode`] description, which files of before lack.
+    pub fn compatible_with(&self, other: &Self) -> bool {
+        let Self {
+            color,
+            layout,
+            size,
+            resize,
+            scale,
+            decode: _,
+        } = other;
+        (
+            &self.color,
+            &self.layout,
+            &self.size,
+            &self.resize,
+            &self.scale,
+        ) == (color, layout, size, resize, scale)
     }
 }
 
@@ -81,8 +122,15 @@ pub fn image_to_chw(image: &DynamicImage) -> Vec<u8> {
     chw
 }
 
+/// Decodes and preprocesses an encoded image into channel-major RGB bytes of 32x32: what
+/// training on a folder keeps of each image (one byte a value, normalised per batch).
+pub fn image_bytes_to_chw(bytes: &[u8]) -> Result<Vec<u8>> {
+    Ok(image_to_chw(&open_image(bytes)?.decode()?))
+}
+
 /// Decodes an encoded image (any format the `image` crate reads, told by its content); the
 /// header is read first, and an image of more than [`MAX_PIXELS`] pixels is refused undecoded.
+/// A large JPEG comes at its reduced DCT scale (see [`OpenedImage::decode`]).
 pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage> {
     open_image(bytes)?.decode()
 }
@@ -143,26 +191,55 @@ pub fn small_image_to_input(bytes: &[u8], max_pixels: u64) -> Option<Vec<f32>> {
 /// An encoded image whose header has been read: its size is known and no pixel is decoded yet,
 /// so that a caller can refuse it, or wait for room, before paying for the pixels (a PNG of half
 /// a megabyte can declare 8192x8192 16-bit pixels: 550 MB and a second of CPU).
-pub struct OpenedImage<D> {
-    decoder: D,
+pub struct OpenedImage<'a> {
+    source: Source<'a>,
+}
+
+enum Source<'a> {
+    /// A JPEG of at least 128 pixels a side, decoded at a reduced DCT scale.
+    Jpeg(Box<ScaledJpeg<'a>>),
+    /// Any other image, decoded at full size by the `image` crate.
+    General(Box<dyn ImageDecoder + 'a>),
 }
 
 /// Reads the header of an encoded image (any format the `image` crate reads, told by its
-/// content); an image of more than [`MAX_PIXELS`] pixels is refused here, undecoded.
-pub fn open_image(bytes: &[u8]) -> Result<OpenedImage<impl ImageDecoder + '_>> {
-    let mut reader = ImageReader::new(Cursor::new(bytes))
+/// content); an image of more than [`MAX_PIXELS`] pixels is refused here, undecoded. A JPEG cut
+/// short is refused here too.
+pub fn open_image(bytes: &[u8]) -> Result<OpenedImage<'_>> {
+    open_image_until(bytes, None)
+}
+
+/// [`open_image`] for a decode that stops, with an error, at its next read once `stop` is set:
+/// serve's decoding of a request that has been answered (a timeout) or abandoned. A large PNG
+/// reads its data as it decodes, so it stops within a few rows; a large JPEG's decode is short
+/// (a reduced DCT scale) and runs to its end.
+pub fn open_image_until(bytes: &[u8], stop: Option<Arc<AtomicBool>>) -> Result<OpenedImage<'_>> {
+    let source = StopReader {
+        inner: Cursor::new(bytes),
+        stop,
+    };
+    let mut reader = ImageReader::new(source)
         .with_guessed_format()
         .map_err(|e| image_error(&e))
         .context("cannot read image")?;
-    if reader.format().is_none() {
+    let Some(format) = reader.format() else {
         anyhow::bail!("not an image in a format maas reads (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)");
+    };
+    if format == ImageFormat::Jpeg
+        && let Some(jpeg) = ScaledJpeg::open(bytes, MAX_PIXELS)?
+    {
+        return Ok(OpenedImage {
+            source: Source::Jpeg(Box::new(jpeg)),
+        });
     }
     reader.limits(decode_limits());
     let image = OpenedImage {
-        decoder: reader
-            .into_decoder()
-            .map_err(|e| image_error(&e))
-            .context("cannot read the image's header")?,
+        source: Source::General(Box::new(
+            reader
+                .into_decoder()
+                .map_err(|e| image_error(&e))
+                .context("cannot read the image's header")?,
+        )),
     };
     if image.pixels() > MAX_PIXELS {
         let (w, h) = image.dimensions();
@@ -171,10 +248,54 @@ pub fn open_image(bytes: &[u8]) -> Result<OpenedImage<impl ImageDecoder + '_>> {
     Ok(image)
 }
 
-impl<D: ImageDecoder> OpenedImage<D> {
+/// The encoded bytes, read until a flag says stop.
+struct StopReader<'a> {
+    inner: Cursor<&'a [u8]>,
+    stop: Option<Arc<AtomicBool>>,
+}
+
+impl StopReader<'_> {
+    fn check(&self) -> std::io::Result<()> {
+        match &self.stop {
+            Some(stop) if stop.load(Ordering::Relaxed) => Err(std::io::Error::other(
+                "decoding stopped: nobody waits for the answer any more",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Read for StopReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.check()?;
+        self.inner.read(buf)
+    }
+}
+
+impl BufRead for StopReader<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.check()?;
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.inner.consume(amount);
+    }
+}
+
+impl Seek for StopReader<'_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(to)
+    }
+}
+
+impl OpenedImage<'_> {
     /// Width and height, as the header declares them.
     pub fn dimensions(&self) -> (u32, u32) {
-        self.decoder.dimensions()
+        match &self.source {
+            Source::Jpeg(jpeg) => jpeg.declared(),
+            Source::General(decoder) => decoder.dimensions(),
+        }
     }
 
     /// Pixels, as the header declares them.
@@ -183,16 +304,37 @@ impl<D: ImageDecoder> OpenedImage<D> {
         u64::from(w) * u64::from(h)
     }
 
-    /// Decodes the pixels.
+    /// Pixels the decode will produce: fewer than [`Self::pixels`] for a JPEG decoded at a
+    /// reduced DCT scale (a 4000x3000 photo decodes to 500x375).
+    pub fn decoded_pixels(&self) -> u64 {
+        let (w, h) = match &self.source {
+            Source::Jpeg(jpeg) => jpeg.scaled(),
+            Source::General(decoder) => decoder.dimensions(),
+        };
+        u64::from(w) * u64::from(h)
+    }
+
+    /// Decodes the pixels: a large JPEG at its reduced DCT scale, anything else at full size.
     pub fn decode(self) -> Result<DynamicImage> {
-        // What `ImageReader::decode` checks before allocating the image.
-        decode_limits()
-            .reserve(self.decoder.total_bytes())
-            .map_err(|e| image_error(&e))
-            .context("cannot decode image")?;
-        DynamicImage::from_decoder(self.decoder)
-            .map_err(|e| image_error(&e))
-            .context("cannot decode image")
+        match self.source {
+            Source::Jpeg(jpeg) => {
+                let (w, h) = jpeg.scaled();
+                let rgb = jpeg.decode_rgb()?;
+                RgbImage::from_raw(w, h, rgb)
+                    .map(DynamicImage::ImageRgb8)
+                    .context("cannot decode image: the JPEG decoded to the wrong size")
+            }
+            Source::General(decoder) => {
+                // What `ImageReader::decode` checks before allocating the image.
+                decode_limits()
+                    .reserve(decoder.total_bytes())
+                    .map_err(|e| image_error(&e))
+                    .context("cannot decode image")?;
+                DynamicImage::from_decoder(decoder)
+                    .map_err(|e| image_error(&e))
+                    .context("cannot decode image")
+            }
+        }
     }
 
     /// Decodes the pixels and appends the model input values to `out`: the preprocessing of
@@ -203,8 +345,9 @@ impl<D: ImageDecoder> OpenedImage<D> {
     }
 }
 
-/// [`image_to_chw`] and [`normalize`] at once, without the intermediate bytes.
-fn image_to_input(image: &DynamicImage, out: &mut Vec<f32>) {
+/// [`image_to_chw`] and [`normalize`] at once, without the intermediate bytes: a decoded image's
+/// model input values, appended to `out`.
+pub fn image_to_input(image: &DynamicImage, out: &mut Vec<f32>) {
     let rgb = rgb_32x32(image);
     let plane = (SIDE * SIDE) as usize;
     let start = out.len();
@@ -220,14 +363,33 @@ fn image_to_input(image: &DynamicImage, out: &mut Vec<f32>) {
 
 /// THE resize and colour conversion: the image as 8-bit RGB of 32x32, borrowed when it already is.
 fn rgb_32x32(image: &DynamicImage) -> Cow<'_, RgbImage> {
+    let is_side = image.width() == SIDE && image.height() == SIDE;
     match image.as_rgb8() {
-        Some(rgb) if rgb.width() == SIDE && rgb.height() == SIDE => Cow::Borrowed(rgb),
-        _ if image.width() == SIDE && image.height() == SIDE => Cow::Owned(image.to_rgb8()),
-        _ => Cow::Owned(
-            image
-                .resize_exact(SIDE, SIDE, FilterType::Triangle)
-                .to_rgb8(),
-        ),
+        Some(rgb) if is_side => Cow::Borrowed(rgb),
+        _ if is_side => Cow::Owned(image.to_rgb8()),
+        Some(rgb) => Cow::Owned(resize_rgb(rgb)),
+        None => Cow::Owned(resize_rgb(&image.to_rgb8())),
+    }
+}
+
+/// THE resize: a triangle (bilinear) filter whose support widens with the reduction, so that
+/// every source pixel counts (antialiased, as PIL's); SIMD through `fast_image_resize`.
+fn resize_rgb(rgb: &RgbImage) -> RgbImage {
+    use fast_image_resize::images::{Image, ImageRef};
+    use fast_image_resize::{FilterType as Filter, PixelType, ResizeAlg, ResizeOptions, Resizer};
+    let resized = ImageRef::new(rgb.width(), rgb.height(), rgb.as_raw(), PixelType::U8x3)
+        .ok()
+        .and_then(|src| {
+            let mut dst = Image::new(SIDE, SIDE, PixelType::U8x3);
+            let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(Filter::Bilinear));
+            Resizer::new().resize(&src, &mut dst, &options).ok()?;
+            Some(dst.into_vec())
+        });
+    match resized.and_then(|v| RgbImage::from_raw(SIDE, SIDE, v)) {
+        Some(out) => out,
+        // Not reached: the buffers above are made to fit. The `image` crate's triangle filter
+        // rather than a panic.
+        None => image::imageops::resize(rgb, SIDE, SIDE, FilterType::Triangle),
     }
 }
 
@@ -326,6 +488,132 @@ mod tests {
         assert!(err.contains("100000x100000"), "{err}");
         let opened = open_image(&full).unwrap();
         assert_eq!((opened.dimensions(), opened.pixels()), ((40, 40), 1600));
+    }
+
+    /// A smooth photo-like picture of `w` x `h`, as a JPEG of quality 90.
+    pub(crate) fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+            Rgb([
+                (255.0 * fx) as u8,
+                (255.0 * fy) as u8,
+                (128.0 + 100.0 * (6.0 * fx + 4.0 * fy).sin()) as u8,
+            ])
+        });
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&img)
+            .unwrap();
+        out
+    }
+
+    /// Today's values of a 32x32 image: decoded by the `image` crate, no resize, byte / 255.
+    fn unresized(bytes: &[u8]) -> Vec<f32> {
+        let rgb = image::load_from_memory(bytes).unwrap().to_rgb8();
+        let mut out = vec![0.0; INPUT_LEN];
+        for (i, px) in rgb.pixels().enumerate() {
+            for c in 0..3 {
+                out[c * 1024 + i] = f32::from(px.0[c]) * (1.0 / 255.0);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn images_of_32x32_give_exactly_the_values_of_before() {
+        let rgb = RgbImage::from_fn(32, 32, |x, y| Rgb([(x * 8) as u8, (y * 8) as u8, 77]));
+        for bytes in [png(&DynamicImage::ImageRgb8(rgb)), jpeg(32, 32)] {
+            assert_eq!(image_bytes_to_input(&bytes).unwrap(), unresized(&bytes));
+        }
+    }
+
+    #[test]
+    fn large_jpegs_decode_scaled_and_close_to_a_full_decode() {
+        for (w, h, decoded) in [
+            (640, 427, (160, 107)),
+            (1000, 700, (125, 88)),
+            (200, 150, (100, 75)),
+        ] {
+            let bytes = jpeg(w, h);
+            let opened = open_image(&bytes).unwrap();
+            assert_eq!(opened.dimensions(), (w, h));
+            assert_eq!(opened.decoded_pixels(), decoded.0 * decoded.1);
+            let scaled = image_bytes_to_input(&bytes).unwrap();
+            let full = image::load_from_memory(&bytes).unwrap();
+            let mut reference = Vec::new();
+            image_to_input(&full, &mut reference);
+            let worst = scaled
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(worst <= MAX_SCALED_DIFFERENCE, "{w}x{h}: {worst}");
+        }
+        // Below 128 pixels on a side the general decoder takes it, at full size.
+        let small = jpeg(120, 500);
+        assert_eq!(open_image(&small).unwrap().decoded_pixels(), 120 * 500);
+    }
+
+    #[test]
+    fn truncated_corrupt_and_huge_jpegs_are_errors() {
+        for (w, h) in [(640, 427), (40, 40)] {
+            let full = jpeg(w, h);
+            for cut in [full.len() / 2, full.len() - 2, 300] {
+                let err = format!("{:#}", image_bytes_to_input(&full[..cut]).unwrap_err());
+                assert!(err.contains("truncated"), "{w}x{h} cut at {cut}: {err}");
+            }
+            // Bytes after the end marker are allowed; a segment length that lies is not.
+            let mut trailing = full.clone();
+            trailing.extend_from_slice(b"trailer");
+            assert!(image_bytes_to_input(&trailing).is_ok());
+            let mut lying = full.clone();
+            lying[4..6].copy_from_slice(&[0, 1]);
+            assert!(image_bytes_to_input(&lying).is_err());
+        }
+        // A frame header that claims 65000 x 65000 pixels: refused before any pixel is decoded.
+        let mut bomb = jpeg(640, 427);
+        let sof = bomb.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        bomb[sof + 5..sof + 9].copy_from_slice(&[0xFD, 0xE8, 0xFD, 0xE8]);
+        let err = format!("{:#}", open_image(&bomb).err().unwrap());
+        assert!(
+            err.contains("65000x65000") && err.contains("limit"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_decode_description_is_saved_but_files_without_it_still_load() {
+        let current = Preprocessing::current();
+        let json = serde_json::to_string(&current).unwrap();
+        assert!(json.contains("DCT scale"), "{json}");
+        let mut before: serde_json::Value = serde_json::from_str(&json).unwrap();
+        before.as_object_mut().unwrap().remove("decode");
+        let before: Preprocessing = serde_json::from_value(before).unwrap();
+        assert_eq!(before.decode, None);
+        assert!(before.compatible_with(&current));
+        let other = Preprocessing {
+            scale: 1.0,
+            ..current.clone()
+        };
+        assert!(!other.compatible_with(&current));
+    }
+
+    #[test]
+    fn a_decode_stops_at_its_next_read_once_told() {
+        // Noise, so that the PNG's data is far larger than what reading its header buffers.
+        let mut state = 1u32;
+        let noisy = RgbImage::from_fn(512, 512, |_, _| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            Rgb([(state >> 24) as u8, (state >> 16) as u8, (state >> 8) as u8])
+        });
+        let bytes = png(&DynamicImage::ImageRgb8(noisy));
+        let stop = Arc::new(AtomicBool::new(false));
+        let opened = open_image_until(&bytes, Some(Arc::clone(&stop))).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let err = format!("{:#}", opened.to_input(&mut Vec::new()).unwrap_err());
+        assert!(err.contains("stopped"), "{err}");
+        let opened = open_image_until(&bytes, Some(Arc::new(AtomicBool::new(false)))).unwrap();
+        assert!(opened.to_input(&mut Vec::new()).is_ok());
     }
 
     #[test]

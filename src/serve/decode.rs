@@ -3,7 +3,8 @@
 //!
 //! The body limit says little about the cost of an image: a PNG of half a megabyte can declare
 //! 8192x8192 pixels of 16-bit RGBA, 550 MB and a second of CPU to decode. So each image's header
-//! is read first, and its declared pixels are counted before any pixel is decoded.
+//! is read first, and the pixels its decode will produce are counted before any is decoded (for a
+//! large JPEG, those of its reduced DCT scale: a 4000x3000 photo counts 500x375).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout_at};
 
 use super::error::ApiError;
-use crate::data::preprocess::{MAX_PIXELS, SIDE, open_image};
+use crate::data::preprocess::{MAX_PIXELS, SIDE, open_image_until};
 
 /// The default of `--max-decode-pixels`: one image of the largest size maas decodes at all.
 pub const DEFAULT_MAX_DECODE_PIXELS: u64 = MAX_PIXELS;
@@ -98,8 +99,9 @@ impl Decoding {
     pub fn image(&mut self, bytes: &[u8], out: &mut Vec<f32>) -> Result<(), ApiError> {
         self.check_wanted()?;
         let bad = |e: anyhow::Error| ApiError::bad_request(format!("{e:#}"));
-        let image = open_image(bytes).map_err(bad)?;
-        let pixels = image.pixels();
+        let stop = self.bounds.as_ref().map(|b| Arc::clone(&b.gone));
+        let image = open_image_until(bytes, stop).map_err(bad)?;
+        let pixels = image.decoded_pixels();
         if pixels > self.left {
             let (w, h) = image.dimensions();
             let left = if self.left == self.limit {
@@ -118,7 +120,10 @@ impl Decoding {
         }
         self.left -= pixels;
         let _room = self.room(pixels)?;
-        image.to_input(out).map_err(bad)
+        // A decode stopped because the request is gone ends as such, not as a bad image.
+        image
+            .to_input(out)
+            .map_err(|e| self.check_wanted().err().unwrap_or_else(|| bad(e)))
     }
 
     /// Refuses to go on once the request is gone: its answer (a timeout) has been sent, or its
@@ -227,6 +232,28 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(result, 2 * crate::data::preprocess::INPUT_LEN);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_photo_counts_the_pixels_of_its_scaled_decode() {
+        // 640x427 declares 273,280 pixels and decodes at 1/4: 160x107, 17,120.
+        let photo = RgbImage::from_fn(640, 427, |x, y| image::Rgb([x as u8, y as u8, 9]));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut jpeg)
+            .encode_image(&photo)
+            .unwrap();
+        let limits = PixelLimits::new(20_000);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut decoding = limits.request(deadline, Arc::new(AtomicBool::new(false)));
+        let left = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            decoding.image(&jpeg, &mut out).unwrap();
+            assert_eq!(out.len(), crate::data::preprocess::INPUT_LEN);
+            decoding.left
+        })
+        .await
+        .unwrap();
+        assert_eq!(left, 20_000 - 160 * 107);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
