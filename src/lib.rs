@@ -21,6 +21,7 @@ pub mod export;
 mod fsutil;
 #[allow(unsafe_code)]
 mod fused;
+mod migrate;
 pub mod model;
 mod onnx;
 mod plots;

@@ -8,7 +8,7 @@
 use anyhow::{Context, Result};
 
 use crate::export::Provenance;
-use crate::model::{ModelConfig, Weights};
+use crate::model::{MLP_PARAMETERS, MlpWeights, ModelConfig, Weights};
 
 /// The ONNX opset the graph uses.
 pub const OPSET: i64 = 13;
@@ -108,19 +108,22 @@ pub fn encode(
     weights: &Weights,
     provenance: Option<&Provenance>,
 ) -> Result<Vec<u8>> {
+    let weights = MlpWeights::from_weights(weights)?;
     let (h, classes) = (weights.hidden, weights.classes());
     let [c, height, width] = config.input_shape;
+    // The initializers carry the parameters' names in maas's files.
+    let [w1, b1, w2, b2] = MLP_PARAMETERS;
     let graph = Message::default()
         .message(1, node("Flatten", &[INPUT], "flat", &[("axis", 1)]))
-        .message(1, node("Gemm", &["flat", "w1", "b1"], "hidden_linear", &[]))
+        .message(1, node("Gemm", &["flat", w1, b1], "hidden_linear", &[]))
         .message(1, node("Relu", &["hidden_linear"], "hidden", &[]))
-        .message(1, node("Gemm", &["hidden", "w2", "b2"], "logits", &[]))
+        .message(1, node("Gemm", &["hidden", w2, b2], "logits", &[]))
         .message(1, node("Softmax", &["logits"], OUTPUT, &[("axis", 1)]))
         .string(2, "maas")
-        .message(5, initializer("w1", &[c * height * width, h], &weights.w1))
-        .message(5, initializer("b1", &[h], &weights.b1))
-        .message(5, initializer("w2", &[h, classes], &weights.w2))
-        .message(5, initializer("b2", &[classes], &weights.b2))
+        .message(5, initializer(w1, &[c * height * width, h], &weights.w1))
+        .message(5, initializer(b1, &[h], &weights.b1))
+        .message(5, initializer(w2, &[h, classes], &weights.w2))
+        .message(5, initializer(b2, &[classes], &weights.b2))
         .message(
             11,
             value_info(INPUT, &[None, Some(c), Some(height), Some(width)]),

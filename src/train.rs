@@ -379,9 +379,10 @@ fn fresh_start(opts: &TrainOptions, classes: &[String]) -> Checkpoint {
             .uses_val_split()
             .then(|| opts.val_split.unwrap_or(DEFAULT_VAL_SPLIT)),
     };
+    let weights = Weights::init(hidden, classes.len(), train.seed);
     Checkpoint {
-        weights: Weights::init(hidden, classes.len(), train.seed),
-        adam: AdamState::zeros(hidden, classes.len()),
+        adam: AdamState::zeros_like(&weights),
+        weights,
         meta: CheckpointMeta {
             maas_version: crate::VERSION.into(),
             model: ModelConfig::new(hidden, classes.to_vec()),
@@ -458,7 +459,7 @@ pub fn train(
         AdamConfig::new(cfg.lr),
         shards_for(selected.kind),
         device,
-    );
+    )?;
     let first_epoch = state.meta.epoch + 1;
     let epochs = EpochLoop {
         train: &train_data,
@@ -1212,7 +1213,7 @@ mod tests {
             AdamConfig::new(state.meta.train.lr),
             1,
             &device,
-        );
+        )?;
         epoch_loop.run(state, &mut trainer)
     }
 
