@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 
 pub mod adam;
+pub mod autodiff_step;
 pub mod checkpoint;
 pub mod cli;
 pub mod container;

@@ -413,6 +413,12 @@ impl Mlp {
     }
 }
 
+impl crate::autodiff_step::Network for Mlp {
+    fn logits(&self, input: Tensor<2>) -> Tensor<2> {
+        self.forward(input)
+    }
+}
+
 /// What a step computes beyond the first layer's product `input @ w1`.
 #[derive(Debug, Clone)]
 pub(crate) struct BeyondFirstProduct {
