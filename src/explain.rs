@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::data::preprocess::{INPUT_LEN, SIDE};
 use crate::export::LoadedModel;
-use crate::model::{Mlp, read_f32};
+use crate::model::{Model, read_f32};
 use crate::predict::{Classifier, Ranked};
 
 /// How many screen pixels each of the model's 32x32 input pixels becomes in the picture.
@@ -40,7 +40,7 @@ pub struct Explanation {
 /// A model that can be differentiated with respect to its input.
 pub struct Explainer {
     /// The model, or why the weights do not make one (see [`crate::predict::Classifier`]).
-    model: std::result::Result<Mlp, String>,
+    model: std::result::Result<Model, String>,
     device: Device,
 }
 
@@ -49,12 +49,13 @@ impl Explainer {
     pub fn new(loaded: &LoadedModel, device: &Device) -> Self {
         let device = device.clone().autodiff();
         Self {
-            model: Mlp::from_weights(&loaded.weights, &device).map_err(|e| format!("{e:#}")),
+            model: Model::from_weights(&loaded.config, &loaded.weights, &device)
+                .map_err(|e| format!("{e:#}")),
             device,
         }
     }
 
-    fn model(&self) -> Result<&Mlp> {
+    fn model(&self) -> Result<&Model> {
         self.model.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
     }
 

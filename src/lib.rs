@@ -13,6 +13,7 @@ pub mod adam;
 pub mod autodiff_step;
 pub mod checkpoint;
 pub mod cli;
+pub mod cnn;
 pub mod container;
 pub mod data;
 pub mod device;
@@ -31,6 +32,7 @@ pub mod progress;
 pub mod serve;
 pub mod sharded;
 pub mod train;
+pub mod trainer;
 
 /// The version written into every file maas makes, for provenance.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -38,11 +38,49 @@ pub struct ModelConfig {
     pub preprocessing: Preprocessing,
 }
 
-/// The architecture's name in every file.
+/// The MLP's name in every file (the card's model).
 pub const ARCHITECTURE: &str = "mlp-3072-relu-10";
+/// The CNN's name in every file.
+pub const CNN_ARCHITECTURE: &str = "cnn-conv32-conv64-dense128";
+
+/// The architectures `maas train --arch` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// The card's MLP: Dense(hidden) + ReLU, Dense(classes).
+    Mlp,
+    /// The small CNN of [`crate::cnn`].
+    Cnn,
+}
+
+impl Arch {
+    /// The architecture named `name` in a file.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            ARCHITECTURE => Some(Arch::Mlp),
+            CNN_ARCHITECTURE => Some(Arch::Cnn),
+            _ => None,
+        }
+    }
+
+    /// Its name in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Mlp => ARCHITECTURE,
+            Arch::Cnn => CNN_ARCHITECTURE,
+        }
+    }
+
+    /// Its short name on the command line (`--arch`).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Arch::Mlp => "mlp",
+            Arch::Cnn => "cnn",
+        }
+    }
+}
 
 impl ModelConfig {
-    /// The configuration of a model of the given width and classes.
+    /// The configuration of an MLP of the given width and classes.
     pub fn new(hidden: usize, classes: Vec<String>) -> Self {
         Self {
             architecture: ARCHITECTURE.to_string(),
@@ -53,8 +91,35 @@ impl ModelConfig {
         }
     }
 
+    /// The configuration of a model of `arch` with the given classes; `hidden` is the MLP's
+    /// width (the CNN's dense layer is always [`crate::cnn::DENSE`] wide, and recorded so).
+    pub fn of(arch: Arch, hidden: usize, classes: Vec<String>) -> Self {
+        let hidden = match arch {
+            Arch::Mlp => hidden,
+            Arch::Cnn => crate::cnn::DENSE,
+        };
+        Self {
+            architecture: arch.name().to_string(),
+            ..Self::new(hidden, classes)
+        }
+    }
+
+    /// The architecture; an error names one this maas does not run.
+    pub fn arch(&self) -> Result<Arch> {
+        Arch::from_name(&self.architecture).with_context(|| {
+            format!(
+                "architecture `{}` is not supported (this maas runs `{ARCHITECTURE}` and \
+                 `{CNN_ARCHITECTURE}`)",
+                self.architecture
+            )
+        })
+    }
+
     /// The names and shapes of the model's parameters, in order: what its files hold.
     pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        if self.arch().ok() == Some(Arch::Cnn) {
+            return crate::cnn::parameter_shapes(self.classes.len());
+        }
         let shapes = MlpWeights::shapes(self.hidden, self.classes.len());
         MLP_PARAMETERS
             .iter()
@@ -65,12 +130,7 @@ impl ModelConfig {
 
     /// Checks that this maas can run a model of this configuration.
     pub fn check_supported(&self) -> Result<()> {
-        if self.architecture != ARCHITECTURE {
-            bail!(
-                "architecture `{}` is not supported (this maas runs `{ARCHITECTURE}`)",
-                self.architecture
-            );
-        }
+        self.arch()?;
         if self.input_shape != [3, 32, 32] {
             bail!(
                 "input shape {:?} is not supported (expected [3, 32, 32])",
@@ -254,6 +314,44 @@ impl MlpWeights {
             vec![hidden, classes],
             vec![classes],
         ]
+    }
+}
+
+/// A model of either architecture, ready to run (prediction, evaluation, explanation).
+// A model or two per process: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Model {
+    /// The MLP.
+    Mlp(Mlp),
+    /// The CNN.
+    Cnn(crate::cnn::Cnn),
+}
+
+impl Model {
+    /// The model of `config` holding `weights`, on `device`; an error names an array that is
+    /// missing or of the wrong shape.
+    pub fn from_weights(config: &ModelConfig, weights: &Weights, device: &Device) -> Result<Self> {
+        Ok(match config.arch()? {
+            Arch::Mlp => Model::Mlp(Mlp::from_weights(weights, device)?),
+            Arch::Cnn => {
+                let cnn = crate::cnn::Cnn::new(config.classes.len(), device);
+                Model::Cnn(crate::autodiff_step::load_weights(cnn, weights)?)
+            }
+        })
+    }
+
+    /// Logits `[N, classes]` for a batch of preprocessed images `[N, 3072]`.
+    pub fn forward(&self, input: Tensor<2>) -> Tensor<2> {
+        match self {
+            Model::Mlp(m) => m.forward(input),
+            Model::Cnn(c) => c.forward(input),
+        }
+    }
+
+    /// Class probabilities `[N, classes]` (softmax of the logits).
+    pub fn probabilities(&self, input: Tensor<2>) -> Tensor<2> {
+        softmax(self.forward(input), 1)
     }
 }
 

@@ -5,10 +5,10 @@
 //! provenance in the model's metadata. The protobuf is written directly: the few messages needed
 //! are small, and a protobuf toolchain would be a heavy build dependency for them.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::export::Provenance;
-use crate::model::{MLP_PARAMETERS, MlpWeights, ModelConfig, Weights};
+use crate::model::{Arch, MLP_PARAMETERS, MlpWeights, ModelConfig, Weights};
 
 /// The ONNX opset the graph uses.
 pub const OPSET: i64 = 13;
@@ -108,6 +108,12 @@ pub fn encode(
     weights: &Weights,
     provenance: Option<&Provenance>,
 ) -> Result<Vec<u8>> {
+    if config.arch()? != Arch::Mlp {
+        bail!(
+            "ONNX export of `{}` is not supported yet (only the MLP's); use the maas format",
+            config.architecture
+        );
+    }
     let weights = MlpWeights::from_weights(weights)?;
     let (h, classes) = (weights.hidden, weights.classes());
     let [c, height, width] = config.input_shape;

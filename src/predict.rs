@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::data::preprocess::{INPUT_LEN, load_image_file};
 use crate::export::LoadedModel;
-use crate::model::{Mlp, ModelConfig, read_f32};
+use crate::model::{Model, ModelConfig, read_f32};
 
 use crate::data::FileError;
 
@@ -56,7 +56,7 @@ pub struct Classifier {
     /// The model, or why the weights do not make one. `new` cannot fail (its callers rely on
     /// that), and a [`LoadedModel`] from [`crate::export::load_model`] was checked already; one
     /// made by hand with arrays the architecture lacks fails at its first use instead.
-    model: std::result::Result<Mlp, String>,
+    model: std::result::Result<Model, String>,
     config: ModelConfig,
     device: Device,
 }
@@ -68,7 +68,8 @@ impl Classifier {
     /// Puts `loaded` on `device`.
     pub fn new(loaded: &LoadedModel, device: &Device) -> Self {
         Self {
-            model: Mlp::from_weights(&loaded.weights, device).map_err(|e| format!("{e:#}")),
+            model: Model::from_weights(&loaded.config, &loaded.weights, device)
+                .map_err(|e| format!("{e:#}")),
             config: loaded.config.clone(),
             device: device.clone(),
         }
