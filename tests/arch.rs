@@ -130,3 +130,56 @@ fn predict_eval_and_explain_run_a_cnn_model() {
     ws.ok(&["explain", "--model", "cnn.maas", "--out", "heat", image]);
     assert!(std::fs::read_dir(ws.path("heat")).unwrap().count() > 0);
 }
+
+/// `POST path` to the server with `body`; the status and the answer as JSON.
+fn post(server: &common::server::Server, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .build()
+        .new_agent();
+    let mut answer = agent.post(&server.url(path)).send(body).unwrap();
+    let status = answer.status().as_u16();
+    let text = answer.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+#[test]
+fn serve_answers_with_a_cnn_model_as_predict_does() {
+    let ws = bars_workspace(12, 4);
+    train(&ws, "checkpoints", &["--arch", "cnn", "--epochs", "1"]);
+    ws.ok(&["export", "-o", "model.maas"]);
+    let image = "bars/test/horizontal/001.png";
+    let expected = common::predict_probabilities(&ws, "model.maas", &[image.to_string()]);
+    let server = common::server::Server::start(&ws, &[]);
+    let bytes = std::fs::read(ws.path(image)).unwrap();
+
+    let input = maas::data::preprocess::load_image_file(&ws.path(image)).unwrap();
+    let request = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 3, 32, 32],
+        "datatype": "FP32", "data": input}]});
+    let (status, answer) = post(
+        &server,
+        "/v2/models/maas/infer",
+        &serde_json::to_vec(&request).unwrap(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let probabilities = common::server::output_data(&answer);
+    for (got, want) in probabilities.iter().zip(&expected[0][..2]) {
+        assert!(
+            (got - want).abs() < 1e-5,
+            "{probabilities:?} vs {expected:?}"
+        );
+    }
+    // top_k given: its default (3) is refused for a model of two classes (left as is).
+    let (status, answer) = post(&server, "/v1/predict?top_k=2", &bytes);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.to_string().contains("horizontal") || answer.to_string().contains("vertical"));
+    let (status, answer) = post(&server, "/v1/explain?top_k=2", &bytes);
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["picture_png"]
+            .as_str()
+            .is_some_and(|p| !p.is_empty()),
+        "{answer}"
+    );
+}
