@@ -43,9 +43,9 @@ def wall(cmd, repeat):
     return best
 
 
-def maas_train(data, batch, epochs, out):
+def maas_train(data, batch, epochs, out, extra=()):
     res = run([MAAS, "--device", "cpu", "-q", "train", "--data", data, "--epochs", str(epochs),
-               "--batch-size", str(batch), "--checkpoints", out, "--overwrite", "--json"])
+               "--batch-size", str(batch), "--checkpoints", out, "--overwrite", "--json", *extra])
     summary = json.loads(res.stdout)
     last = summary["history"][-1]
     return {"samples_per_s": last["samples_per_second"],
@@ -266,6 +266,25 @@ def bench_call(work, args, results, model=None):
         server.wait(timeout=30)
 
 
+def bench_cnn(py, work, args, results):
+    """The small CNN (`--arch cnn`) against torch_cnn.py, the same network, at batch 32."""
+    data = os.path.join(work, "cnn")
+    run([sys.executable, os.path.join(HERE, "make_data.py"), data, str(args.cnn_n)])
+    bin_dir = os.path.join(data, "cifar-10-batches-bin")
+    print(f"\ncnn training: {args.cnn_n} generated images, 2 epochs at batch 32, samples/s of the "
+          f"last epoch, best of {args.repeat}")
+    t_runs, m_runs = [], []
+    for _ in range(args.repeat):  # interleaved, so both see the same machine
+        t_runs.append(peer_train(py, "torch_cnn.py", bin_dir, 32, 2))
+        m_runs.append(maas_train(data, 32, 2, os.path.join(work, "ckcnn"), ["--arch", "cnn"]))
+    t = max(t_runs, key=lambda r: r["samples_per_s"])
+    m = max(m_runs, key=lambda r: r["samples_per_s"])
+    ratio = m["samples_per_s"] / t["samples_per_s"]
+    print(f"torch {t['samples_per_s']:.0f}, maas {m['samples_per_s']:.0f} samples/s: {ratio:.2f}x"
+          f"   test acc torch / maas {t['test_acc']:.4f} / {m['test_acc']:.4f}")
+    results["cnn_train_batch_32"] = {"torch": t, "maas": m, "ratio": ratio}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("parts", nargs="*", default=["train", "load", "predict", "serve"])
@@ -277,6 +296,7 @@ def main():
     ap.add_argument("--requests", type=int, default=20000, help="requests per serve measurement")
     ap.add_argument("--call-seconds", type=int, default=5, help="seconds per maas bench / wrk level")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--cnn-n", type=int, default=2000, help="generated training images for `cnn`")
     args = ap.parse_args()
     py = os.environ.get("PEER_PYTHON", "python3")
     run(["cargo", "build", "--quiet"], cwd=REPO)
@@ -286,6 +306,8 @@ def main():
     try:
         if "train" in args.parts:
             bench_train(py, work, args, results)
+        if "cnn" in args.parts:
+            bench_cnn(py, work, args, results)
         if "load" in args.parts:
             bench_load(work, results)
         model = one = None

@@ -34,14 +34,18 @@ fn main() {
     let rounds = arg(3, 9).max(1);
     let device = Device::flex();
     let weights = Weights::init(HIDDEN, CLASSES, 1);
-    let state = AdamState::zeros(HIDDEN, CLASSES);
-    let mut trainer = ShardedTrainer::new(
+    let state = AdamState::zeros_like(&weights);
+    let trainer = ShardedTrainer::new(
         &weights,
         &state,
         AdamConfig::new(1e-3),
         shards_for(DeviceKind::Cpu),
         &device,
     );
+    let mut trainer = trainer.unwrap_or_else(|e| {
+        eprintln!("step_bench: {e:#}");
+        std::process::exit(1)
+    });
     // A few distinct batches, cycled, so the caches see fresh inputs as in training.
     let mut rng = StdRng::seed_from_u64(7);
     let batches: Vec<(Vec<f32>, Vec<i64>)> = (0..16)

@@ -34,7 +34,8 @@ impl AdamConfig {
     }
 }
 
-/// The first and second moments of each parameter, on the host, in the model's [`Weights`] layout.
+/// The first and second moments of each parameter, on the host, named as the parameters are
+/// ([`Weights`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdamState {
     /// Steps taken so far.
@@ -46,20 +47,12 @@ pub struct AdamState {
 }
 
 impl AdamState {
-    /// The state before the first step.
-    pub fn zeros(hidden: usize, classes: usize) -> Self {
-        let zeros = |w: &Weights| Weights {
-            hidden,
-            w1: vec![0.0; w.w1.len()],
-            b1: vec![0.0; w.b1.len()],
-            w2: vec![0.0; w.w2.len()],
-            b2: vec![0.0; w.b2.len()],
-        };
-        let shape = Weights::init(hidden, classes, 0);
+    /// The state before the first step of training `weights`.
+    pub fn zeros_like(weights: &Weights) -> Self {
         Self {
             step: 0,
-            m: zeros(&shape),
-            v: zeros(&shape),
+            m: weights.zeros_like(),
+            v: weights.zeros_like(),
         }
     }
 }

@@ -100,35 +100,36 @@ pub struct Checkpoint {
     pub adam: AdamState,
 }
 
-const WEIGHT_NAMES: [&str; 4] = ["w1", "b1", "w2", "b2"];
-
 /// The weights as named arrays, with `prefix` before each name.
 pub(crate) fn weight_arrays(prefix: &str, w: &Weights) -> Vec<Array> {
-    let values = [&w.w1, &w.b1, &w.w2, &w.b2];
-    WEIGHT_NAMES
+    w.arrays
         .iter()
-        .zip(Weights::shapes(w.hidden, w.classes()))
-        .zip(values)
-        .map(|((name, shape), v)| Array::new(&format!("{prefix}{name}"), shape, v.clone()))
+        .map(|a| {
+            Array::new(
+                &format!("{prefix}{}", a.name),
+                a.shape.clone(),
+                a.values.clone(),
+            )
+        })
         .collect()
 }
 
-/// Takes the weights named with `prefix` out of a decoded file, of a model of `hidden` width and
-/// `classes` outputs.
+/// Takes the weights named with `prefix` out of a decoded file: the parameters of the model of
+/// `config`, each checked against its shape.
 pub(crate) fn take_weights(
     contents: &mut Contents,
     prefix: &str,
-    hidden: usize,
-    classes: usize,
+    config: &ModelConfig,
 ) -> Result<Weights> {
-    let [s1, s2, s3, s4] = Weights::shapes(hidden, classes);
-    Ok(Weights {
-        hidden,
-        w1: contents.take(&format!("{prefix}w1"), &s1)?,
-        b1: contents.take(&format!("{prefix}b1"), &s2)?,
-        w2: contents.take(&format!("{prefix}w2"), &s3)?,
-        b2: contents.take(&format!("{prefix}b2"), &s4)?,
-    })
+    let arrays = config
+        .parameter_shapes()
+        .into_iter()
+        .map(|(name, shape)| {
+            let values = contents.take(&format!("{prefix}{name}"), &shape)?;
+            Ok(Array::new(&name, shape, values))
+        })
+        .collect::<Result<_>>()?;
+    Ok(Weights { arrays })
 }
 
 /// The first array of `weights` and `adam`'s moments holding a value that is not a finite
@@ -203,10 +204,9 @@ impl Checkpoint {
         let meta: CheckpointMeta = serde_json::from_value(contents.meta.clone())
             .context("unreadable checkpoint header")?;
         meta.model.check_supported()?;
-        let (hidden, classes) = (meta.model.hidden, meta.model.classes.len());
-        let weights = take_weights(&mut contents, "", hidden, classes)?;
-        let m = take_weights(&mut contents, "adam.m.", hidden, classes)?;
-        let v = take_weights(&mut contents, "adam.v.", hidden, classes)?;
+        let weights = take_weights(&mut contents, "", &meta.model)?;
+        let m = take_weights(&mut contents, "adam.m.", &meta.model)?;
+        let v = take_weights(&mut contents, "adam.v.", &meta.model)?;
         Ok(Self {
             meta,
             weights,
@@ -425,9 +425,10 @@ mod tests {
 
     fn sample() -> Checkpoint {
         let classes = (0..10).map(|i| format!("c{i}")).collect();
-        let mut adam = AdamState::zeros(3, 10);
+        let weights = Weights::init(3, 10, 5);
+        let mut adam = AdamState::zeros_like(&weights);
         adam.step = 17;
-        adam.v.b2[4] = 0.5;
+        adam.v.arrays[3].values[4] = 0.5;
         Checkpoint {
             meta: CheckpointMeta {
                 maas_version: crate::VERSION.into(),
@@ -443,7 +444,7 @@ mod tests {
                 history: vec![],
                 best_epoch: 1,
             },
-            weights: Weights::init(3, 10, 5),
+            weights,
             adam,
         }
     }
@@ -474,11 +475,11 @@ mod tests {
         let err = format!("{:#}", c.save(&path).unwrap_err());
         assert!(err.contains("epoch 1: the training loss is NaN"), "{err}");
         c.meta.history[0].train_loss = 2.0;
-        c.adam.v.w2[3] = f32::INFINITY;
+        c.adam.v.arrays[2].values[3] = f32::INFINITY;
         let err = format!("{:#}", c.save(&path).unwrap_err());
-        assert!(err.contains("adam.v.w2 holds inf"), "{err}");
+        assert!(err.contains("adam.v.output.weight holds inf"), "{err}");
         assert!(!path.exists());
-        c.adam.v.w2[3] = 0.0;
+        c.adam.v.arrays[2].values[3] = 0.0;
         c.save(&path).unwrap();
     }
 

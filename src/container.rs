@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 /// The first bytes of every maas file.
 pub const SIGNATURE: &[u8; 8] = b"\x89MAAS\r\n\x1a";
-/// The format version this maas writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this maas writes and the newest it reads; older ones are brought up to it
+/// as they are read ([`crate::migrate`]). 2: arrays named by module path (was `w1`..`b2`).
+pub const FORMAT_VERSION: u32 = 2;
 
 const PREFIX_BYTES: usize = SIGNATURE.len() + 4 + 4;
 const CRC_BYTES: usize = 4;
@@ -211,6 +212,7 @@ pub fn decode(bytes: &[u8]) -> Result<Contents> {
             values,
         });
     }
+    crate::migrate::upgrade_arrays(version, &mut arrays);
     Ok(Contents {
         kind: header.kind,
         meta: header.meta,

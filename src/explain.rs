@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::data::preprocess::{INPUT_LEN, SIDE};
 use crate::export::LoadedModel;
-use crate::model::{Mlp, read_f32};
+use crate::model::{Model, read_f32};
 use crate::predict::{Classifier, Ranked};
 
 /// How many screen pixels each of the model's 32x32 input pixels becomes in the picture.
@@ -39,7 +39,8 @@ pub struct Explanation {
 
 /// A model that can be differentiated with respect to its input.
 pub struct Explainer {
-    model: Mlp,
+    /// The model, or why the weights do not make one (see [`crate::predict::Classifier`]).
+    model: std::result::Result<Model, String>,
     device: Device,
 }
 
@@ -48,9 +49,14 @@ impl Explainer {
     pub fn new(loaded: &LoadedModel, device: &Device) -> Self {
         let device = device.clone().autodiff();
         Self {
-            model: Mlp::from_weights(&loaded.weights, &device),
+            model: Model::from_weights(&loaded.config, &loaded.weights, &device)
+                .map_err(|e| format!("{e:#}")),
             device,
         }
+    }
+
+    fn model(&self) -> Result<&Model> {
+        self.model.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// Gradient of the logit of `class` with respect to each input value, times that value
@@ -62,7 +68,7 @@ impl Explainer {
         )
         .require_grad();
         let logit = self
-            .model
+            .model()?
             .forward(x.clone())
             .slice([0..1, class..class + 1])
             .sum();
@@ -78,7 +84,7 @@ impl Explainer {
             TensorData::new(input.to_vec(), [1, INPUT_LEN]),
             &self.device,
         );
-        Ok(read_f32(self.model.forward(x))?
+        Ok(read_f32(self.model()?.forward(x))?
             .get(class)
             .copied()
             .unwrap_or(f32::NAN))

@@ -180,12 +180,7 @@ fn model_of_kind(mut contents: container::Contents, path: &Path) -> Result<Loade
             let meta: ModelMeta =
                 serde_json::from_value(contents.meta.clone()).context("unreadable model header")?;
             meta.model.check_supported()?;
-            let weights = take_weights(
-                &mut contents,
-                "",
-                meta.model.hidden,
-                meta.model.classes.len(),
-            )?;
+            let weights = take_weights(&mut contents, "", &meta.model)?;
             Ok(LoadedModel {
                 config: meta.model,
                 weights,

@@ -10,9 +10,11 @@
 #![deny(unsafe_code)]
 
 pub mod adam;
+pub mod autodiff_step;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod cnn;
 pub mod container;
 pub mod data;
 pub mod device;
@@ -22,6 +24,7 @@ pub mod export;
 mod fsutil;
 #[allow(unsafe_code)]
 mod fused;
+mod migrate;
 pub mod model;
 mod onnx;
 mod plots;
@@ -31,6 +34,7 @@ pub mod remote;
 pub mod serve;
 pub mod sharded;
 pub mod train;
+pub mod trainer;
 
 /// The version written into every file maas makes, for provenance.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -7,7 +7,7 @@
 //! Nothing here knows about files or the command line: the weights cross that boundary as a
 //! plain [`Weights`] value.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
@@ -16,6 +16,7 @@ use burn::tensor::activation::{log_softmax, relu, softmax};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
+use crate::container::Array;
 use crate::data::preprocess::{INPUT_LEN, Preprocessing};
 
 use crate::data::MAX_CLASSES;
@@ -37,11 +38,49 @@ pub struct ModelConfig {
     pub preprocessing: Preprocessing,
 }
 
-/// The architecture's name in every file.
+/// The MLP's name in every file (the card's model).
 pub const ARCHITECTURE: &str = "mlp-3072-relu-10";
+/// The CNN's name in every file.
+pub const CNN_ARCHITECTURE: &str = "cnn-conv32-conv64-dense128";
+
+/// The architectures `maas train --arch` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// The card's MLP: Dense(hidden) + ReLU, Dense(classes).
+    Mlp,
+    /// The small CNN of [`crate::cnn`].
+    Cnn,
+}
+
+impl Arch {
+    /// The architecture named `name` in a file.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            ARCHITECTURE => Some(Arch::Mlp),
+            CNN_ARCHITECTURE => Some(Arch::Cnn),
+            _ => None,
+        }
+    }
+
+    /// Its name in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Mlp => ARCHITECTURE,
+            Arch::Cnn => CNN_ARCHITECTURE,
+        }
+    }
+
+    /// Its short name on the command line (`--arch`).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Arch::Mlp => "mlp",
+            Arch::Cnn => "cnn",
+        }
+    }
+}
 
 impl ModelConfig {
-    /// The configuration of a model of the given width and classes.
+    /// The configuration of an MLP of the given width and classes.
     pub fn new(hidden: usize, classes: Vec<String>) -> Self {
         Self {
             architecture: ARCHITECTURE.to_string(),
@@ -52,14 +91,46 @@ impl ModelConfig {
         }
     }
 
+    /// The configuration of a model of `arch` with the given classes; `hidden` is the MLP's
+    /// width (the CNN's dense layer is always [`crate::cnn::DENSE`] wide, and recorded so).
+    pub fn of(arch: Arch, hidden: usize, classes: Vec<String>) -> Self {
+        let hidden = match arch {
+            Arch::Mlp => hidden,
+            Arch::Cnn => crate::cnn::DENSE,
+        };
+        Self {
+            architecture: arch.name().to_string(),
+            ..Self::new(hidden, classes)
+        }
+    }
+
+    /// The architecture; an error names one this maas does not run.
+    pub fn arch(&self) -> Result<Arch> {
+        Arch::from_name(&self.architecture).with_context(|| {
+            format!(
+                "architecture `{}` is not supported (this maas runs `{ARCHITECTURE}` and \
+                 `{CNN_ARCHITECTURE}`)",
+                self.architecture
+            )
+        })
+    }
+
+    /// The names and shapes of the model's parameters, in order: what its files hold.
+    pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        if self.arch().ok() == Some(Arch::Cnn) {
+            return crate::cnn::parameter_shapes(self.classes.len());
+        }
+        let shapes = MlpWeights::shapes(self.hidden, self.classes.len());
+        MLP_PARAMETERS
+            .iter()
+            .map(|name| name.to_string())
+            .zip(shapes)
+            .collect()
+    }
+
     /// Checks that this maas can run a model of this configuration.
     pub fn check_supported(&self) -> Result<()> {
-        if self.architecture != ARCHITECTURE {
-            bail!(
-                "architecture `{}` is not supported (this maas runs `{ARCHITECTURE}`)",
-                self.architecture
-            );
-        }
+        self.arch()?;
         if self.input_shape != [3, 32, 32] {
             bail!(
                 "input shape {:?} is not supported (expected [3, 32, 32])",
@@ -89,10 +160,83 @@ impl ModelConfig {
     }
 }
 
-/// The model's parameters on the host, row-major: `w1` is `[3072, hidden]`, `w2`
-/// `[hidden, classes]`.
+/// The model's parameters on the host: named arrays with their shapes, in the architecture's
+/// order ([`ModelConfig::parameter_shapes`]). The names are burn's module paths
+/// (`hidden.weight`), so files, checkpoints and Adam's state hold any architecture's parameters
+/// without naming them in code.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Weights {
+    /// The parameters, row-major.
+    pub arrays: Vec<Array>,
+}
+
+impl Weights {
+    /// Fresh weights of the MLP of `hidden` width and `classes` outputs, as Keras initialises
+    /// Dense layers (see [`MlpWeights::init`]).
+    pub fn init(hidden: usize, classes: usize, seed: u64) -> Self {
+        MlpWeights::init(hidden, classes, seed).into_weights()
+    }
+
+    /// Arrays of the same names and shapes, all zero (Adam's moments before the first step).
+    pub fn zeros_like(&self) -> Self {
+        let arrays = self
+            .arrays
+            .iter()
+            .map(|a| Array::new(&a.name, a.shape.clone(), vec![0.0; a.values.len()]))
+            .collect();
+        Self { arrays }
+    }
+
+    /// The array named `name`.
+    pub fn get(&self, name: &str) -> Result<&Array> {
+        self.arrays
+            .iter()
+            .find(|a| a.name == name)
+            .with_context(|| format!("the weights have no array `{name}`"))
+    }
+
+    /// The number of classes: the width of the output layer, whose bias is the last array.
+    pub fn classes(&self) -> usize {
+        self.arrays
+            .last()
+            .and_then(|a| a.shape.last())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Checks that every weight is a finite number. A model whose training diverged can hold NaN
+    /// in a file whose checksum is fine, and would then answer every image with NaN probabilities.
+    pub fn check_finite(&self) -> Result<()> {
+        if let Some((name, at, value)) = self.first_non_finite() {
+            bail!(
+                "weight {name} holds {value:?} (element {at}): every answer would be NaN (did its \
+                 training diverge? train again with a lower --lr)"
+            );
+        }
+        Ok(())
+    }
+
+    /// The first value that is not a finite number: its array's name, its index and itself.
+    pub fn first_non_finite(&self) -> Option<(&str, usize, f32)> {
+        self.arrays.iter().find_map(|a| {
+            let at = a.values.iter().position(|v| !v.is_finite())?;
+            Some((a.name.as_str(), at, a.values[at]))
+        })
+    }
+}
+
+/// The MLP's parameters in the order of [`MlpWeights`]: the names its files give them.
+pub const MLP_PARAMETERS: [&str; 4] = [
+    "hidden.weight",
+    "hidden.bias",
+    "output.weight",
+    "output.bias",
+];
+
+/// The MLP's parameters by role, for the code written for this one architecture (its sharded
+/// training step, its ONNX graph): `w1` is `[3072, hidden]`, `w2` `[hidden, classes]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlpWeights {
     /// Width of the hidden layer.
     pub hidden: usize,
     /// First layer weights, `[3072, hidden]`.
@@ -105,7 +249,7 @@ pub struct Weights {
     pub b2: Vec<f32>,
 }
 
-impl Weights {
+impl MlpWeights {
     /// Fresh weights as Keras initialises Dense layers (Glorot uniform, zero bias), drawn on the
     /// host from `seed` so that every device starts from the same numbers.
     pub fn init(hidden: usize, classes: usize, seed: u64) -> Self {
@@ -130,31 +274,39 @@ impl Weights {
         self.b2.len()
     }
 
-    /// Checks that every weight is a finite number. A model whose training diverged can hold NaN
-    /// in a file whose checksum is fine, and would then answer every image with NaN probabilities.
-    pub fn check_finite(&self) -> Result<()> {
-        if let Some((name, at, value)) = self.first_non_finite() {
-            bail!(
-                "weight {name} holds {value:?} (element {at}): every answer would be NaN (did its \
-                 training diverge? train again with a lower --lr)"
-            );
+    /// The MLP's arrays of `weights`, checked against the shapes their widths imply.
+    pub fn from_weights(weights: &Weights) -> Result<Self> {
+        let [w1, b1, w2, b2] = MLP_PARAMETERS.map(|name| weights.get(name));
+        let (w1, b1, w2, b2) = (w1?, b1?, w2?, b2?);
+        let (hidden, classes) = (b1.values.len(), b2.values.len());
+        for (array, shape) in [w1, b1, w2, b2].iter().zip(Self::shapes(hidden, classes)) {
+            if array.shape != shape {
+                bail!(
+                    "array `{}` has shape {:?}, expected {shape:?}",
+                    array.name,
+                    array.shape
+                );
+            }
         }
-        Ok(())
+        Ok(Self {
+            hidden,
+            w1: w1.values.clone(),
+            b1: b1.values.clone(),
+            w2: w2.values.clone(),
+            b2: b2.values.clone(),
+        })
     }
 
-    /// The first value that is not a finite number: its array's name, its index and itself.
-    pub fn first_non_finite(&self) -> Option<(&'static str, usize, f32)> {
-        [
-            ("w1", &self.w1),
-            ("b1", &self.b1),
-            ("w2", &self.w2),
-            ("b2", &self.b2),
-        ]
-        .into_iter()
-        .find_map(|(name, values)| {
-            let at = values.iter().position(|v| !v.is_finite())?;
-            Some((name, at, values[at]))
-        })
+    /// The named arrays, in [`MLP_PARAMETERS`] order.
+    pub fn into_weights(self) -> Weights {
+        let shapes = Self::shapes(self.hidden, self.classes());
+        let arrays = MLP_PARAMETERS
+            .iter()
+            .zip(shapes)
+            .zip([self.w1, self.b1, self.w2, self.b2])
+            .map(|((name, shape), values)| Array::new(name, shape, values))
+            .collect();
+        Weights { arrays }
     }
 
     /// The shapes of `w1`, `b1`, `w2`, `b2`, in that order.
@@ -165,6 +317,44 @@ impl Weights {
             vec![hidden, classes],
             vec![classes],
         ]
+    }
+}
+
+/// A model of either architecture, ready to run (prediction, evaluation, explanation).
+// A model or two per process: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Model {
+    /// The MLP.
+    Mlp(Mlp),
+    /// The CNN.
+    Cnn(crate::cnn::Cnn),
+}
+
+impl Model {
+    /// The model of `config` holding `weights`, on `device`; an error names an array that is
+    /// missing or of the wrong shape.
+    pub fn from_weights(config: &ModelConfig, weights: &Weights, device: &Device) -> Result<Self> {
+        Ok(match config.arch()? {
+            Arch::Mlp => Model::Mlp(Mlp::from_weights(weights, device)?),
+            Arch::Cnn => {
+                let cnn = crate::cnn::Cnn::new(config.classes.len(), device);
+                Model::Cnn(crate::autodiff_step::load_weights(cnn, weights)?)
+            }
+        })
+    }
+
+    /// Logits `[N, classes]` for a batch of preprocessed images `[N, 3072]`.
+    pub fn forward(&self, input: Tensor<2>) -> Tensor<2> {
+        match self {
+            Model::Mlp(m) => m.forward(input),
+            Model::Cnn(c) => c.forward(input),
+        }
+    }
+
+    /// Class probabilities `[N, classes]` (softmax of the logits).
+    pub fn probabilities(&self, input: Tensor<2>) -> Tensor<2> {
+        softmax(self.forward(input), 1)
     }
 }
 
@@ -204,11 +394,19 @@ pub struct StepStats {
 impl Mlp {
     /// A fresh model with the given width and classes, initialised from `seed`.
     pub fn init(hidden: usize, classes: usize, seed: u64, device: &Device) -> Self {
-        Self::from_weights(&Weights::init(hidden, classes, seed), device)
+        Self::from_mlp_weights(&MlpWeights::init(hidden, classes, seed), device)
     }
 
-    /// The model holding `weights`, on `device`.
-    pub fn from_weights(weights: &Weights, device: &Device) -> Self {
+    /// The model holding `weights`, on `device`; an error names an array it lacks.
+    pub fn from_weights(weights: &Weights, device: &Device) -> Result<Self> {
+        Ok(Self::from_mlp_weights(
+            &MlpWeights::from_weights(weights)?,
+            device,
+        ))
+    }
+
+    /// The model holding the MLP's `weights`, on `device`.
+    pub fn from_mlp_weights(weights: &MlpWeights, device: &Device) -> Self {
         let (h, classes) = (weights.hidden, weights.classes());
         let tensor2 = |v: &[f32], shape: [usize; 2]| {
             Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape), device)
@@ -258,13 +456,14 @@ impl Mlp {
     /// Copies the parameters back to the host.
     pub fn weights(&self) -> Result<Weights> {
         let (w1, b1, w2, b2) = self.parameters();
-        Ok(Weights {
+        let weights = MlpWeights {
             hidden: self.hidden_width(),
             w1: read_f32(w1)?,
             b1: read_f32(b1)?,
             w2: read_f32(w2)?,
             b2: read_f32(b2)?,
-        })
+        };
+        Ok(weights.into_weights())
     }
 
     /// Logits `[N, classes]` for a batch of preprocessed images `[N, 3072]`.
@@ -312,6 +511,12 @@ impl Mlp {
             },
             rest.stats,
         )
+    }
+}
+
+impl crate::autodiff_step::Network for Mlp {
+    fn logits(&self, input: Tensor<2>) -> Tensor<2> {
+        self.forward(input)
     }
 }
 
@@ -455,7 +660,7 @@ mod tests {
         let (grads, stats) = model.gradients(x.clone(), y.clone(), labels);
 
         let ad = device.autodiff();
-        let ad_model = Mlp::from_weights(&model.weights().unwrap(), &ad);
+        let ad_model = Mlp::from_weights(&model.weights().unwrap(), &ad).unwrap();
         let (w1, b1, w2, b2) = ad_model.parameters();
         let (w1, b1, w2, b2) = (
             w1.require_grad(),
@@ -490,22 +695,32 @@ mod tests {
     #[test]
     fn weights_round_trip_through_the_module() {
         let w = Weights::init(5, 3, 11);
-        assert_eq!(Mlp::from_weights(&w, &Device::flex()).weights().unwrap(), w);
+        assert_eq!(
+            Mlp::from_weights(&w, &Device::flex())
+                .unwrap()
+                .weights()
+                .unwrap(),
+            w
+        );
+        let names: Vec<&str> = w.arrays.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, MLP_PARAMETERS);
+        assert_eq!(w.arrays[0].shape, [INPUT_LEN, 5]);
     }
 
     #[test]
     fn non_finite_weights_are_named() {
         let mut w = Weights::init(4, 3, 1);
         assert!(w.check_finite().is_ok());
-        w.w2[5] = f32::NAN;
+        w.arrays[2].values[5] = f32::NAN;
         let err = w.check_finite().unwrap_err().to_string();
         assert!(
-            err.contains("w2") && err.contains("NaN") && err.contains("element 5"),
+            err.contains("output.weight") && err.contains("NaN") && err.contains("element 5"),
             "{err}"
         );
-        w.w2[5] = 0.0;
-        w.b2[0] = f32::NEG_INFINITY;
-        assert!(w.check_finite().unwrap_err().to_string().contains("b2"));
+        w.arrays[2].values[5] = 0.0;
+        w.arrays[3].values[0] = f32::NEG_INFINITY;
+        let err = w.check_finite().unwrap_err().to_string();
+        assert!(err.contains("output.bias"), "{err}");
     }
 
     #[test]

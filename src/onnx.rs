@@ -1,14 +1,15 @@
 //! ONNX export: the same model as a standard ONNX graph, for other runtimes.
 //!
-//! `input [N,3,32,32] -> Flatten -> Gemm(w1, b1) -> Relu -> Gemm(w2, b2) -> Softmax -> probabilities
-//! [N,10]`, opset 13, with a dynamic batch dimension and the class names, the preprocessing and the
+//! The MLP: `input [N,3,32,32] -> Flatten -> Gemm -> Relu -> Gemm -> Softmax -> probabilities
+//! [N,C]`; the CNN: `Conv -> Relu -> MaxPool -> Conv -> Relu -> MaxPool -> Flatten -> Gemm -> Relu
+//! -> Gemm -> Softmax`; the initializers carry the parameters' names in maas's files. Opset 13, with a dynamic batch dimension and the class names, the preprocessing and the
 //! provenance in the model's metadata. The protobuf is written directly: the few messages needed
 //! are small, and a protobuf toolchain would be a heavy build dependency for them.
 
 use anyhow::{Context, Result};
 
 use crate::export::Provenance;
-use crate::model::{ModelConfig, Weights};
+use crate::model::{Arch, MLP_PARAMETERS, MlpWeights, ModelConfig, Weights};
 
 /// The ONNX opset the graph uses.
 pub const OPSET: i64 = 13;
@@ -21,6 +22,7 @@ pub const OUTPUT: &str = "probabilities";
 
 const FLOAT: i64 = 1; // TensorProto.DataType.FLOAT
 const ATTRIBUTE_INT: i64 = 2; // AttributeProto.AttributeType.INT
+const ATTRIBUTE_INTS: i64 = 7; // AttributeProto.AttributeType.INTS
 
 /// Protobuf wire-format writer for the handful of ONNX messages used here.
 #[derive(Default)]
@@ -102,30 +104,121 @@ fn node(op: &str, inputs: &[&str], output: &str, attributes: &[(&str, i64)]) -> 
     m
 }
 
+/// A `NodeProto` with integer-list attributes (kernel shapes, pads, strides).
+fn node_ints(op: &str, inputs: &[&str], output: &str, attributes: &[(&str, &[i64])]) -> Message {
+    let mut m = node(op, inputs, output, &[]);
+    for (name, values) in attributes {
+        let mut a = Message::default().string(1, name);
+        for v in *values {
+            a = a.int(8, *v);
+        }
+        m = m.message(5, a.int(20, ATTRIBUTE_INTS));
+    }
+    m
+}
+
+/// The CNN's nodes ([`crate::cnn`]): the parameters are the initializers of their own names.
+fn cnn_nodes(graph: Message) -> Message {
+    let conv = |input: &str, layer: &str, output: &str| {
+        let (weight, bias) = (format!("{layer}.weight"), format!("{layer}.bias"));
+        node_ints(
+            "Conv",
+            &[input, &weight, &bias],
+            output,
+            &[("kernel_shape", &[3, 3]), ("pads", &[1, 1, 1, 1])],
+        )
+    };
+    let pool = |input: &str, output: &str| {
+        node_ints(
+            "MaxPool",
+            &[input],
+            output,
+            &[("kernel_shape", &[2, 2]), ("strides", &[2, 2])],
+        )
+    };
+    graph
+        .message(1, conv(INPUT, "conv1", "conv1"))
+        .message(1, node("Relu", &["conv1"], "relu1", &[]))
+        .message(1, pool("relu1", "pool1"))
+        .message(1, conv("pool1", "conv2", "conv2"))
+        .message(1, node("Relu", &["conv2"], "relu2", &[]))
+        .message(1, pool("relu2", "pool2"))
+        .message(1, node("Flatten", &["pool2"], "flat", &[("axis", 1)]))
+        .message(
+            1,
+            node(
+                "Gemm",
+                &["flat", "dense.weight", "dense.bias"],
+                "dense_linear",
+                &[],
+            ),
+        )
+        .message(1, node("Relu", &["dense_linear"], "dense", &[]))
+        .message(
+            1,
+            node(
+                "Gemm",
+                &["dense", "output.weight", "output.bias"],
+                "logits",
+                &[],
+            ),
+        )
+        .message(1, node("Softmax", &["logits"], OUTPUT, &[("axis", 1)]))
+}
+
+/// The CNN as an ONNX graph.
+fn cnn_graph(config: &ModelConfig, weights: &Weights) -> Message {
+    let [c, height, width] = config.input_shape;
+    let classes = weights.classes();
+    let mut graph = cnn_nodes(Message::default()).string(2, "maas");
+    for array in &weights.arrays {
+        graph = graph.message(5, initializer(&array.name, &array.shape, &array.values));
+    }
+    graph
+        .message(
+            11,
+            value_info(INPUT, &[None, Some(c), Some(height), Some(width)]),
+        )
+        .message(12, value_info(OUTPUT, &[None, Some(classes)]))
+}
+
+/// The MLP as an ONNX graph.
+fn mlp_graph(config: &ModelConfig, weights: &Weights) -> Result<Message> {
+    let weights = MlpWeights::from_weights(weights)?;
+    let (h, classes) = (weights.hidden, weights.classes());
+    let [c, height, width] = config.input_shape;
+    // The initializers carry the parameters' names in maas's files.
+    let [w1, b1, w2, b2] = MLP_PARAMETERS;
+    let graph = Message::default()
+        .message(1, node("Flatten", &[INPUT], "flat", &[("axis", 1)]))
+        .message(1, node("Gemm", &["flat", w1, b1], "hidden_linear", &[]))
+        .message(1, node("Relu", &["hidden_linear"], "hidden", &[]))
+        .message(1, node("Gemm", &["hidden", w2, b2], "logits", &[]))
+        .message(1, node("Softmax", &["logits"], OUTPUT, &[("axis", 1)]))
+        .string(2, "maas")
+        .message(5, initializer(w1, &[c * height * width, h], &weights.w1))
+        .message(5, initializer(b1, &[h], &weights.b1))
+        .message(5, initializer(w2, &[h, classes], &weights.w2))
+        .message(5, initializer(b2, &[classes], &weights.b2))
+        .message(
+            11,
+            value_info(INPUT, &[None, Some(c), Some(height), Some(width)]),
+        )
+        .message(12, value_info(OUTPUT, &[None, Some(classes)]));
+    Ok(graph)
+}
+
 /// The model as an ONNX `ModelProto`.
 pub fn encode(
     config: &ModelConfig,
     weights: &Weights,
     provenance: Option<&Provenance>,
 ) -> Result<Vec<u8>> {
-    let (h, classes) = (weights.hidden, weights.classes());
-    let [c, height, width] = config.input_shape;
-    let graph = Message::default()
-        .message(1, node("Flatten", &[INPUT], "flat", &[("axis", 1)]))
-        .message(1, node("Gemm", &["flat", "w1", "b1"], "hidden_linear", &[]))
-        .message(1, node("Relu", &["hidden_linear"], "hidden", &[]))
-        .message(1, node("Gemm", &["hidden", "w2", "b2"], "logits", &[]))
-        .message(1, node("Softmax", &["logits"], OUTPUT, &[("axis", 1)]))
-        .string(2, "maas")
-        .message(5, initializer("w1", &[c * height * width, h], &weights.w1))
-        .message(5, initializer("b1", &[h], &weights.b1))
-        .message(5, initializer("w2", &[h, classes], &weights.w2))
-        .message(5, initializer("b2", &[classes], &weights.b2))
-        .message(
-            11,
-            value_info(INPUT, &[None, Some(c), Some(height), Some(width)]),
-        )
-        .message(12, value_info(OUTPUT, &[None, Some(classes)]));
+    let (graph, what) = match config.arch()? {
+        Arch::Mlp => (mlp_graph(config, weights)?, "MLP"),
+        Arch::Cnn => (cnn_graph(config, weights), "CNN"),
+    };
+    let classes = weights.classes();
     let json = |key: &str, v: serde_json::Result<String>| {
         v.with_context(|| format!("cannot write the model's {key} as ONNX metadata"))
     };
@@ -151,7 +244,7 @@ pub fn encode(
         .int(1, IR_VERSION)
         .string(2, "maas")
         .string(3, crate::VERSION)
-        .string(6, &format!("maas MLP: FP32 input [N,3,32,32] in [0,1], channel-major RGB; FP32 probabilities [N,{classes}]"))
+        .string(6, &format!("maas {what}: FP32 input [N,3,32,32] in [0,1], channel-major RGB; FP32 probabilities [N,{classes}]"))
         .message(7, graph)
         .message(8, Message::default().string(1, "").int(2, OPSET));
     for (key, value) in metadata {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::preprocess::{INPUT_LEN, load_image_file};
 use crate::export::LoadedModel;
-use crate::model::{Mlp, ModelConfig, read_f32};
+use crate::model::{Model, ModelConfig, read_f32};
 
 use crate::data::FileError;
 
@@ -75,7 +75,10 @@ impl Probabilities for Classifier {
 
 /// A loaded model on a device, ready to classify.
 pub struct Classifier {
-    model: Mlp,
+    /// The model, or why the weights do not make one. `new` cannot fail (its callers rely on
+    /// that), and a [`LoadedModel`] from [`crate::export::load_model`] was checked already; one
+    /// made by hand with arrays the architecture lacks fails at its first use instead.
+    model: std::result::Result<Model, String>,
     config: ModelConfig,
     device: Device,
 }
@@ -87,7 +90,8 @@ impl Classifier {
     /// Puts `loaded` on `device`.
     pub fn new(loaded: &LoadedModel, device: &Device) -> Self {
         Self {
-            model: Mlp::from_weights(&loaded.weights, device),
+            model: Model::from_weights(&loaded.config, &loaded.weights, device)
+                .map_err(|e| format!("{e:#}")),
             config: loaded.config.clone(),
             device: device.clone(),
         }
@@ -139,7 +143,8 @@ impl Classifier {
     /// One forward pass over `rows` preprocessed inputs.
     fn run(&self, inputs: Vec<f32>, rows: usize) -> Result<Vec<f32>> {
         let x = Tensor::<2>::from_data(TensorData::new(inputs, [rows, INPUT_LEN]), &self.device);
-        read_f32(self.model.probabilities(x))
+        let model = self.model.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        read_f32(model.probabilities(x))
     }
 
     /// The `k` most probable classes of one row of probabilities, most probable first.

@@ -30,7 +30,9 @@ use crate::adam::{self, AdamConfig, AdamState, Moments};
 use crate::data::preprocess::INPUT_LEN;
 use crate::device::DeviceKind;
 use crate::fused;
-use crate::model::{Mlp, StepStats, Weights, beyond_first_product, first_layer_gradient, read_f32};
+use crate::model::{
+    Mlp, MlpWeights, StepStats, Weights, beyond_first_product, first_layer_gradient, read_f32,
+};
 
 /// A parameter and its Adam moments.
 struct Trained<const D: usize> {
@@ -98,8 +100,8 @@ struct Head {
 }
 
 impl Head {
-    fn new(w: &Weights, m: &Weights, v: &Weights, device: &Device) -> Self {
-        let join = |w: &Weights| [w.b1.as_slice(), &w.w2, &w.b2].concat();
+    fn new(w: &MlpWeights, m: &MlpWeights, v: &MlpWeights, device: &Device) -> Self {
+        let join = |w: &MlpWeights| [w.b1.as_slice(), &w.w2, &w.b2].concat();
         let values = join(w);
         let shape = [values.len()];
         Self {
@@ -137,10 +139,10 @@ impl Head {
             .update(Tensor::cat(vec![d_b1, d_w2, d_b2], 0), lr_t, c);
     }
 
-    /// The values and moments on the host as `Weights` with an empty `w1`.
-    fn host(&self) -> Result<[Weights; 3]> {
+    /// The values and moments on the host as `MlpWeights` with an empty `w1`.
+    fn host(&self) -> Result<[MlpWeights; 3]> {
         let [b1, w2, b2] = self.ranges();
-        let part = |flat: Vec<f32>| Weights {
+        let part = |flat: Vec<f32>| MlpWeights {
             hidden: self.hidden,
             w1: Vec::new(),
             b1: flat[b1.clone()].to_vec(),
@@ -162,15 +164,19 @@ pub struct ShardedTrainer {
 
 impl ShardedTrainer {
     /// The model `weights` with Adam's `state`, on `device`, with `w1` cut into `shards` row
-    /// blocks (at least one).
+    /// blocks (at least one). An error names an array of the MLP that is missing.
     pub fn new(
         weights: &Weights,
         state: &AdamState,
         config: AdamConfig,
         shards: usize,
         device: &Device,
-    ) -> Self {
-        let (m, v) = (&state.m, &state.v);
+    ) -> Result<Self> {
+        let weights = &MlpWeights::from_weights(weights)?;
+        let (m, v) = (
+            &MlpWeights::from_weights(&state.m)?,
+            &MlpWeights::from_weights(&state.v)?,
+        );
         let count = shards.clamp(1, INPUT_LEN);
         let hidden = weights.hidden;
         let shards = (0..count)
@@ -183,12 +189,12 @@ impl ShardedTrainer {
                 Shard { rows, w1 }
             })
             .collect();
-        Self {
+        Ok(Self {
             config,
             step: state.step,
             shards,
             head: Head::new(weights, m, v, device),
-        }
+        })
     }
 
     /// How many shards `w1` is cut into.
@@ -253,11 +259,11 @@ impl ShardedTrainer {
         let [mut weights, mut m, mut v] = self.head.host()?;
         (weights.w1, m.w1, v.w1) = (w1, w1m, w1v);
         Ok((
-            weights,
+            weights.into_weights(),
             AdamState {
                 step: self.step,
-                m,
-                v,
+                m: m.into_weights(),
+                v: v.into_weights(),
             },
         ))
     }
@@ -287,17 +293,15 @@ mod tests {
     /// autodiff) and Adam on each whole parameter.
     fn plain_steps(weights: &Weights, steps: usize, config: AdamConfig) -> Weights {
         let device = Device::flex();
-        let mut model = Mlp::from_weights(weights, &device);
-        let state = AdamState::zeros(weights.hidden, CLASSES);
-        let mut w1m = Moments::upload(
-            &state.m.w1,
-            &state.v.w1,
-            [INPUT_LEN, weights.hidden],
-            &device,
-        );
-        let mut b1m = Moments::upload(&state.m.b1, &state.v.b1, [weights.hidden], &device);
-        let mut w2m = Moments::upload(&state.m.w2, &state.v.w2, [weights.hidden, CLASSES], &device);
-        let mut b2m = Moments::upload(&state.m.b2, &state.v.b2, [CLASSES], &device);
+        let mut model = Mlp::from_weights(weights, &device).unwrap();
+        let hidden = model.hidden_width();
+        let zeros = |shape: &[usize]| vec![0.0; shape.iter().product()];
+        let moments =
+            |shape: [usize; 2]| Moments::upload(&zeros(&shape), &zeros(&shape), shape, &device);
+        let mut w1m = moments([INPUT_LEN, hidden]);
+        let mut w2m = moments([hidden, CLASSES]);
+        let mut b1m = Moments::upload(&zeros(&[hidden]), &zeros(&[hidden]), [hidden], &device);
+        let mut b2m = Moments::upload(&zeros(&[CLASSES]), &zeros(&[CLASSES]), [CLASSES], &device);
         for step in 1..=steps {
             let (x, y, l) = batch(8, step as u64, &device);
             let (g, _) = model.gradients(x, y, l);
@@ -322,11 +326,12 @@ mod tests {
         let device = Device::flex();
         let mut trainer = ShardedTrainer::new(
             weights,
-            &AdamState::zeros(weights.hidden, CLASSES),
+            &AdamState::zeros_like(weights),
             config,
             shards,
             &device,
-        );
+        )
+        .unwrap();
         for step in 1..=steps {
             let (x, y, l) = batch(8, step as u64, &device);
             trainer.step(x, y, l);
@@ -336,15 +341,12 @@ mod tests {
     }
 
     fn max_difference(a: &Weights, b: &Weights) -> f32 {
-        [
-            (&a.w1, &b.w1),
-            (&a.b1, &b.b1),
-            (&a.w2, &b.w2),
-            (&a.b2, &b.b2),
-        ]
-        .iter()
-        .flat_map(|(x, y)| x.iter().zip(y.iter()).map(|(p, q)| (p - q).abs()))
-        .fold(0.0, f32::max)
+        assert_eq!(a.arrays.len(), b.arrays.len());
+        a.arrays
+            .iter()
+            .zip(&b.arrays)
+            .flat_map(|(x, y)| x.values.iter().zip(&y.values).map(|(p, q)| (p - q).abs()))
+            .fold(0.0, f32::max)
     }
 
     #[test]
@@ -376,7 +378,8 @@ mod tests {
         let config = AdamConfig::new(0.01);
         let device = Device::flex();
         let count = |n| {
-            ShardedTrainer::new(&start, &AdamState::zeros(12, CLASSES), config, n, &device)
+            ShardedTrainer::new(&start, &AdamState::zeros_like(&start), config, n, &device)
+                .unwrap()
                 .shard_count()
         };
         assert_eq!(count(0), 1);
@@ -388,7 +391,8 @@ mod tests {
         let start = Weights::init(8, CLASSES, 3);
         let (_, state, _) = sharded_steps(&start, 2, AdamConfig::new(0.01), 2);
         let device = Device::flex();
-        let trainer = ShardedTrainer::new(&start, &state, AdamConfig::new(0.01), 4, &device);
+        let trainer =
+            ShardedTrainer::new(&start, &state, AdamConfig::new(0.01), 4, &device).unwrap();
         let (weights, again) = trainer.state().unwrap();
         assert_eq!(weights, start);
         assert_eq!(again, state);

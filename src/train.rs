@@ -20,10 +20,11 @@ use crate::data::preprocess::{INPUT_LEN, normalize};
 use crate::data::source::{DEFAULT_VAL_SPLIT, DataSource, LoadOptions};
 use crate::device::Selected;
 use crate::fsutil::write_atomic;
-use crate::model::{DEFAULT_HIDDEN, Mlp, ModelConfig, Weights, batch_tensors};
+use crate::model::{Arch, DEFAULT_HIDDEN, Model, ModelConfig, Weights, batch_tensors};
 use crate::plots;
 use crate::progress::Reporter;
-use crate::sharded::{ShardedTrainer, shards_for};
+use crate::sharded::shards_for;
+use crate::trainer::Trainer;
 
 /// How to train; `None` means "the default, or the checkpoint's value on --resume".
 #[derive(Debug, Clone)]
@@ -36,6 +37,8 @@ pub struct TrainOptions {
     pub lr: Option<f64>,
     /// Width of the hidden layer.
     pub hidden: Option<usize>,
+    /// The architecture (`--arch`; the MLP when not given).
+    pub arch: Option<Arch>,
     /// Seed of the initial weights and the shuffles.
     pub seed: Option<u64>,
     /// Train on the first N training images only.
@@ -111,6 +114,8 @@ pub struct TrainSummary {
     pub config: TrainConfig,
     /// Hidden width.
     pub hidden: usize,
+    /// The architecture's name (`mlp-3072-relu-10`, `cnn-conv32-conv64-dense128`).
+    pub architecture: String,
     /// Where the files are.
     pub checkpoints: RunPaths,
     /// Every epoch's metrics.
@@ -181,7 +186,7 @@ fn scalar<K: burn::tensor::kind::Basic>(tensor: Tensor<1, K>) -> Result<f64> {
 }
 
 /// Mean loss and accuracy of `model` on `data`.
-fn evaluate(model: &Mlp, data: &Batches, device: &Device) -> Result<(f64, f64)> {
+fn evaluate(model: &Model, data: &Batches, device: &Device) -> Result<(f64, f64)> {
     const CHUNK: usize = 1000;
     let len = data.len();
     if len == 0 {
@@ -284,6 +289,11 @@ fn check_run_json(files: &RunFiles, meta: &CheckpointMeta, path: &Path) -> Resul
     let same_lr = (mine.lr - theirs.lr).abs() <= 1e-12 * mine.lr.abs().max(theirs.lr.abs());
     let differences = [
         (
+            "--arch",
+            meta.model.architecture.clone(),
+            run.model.architecture.clone(),
+        ),
+        (
             "--hidden",
             meta.model.hidden.to_string(),
             run.model.hidden.to_string(),
@@ -333,6 +343,16 @@ fn check_resume(
     classes: &[String],
     path: &Path,
 ) -> Result<()> {
+    if let Some(arch) = opts.arch
+        && meta.model.arch()? != arch
+    {
+        bail!(
+            "{}: this run trains `{}`, not --arch {}; drop --arch to resume it, or start a new run in another --checkpoints folder",
+            path.display(),
+            meta.model.architecture,
+            arch.flag()
+        );
+    }
     check_same("--hidden", opts.hidden, meta.model.hidden, path)?;
     check_same("--batch-size", opts.batch_size, meta.train.batch_size, path)?;
     check_same("--lr", opts.lr, meta.train.lr, path)?;
@@ -379,12 +399,17 @@ fn fresh_start(opts: &TrainOptions, classes: &[String]) -> Checkpoint {
             .uses_val_split()
             .then(|| opts.val_split.unwrap_or(DEFAULT_VAL_SPLIT)),
     };
+    let arch = opts.arch.unwrap_or(Arch::Mlp);
+    let weights = match arch {
+        Arch::Mlp => Weights::init(hidden, classes.len(), train.seed),
+        Arch::Cnn => crate::cnn::init_weights(classes.len(), train.seed),
+    };
     Checkpoint {
-        weights: Weights::init(hidden, classes.len(), train.seed),
-        adam: AdamState::zeros(hidden, classes.len()),
+        adam: AdamState::zeros_like(&weights),
+        weights,
         meta: CheckpointMeta {
             maas_version: crate::VERSION.into(),
-            model: ModelConfig::new(hidden, classes.to_vec()),
+            model: ModelConfig::of(arch, hidden, classes.to_vec()),
             train,
             epoch: 0,
             history: Vec::new(),
@@ -452,13 +477,14 @@ pub fn train(
     ));
 
     prepare_folder(&files, &state, opts, selected, reporter)?;
-    let mut trainer = ShardedTrainer::new(
+    let mut trainer = Trainer::new(
+        &state.meta.model,
         &state.weights,
         &state.adam,
         AdamConfig::new(cfg.lr),
         shards_for(selected.kind),
         device,
-    );
+    )?;
     let first_epoch = state.meta.epoch + 1;
     let epochs = EpochLoop {
         train: &train_data,
@@ -555,7 +581,7 @@ struct EpochLoop<'a> {
 impl EpochLoop<'_> {
     /// Trains the epochs after `state`'s last complete one, up to `self.epochs`; after each,
     /// tests, records the epoch in `state` and writes its checkpoint.
-    fn run(&self, state: &mut Checkpoint, trainer: &mut ShardedTrainer) -> Result<Throughput> {
+    fn run(&self, state: &mut Checkpoint, trainer: &mut Trainer) -> Result<Throughput> {
         let (batch_size, seed) = (state.meta.train.batch_size, state.meta.train.seed);
         let mut throughput = Throughput::default();
         for epoch in state.meta.epoch + 1..=self.epochs {
@@ -625,7 +651,7 @@ impl EpochLoop<'_> {
     /// it; the caller finds it in the epoch's loss.
     fn train_epoch(
         &self,
-        trainer: &mut ShardedTrainer,
+        trainer: &mut Trainer,
         epoch: usize,
         batch_size: usize,
         seed: u64,
@@ -757,6 +783,7 @@ fn summarize(
         device,
         config: meta.train,
         hidden: meta.model.hidden,
+        architecture: meta.model.architecture.clone(),
         checkpoints: RunPaths {
             dir: files.dir.clone(),
             best: files.best(),
@@ -784,6 +811,7 @@ mod tests {
             batch_size: None,
             lr: None,
             hidden: None,
+            arch: None,
             seed: None,
             limit: None,
             data: DataSource::Cifar10(dir.join("data")),
@@ -799,6 +827,7 @@ mod tests {
     fn small_run(dir: &Path) -> Checkpoint {
         let opts = TrainOptions {
             hidden: Some(8),
+            arch: None,
             batch_size: Some(8),
             lr: Some(0.01),
             seed: Some(7),
@@ -1030,6 +1059,7 @@ mod tests {
         check_resume(&same, meta, &classes(), path).unwrap();
         let given = TrainOptions {
             hidden: Some(8),
+            arch: None,
             batch_size: Some(8),
             lr: Some(0.01),
             seed: Some(7),
@@ -1044,6 +1074,7 @@ mod tests {
         let msg = refused(
             TrainOptions {
                 hidden: Some(16),
+                arch: None,
                 ..same.clone()
             },
             &classes(),
@@ -1206,13 +1237,14 @@ mod tests {
             stop: &stop,
             device: &device,
         };
-        let mut trainer = ShardedTrainer::new(
+        let mut trainer = Trainer::new(
+            &state.meta.model,
             &state.weights,
             &state.adam,
             AdamConfig::new(state.meta.train.lr),
             1,
             &device,
-        );
+        )?;
         epoch_loop.run(state, &mut trainer)
     }
 

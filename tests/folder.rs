@@ -72,7 +72,7 @@ fn a_folder_with_train_and_test_is_learnt_and_answers_with_its_class_names() {
     ws.ok(&["export"]);
     let model = load_model(&ws.path("model.maas")).unwrap();
     assert_eq!(model.config.classes, CLASSES);
-    assert_eq!(model.weights.b2.len(), 3);
+    assert_eq!(model.weights.classes(), 3);
 
     // predict answers with the folder's names; eval's figures are those of predict --json.
     let predicted: serde_json::Value =

@@ -67,3 +67,41 @@ fn cpu_and_gpu_give_the_same_probabilities_for_the_same_weights() {
         assert!((c - g).abs() < 1e-5, "probability {i}: cpu {c} vs gpu {g}");
     }
 }
+
+/// The cnn trains through autodiff on the GPU, and its probabilities there are the CPU's.
+#[test]
+fn a_cnn_trains_on_the_gpu_and_agrees_with_the_cpu() {
+    let ws = Workspace::new(4, 10);
+    let (code, out, err) = ws.run(&[
+        "--device",
+        "gpu",
+        "train",
+        "--arch",
+        "cnn",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "10",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(summary["final_train_loss"].as_f64().unwrap().is_finite());
+    let model = load_model(&ws.path("checkpoints/best.ckpt")).unwrap();
+    let mut inputs = Vec::new();
+    for class in 0..4 {
+        let mut chw = Vec::new();
+        maas::data::preprocess::normalize(&synthetic::sample_image(class, 5), &mut chw);
+        inputs.extend(chw);
+    }
+    let cpu = Classifier::new(&model, &select(DeviceChoice::Cpu).unwrap().device)
+        .probabilities(&inputs)
+        .unwrap();
+    let gpu = Classifier::new(&model, &select(DeviceChoice::Gpu).unwrap().device)
+        .probabilities(&inputs)
+        .unwrap();
+    assert_eq!(cpu.len(), 40);
+    for (i, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+        assert!((c - g).abs() < 1e-5, "probability {i}: cpu {c} vs gpu {g}");
+    }
+}

@@ -245,10 +245,14 @@ fn fp32_values_outside_the_unit_interval_are_refused_naming_the_tensor() {
     assert_eq!(status, 200, "{answer}");
 }
 
-/// Copies the maas file `from` to `to` with `w1[3]` set to NaN, with a valid checksum.
+/// Copies the maas file `from` to `to` with `hidden.weight[3]` set to NaN, with a valid checksum.
 fn with_nan_weight(ws: &Workspace, from: &str, to: &str) {
     let mut contents = container::decode(&std::fs::read(ws.path(from)).unwrap()).unwrap();
-    let w1 = contents.arrays.iter_mut().find(|a| a.name == "w1").unwrap();
+    let w1 = contents
+        .arrays
+        .iter_mut()
+        .find(|a| a.name == "hidden.weight")
+        .unwrap();
     w1.values[3] = f32::NAN;
     let bytes = container::encode(contents.kind, contents.meta, &contents.arrays).unwrap();
     std::fs::write(ws.path(to), bytes).unwrap();
@@ -295,7 +299,9 @@ fn a_model_of_nan_weights_is_refused_at_load_by_every_command() {
         // One line names the file and the problem.
         let line = err.lines().find(|l| l.starts_with("maas: error: "));
         assert!(
-            line.is_some_and(|l| l.contains(file) && l.contains("NaN") && l.contains("w1")),
+            line.is_some_and(|l| l.contains(file)
+                && l.contains("NaN")
+                && l.contains("hidden.weight")),
             "{args:?}: {err}"
         );
         assert!(

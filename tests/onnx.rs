@@ -35,8 +35,20 @@ fn python() -> String {
 
 #[test]
 fn onnxruntime_agrees_with_maas_predict() {
+    onnxruntime_agrees_with_maas_predict_on(&[]);
+}
+
+/// The CNN's graph: Conv, Relu, MaxPool, Flatten, Gemm, Softmax.
+#[test]
+fn onnxruntime_agrees_with_maas_predict_on_a_cnn() {
+    onnxruntime_agrees_with_maas_predict_on(&["--arch", "cnn", "--limit", "48"]);
+}
+
+/// Trains a model with `train_args`, exports it as ONNX, and holds onnxruntime's answers to
+/// `maas predict`'s.
+fn onnxruntime_agrees_with_maas_predict_on(train_args: &[&str]) {
     let ws = Workspace::new(20, 50);
-    ws.train(&[]);
+    ws.train(train_args);
     let out = ws.ok(&["export", "--format", "onnx", "--json"]);
     let exported: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(exported["format"], "onnx");

@@ -12,7 +12,6 @@ use libfuzzer_sys::fuzz_target;
 use maas::checkpoint::Checkpoint;
 use maas::container;
 use maas::export::decode_model;
-use maas::model::Weights;
 
 fn decode_all(bytes: &[u8]) {
     if let Ok(contents) = container::decode(bytes) {
@@ -21,10 +20,11 @@ fn decode_all(bytes: &[u8]) {
         }
     }
     if let Ok(model) = decode_model(bytes, Path::new("fuzz.maas")) {
-        let shapes = Weights::shapes(model.config.hidden);
-        let w = &model.weights;
-        for (values, shape) in [&w.w1, &w.b1, &w.w2, &w.b2].into_iter().zip(shapes) {
-            assert_eq!(values.len(), shape.iter().product::<usize>());
+        let expected = model.config.parameter_shapes();
+        assert_eq!(model.weights.arrays.len(), expected.len());
+        for (array, (name, shape)) in model.weights.arrays.iter().zip(expected) {
+            assert_eq!((&array.name, &array.shape), (&name, &shape));
+            assert_eq!(array.values.len(), shape.iter().product::<usize>());
         }
     }
     let _ = Checkpoint::decode(bytes);

@@ -1,10 +1,11 @@
 //! `maas train`.
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, CommandFactory};
 
 use super::args::{CheckpointsArg, DataArgs, positive_float};
-use super::{Context, print_json, print_stdout};
+use super::{Cli, Context, print_json, print_stdout};
+use crate::model::Arch;
 use crate::train::{self, TrainOptions};
 
 /// `maas train`.
@@ -19,7 +20,13 @@ pub struct TrainArgs {
     /// Adam's learning rate [default: 0.001].
     #[arg(long, value_name = "RATE", value_parser = positive_float)]
     lr: Option<f64>,
-    /// Width of the hidden layer [default: 64].
+    /// The model: `mlp`, the card's model and the fastest to train, for pictures told apart by
+    /// their colours and overall look; `cnn`, a small convolutional network (conv 3x3 32, max-pool,
+    /// conv 3x3 64, max-pool, dense 128), slower, for pictures where the position and shape of
+    /// things matter. On --resume, the run's own [default: mlp].
+    #[arg(long, value_enum, value_name = "ARCH")]
+    arch: Option<ArchArg>,
+    /// Width of the MLP's hidden layer [default: 64] (the cnn's is fixed).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_536))]
     hidden: Option<u32>,
     /// Seed of the initial weights and of each epoch's shuffle [default: 42].
@@ -45,7 +52,37 @@ pub struct TrainArgs {
     json: bool,
 }
 
+/// `--arch`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ArchArg {
+    /// The card's MLP: fastest; for pictures told apart by colour and overall look.
+    Mlp,
+    /// A small CNN: for pictures where the position and shape of things matter.
+    Cnn,
+}
+
+impl From<ArchArg> for Arch {
+    fn from(arch: ArchArg) -> Self {
+        match arch {
+            ArchArg::Mlp => Arch::Mlp,
+            ArchArg::Cnn => Arch::Cnn,
+        }
+    }
+}
+
 pub(super) fn run(args: TrainArgs, cx: &Context) -> Result<u8> {
+    if matches!(args.arch, Some(ArchArg::Cnn)) && args.hidden.is_some() {
+        // clap cannot say "not --hidden with this value of --arch": its error, with train's usage.
+        let mut cli = Cli::command();
+        cli.build();
+        let mut cmd = cli.find_subcommand("train").cloned().unwrap_or(cli);
+        return Err(cmd
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--hidden sets the MLP's width; the cnn's layers are fixed: drop --hidden",
+            )
+            .into());
+    }
     let selected = cx.select_device()?;
     let data = args.data.ensure(&cx.reporter)?;
     let opts = TrainOptions {
@@ -53,6 +90,7 @@ pub(super) fn run(args: TrainArgs, cx: &Context) -> Result<u8> {
         batch_size: args.batch_size.map(|b| b as usize),
         lr: args.lr,
         hidden: args.hidden.map(|h| h as usize),
+        arch: args.arch.map(Arch::from),
         seed: args.seed,
         limit: args.limit.map(|l| l as usize),
         data,

@@ -1,0 +1,141 @@
+//! The small CNN (`maas train --arch cnn`): conv 3x3 32 + ReLU, max-pool 2, conv 3x3 64 + ReLU,
+//! max-pool 2, flatten, dense 128 + ReLU, dense C. The same network as the PyTorch peer
+//! (`torch_cnn.py`: padding 1, so the pictures stay 32x32 and 16x16 through the convolutions).
+//!
+//! Where the MLP sees pixels at fixed places, the convolutions see the same small patterns
+//! anywhere in the picture: what a shape drawn at a random position needs. Its gradients are
+//! burn's ([`crate::autodiff_step`]).
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+use crate::autodiff_step::Network;
+use crate::container::Array;
+use crate::model::Weights;
+
+/// Channels of the two convolutions.
+const CHANNELS: [usize; 2] = [32, 64];
+/// Width of the dense layer.
+pub const DENSE: usize = 128;
+/// Values per image after the second pooling: 64 channels of 8x8.
+const FLAT: usize = CHANNELS[1] * 8 * 8;
+
+/// The CNN as a burn module; its parameters are named by these fields (`conv1.weight`, ...).
+#[derive(Module, Debug)]
+pub struct Cnn {
+    /// Conv 3x3, 3 -> 32 channels, padding 1.
+    pub conv1: Conv2d,
+    /// Conv 3x3, 32 -> 64 channels, padding 1.
+    pub conv2: Conv2d,
+    /// Max-pool 2x2, stride 2 (after each convolution).
+    pub pool: MaxPool2d,
+    /// Dense 4096 -> 128.
+    pub dense: Linear,
+    /// Dense 128 -> classes: the logits.
+    pub output: Linear,
+}
+
+impl Cnn {
+    /// A CNN of `classes` outputs on `device`, with burn's initial weights (to be replaced by
+    /// [`crate::autodiff_step::load_weights`]).
+    pub fn new(classes: usize, device: &Device) -> Self {
+        let conv = |channels| {
+            Conv2dConfig::new(channels, [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
+        };
+        Self {
+            conv1: conv([3, CHANNELS[0]]),
+            conv2: conv(CHANNELS),
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+            dense: LinearConfig::new(FLAT, DENSE).init(device),
+            output: LinearConfig::new(DENSE, classes).init(device),
+        }
+    }
+
+    /// Logits `[N, classes]` for preprocessed images `[N, 3072]` (channel-major).
+    pub fn forward(&self, input: Tensor<2>) -> Tensor<2> {
+        let n = input.dims()[0];
+        let x = input.reshape([n, 3, 32, 32]);
+        let x = self.pool.forward(relu(self.conv1.forward(x)));
+        let x = self.pool.forward(relu(self.conv2.forward(x)));
+        let x = relu(self.dense.forward(x.reshape([n, FLAT])));
+        self.output.forward(x)
+    }
+}
+
+impl Network for Cnn {
+    fn logits(&self, input: Tensor<2>) -> Tensor<2> {
+        self.forward(input)
+    }
+}
+
+/// The CNN's parameters, names and shapes in the module's order.
+pub fn parameter_shapes(classes: usize) -> Vec<(String, Vec<usize>)> {
+    let [c1, c2] = CHANNELS;
+    [
+        ("conv1.weight", vec![c1, 3, 3, 3]),
+        ("conv1.bias", vec![c1]),
+        ("conv2.weight", vec![c2, c1, 3, 3]),
+        ("conv2.bias", vec![c2]),
+        ("dense.weight", vec![FLAT, DENSE]),
+        ("dense.bias", vec![DENSE]),
+        ("output.weight", vec![DENSE, classes]),
+        ("output.bias", vec![classes]),
+    ]
+    .into_iter()
+    .map(|(name, shape)| (name.to_string(), shape))
+    .collect()
+}
+
+/// Fresh weights as Keras initialises Conv2D and Dense layers (Glorot uniform, zero bias), drawn
+/// on the host from `seed` so that every device starts from the same numbers.
+pub fn init_weights(classes: usize, seed: u64) -> Weights {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let arrays = parameter_shapes(classes)
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let values = if shape.len() == 1 {
+                vec![0.0; n]
+            } else {
+                // Dense [in, out]; conv [out, in, kh, kw], whose fans count the kernel's taps.
+                let (fan_in, fan_out) = match shape.as_slice() {
+                    [fan_in, fan_out] => (*fan_in, *fan_out),
+                    [out, inp, kh, kw] => (inp * kh * kw, out * kh * kw),
+                    _ => (n, n),
+                };
+                let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+                (0..n).map(|_| rng.random_range(-limit..limit)).collect()
+            };
+            Array::new(&name, shape, values)
+        })
+        .collect();
+    Weights { arrays }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autodiff_step::{load_weights, weights_of};
+
+    #[test]
+    fn the_module_holds_the_named_parameters_and_gives_logits_per_class() {
+        let device = Device::flex();
+        let w = init_weights(5, 3);
+        let cnn = load_weights(Cnn::new(5, &device), &w).unwrap();
+        assert_eq!(
+            weights_of(&cnn).unwrap(),
+            w,
+            "names, shapes and order agree"
+        );
+        let x = Tensor::<2>::ones([2, 3072], &device);
+        assert_eq!(cnn.forward(x).dims(), [2, 5]);
+        assert_eq!(w.classes(), 5);
+        assert_ne!(init_weights(5, 3), init_weights(5, 4));
+    }
+}

@@ -1,0 +1,73 @@
+//! The model and its optimizer while training, of either architecture: the MLP through its
+//! sharded, hand-derived step ([`crate::sharded`], an optimisation of the same arithmetic), any
+//! other model through burn's autodiff ([`crate::autodiff_step`]).
+
+use anyhow::Result;
+use burn::prelude::*;
+
+use crate::adam::{AdamConfig, AdamState};
+use crate::autodiff_step::AutodiffTrainer;
+use crate::cnn::Cnn;
+use crate::data::preprocess::INPUT_LEN;
+use crate::model::{Arch, Model, ModelConfig, StepStats, Weights};
+use crate::sharded::ShardedTrainer;
+
+/// A training model and its optimizer.
+pub enum Trainer {
+    /// The MLP, sharded.
+    Sharded(ShardedTrainer),
+    /// The CNN, through autodiff.
+    Cnn(AutodiffTrainer<Cnn>),
+}
+
+impl Trainer {
+    /// The model of `config` from `weights` and Adam's `state`, on `device`; the MLP's first
+    /// layer cut into `shards`.
+    pub fn new(
+        config: &ModelConfig,
+        weights: &Weights,
+        state: &AdamState,
+        adam: AdamConfig,
+        shards: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(match config.arch()? {
+            Arch::Mlp => {
+                Trainer::Sharded(ShardedTrainer::new(weights, state, adam, shards, device)?)
+            }
+            Arch::Cnn => {
+                let cnn = Cnn::new(config.classes.len(), device);
+                Trainer::Cnn(AutodiffTrainer::new(cnn, weights, state, adam, device)?)
+            }
+        })
+    }
+
+    /// One step of Adam on the batch `input` `[N, >= 3072]` (columns past 3072 are ignored).
+    pub fn step(
+        &mut self,
+        input: Tensor<2>,
+        targets: Tensor<2>,
+        labels: Tensor<1, Int>,
+    ) -> StepStats {
+        match self {
+            Trainer::Sharded(t) => t.step(input, targets, labels),
+            Trainer::Cnn(t) => t.step(input.slice_dim(1, 0..INPUT_LEN), targets, labels),
+        }
+    }
+
+    /// The model as it stands, on the plain device.
+    pub fn model(&self) -> Model {
+        match self {
+            Trainer::Sharded(t) => Model::Mlp(t.model()),
+            Trainer::Cnn(t) => Model::Cnn(t.model()),
+        }
+    }
+
+    /// The weights and Adam's state, copied to the host to be saved.
+    pub fn state(&self) -> Result<(Weights, AdamState)> {
+        match self {
+            Trainer::Sharded(t) => t.state(),
+            Trainer::Cnn(t) => t.state(),
+        }
+    }
+}
