@@ -981,3 +981,20 @@ fn https_serves_a_client_that_trusts_the_certificate_and_no_one_else() {
         "plain HTTP was answered on the TLS port"
     );
 }
+
+#[test]
+fn a_two_class_model_answers_v1_predict_without_top_k() {
+    // The default top_k of 3 asks for no more classes than the model has.
+    let ws = Workspace::new(1, 1);
+    write_class_folder(&ws.path("photos"), &["cherry", "sky"], 8, 2);
+    ws.ok(&["train", "--data", "photos", "--epochs", "1", "--quiet"]);
+    ws.ok(&["export", "-o", "model.maas", "--quiet"]);
+    let server = Server::start(&ws, &[]);
+    let bytes = std::fs::read(ws.path("photos/sky/sky-001.jpg")).unwrap();
+    for route in ["/v1/predict", "/v1/explain"] {
+        let got = server.post(route, &bytes);
+        assert_eq!(got.status, 200, "{route}: {}", got.text());
+        assert_eq!(got.json()["top_k"].as_array().unwrap().len(), 2, "{route}");
+    }
+    server.post("/v1/predict?top_k=3", &bytes).assert_error(400);
+}

@@ -303,8 +303,9 @@ async fn image_request(
         .map_err(|e| ApiError::bad_request(e.body_text()))
         .and_then(|Query(query)| {
             let model = state.registry.default_version()?;
-            let top_k = query.top_k.unwrap_or(3);
             let classes = model.classes.len();
+            // The default asks for no more classes than the model has (a two-class model).
+            let top_k = query.top_k.unwrap_or(3.min(classes));
             if !(1..=classes).contains(&top_k) {
                 return Err(ApiError::bad_request(format!(
                     "top_k must be 1 to {classes}"
