@@ -20,13 +20,7 @@ fn probabilities(report: &serde_json::Value) -> Vec<Vec<f64>> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| {
-            let mut row = vec![f64::NAN; 10];
-            for r in p["top_k"].as_array().unwrap() {
-                row[r["index"].as_u64().unwrap() as usize] = r["probability"].as_f64().unwrap();
-            }
-            row
-        })
+        .map(common::class_probabilities)
         .collect()
 }
 

@@ -58,15 +58,11 @@ fn rows(report: &Value) -> Vec<(String, String, u64, Vec<f64>)> {
         .unwrap()
         .iter()
         .map(|p| {
-            let mut row = vec![f64::NAN; 10];
-            for r in p["top_k"].as_array().unwrap() {
-                row[r["index"].as_u64().unwrap() as usize] = r["probability"].as_f64().unwrap();
-            }
             (
                 p["file"].as_str().unwrap().to_string(),
                 p["label"].as_str().unwrap().to_string(),
                 p["index"].as_u64().unwrap(),
-                row,
+                common::class_probabilities(p),
             )
         })
         .collect()

@@ -152,3 +152,13 @@ pub fn predicted_files(report: &serde_json::Value) -> Vec<String> {
         .map(|p| p["file"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// One prediction's probabilities in class order, from the `top_k` of a `predict --json
+/// --top-k 10` report (classes left out of `top_k` are NaN).
+pub fn class_probabilities(prediction: &serde_json::Value) -> Vec<f64> {
+    let mut row = vec![f64::NAN; 10];
+    for r in prediction["top_k"].as_array().unwrap() {
+        row[r["index"].as_u64().unwrap() as usize] = r["probability"].as_f64().unwrap();
+    }
+    row
+}
