@@ -12,6 +12,11 @@ ARG RUST_VERSION=1.95
 
 # ---- build: compile the release binary -------------------------------------------------------
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
+# libjpeg-turbo's static library (JPEG photos decoded at a reduced DCT scale), linked into the
+# binary (.cargo/config.toml): the runtime stage needs nothing more.
+RUN apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libturbojpeg0-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # The registry and target folders live in BuildKit cache mounts, so a source change recompiles

@@ -8,8 +8,9 @@ the serve part fastapi and uvicorn (the peer: ../shared/peers/torch_serve.py). T
 `ab` (apache2-utils). Builds maas and examples/photo_bench (`cargo build`), trains a small model as
 bench/run.py does, then measures:
 
-  preprocess  one 640x427 JPEG to model input on one core (taskset -c 0): maas against PIL with
-              draft (Image.draft, JPEG DCT scaling) and without;
+  preprocess  one 640x427 JPEG to model input on one core (taskset -c 0): maas (libjpeg-turbo)
+              against PIL with draft (Image.draft, JPEG DCT scaling) and without, and against
+              the pure-Rust jpeg-decoder at the same scale (examples/photo_bench);
   predict     `maas predict` on 200 photos of mixed sizes, whole process, against PIL + PyTorch in
               one process after import; `maas predict` of one 4000x3000 JPEG, cold process, and its
               peak RSS (/usr/bin/time -v);
@@ -93,19 +94,20 @@ def train_model(work):
 
 def maas_one_core_ms(photo, repeat):
     env = dict(os.environ, RAYON_NUM_THREADS="1")
-    best = float("inf")
+    best, before = float("inf"), float("inf")
     for _ in range(repeat):
         out = base.run(["taskset", "-c", "0", PHOTO_BENCH, photo], env=env).stdout
         row = next(line for line in out.splitlines() if line.startswith("640x427"))
         best = min(best, float(row.split()[-2]))
-    return best
+        before = min(before, float(row.split()[-4]))
+    return best, before
 
 
 def bench_preprocess(py, photos, args):
     print("\npreprocessing one 640x427 JPEG to model input, one core (taskset -c 0), best of runs:")
     for name in ("china", "flower"):
         photo = os.path.join(photos, name + ".jpg")
-        m = maas_one_core_ms(photo, args.repeat)
+        m, jd = maas_one_core_ms(photo, args.repeat)
         peer = {"draft": float("inf"), "full": float("inf")}
         for _ in range(args.repeat):
             out = base.run(["taskset", "-c", "0", py, "-c", PIL_ONE, photo, "20"]).stdout
@@ -113,7 +115,8 @@ def bench_preprocess(py, photos, args):
             peer = {k: min(peer[k], got[k] * 1e3) for k in peer}
         print(f"  {name}.jpg: maas {m:.2f} ms, PIL draft {peer['draft']:.2f} ms "
               f"(ratio {peer['draft'] / m:.2f}x), PIL full {peer['full']:.2f} ms "
-              f"(ratio {peer['full'] / m:.2f}x)")
+              f"(ratio {peer['full'] / m:.2f}x); jpeg-decoder at the same scale {jd:.2f} ms "
+              f"(ratio {peer['draft'] / jd:.2f}x)")
 
 
 def bench_predict(py, photos, model, args):

@@ -7,9 +7,11 @@
 //!
 //! Per size of photo: the time of a full decode and of the resize after it (what maas did before
 //! issue 13: `image` crate decode, its triangle filter), and of maas's preprocessing now, best of
-//! a few runs each on the calling thread. Over all photos: the largest difference of one input
-//! value between now and a full decode + the same resize, and with `--model`, the share of photos
-//! whose predicted class is the same as with the preprocessing of before.
+//! a few runs each on the calling thread, and of the pure-Rust scaled decode maas used before
+//! libjpeg-turbo (`jpeg-decoder` at the same DCT scale, then the same resize). Over all photos:
+//! the largest difference of one input value between now and a full decode + the same resize, and
+//! with `--model`, the share of photos whose predicted class is the same as with the
+//! preprocessing of before.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -61,6 +63,38 @@ struct Row {
     decode: Duration,
     resize: Duration,
     maas: Duration,
+    jpeg_decoder: Duration,
+}
+
+/// The preprocessing with `jpeg-decoder` in place of libjpeg-turbo, at the same DCT scale
+/// (issue 13's first version); the same as maas's for images it would not scale.
+fn jpeg_decoder_input(bytes: &[u8]) -> anyhow::Result<Vec<f32>> {
+    use jpeg_decoder::{Decoder, PixelFormat};
+    let side = 2 * maas::data::preprocess::SIDE;
+    let mut decoder = Decoder::new(bytes);
+    decoder.read_info()?;
+    let info = decoder
+        .info()
+        .ok_or_else(|| anyhow::anyhow!("no JPEG header"))?;
+    let (w, h) = (u32::from(info.width), u32::from(info.height));
+    let Some(e) = [1u32, 2, 4]
+        .into_iter()
+        .find(|&e| (w * e).div_ceil(8) >= side && (h * e).div_ceil(8) >= side)
+    else {
+        return image_bytes_to_input(bytes);
+    };
+    let (sw, sh) = ((w * e).div_ceil(8) as u16, (h * e).div_ceil(8) as u16);
+    let (sw, sh) = decoder.scale(sw, sh)?;
+    let pixels = decoder.decode()?;
+    let rgb = match info.pixel_format {
+        PixelFormat::L8 => pixels.iter().flat_map(|&p| [p, p, p]).collect(),
+        _ => pixels,
+    };
+    let image = image::RgbImage::from_raw(u32::from(sw), u32::from(sh), rgb)
+        .ok_or_else(|| anyhow::anyhow!("short decode"))?;
+    let mut out = Vec::new();
+    image_to_input(&DynamicImage::ImageRgb8(image), &mut out);
+    Ok(out)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,7 +109,7 @@ fn main() -> anyhow::Result<()> {
         None => None,
     };
     let mut rows: BTreeMap<(u32, u32), Row> = BTreeMap::new();
-    let (mut worst, mut worst_before) = (0.0f32, 0.0f32);
+    let (mut worst, mut worst_before, mut worst_lib) = (0.0f32, 0.0f32, 0.0f32);
     let (mut before_all, mut now_all) = (Vec::new(), Vec::new());
     for file in &args {
         let bytes = std::fs::read(file)?;
@@ -85,8 +119,10 @@ fn main() -> anyhow::Result<()> {
         let (resize, small) = best(runs, || {
             full.resize_exact(32, 32, FilterType::Triangle).to_rgb8()
         });
+        let (jpeg_decoder, before_lib) = best(runs, || jpeg_decoder_input(&bytes));
         let (maas, now) = best(runs, || image_bytes_to_input(&bytes));
         let now = now?;
+        worst_lib = worst_lib.max(max_diff(&now, &before_lib?));
         // Full decode, then the resize maas uses now: the difference the DCT scaling makes.
         let mut full_now_resize = Vec::new();
         image_to_input(&full, &mut full_now_resize);
@@ -100,22 +136,28 @@ fn main() -> anyhow::Result<()> {
         row.decode += decode;
         row.resize += resize;
         row.maas += maas;
+        row.jpeg_decoder += jpeg_decoder;
     }
-    println!("size        photos  full decode  resize (before)  maas now (decode + resize)");
+    println!(
+        "size        photos  full decode  resize (before)  jpeg-decoder scaled  \
+         maas now (libjpeg-turbo scaled + resize)"
+    );
     for ((w, h), r) in &rows {
         let n = r.n as u32;
         println!(
-            "{:<11} {:>6}  {:>8.2} ms  {:>12.2} ms  {:>12.3} ms",
+            "{:<11} {:>6}  {:>8.2} ms  {:>12.2} ms  {:>16.3} ms  {:>12.3} ms",
             format!("{w}x{h}"),
             r.n,
             (r.decode / n).as_secs_f64() * 1e3,
             (r.resize / n).as_secs_f64() * 1e3,
+            (r.jpeg_decoder / n).as_secs_f64() * 1e3,
             (r.maas / n).as_secs_f64() * 1e3
         );
     }
     println!(
         "largest input difference: {worst:.4} against a full decode + the same resize, \
-         {worst_before:.4} against the preprocessing of before"
+         {worst_before:.4} against the preprocessing of before, {worst_lib:.4} against \
+         jpeg-decoder at the same scale"
     );
     if let Some(c) = classifier {
         let k = c.num_classes();

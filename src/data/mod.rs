@@ -3,8 +3,8 @@
 //! [`cifar10`] reads the official binary layout, [`download`] fetches, verifies and installs it,
 //! [`folder`] reads a folder of class folders of your own images, [`source`] decides which of
 //! the two `--data` names, [`preprocess`] turns images into the tensors the model sees,
-//! [`jpeg`] decodes photos at a reduced DCT scale, [`files`] says which files are images, [`labelled`] holds the loaded images with their
-//! labels, whichever source they came from, and [`synthetic`] writes small, learnable stand-ins
+//! [`jpeg`] decodes photos at a reduced DCT scale, [`files`] says which files are images,
+//! [`labelled`] holds the loaded images with their labels, whichever source they came from, and [`synthetic`] writes small, learnable stand-ins
 //! in the real layout so that tests never need the network.
 //!
 //! Nothing here depends on the model, training or inference: they depend on this.
@@ -13,6 +13,8 @@ pub mod cifar10;
 pub mod download;
 pub mod files;
 pub mod folder;
+// libjpeg-turbo's C API, called from this module alone.
+#[allow(unsafe_code)]
 pub mod jpeg;
 pub mod labelled;
 pub mod preprocess;
