@@ -25,7 +25,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin maas \
+    cargo build --release --locked --features turbojpeg --bin maas \
     && install -m 0755 target/release/maas /usr/local/bin/maas
 
 # ---- runtime: the binary, a non-root user, nothing else ---------------------------------------

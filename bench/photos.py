@@ -80,7 +80,7 @@ print(json.dumps({"seconds": time.perf_counter() - t, "images": len(files)}))
 
 
 def build():
-    base.run(["cargo", "build", "--quiet", "--bin", "maas", "--example", "photo_bench"], cwd=REPO)
+    base.run(["cargo", "build", "--quiet", "--features", "turbojpeg", "--bin", "maas", "--example", "photo_bench"], cwd=REPO)
 
 
 def train_model(work):

@@ -299,7 +299,7 @@ def main():
     ap.add_argument("--cnn-n", type=int, default=2000, help="generated training images for `cnn`")
     args = ap.parse_args()
     py = os.environ.get("PEER_PYTHON", "python3")
-    run(["cargo", "build", "--quiet"], cwd=REPO)
+    run(["cargo", "build", "--quiet", "--features", "turbojpeg"], cwd=REPO)
     print(f"machine: {os.cpu_count()} cores; {run(['uname', '-srm']).stdout.strip()}")
     results = {"cores": os.cpu_count()}
     work = tempfile.mkdtemp(prefix="maas-bench-")

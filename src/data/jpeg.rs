@@ -2,13 +2,27 @@
 //! libjpeg's `scale_num` do), so that a 4000x3000 photo is never decoded at its full size, and a
 //! check that the file is whole (a JPEG cut short otherwise decodes as its first part, silently).
 //!
-//! The decoder is libjpeg-turbo (its TurboJPEG API, linked statically: see .cargo/config.toml),
-//! the one PIL runs; this module is the only place that calls it, hence its `unsafe`.
-
-use std::ffi::{CStr, c_int, c_ulong};
+//! Two decoders do the scaled decode, chosen when maas is built: libjpeg-turbo (the one PIL
+//! runs, about twice as fast) with the `turbojpeg` feature, which links Debian's static
+//! `libturbojpeg0-dev` (see .cargo/config.toml; `.ci/run` and the Dockerfile build with it), and
+//! the pure-Rust `jpeg-decoder` otherwise, so that a plain `cargo build` needs no C library.
+//! Both give the same scale and the same checks; this module holds what they share.
 
 use anyhow::{Result, bail};
-use turbojpeg_sys as tj;
+
+#[cfg(not(feature = "turbojpeg"))]
+#[path = "jpeg/pure.rs"]
+mod decoder;
+#[cfg(feature = "turbojpeg")]
+#[path = "jpeg/turbo.rs"]
+#[allow(unsafe_code)]
+mod decoder;
+
+/// What a decoder reads from a JPEG's header.
+struct Header {
+    width: u32,
+    height: u32,
+}
 
 /// The least the scaled decode keeps on each axis: twice the model's side, so that the
 /// antialiased resize after it still has two source pixels or more behind each output pixel.
@@ -24,7 +38,7 @@ pub struct ScaledJpeg<'a> {
     scaled: (u32, u32),
 }
 
-/// Width or height after a DCT scale of `eighths`/8: libjpeg's rounding up.
+/// Width or height after a DCT scale of `eighths`/8: libjpeg's and jpeg-decoder's rounding up.
 fn scaled_len(len: u32, eighths: u32) -> u32 {
     (len * eighths).div_ceil(8)
 }
@@ -39,83 +53,24 @@ fn eighths_for(width: u32, height: u32) -> u32 {
         .unwrap_or(8)
 }
 
-/// A TurboJPEG decompressor, destroyed when dropped.
-struct Decompressor(tj::tjhandle);
-
-impl Decompressor {
-    fn new() -> Result<Self> {
-        // SAFETY: no arguments; a null handle is checked.
-        let handle = unsafe { tj::tjInitDecompress() };
-        if handle.is_null() {
-            bail!("cannot start the JPEG decoder");
-        }
-        Ok(Self(handle))
-    }
-
-    /// The decoder's message for its last failure.
-    fn error(&self) -> String {
-        // SAFETY: the handle is live; the message is a NUL-terminated string the handle owns,
-        // copied before the handle is used again.
-        let message = unsafe { CStr::from_ptr(tj::tjGetErrorStr2(self.0)) };
-        message.to_string_lossy().trim().to_string()
-    }
-}
-
-impl Drop for Decompressor {
-    fn drop(&mut self) {
-        // SAFETY: the handle is live and dropped once.
-        unsafe { tj::tjDestroy(self.0) };
-    }
-}
-
-/// `bytes.len()` as the decoder takes it.
-fn jpeg_size(bytes: &[u8]) -> Result<c_ulong> {
-    Ok(c_ulong::try_from(bytes.len())?)
-}
-
 impl<'a> ScaledJpeg<'a> {
     /// Reads the header of the JPEG in `bytes`. `Ok(None)` when a DCT-scaled decode would gain
-    /// nothing (the image is less than twice [`MIN_SCALED_SIDE`] on a side), or this decoder
+    /// nothing (the image is less than twice [`MIN_SCALED_SIDE`] on a side), or the decoder
     /// does not read the header or gives no 8-bit RGB for it (12-bit, arithmetic-coded, CMYK):
     /// the general decoder takes those. `max_pixels` refuses a larger declared size before
     /// anything is allocated.
     pub fn open(bytes: &'a [u8], max_pixels: u64) -> Result<Option<Self>> {
         check_complete(bytes)?;
-        let decoder = Decompressor::new()?;
-        let (mut width, mut height, mut subsampling, mut colorspace): (c_int, c_int, c_int, c_int) =
-            (0, 0, 0, 0);
-        // SAFETY: the handle is live, the buffer is `bytes` with its length, and the four
-        // outputs are valid for writes.
-        let read = unsafe {
-            tj::tjDecompressHeader3(
-                decoder.0,
-                bytes.as_ptr(),
-                jpeg_size(bytes)?,
-                &mut width,
-                &mut height,
-                &mut subsampling,
-                &mut colorspace,
-            )
-        };
-        if read != 0 {
+        let Some(Header { width, height }) = decoder::read_header(bytes)? else {
             return Ok(None);
-        }
-        let (Ok(width), Ok(height)) = (u32::try_from(width), u32::try_from(height)) else {
-            bail!("the JPEG header declares a negative size");
         };
         if u64::from(width) * u64::from(height) > max_pixels {
             bail!("image is {width}x{height} pixels, more than the {max_pixels}-pixel limit");
-        }
-        let colorspace = u32::try_from(colorspace).unwrap_or(u32::MAX);
-        if ![tj::TJCS_TJCS_RGB, tj::TJCS_TJCS_YCbCr, tj::TJCS_TJCS_GRAY].contains(&colorspace) {
-            return Ok(None);
         }
         let eighths = eighths_for(width, height);
         if eighths == 8 {
             return Ok(None);
         }
-        // TurboJPEG takes the largest scale whose size fits in the one asked: asking for exactly
-        // this scale's size gets this scale.
         Ok(Some(Self {
             bytes,
             declared: (width, height),
@@ -133,32 +88,15 @@ impl<'a> ScaledJpeg<'a> {
         self.scaled
     }
 
-    /// Decodes at the scale chosen: 8-bit RGB (grey replicated), row-major. A warning of the
-    /// decoder is an error: corrupt entropy-coded data (which it would fill with grey), and stray
-    /// bytes before a marker too, since corrupt data that still decodes ends in the same warning.
+    /// Decodes at the scale chosen: 8-bit RGB (grey replicated), row-major, `3 * w * h` bytes.
     pub fn decode_rgb(self) -> Result<Vec<u8>> {
-        let decoder = Decompressor::new()?;
-        let (w, h) = self.scaled;
-        let mut rgb = vec![0u8; 3 * w as usize * h as usize];
-        let (w, h) = (c_int::try_from(w)?, c_int::try_from(h)?);
-        // SAFETY: the handle is live; the source is `bytes` with its length; the destination
-        // holds `h` rows of `3 * w` bytes (pitch 0: packed rows), and the scale TurboJPEG picks
-        // for a requested `w` x `h` gives at most that size.
-        let done = unsafe {
-            tj::tjDecompress2(
-                decoder.0,
-                self.bytes.as_ptr(),
-                jpeg_size(self.bytes)?,
-                rgb.as_mut_ptr(),
-                w,
-                0,
-                h,
-                tj::TJPF_TJPF_RGB,
-                tj::TJFLAG_STOPONWARNING as c_int,
-            )
-        };
-        if done != 0 {
-            bail!("cannot decode the JPEG: {}", decoder.error());
+        let rgb = decoder::decode_scaled(self.bytes, self.scaled)?;
+        let expected = 3 * self.scaled.0 as usize * self.scaled.1 as usize;
+        if rgb.len() != expected {
+            bail!(
+                "the JPEG decoded to {} bytes, expected {expected}",
+                rgb.len()
+            );
         }
         Ok(rgb)
     }

@@ -13,8 +13,6 @@ pub mod cifar10;
 pub mod download;
 pub mod files;
 pub mod folder;
-// libjpeg-turbo's C API, called from this module alone.
-#[allow(unsafe_code)]
 pub mod jpeg;
 pub mod labelled;
 pub mod preprocess;
