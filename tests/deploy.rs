@@ -334,7 +334,7 @@ fn dockerfile_builds_in_one_stage_and_runs_small_and_unprivileged_in_another() {
         .collect();
     assert!(
         runs.iter()
-            .any(|r| r.contains("cargo build --release --locked --bin maas")),
+            .any(|r| r.contains("cargo build --release --locked --features turbojpeg --bin maas")),
         "{runs:?}"
     );
     let copies = runtime_stage(&file, "COPY");

@@ -201,3 +201,23 @@ fn folder_problems_are_one_clear_error() {
     assert_eq!(code, 1);
     assert!(err.contains("are not the dataset's"), "{err}");
 }
+
+#[test]
+fn a_photo_gives_training_and_eval_exactly_the_values_predict_gives() {
+    // A 600x400 JPEG takes the DCT-scaled decode; training and eval on a folder read it through
+    // `load_files` (bytes, normalised when a batch is drawn), predict through `load_image_file`.
+    let ws = workspace();
+    let mut photo = image::RgbImage::new(600, 400);
+    for (x, y, p) in photo.enumerate_pixels_mut() {
+        *p = image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x * y) % 239) as u8]);
+    }
+    let path = ws.path("photo.jpg");
+    photo.save(&path).unwrap();
+    let (images, errors) =
+        maas::data::folder::load_files(&[(path.clone(), 0)], &indicatif::ProgressBar::hidden());
+    assert!(errors.is_empty());
+    let mut training = Vec::new();
+    maas::data::preprocess::normalize(images.image(0), &mut training);
+    let predicting = maas::data::preprocess::load_image_file(&path).unwrap();
+    assert_eq!(training, predicting);
+}
