@@ -6,7 +6,8 @@
 //!
 //! Public is what the binary, the tests, `examples/` and `fuzz/` use; the rest is the crate's own.
 
-// `unsafe` is a visible decision: allowed only in the module that needs it (SIMD in `fused`).
+// `unsafe` is a visible decision: allowed only in the modules that need it (SIMD in `fused`, the
+// CPU's float mode in `subnormals`, libjpeg-turbo's C API in `data::jpeg`).
 #![deny(unsafe_code)]
 
 pub mod adam;
@@ -33,6 +34,8 @@ pub mod progress;
 pub mod remote;
 pub mod serve;
 pub mod sharded;
+#[allow(unsafe_code)]
+mod subnormals;
 pub mod train;
 pub mod trainer;
 

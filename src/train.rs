@@ -477,6 +477,7 @@ pub fn train(
     ));
 
     prepare_folder(&files, &state, opts, selected, reporter)?;
+    crate::subnormals::flush_to_zero();
     let mut trainer = Trainer::new(
         &state.meta.model,
         &state.weights,
