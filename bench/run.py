@@ -162,6 +162,21 @@ def free_port():
         return s.getsockname()[1]
 
 
+def start_server(model):
+    """`maas serve` of `model` on a free port, once it answers ready: the process and its URL."""
+    port = free_port()
+    server = subprocess.Popen([MAAS, "--device", "cpu", "-q", "serve", "--model", model, "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url + "/v2/health/ready", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.05)
+    return server, url
+
+
 def bench_serve(work, args, results, model=None, one=None):
     if model is None:
         print("\nserve: needs the predict part's model; run `bench/run.py predict serve`")
@@ -169,17 +184,8 @@ def bench_serve(work, args, results, model=None, one=None):
     if shutil.which("ab") is None:
         print("\nserve: skipped, `ab` (apache2-utils) is not installed")
         return
-    port = free_port()
-    server = subprocess.Popen([MAAS, "--device", "cpu", "-q", "serve", "--model", model, "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, url = start_server(model)
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(url + "/v2/health/ready", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
         print(f"\nserve: /v1/predict, one PNG per request, ab on the same machine:")
         for keep_alive in (False, True):
             for clients in (1, 64):
@@ -216,17 +222,8 @@ def bench_call(work, args, results, model=None):
     images = os.path.join(work, "call-images")
     write_images(sys.executable, images, 1000)
     one = os.path.join(images, "00000.png")
-    port = free_port()
-    server = subprocess.Popen([MAAS, "--device", "cpu", "-q", "serve", "--model", model, "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, url = start_server(model)
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(url + "/v2/health/ready", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
         local = wall([MAAS, "--device", "cpu", "predict", images, "--model", model, "--json"], 3)
         remote = wall([MAAS, "predict", images, "--url", url, "--json"], 3)
         print(f"\ncall: 1,000 PNGs, whole process (best of 3): local predict {local:.3f} s, "
