@@ -47,25 +47,10 @@ fn cpu_and_gpu_give_the_same_probabilities_for_the_same_weights() {
     let ws = Workspace::new(10, 20);
     ws.train(&[]);
     let model = load_model(&ws.path("checkpoints/best.ckpt")).unwrap();
-    let mut inputs = Vec::new();
-    for class in 0..10 {
-        let mut chw = Vec::new();
-        maas::data::preprocess::normalize(&synthetic::sample_image(class, 5), &mut chw);
-        inputs.extend(chw);
-    }
-    let cpu = Classifier::new(&model, &select(DeviceChoice::Cpu).unwrap().device)
-        .probabilities(&inputs)
-        .unwrap();
     let gpu_device = select(DeviceChoice::Gpu)
         .expect("a wgpu adapter (llvmpipe at least): run .ci/run to install it");
     assert_eq!(gpu_device.kind, DeviceKind::Gpu);
-    let gpu = Classifier::new(&model, &gpu_device.device)
-        .probabilities(&inputs)
-        .unwrap();
-    assert_eq!(cpu.len(), 100);
-    for (i, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
-        assert!((c - g).abs() < 1e-5, "probability {i}: cpu {c} vs gpu {g}");
-    }
+    assert_cpu_and_gpu_agree(&model, 10);
 }
 
 /// The cnn trains through autodiff on the GPU, and its probabilities there are the CPU's.
@@ -88,19 +73,25 @@ fn a_cnn_trains_on_the_gpu_and_agrees_with_the_cpu() {
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(summary["final_train_loss"].as_f64().unwrap().is_finite());
     let model = load_model(&ws.path("checkpoints/best.ckpt")).unwrap();
+    assert_cpu_and_gpu_agree(&model, 4);
+}
+
+/// Sample images of the first `images` classes give the same probabilities on the CPU and the
+/// GPU, to 1e-5.
+fn assert_cpu_and_gpu_agree(model: &maas::export::LoadedModel, images: usize) {
     let mut inputs = Vec::new();
-    for class in 0..4 {
+    for class in 0..images {
         let mut chw = Vec::new();
         maas::data::preprocess::normalize(&synthetic::sample_image(class, 5), &mut chw);
         inputs.extend(chw);
     }
-    let cpu = Classifier::new(&model, &select(DeviceChoice::Cpu).unwrap().device)
+    let cpu = Classifier::new(model, &select(DeviceChoice::Cpu).unwrap().device)
         .probabilities(&inputs)
         .unwrap();
-    let gpu = Classifier::new(&model, &select(DeviceChoice::Gpu).unwrap().device)
+    let gpu = Classifier::new(model, &select(DeviceChoice::Gpu).unwrap().device)
         .probabilities(&inputs)
         .unwrap();
-    assert_eq!(cpu.len(), 40);
+    assert_eq!(cpu.len(), images * 10);
     for (i, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
         assert!((c - g).abs() < 1e-5, "probability {i}: cpu {c} vs gpu {g}");
     }

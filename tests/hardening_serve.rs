@@ -19,15 +19,8 @@ use image::{DynamicImage, ImageFormat, RgbImage};
 use maas::container::{self, Kind};
 use serde_json::{Value, json};
 
-/// A client that hands back every answer, 4xx and 5xx included, as a response (and ignores
-/// proxy variables: the server is on loopback).
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(120)))
-        .http_status_as_error(false)
-        .proxy(None)
-        .build()
-        .new_agent()
+    common::server::agent_with_timeout(Duration::from_secs(120))
 }
 
 /// POSTs `body` with `headers`; (status, body as JSON).

@@ -10,22 +10,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Workspace;
-use common::server::Server;
+use common::server::{Server, agent};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "admin-secret";
 
 fn python() -> String {
     std::env::var("MAAS_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(60)))
-        .http_status_as_error(false)
-        .proxy(None)
-        .build()
-        .new_agent()
 }
 
 /// Status and body of a request; `None` as the status when the connection failed.

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::server::Server;
+use common::server::{Server, agent};
 use common::{Look, Workspace, save_image, write_class_folder};
 use image::RgbImage;
 use maas::data::preprocess::image_bytes_to_input;
@@ -31,17 +31,6 @@ impl Server {
     fn post_json(&self, path: &str, body: &Value) -> Reply {
         self.post(path, &serde_json::to_vec(body).unwrap())
     }
-}
-
-/// A client that hands back every answer, 4xx and 5xx included, as a response (and ignores
-/// proxy variables: the server is on loopback).
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(60)))
-        .http_status_as_error(false)
-        .proxy(None)
-        .build()
-        .new_agent()
 }
 
 /// An HTTP answer, whatever its status.

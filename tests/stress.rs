@@ -61,15 +61,8 @@ impl Server {
     }
 }
 
-/// A client that hands back every answer, 4xx and 5xx included, as a response (and ignores
-/// proxy variables: the server is on loopback).
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(READ_LIMIT))
-        .http_status_as_error(false)
-        .proxy(None)
-        .build()
-        .new_agent()
+    common::server::agent_with_timeout(READ_LIMIT)
 }
 
 /// (status, body) of a request, whatever its status.

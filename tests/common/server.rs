@@ -141,3 +141,19 @@ pub fn output_data(answer: &serde_json::Value) -> Vec<f32> {
         .map(|x| x.as_f64().unwrap() as f32)
         .collect()
 }
+
+/// A client that hands back every answer, 4xx and 5xx included, as a response, gives up on a
+/// request after `timeout`, and ignores proxy variables (the server is on loopback).
+pub fn agent_with_timeout(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .proxy(None)
+        .build()
+        .new_agent()
+}
+
+/// [`agent_with_timeout`] of a minute.
+pub fn agent() -> ureq::Agent {
+    agent_with_timeout(Duration::from_secs(60))
+}
