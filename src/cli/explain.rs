@@ -78,26 +78,36 @@ pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
         .chunks(DECODE_CHUNK)
         .zip(pictures.chunks(DECODE_CHUNK))
     {
-        let inputs: Vec<_> = match &explaining {
-            Explaining::Local(..) => files.par_iter().map(|f| Some(load_image_file(f))).collect(),
-            Explaining::Remote(_) => files.iter().map(|_| None).collect(),
+        let outcomes: Vec<Result<_>> = match &explaining {
+            Explaining::Local(classifier, explainer) => {
+                let inputs: Vec<_> = files.par_iter().map(|f| load_image_file(f)).collect();
+                files
+                    .iter()
+                    .zip(pictures)
+                    .zip(inputs)
+                    .map(|((file, picture), input)| {
+                        input.and_then(|input| {
+                            explain::explain(classifier, explainer, file, &input, picture, k)
+                        })
+                    })
+                    .collect()
+            }
+            // A server's failure ends the command; an unreadable image is that file's error.
+            Explaining::Remote(model) => {
+                let mut outcomes = Vec::with_capacity(files.len());
+                for (file, picture) in files.iter().zip(pictures) {
+                    outcomes.push(match read_image(file) {
+                        Ok(bytes) => {
+                            let answer = model.explain(&bytes, k)?;
+                            remote_explanation(model, file, answer, picture)
+                        }
+                        Err(e) => Err(e),
+                    });
+                }
+                outcomes
+            }
         };
-        for ((file, picture), input) in files.iter().zip(pictures).zip(inputs) {
-            let outcome = match &explaining {
-                Explaining::Local(classifier, explainer) => input
-                    .unwrap_or_else(|| load_image_file(file))
-                    .and_then(|input| {
-                        explain::explain(classifier, explainer, file, &input, picture, k)
-                    }),
-                // A server's failure ends the command; an unreadable image is that file's error.
-                Explaining::Remote(model) => match read_image(file) {
-                    Ok(bytes) => {
-                        let answer = model.explain(&bytes, k)?;
-                        remote_explanation(model, file, answer, picture)
-                    }
-                    Err(e) => Err(e),
-                },
-            };
+        for (file, outcome) in files.iter().zip(outcomes) {
             match outcome {
                 Ok(e) => explanations.push(e),
                 Err(e) => errors.push(FileError {
