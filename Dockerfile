@@ -3,7 +3,7 @@
 # Docker 23, is needed for the cache mounts below).
 #
 #   docker build -t maas .
-#   docker run --rm -p 8080:8080 -v "$PWD/model.maas:/srv/model.maas:ro" -e MAAS_API_KEY=... maas
+#   docker run --rm -p 8080:8080 -p 8081:8081 -v "$PWD/model.maas:/srv/model.maas:ro" -e MAAS_API_KEY=... maas
 #
 # The image holds the server only; the model is mounted at /srv/model.maas, or baked into a
 # derived image with deploy/model.Dockerfile (what deploy/kubernetes.yaml runs). See deploy/README.md.
@@ -41,9 +41,11 @@ WORKDIR /srv
 # loopback without an API key: pass MAAS_API_KEY (or MAAS_API_KEY_FILE, e.g. a mounted secret).
 ENV MAAS_HOST=0.0.0.0 \
     MAAS_PORT=8080 \
+    MAAS_GRPC_PORT=8081 \
     MAAS_DEVICE=cpu
 USER 10001:10001
-EXPOSE 8080
+# REST (KServe v2), then gRPC (inference.GRPCInferenceService).
+EXPOSE 8080 8081
 # Healthy once the model is loaded. No curl in the image: bash's /dev/tcp sends the request and
 # the status line is checked (hyper answers an HTTP/1.0 request with "HTTP/1.0 200 OK").
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

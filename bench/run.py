@@ -165,7 +165,7 @@ def free_port():
 def start_server(model):
     """`maas serve` of `model` on a free port, once it answers ready: the process and its URL."""
     port = free_port()
-    server = subprocess.Popen([MAAS, "--device", "cpu", "-q", "serve", "--model", model, "--port", str(port)],
+    server = subprocess.Popen([MAAS, "--device", "cpu", "-q", "serve", "--model", model, "--port", str(port), "--grpc-port", "0"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):

@@ -182,10 +182,18 @@ fn image_uid(file: &[(String, String)]) -> u64 {
 /// The port the image listens on: `EXPOSE` and `MAAS_PORT` must agree.
 fn image_port(file: &[(String, String)]) -> u64 {
     let exposed = runtime_stage(file, "EXPOSE");
-    assert_eq!(exposed, ["8080"], "EXPOSE");
+    assert_eq!(exposed, ["8080 8081"], "EXPOSE: REST, then gRPC");
     let env = image_env(file);
     assert_eq!(env.get("MAAS_PORT").map(String::as_str), Some("8080"));
     8080
+}
+
+/// The image's gRPC port: the second `EXPOSE`d port and `MAAS_GRPC_PORT` must agree.
+fn image_grpc_port(file: &[(String, String)]) -> u64 {
+    image_port(file);
+    let env = image_env(file);
+    assert_eq!(env.get("MAAS_GRPC_PORT").map(String::as_str), Some("8081"));
+    8081
 }
 
 /// The `[default: N]` of `maas serve --timeout-ms`, in seconds, read from the real binary.
@@ -275,12 +283,26 @@ fn assert_server_container(what: &str, container: &Value, file: &[(String, Strin
         image_port(file),
         "{what}: --port and the image's port"
     );
+    let grpc_port: u64 = flag(&args, "--grpc-port")
+        .unwrap_or_else(|| panic!("{what}: --grpc-port"))
+        .parse()
+        .unwrap();
+    assert_eq!(grpc_port, image_grpc_port(file), "{what}: --grpc-port");
     let ports = at(container, "ports").as_array().unwrap();
-    assert_eq!(ports.len(), 1, "{what}: one container port");
+    assert_eq!(
+        ports.len(),
+        2,
+        "{what}: the REST and the gRPC container ports"
+    );
     assert_eq!(
         at(&ports[0], "containerPort").as_u64(),
         Some(port),
         "{what}: containerPort"
+    );
+    assert_eq!(
+        at(&ports[1], "containerPort").as_u64(),
+        Some(grpc_port),
+        "{what}: the gRPC containerPort"
     );
     assert_probe(container, "readinessProbe", READY, port);
     assert_probe(container, "livenessProbe", LIVE, port);
@@ -368,7 +390,17 @@ fn dockerignore_and_model_image_fit_the_dockerfile() {
     for big in ["target/", "data/", "checkpoints/", ".git/"] {
         assert!(rules.contains(&big), ".dockerignore should leave out {big}");
     }
-    for needed in ["Cargo.toml", "Cargo.lock", "src", "src/", "*"] {
+    // build.rs compiles proto/ into the gRPC service.
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        "proto",
+        "proto/",
+        "src",
+        "src/",
+        "*",
+    ] {
         assert!(
             !rules.contains(&needed),
             ".dockerignore leaves out {needed}"
@@ -450,7 +482,13 @@ fn kubernetes_deployment_and_service_agree_with_the_image() {
 
     assert_eq!(string_at(service, "spec.type"), "ClusterIP");
     let service_ports = at(service, "spec.ports").as_array().unwrap();
-    assert_eq!(service_ports.len(), 1);
+    assert_eq!(service_ports.len(), 2);
+    assert_eq!(string_at(&service_ports[1], "name"), "grpc");
+    assert_eq!(
+        at(&service_ports[1], "targetPort").as_u64(),
+        at(container, "ports.1.containerPort").as_u64(),
+        "the Service's gRPC port"
+    );
     assert_eq!(string_at(&service_ports[0], "name"), "http");
     assert_eq!(at(&service_ports[0], "port").as_u64(), Some(80));
     let target = at(&service_ports[0], "targetPort");
@@ -474,8 +512,11 @@ fn kserve_runtime_serves_the_maas_format_with_the_plain_image_on_mnt_models() {
         at(runtime, "spec.supportedModelFormats"),
         &serde_json::json!([{"name": "maas", "version": "1", "autoSelect": true}])
     );
-    // gRPC is not served (yet): only the HTTP side of the protocol is declared.
-    assert_eq!(strings(at(runtime, "spec.protocolVersions")), ["v2"]);
+    // Both sides of the protocol: REST and gRPC.
+    assert_eq!(
+        strings(at(runtime, "spec.protocolVersions")),
+        ["v2", "grpc-v2"]
+    );
     let containers = at(runtime, "spec.containers").as_array().unwrap();
     assert_eq!(containers.len(), 1);
     let container = &containers[0];
@@ -499,7 +540,17 @@ fn kserve_runtime_serves_the_maas_format_with_the_plain_image_on_mnt_models() {
     assert_eq!(flag(&args, "--device"), Some("cpu"));
     let port: u64 = flag(&args, "--port").unwrap().parse().unwrap();
     assert_eq!(port, image_port(&file));
+    let grpc_port: u64 = flag(&args, "--grpc-port").unwrap().parse().unwrap();
+    assert_eq!(grpc_port, image_grpc_port(&file));
+    // Knative routes one port per container: the default, REST; an InferenceService asking for
+    // grpc-v2 names the gRPC port itself (the comment at the top of the file).
+    assert_eq!(at(container, "ports").as_array().unwrap().len(), 1);
     assert_eq!(at(container, "ports.0.containerPort").as_u64(), Some(port));
+    let header = read("deploy/servingruntime.yaml");
+    assert!(
+        header.contains(&format!("containerPort: {grpc_port}")),
+        "the runtime's comment shows how to ask for gRPC on {grpc_port}"
+    );
     assert_eq!(string_at(container, "ports.0.name"), "http1");
     assert_eq!(
         at(runtime, "spec.annotations")["prometheus.kserve.io/port"]
@@ -589,6 +640,58 @@ print(json.dumps({"version": version, "checked": len(objects) + 1, "errors": err
     assert!(report["checked"].as_u64().unwrap() >= 3, "{report}");
 }
 
+/// KServe's own model of its resources (the `kserve` SDK's field names and types, generated from
+/// the Go types KServe's CRD schemas come from; the `kubernetes` client's for the embedded
+/// Kubernetes types), walked by tests/python/kserve_manifest_check.py: no unknown field, no wrong
+/// type, no missing required field, in either KServe manifest; and a broken runtime (a misspelled
+/// field, a string for a list, a string port, a container without its name) is refused.
+#[test]
+fn kserve_manifests_validate_against_kserve_s_own_resource_types() {
+    let check = |paths: &[&Path]| -> Value {
+        let out = Command::new("python3")
+            .arg(repo("tests/python/kserve_manifest_check.py"))
+            .args(paths)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the KServe manifest check failed to run (.ci/run installs kserve):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let runtime = repo("deploy/servingruntime.yaml");
+    let service = repo("deploy/inferenceservice.yaml");
+    let report = check(&[&runtime, &service]);
+    assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+    assert_eq!(report["checked"], 2, "{report}");
+
+    let broken = read("deploy/servingruntime.yaml")
+        .replace("supportedModelFormats:", "supportedModelFormat:")
+        .replace("    - name: kserve-container\n", "    -\n")
+        .replace("containerPort: 8080", "containerPort: \"8080\"")
+        .replace(
+            "protocolVersions:\n    - v2\n    - grpc-v2",
+            "protocolVersions: v2",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(&path, broken).unwrap();
+    let report = check(&[&path]);
+    let errors: Vec<String> = strings(&report["errors"]);
+    for expected in [
+        "spec.supportedModelFormat: unknown field",
+        "spec.protocolVersions: expected a list",
+        "ports[0].containerPort: expected a number",
+        "containers[0]: missing required field name",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{expected:?} not in {errors:#?}"
+        );
+    }
+}
+
 /// Runs the image's command (ENTRYPOINT + CMD, with its ENV) the way the container would, on a
 /// free loopback port, and its HEALTHCHECK against it: healthy while it serves, unhealthy once
 /// SIGTERM (the image's STOPSIGNAL) has stopped it, which must exit 0.
@@ -622,6 +725,8 @@ fn the_image_healthcheck_passes_against_the_real_server() {
     server
         .env("MAAS_HOST", "127.0.0.1")
         .env("MAAS_PORT", "0")
+        // The image's gRPC port is fixed; here another test may hold it.
+        .env("MAAS_GRPC_PORT", "0")
         .env("MAAS_PROGRESS", "never")
         .current_dir(ws.dir.path())
         .args(&args)

@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::server::Server;
+use common::server::{Server, free_port};
 use common::{Look, Workspace, save_image};
 use maas::data::synthetic;
 use serde_json::Value;
@@ -215,24 +215,7 @@ fn predict_and_eval_by_url_equal_local_over_binary_and_json_with_a_key() {
 #[test]
 fn https_with_cacert_equals_local_and_an_untrusted_certificate_is_one_line() {
     let ws = workspace_with_model();
-    let made = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-        ])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .current_dir(ws.dir.path())
-        .output()
-        .expect("openssl makes the test certificate");
-    assert!(made.status.success());
+    common::make_certificate(ws.dir.path());
     let server = Server::start(&ws, &["--tls-cert", "cert.pem", "--tls-key", "key.pem"]);
     assert!(server.base.starts_with("https://"));
     let names = images(&ws, 3);
@@ -274,11 +257,7 @@ struct Kserve {
 
 impl Kserve {
     fn start(ws: &Workspace) -> Kserve {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let python = std::env::var("MAAS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kserve_onnx_model.py");
         let child = Command::new(python)
@@ -354,11 +333,7 @@ fn a_kserve_server_running_the_onnx_export_answers_as_the_model_file() {
 fn a_server_that_is_down_or_silent_is_one_line_and_exit_1() {
     let ws = Workspace::new(1, 1);
     let names = images(&ws, 1);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let down = format!("http://127.0.0.1:{port}");
     let (code, out, err) = ws.run(&["predict", "--url", &down, &names[0]]);
     assert_eq!((code, out.as_str()), (1, ""));

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Workspace;
 use common::server::{Server, agent};
+use common::{Workspace, workspace_with_repository};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "admin-secret";
@@ -42,31 +42,6 @@ fn post(server: &Server, path: &str, key: Option<&str>, body: &Value) -> (Option
         request = request.header("Authorization", &format!("Bearer {key}"));
     }
     call(request.send(serde_json::to_vec(body).unwrap().as_slice()))
-}
-
-/// A workspace holding two models with different weights, `a.maas` and `b.maas`, and a
-/// repository `repo/` with `cifar` versions 1 (a) and 2 (b) and `other` version 1 (a).
-fn workspace_with_repository() -> Workspace {
-    let ws = Workspace::new(20, 50);
-    ws.ok(&["train", "--epochs", "2", "--quiet"]);
-    ws.ok(&["export", "-o", "a.maas", "--quiet"]);
-    ws.ok(&[
-        "train",
-        "--epochs",
-        "1",
-        "--seed",
-        "9",
-        "--checkpoints",
-        "ck2",
-        "--quiet",
-    ]);
-    ws.ok(&["export", "--checkpoints", "ck2", "-o", "b.maas", "--quiet"]);
-    for (model, version, file) in [("cifar", 1, "a"), ("cifar", 2, "b"), ("other", 1, "a")] {
-        let dir = ws.path(&format!("repo/{model}/{version}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(ws.path(&format!("{file}.maas")), dir.join("model.maas")).unwrap();
-    }
-    ws
 }
 
 /// An infer request of one image, every value `level`.

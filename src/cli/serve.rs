@@ -44,6 +44,15 @@ pub struct ServeArgs {
     /// Port to listen on (0: any free port, printed on stderr).
     #[arg(long, default_value_t = 8080, env = "MAAS_PORT")]
     port: u16,
+    /// Port of the gRPC endpoint (KServe's v2 GRPCInferenceService, on --host, with the same
+    /// models, limits, keys and TLS); 0 turns it off.
+    #[arg(
+        long,
+        value_name = "PORT",
+        default_value_t = 8081,
+        env = "MAAS_GRPC_PORT"
+    )]
+    grpc_port: u16,
     /// The model's name in the v2 routes (/v2/models/NAME/...); with --repository, the model
     /// /v1/predict and /v1/explain use (else the repository's only model).
     #[arg(
@@ -102,6 +111,7 @@ impl ServeArgs {
             admin_key: self.admin_key,
             host: self.host,
             port: self.port,
+            grpc_port: (self.grpc_port != 0).then_some(self.grpc_port),
             model_name: self.model_name,
             max_batch: self.max_batch as usize,
             max_wait: Duration::from_millis(self.max_wait_ms),

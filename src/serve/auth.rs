@@ -62,7 +62,12 @@ impl Keys {
 
     /// Whether an `Authorization` header value carries one of the keys.
     pub fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
-        let Some(token) = authorization.and_then(|v| bearer_token(v.as_bytes())) else {
+        self.accepts_value(authorization.map(HeaderValue::as_bytes))
+    }
+
+    /// Whether an `Authorization` value (an HTTP header, gRPC metadata) carries one of the keys.
+    pub fn accepts_value(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(token) = authorization.and_then(bearer_token) else {
             return false;
         };
         // Every key is compared, so the time taken does not tell which one matched.
@@ -87,13 +92,22 @@ impl Keys {
 /// Whether a request may change what is served: 403 when the server has no admin key (the
 /// repository routes are off), 401 when the request does not carry it.
 pub fn check_admin(admin: Option<&Keys>, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let authorization = headers.get(axum::http::header::AUTHORIZATION);
+    check_admin_value(admin, authorization.map(HeaderValue::as_bytes))
+}
+
+/// [`check_admin`] on the value of `Authorization` (an HTTP header, gRPC metadata).
+pub fn check_admin_value(
+    admin: Option<&Keys>,
+    authorization: Option<&[u8]>,
+) -> Result<(), ApiError> {
     let Some(admin) = admin else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "the repository routes are off: start the server with --admin-key (MAAS_ADMIN_KEY) to use them",
         ));
     };
-    if admin.accepts(headers.get(axum::http::header::AUTHORIZATION)) {
+    if admin.accepts_value(authorization) {
         return Ok(());
     }
     Err(ApiError::new(

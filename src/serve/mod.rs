@@ -10,6 +10,7 @@ mod auth;
 mod batcher;
 mod decode;
 mod error;
+mod grpc;
 mod metrics;
 mod protocol;
 mod queue;
@@ -82,6 +83,8 @@ pub struct ServeConfig {
     pub host: String,
     /// Port to listen on (0: any free port).
     pub port: u16,
+    /// Port of the gRPC endpoint, on the same host; `None`: no gRPC.
+    pub grpc_port: Option<u16>,
     /// The model `/v1/predict` and `/v1/explain` use (with a repository: when it holds one by
     /// that name).
     pub model_name: String,
@@ -169,18 +172,28 @@ pub fn run(config: &ServeConfig, selected: &Selected, reporter: &Reporter) -> Re
     let timeout = config.timeout;
     let state = AppState::new(config, Arc::clone(&registry), admin_key, metrics);
     let has_keys = keys.is_some();
+    let grpc_service = grpc::Grpc::new(state.clone(), keys.clone());
+    let grpc_limits = grpc::GrpcLimits {
+        max_body: config.max_body_bytes,
+        max_queue: config.max_queue.max(1),
+        timeout,
+    };
     let app = routes::router(state, keys);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("maas-http")
         .build()
         .context("cannot start the async runtime")?;
-    let announce = |addr: SocketAddr| {
+    let announce = |addr: SocketAddr, grpc: Option<SocketAddr>| {
         if !addr.ip().is_loopback() && !has_keys {
             eprintln!(
                 "maas: warning: listening on {addr}, beyond this machine, with no API key: \
                  anyone who can reach it may use the model; pass --api-key or --api-key-file"
             );
+        }
+        // Before the `listening on` line, which scripts wait for: once it is out, both are.
+        if let Some(grpc) = grpc {
+            eprintln!("gRPC listening on {grpc} (inference.GRPCInferenceService)");
         }
         // Printed even with --quiet: with --port 0 it is the only way to learn the port.
         eprintln!(
@@ -191,12 +204,17 @@ pub fn run(config: &ServeConfig, selected: &Selected, reporter: &Reporter) -> Re
     let result = runtime.block_on(async {
         // Before listening: SIGHUP's default action would end the process.
         reload_on_hangup(Arc::clone(&registry), *reporter)?;
+        let grpc = match config.grpc_port {
+            Some(port) => Some((grpc::bind(&config.host, port).await?, grpc_service)),
+            None => None,
+        };
         serve(
             app,
+            grpc,
+            grpc_limits,
             &config.host,
             config.port,
             tls,
-            timeout,
             announce,
             reporter,
         )
@@ -240,34 +258,66 @@ fn reload_on_hangup(registry: Arc<Registry>, reporter: Reporter) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     app: Router,
+    grpc: Option<((tokio::net::TcpListener, SocketAddr), grpc::Grpc)>,
+    grpc_limits: grpc::GrpcLimits,
     host: &str,
     port: u16,
     tls: Option<Arc<ServerConfig>>,
-    timeout: Duration,
-    announce: impl FnOnce(SocketAddr),
+    announce: impl FnOnce(SocketAddr, Option<SocketAddr>),
     reporter: &Reporter,
 ) -> Result<()> {
+    let timeout = grpc_limits.timeout;
     let listener = tokio::net::TcpListener::bind((host, port))
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
+    let shutdown = shutdown_signal();
     announce(
         listener
             .local_addr()
             .context("cannot read the bound address")?,
+        grpc.as_ref().map(|((_, addr), _)| *addr),
     );
-    match tls {
+    // One signal stops both endpoints.
+    let (signalled, signal) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        let _ = signalled.send(Some(shutdown.await));
+    });
+    let grpc = grpc.map(|((listener, _), service)| {
+        let mut signal = signal.clone();
+        let stop = async move {
+            let _ = signal.wait_for(Option::is_some).await;
+        };
+        tokio::spawn(grpc::serve(
+            listener,
+            service,
+            tls.clone(),
+            grpc_limits,
+            stop,
+        ))
+    });
+    let rest = match tls {
         Some(config) => {
             let listener = TlsListener::new(listener, config).context("cannot start TLS")?;
-            serve_on(listener, app, timeout, reporter).await
+            serve_on(listener, app, timeout, signal, reporter).await
         }
-        None => serve_on(listener, app, timeout, reporter).await,
+        None => serve_on(listener, app, timeout, signal, reporter).await,
+    };
+    if let Some(grpc) = grpc {
+        // Its calls in flight had the same deadline as the REST requests just drained.
+        match tokio::time::timeout(SHUTDOWN_GRACE, grpc).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => anyhow::bail!("the gRPC server failed unexpectedly"),
+            Err(_) => reporter.info("gRPC calls still open after the grace period: closing them"),
+        }
     }
+    rest
 }
 
-/// Serves `app` on `listener` until a shutdown signal, then drains for at most the request
-/// `timeout` and [`SHUTDOWN_GRACE`].
+/// Serves `app` on `listener` until `signal` names a shutdown signal, then drains for at most the
+/// request `timeout` and [`SHUTDOWN_GRACE`].
 ///
 /// The connections are hyper's HTTP/1 connections, as `axum::serve` makes them, with two settings
 /// it does not expose: a client must send a request's head within `timeout` too (else a client
@@ -284,6 +334,7 @@ async fn serve_on<L>(
     mut listener: L,
     app: Router,
     timeout: Duration,
+    mut signal: tokio::sync::watch::Receiver<Option<&'static str>>,
     reporter: &Reporter,
 ) -> Result<()>
 where
@@ -292,11 +343,10 @@ where
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // Every connection task holds a receiver of `open`; `closed()` resolves once all are dropped.
     let (open, _) = tokio::sync::watch::channel(());
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
     let signal = loop {
         tokio::select! {
-            signal = &mut signal => break signal,
+            // A dropped sender (no signal can come any more) counts as no signal.
+            Ok(name) = signal.wait_for(Option::is_some) => break (*name).unwrap_or("stopped"),
             (io, _addr) = listener.accept() => {
                 let service = TowerToHyperService::new(app.clone());
                 let mut stopped = stopped.clone();
@@ -337,30 +387,38 @@ where
     Ok(())
 }
 
-/// Waits for Ctrl-C or SIGTERM (what `docker stop` and Kubernetes send) and names it.
-async fn shutdown_signal() -> &'static str {
+/// Waits for Ctrl-C or SIGTERM (what `docker stop` and Kubernetes send) and names it. The
+/// handlers are installed at the call, not when first awaited: a signal sent as soon as the
+/// server has announced its address must stop it gracefully, not by the default action.
+fn shutdown_signal() -> impl Future<Output = &'static str> + Send {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
+        use tokio::signal::unix::{Signal, SignalKind, signal};
         // A signal whose handler cannot be installed is one that cannot arrive: wait on the other.
-        let terminate = async {
-            match signal(SignalKind::terminate()) {
-                Ok(mut s) => {
+        async fn arrival(signal: Option<Signal>) {
+            match signal {
+                Some(mut s) => {
                     s.recv().await;
                 }
-                Err(_) => std::future::pending::<()>().await,
+                None => std::future::pending::<()>().await,
             }
-        };
-        tokio::select! {
-            Ok(()) = tokio::signal::ctrl_c() => "interrupted",
-            () = terminate => "SIGTERM",
+        }
+        let interrupt = arrival(signal(SignalKind::interrupt()).ok());
+        let terminate = arrival(signal(SignalKind::terminate()).ok());
+        async move {
+            tokio::select! {
+                () = interrupt => "interrupted",
+                () = terminate => "SIGTERM",
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        match tokio::signal::ctrl_c().await {
-            Ok(()) => "interrupted",
-            Err(_) => std::future::pending().await,
+        async {
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => "interrupted",
+                Err(_) => std::future::pending().await,
+            }
         }
     }
 }
@@ -403,7 +461,8 @@ mod tests {
         let app = Router::new().route("/", axum::routing::post(|body: String| async { body }));
         let reporter = Reporter::silent();
         // The request timeout bounds the head too.
-        let server = serve_on(listener, app, Duration::from_millis(300), &reporter);
+        let (_never, signal) = tokio::sync::watch::channel(None);
+        let server = serve_on(listener, app, Duration::from_millis(300), signal, &reporter);
         let clients = async {
             let request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
             let answer = exchange(addr, request, true).await.unwrap_or_default();

@@ -188,29 +188,71 @@ fn binary_output(request: &RequestJson) -> Result<bool, ApiError> {
 }
 
 fn parse_input(input: InputJson, binary: &mut Option<&[u8]>) -> Result<Input, ApiError> {
-    if input.name != INPUT_NAME {
-        return Err(ApiError::bad_request(format!(
-            "unknown input '{}'; this model's input is '{INPUT_NAME}'",
-            input.name
-        )));
-    }
     let parameters = input.parameters.as_ref();
     if parameters.is_some_and(|p| p.contains_key("shared_memory_region")) {
         return Err(ApiError::bad_request("shared memory is not supported"));
     }
     let raw = take_binary(parameters, binary)?;
-    if raw.is_some() && input.data.is_some() {
+    let data = match (raw, input.data) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(format!(
+                "input '{INPUT_NAME}' has both data and binary_data_size"
+            )));
+        }
+        (Some(raw), None) => Some(TensorData::Raw(raw)),
+        (None, Some(json)) => Some(TensorData::Json(json)),
+        (None, None) => None,
+    };
+    check_input(&input.name, &input.datatype, &input.shape, data)
+}
+
+/// An input tensor's contents, as a REST or gRPC request carries them.
+pub enum TensorData<'a> {
+    /// Raw bytes: the binary extension's part, or gRPC's `raw_input_contents`; FP32 as
+    /// little-endian floats, BYTES as elements each preceded by its 4-byte little-endian length.
+    Raw(&'a [u8]),
+    /// JSON `data`: numbers, or base64 strings for BYTES.
+    Json(FlatData),
+    /// gRPC's typed `fp32_contents`.
+    Fp32(Vec<f32>),
+    /// gRPC's typed `bytes_contents`: each element one encoded image.
+    Bytes(Vec<Vec<u8>>),
+}
+
+/// Checks an input tensor (its name, datatype, shape and contents) whatever the transport: the
+/// same rules and messages for REST and gRPC.
+pub fn check_input(
+    name: &str,
+    datatype: &str,
+    shape: &[i64],
+    data: Option<TensorData>,
+) -> Result<Input, ApiError> {
+    if name != INPUT_NAME {
         return Err(ApiError::bad_request(format!(
-            "input '{INPUT_NAME}' has both data and binary_data_size"
+            "unknown input '{name}'; this model's input is '{INPUT_NAME}'"
         )));
     }
-    match input.datatype.as_str() {
+    let Some(data) = data else {
+        return Err(missing_data());
+    };
+    match datatype {
         "FP32" => {
-            let rows = fp32_rows(&input.shape)?;
-            let values = match (raw, input.data) {
-                (Some(raw), _) => fp32_from_bytes(raw, rows)?,
-                (None, Some(data)) => fp32_from_json(data, rows)?,
-                (None, None) => return Err(missing_data()),
+            let rows = fp32_rows(shape)?;
+            let values = match data {
+                TensorData::Raw(raw) => fp32_from_bytes(raw, rows)?,
+                TensorData::Json(json) => fp32_from_json(json, rows)?,
+                TensorData::Fp32(values) => fp32_from_json(
+                    FlatData {
+                        numbers: values,
+                        strings: Vec::new(),
+                    },
+                    rows,
+                )?,
+                TensorData::Bytes(_) => {
+                    return Err(ApiError::bad_request(format!(
+                        "FP32 input '{INPUT_NAME}' holds bytes; send numbers"
+                    )));
+                }
             };
             // The model only ever saw pixel bytes / 255: anything else (NaN, 1e30, a client's own
             // mean/std normalisation) would get a confident but meaningless answer.
@@ -224,11 +266,17 @@ fn parse_input(input: InputJson, binary: &mut Option<&[u8]>) -> Result<Input, Ap
             Ok(Input::Fp32 { rows, values })
         }
         "BYTES" => {
-            let count = bytes_count(&input.shape)?;
-            let images = match (raw, input.data) {
-                (Some(raw), _) => bytes_from_binary(raw, count)?,
-                (None, Some(data)) => bytes_from_json(data, count)?,
-                (None, None) => return Err(missing_data()),
+            let count = bytes_count(shape)?;
+            let images = match data {
+                TensorData::Raw(raw) => bytes_from_binary(raw, count)?,
+                TensorData::Json(json) => bytes_from_json(json, count)?,
+                TensorData::Bytes(images) if images.len() == count => images,
+                TensorData::Bytes(images) => return Err(bytes_mismatch(images.len(), count)),
+                TensorData::Fp32(_) => {
+                    return Err(ApiError::bad_request(format!(
+                        "BYTES input '{INPUT_NAME}' holds numbers; send encoded images"
+                    )));
+                }
             };
             Ok(Input::Images(images))
         }
@@ -237,6 +285,12 @@ fn parse_input(input: InputJson, binary: &mut Option<&[u8]>) -> Result<Input, Ap
              or BYTES (encoded image files, shape [N])"
         ))),
     }
+}
+
+fn bytes_mismatch(got: usize, count: usize) -> ApiError {
+    ApiError::bad_request(format!(
+        "BYTES input '{INPUT_NAME}' has {got} elements but its shape says {count}"
+    ))
 }
 
 fn missing_data() -> ApiError {
@@ -374,10 +428,7 @@ fn bytes_from_binary(mut raw: &[u8], count: usize) -> Result<Vec<Vec<u8>>, ApiEr
         }
     }
     if images.len() != count {
-        return Err(ApiError::bad_request(format!(
-            "BYTES input '{INPUT_NAME}' has {} elements but its shape says {count}",
-            images.len()
-        )));
+        return Err(bytes_mismatch(images.len(), count));
     }
     Ok(images)
 }
@@ -389,10 +440,7 @@ fn bytes_from_json(data: FlatData, count: usize) -> Result<Vec<Vec<u8>>, ApiErro
         )));
     }
     if data.strings.len() != count {
-        return Err(ApiError::bad_request(format!(
-            "BYTES input '{INPUT_NAME}' has {} elements but its shape says {count}",
-            data.strings.len()
-        )));
+        return Err(bytes_mismatch(data.strings.len(), count));
     }
     data.strings
         .iter()

@@ -114,11 +114,14 @@ async fn ready(State(state): State<AppState>) -> Response {
     ApiError::unavailable("the model is not loaded").into_response()
 }
 
+/// The protocol extensions the server offers, in `GET /v2` and gRPC's ServerMetadata.
+pub const EXTENSIONS: [&str; 3] = ["binary_tensor_data", "model_repository", "statistics"];
+
 async fn server_metadata() -> Json<Value> {
     Json(json!({
         "name": "maas",
         "version": crate::VERSION,
-        "extensions": ["binary_tensor_data", "model_repository", "statistics"],
+        "extensions": EXTENSIONS,
     }))
 }
 

@@ -42,6 +42,9 @@ impl Workspace {
             .env_remove("MAAS_CHECKPOINTS")
             .env("MAAS_DEVICE", "cpu")
             .env("MAAS_PROGRESS", "never")
+            // gRPC's port is fixed (8081): servers run side by side here, so it is off unless
+            // a test asks for it (`--grpc-port`).
+            .env("MAAS_GRPC_PORT", "0")
             .env("XDG_RUNTIME_DIR", std::env::temp_dir())
             .args(args);
         cmd
@@ -70,6 +73,54 @@ impl Workspace {
         args.extend_from_slice(extra);
         serde_json::from_str(&self.ok(&args)).unwrap()
     }
+}
+
+/// A workspace holding two models with different weights, `a.maas` and `b.maas`, and a
+/// repository `repo/` with `cifar` versions 1 (a) and 2 (b) and `other` version 1 (a).
+pub fn workspace_with_repository() -> Workspace {
+    let ws = Workspace::new(20, 50);
+    ws.ok(&["train", "--epochs", "2", "--quiet"]);
+    ws.ok(&["export", "-o", "a.maas", "--quiet"]);
+    ws.ok(&[
+        "train",
+        "--epochs",
+        "1",
+        "--seed",
+        "9",
+        "--checkpoints",
+        "ck2",
+        "--quiet",
+    ]);
+    ws.ok(&["export", "--checkpoints", "ck2", "-o", "b.maas", "--quiet"]);
+    for (model, version, file) in [("cifar", 1, "a"), ("cifar", 2, "b"), ("other", 1, "a")] {
+        let dir = ws.path(&format!("repo/{model}/{version}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(ws.path(&format!("{file}.maas")), dir.join("model.maas")).unwrap();
+    }
+    ws
+}
+
+/// A self-signed certificate for localhost and 127.0.0.1, `cert.pem` and `key.pem` in `dir`,
+/// made by openssl (which .ci/run installs).
+pub fn make_certificate(dir: &Path) {
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .current_dir(dir)
+        .output()
+        .expect("openssl makes the test certificate");
+    assert!(made.status.success());
 }
 
 /// `maas predict --json --top-k 10 --model MODEL` on the images: every class's probability, per

@@ -36,6 +36,8 @@ impl Server {
         }
         cmd.current_dir(ws.dir.path())
             .env("MAAS_PROGRESS", "never")
+            // gRPC's port is fixed (8081): off unless the test asks for it (`--grpc-port`).
+            .env("MAAS_GRPC_PORT", "0")
             .args(["--device", "cpu", "serve", "--port", "0"])
             .args(args)
             .stdin(Stdio::null())
@@ -156,4 +158,14 @@ pub fn agent_with_timeout(timeout: Duration) -> ureq::Agent {
 /// [`agent_with_timeout`] of a minute.
 pub fn agent() -> ureq::Agent {
     agent_with_timeout(Duration::from_secs(60))
+}
+
+/// A loopback port that was free a moment ago, for a server that must be told its port (gRPC's,
+/// where 0 turns it off rather than picking one).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -1,0 +1,323 @@
+//! `maas serve --grpc-port`: KServe's v2 gRPC service, driven by the stock `tritonclient[grpc]`
+//! (tests/python/triton_grpc.py) and compared with the same server's REST answers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::server::{Server, agent, free_port};
+use common::{Look, make_certificate, save_image, workspace_with_repository};
+use maas::data::synthetic;
+use serde_json::{Value, json};
+
+const KEY: &str = "inference-key";
+const ADMIN: &str = "admin-secret";
+
+fn python() -> String {
+    std::env::var("MAAS_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Runs tests/python/SCRIPT with `args` in `dir`; what it saw, as JSON.
+fn run_script(script: &str, dir: &std::path::Path, args: &[&str], server: &Server) -> Value {
+    let script = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let run = Command::new(python())
+        .arg(script)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("python3 runs (.ci/run installs tritonclient[grpc] and kserve)");
+    assert!(
+        run.status.success(),
+        "the client failed: {}\n{}",
+        String::from_utf8_lossy(&run.stderr),
+        server.stderr()
+    );
+    serde_json::from_slice(&run.stdout).unwrap()
+}
+
+/// The gRPC status code name in a failure `[code, message]` the script recorded.
+fn code(failure: &Value) -> &str {
+    failure[0].as_str().unwrap()
+}
+
+#[test]
+fn the_stock_triton_grpc_client_gets_what_rest_answers() {
+    let ws = workspace_with_repository();
+    let png = ws.path("image.png");
+    save_image(&synthetic::sample_image(3, 7), &png, Look::Rgb, 32);
+    let port = free_port().to_string();
+    // Room for the REST comparisons (3 images), not for 64 images in one message.
+    let server = Server::start_serving(
+        &ws,
+        &[
+            "--repository",
+            "repo",
+            "--admin-key",
+            ADMIN,
+            "--api-key",
+            KEY,
+            "--grpc-port",
+            &port,
+            "--max-body-bytes",
+            "500000",
+        ],
+    );
+    let grpc = format!("127.0.0.1:{port}");
+    assert!(
+        server
+            .stderr()
+            .contains(&format!("gRPC listening on {grpc}")),
+        "{}",
+        server.stderr()
+    );
+    let seen = run_script(
+        "triton_grpc.py",
+        ws.dir.path(),
+        &[
+            "full",
+            &grpc,
+            server.addr(),
+            "repo",
+            "b.maas",
+            KEY,
+            ADMIN,
+            png.to_str().unwrap(),
+        ],
+        &server,
+    );
+
+    assert_eq!(seen["live"], true);
+    assert_eq!(seen["ready"], true);
+    assert_eq!(
+        code(&seen["metadata_without_key"]),
+        "StatusCode.UNAUTHENTICATED"
+    );
+    assert_eq!(seen["server_metadata"]["name"], "maas");
+    assert!(
+        seen["server_metadata"]["extensions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("model_repository")),
+        "{seen}"
+    );
+    let metadata = &seen["model_metadata"];
+    assert_eq!(metadata["versions"], json!(["1", "2"]));
+    assert_eq!(metadata["inputs"][0]["name"], "input");
+    assert_eq!(
+        metadata["inputs"][0]["shape"],
+        json!(["-1", "3", "32", "32"])
+    );
+    assert_eq!(metadata["outputs"][0]["shape"], json!(["-1", "10"]));
+    assert_eq!(seen["ready_v1"], true);
+    assert_eq!(seen["ready_unknown"], false);
+
+    assert_eq!(seen["versions"], json!(["1", "2", "2"]));
+    assert_eq!(seen["shape"], json!([3, 10]));
+    assert_eq!(seen["v1_as_rest"], true);
+    assert_eq!(seen["v2_as_rest"], true);
+    assert_eq!(seen["v1_differs_from_v2"], true);
+    assert_eq!(seen["latest_is_v2"], true);
+    assert_eq!(seen["bytes_as_rest"], true);
+    assert_eq!(seen["typed_as_raw"], true);
+    assert_eq!(seen["typed_id"], "typed-1");
+
+    assert_eq!(code(&seen["wrong_key"]), "StatusCode.UNAUTHENTICATED");
+    assert_eq!(code(&seen["unknown_model"]), "StatusCode.NOT_FOUND");
+    assert!(
+        seen["unknown_model"][1]
+            .as_str()
+            .unwrap()
+            .contains("unknown model 'nope'"),
+        "{seen}"
+    );
+    // The same words as the REST answer to the same tensor.
+    assert_eq!(code(&seen["bad_shape"]), "StatusCode.INVALID_ARGUMENT");
+    assert!(
+        seen["bad_shape"][1]
+            .as_str()
+            .unwrap()
+            .contains("expected [N,3,32,32]"),
+        "{seen}"
+    );
+    assert_eq!(code(&seen["out_of_range"]), "StatusCode.INVALID_ARGUMENT");
+    assert!(
+        seen["out_of_range"][1]
+            .as_str()
+            .unwrap()
+            .contains("values must be in [0, 1]"),
+        "{seen}"
+    );
+    assert_eq!(
+        code(&seen["too_large"]),
+        "StatusCode.OUT_OF_RANGE",
+        "{seen}"
+    );
+
+    assert_eq!(
+        code(&seen["load_with_api_key"]),
+        "StatusCode.UNAUTHENTICATED"
+    );
+    assert_eq!(seen["v1_after_load_is_v2"], true);
+    assert_eq!(code(&seen["corrupt_load"]), "StatusCode.INVALID_ARGUMENT");
+    let reason = seen["corrupt_load"][1].as_str().unwrap();
+    assert!(
+        reason.contains("model 'cifar' version 2") && reason.contains("repo/cifar/2/model.maas"),
+        "{reason}"
+    );
+    assert_eq!(seen["v2_after_corrupt_is_old_v2"], true);
+    assert_eq!(seen["other_ready_after_unload"], false);
+    assert_eq!(code(&seen["infer_after_unload"]), "StatusCode.NOT_FOUND");
+    assert_eq!(seen["other_ready_after_load"], true);
+
+    // Two gRPC requests of three images answered, one refused, after the reload (which keeps no
+    // statistics of the unloaded model).
+    let stats = &seen["stats_other"]["model_stats"][0];
+    assert_eq!(stats["inference_count"], 6, "{stats}");
+    assert_eq!(stats["execution_count"], 2, "{stats}");
+    assert_eq!(stats["inference_stats"]["success"]["count"], 2, "{stats}");
+    assert_eq!(stats["inference_stats"]["fail"]["count"], 1, "{stats}");
+
+    // /metrics counts gRPC calls by method and the status they stand for.
+    let metrics = agent()
+        .get(&server.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    let infer_ok = metrics.lines().find(|l| {
+        l.starts_with("maas_requests_total{")
+            && l.contains("/inference.GRPCInferenceService/ModelInfer")
+            && l.contains("status=\"200\"")
+    });
+    let count: f64 = infer_ok
+        .unwrap_or_else(|| panic!("no gRPC ModelInfer line in /metrics:\n{metrics}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Three versions, the image, the typed contents, two after the loads, two of `other`.
+    assert_eq!(count, 9.0, "{metrics}");
+
+    // KServe's own client, and KServe's numbering of the repository calls.
+    let seen = run_script(
+        "kserve_grpc.py",
+        ws.dir.path(),
+        &[&grpc, KEY, ADMIN],
+        &server,
+    );
+    assert_eq!(seen["live"], true, "{seen}");
+    assert_eq!(seen["ready"], true, "{seen}");
+    assert_eq!(seen["shape"], json!([2, 10]), "{seen}");
+    assert_eq!(seen["rows_sum_to_one"], true, "{seen}");
+    assert_eq!(seen["unload"], json!(["other", true]), "{seen}");
+    assert_eq!(seen["ready_after_unload"], false, "{seen}");
+    assert_eq!(seen["load"], json!(["other", true]), "{seen}");
+    assert_eq!(seen["same_after_load"], true, "{seen}");
+    assert_eq!(
+        code(&seen["outside"]),
+        "StatusCode.INVALID_ARGUMENT",
+        "{seen}"
+    );
+
+    // SIGTERM stops both endpoints and the process exits 0.
+    let mut server = server;
+    server.terminate();
+    assert_eq!(
+        server.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn grpc_over_tls_answers_as_https_and_refuses_plaintext() {
+    let ws = common::Workspace::new(20, 50);
+    ws.ok(&["train", "--epochs", "1", "--quiet"]);
+    ws.ok(&["export", "-o", "model.maas", "--quiet"]);
+    make_certificate(ws.dir.path());
+    let port = free_port().to_string();
+    let server = Server::start(
+        &ws,
+        &[
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+            "--api-key",
+            KEY,
+            "--grpc-port",
+            &port,
+        ],
+    );
+    assert!(server.base.starts_with("https://"), "{}", server.base);
+    // The certificate names localhost and 127.0.0.1; the client checks it against cert.pem.
+    let seen = run_script(
+        "triton_grpc.py",
+        ws.dir.path(),
+        &[
+            "tls",
+            &format!("localhost:{port}"),
+            &server.base,
+            KEY,
+            "cert.pem",
+        ],
+        &server,
+    );
+    assert_eq!(seen["live"], true, "{seen}");
+    assert_eq!(seen["as_rest"], true, "{seen}");
+    assert_eq!(code(&seen["wrong_key"]), "StatusCode.UNAUTHENTICATED");
+    assert_eq!(code(&seen["plaintext"]), "StatusCode.UNAVAILABLE", "{seen}");
+}
+
+#[test]
+fn a_taken_grpc_port_is_an_error_naming_the_flag() {
+    let ws = common::Workspace::new(20, 50);
+    ws.ok(&["train", "--epochs", "1", "--quiet"]);
+    ws.ok(&["export", "-o", "model.maas", "--quiet"]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, _, err) = ws.run(&[
+        "serve",
+        "--port",
+        "0",
+        "--model",
+        "model.maas",
+        "--grpc-port",
+        &port,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot listen for gRPC on 127.0.0.1:{port}"))
+            && err.contains("--grpc-port"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("maas: error")).count(),
+        1,
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// proto/grpc_predict_v2.proto is what the `kserve` package (PyPI) compiled into its own
+/// descriptor: regenerating it from that descriptor gives the same file.
+#[test]
+fn the_vendored_proto_is_kserve_s() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let run = Command::new(python())
+        .arg(format!("{root}/proto/from_kserve.py"))
+        .arg("--check")
+        .arg(format!("{root}/proto/grpc_predict_v2.proto"))
+        .output()
+        .expect("python3 runs (.ci/run installs kserve)");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
