@@ -23,7 +23,7 @@ use super::batcher::{Answer, Want};
 use super::error::ApiError;
 use super::protocol::{self, INPUT_NAME, Input, OUTPUT_NAME, TensorData};
 use super::registry::Version;
-use super::routes::EXTENSIONS;
+use super::routes::{EXTENSIONS, refuse_override_keys, wrong_kind};
 use super::state::AppState;
 use super::tls::TlsListener;
 use crate::data::preprocess::SIDE;
@@ -118,11 +118,7 @@ impl Grpc {
             .await?
         {
             Answer::Probabilities(p) => p,
-            _ => {
-                return Err(ApiError::internal(
-                    "the model answered with the wrong kind of result",
-                ));
-            }
+            _ => return Err(wrong_kind()),
         };
         let encoding = Instant::now();
         let classes = model.classes.len();
@@ -349,18 +345,11 @@ impl GrpcInferenceService for Grpc {
         let r = request.get_ref();
         let name = repository_name(&r.model_name, &r.triton_model_name);
         // Triton's load may carry a configuration or files to load instead of the repository's.
-        let overrides = r
-            .triton_parameters
-            .keys()
-            .any(|k| k == "config" || k.starts_with("file:"));
+        let overrides = refuse_override_keys(r.triton_parameters.keys().map(String::as_str));
         let loading = name.clone();
         let outcome = self
             .repository(authorization(&request), move |registry| {
-                if overrides {
-                    return Err(ApiError::bad_request(
-                        "maas loads models from its repository only: a config or files in the load request are not supported",
-                    ));
-                }
+                overrides?;
                 registry.load(&loading).map_err(ApiError::bad_request)
             })
             .await

@@ -212,7 +212,8 @@ async fn infer_on(
     response
 }
 
-fn wrong_kind() -> ApiError {
+/// A model thread's answer that is not what the request asked for: a fault of the server.
+pub(super) fn wrong_kind() -> ApiError {
     ApiError::internal("the model answered with the wrong kind of result")
 }
 
@@ -456,10 +457,18 @@ fn refuse_overrides(body: &[u8]) -> Result<(), ApiError> {
     }
     let request: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the load request is not JSON: {e}")))?;
-    let overrides = request["parameters"]
-        .as_object()
-        .is_some_and(|p| p.keys().any(|k| k == "config" || k.starts_with("file:")));
-    if overrides {
+    match request["parameters"].as_object() {
+        Some(parameters) => refuse_override_keys(parameters.keys().map(String::as_str)),
+        None => Ok(()),
+    }
+}
+
+/// 400 when the parameters of a load request (REST or gRPC) name a configuration or files to
+/// load instead of the repository's.
+pub(super) fn refuse_override_keys<'a>(
+    mut keys: impl Iterator<Item = &'a str>,
+) -> Result<(), ApiError> {
+    if keys.any(|k| k == "config" || k.starts_with("file:")) {
         return Err(ApiError::bad_request(
             "maas loads models from its repository only: a config or files in the load request are not supported",
         ));

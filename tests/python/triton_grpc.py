@@ -101,6 +101,7 @@ def full(grpc_addr, http_addr, repo, file_b, key, admin_key, png):
     # The repository calls: the admin key, a load after replacing a file, a corrupt file refused
     # while the old version keeps answering, unload and load.
     seen["load_with_api_key"] = failure(lambda: client.load_model("cifar", headers=auth))
+    seen["load_with_config"] = failure(lambda: client.load_model("cifar", headers=admin, config="{}"))
     target = os.path.join(repo, "cifar", "1", "model.maas")
     shutil.copyfile(file_b, target + ".new")
     os.replace(target + ".new", target)
