@@ -4,6 +4,7 @@
     PEER_PYTHON=/tmp/peers/bin/python bench/run.py            # everything (a few minutes)
     PEER_PYTHON=/tmp/peers/bin/python bench/run.py train      # only some parts:
                                                               # train load predict serve call
+                                                              # grpc
 
 PEER_PYTHON is a Python with torch, numpy and pillow (see bench/README.md). The script builds maas
 (`cargo build`), writes its data into a temporary folder, runs the peer and maas one after the
@@ -162,10 +163,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server(model):
-    """`maas serve` of `model` on a free port, once it answers ready: the process and its URL."""
+def start_server(model, grpc_port=0):
+    """`maas serve` of `model` on a free port, once it answers ready: the process and its URL.
+    gRPC on `grpc_port`, off when 0."""
     port = free_port()
-    server = subprocess.Popen([MAAS, "--device", "cpu", "-q", "serve", "--model", model, "--port", str(port), "--grpc-port", "0"],
+    server = subprocess.Popen([MAAS, "--device", "cpu", "-q", "serve", "--model", model, "--port", str(port),
+                               "--grpc-port", str(grpc_port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
@@ -263,6 +266,30 @@ def bench_call(work, args, results, model=None):
         server.wait(timeout=30)
 
 
+def bench_grpc(work, args, results):
+    """The same infer request over gRPC and over REST (binary tensors), from the same Python
+    client program (tritonclient), against one server."""
+    data = os.path.join(work, "grpc-data")
+    run([sys.executable, os.path.join(HERE, "make_data.py"), data, "500", "100"])
+    run([MAAS, "-q", "--device", "cpu", "train", "--data", data, "--epochs", "1",
+         "--checkpoints", os.path.join(work, "ck-grpc"), "--overwrite"])
+    model = os.path.join(work, "grpc.maas")
+    run([MAAS, "-q", "export", "--checkpoints", os.path.join(work, "ck-grpc"), "-o", model])
+    grpc_port = free_port()
+    server, url = start_server(model, grpc_port)
+    try:
+        out = run([sys.executable, os.path.join(HERE, "grpc_vs_rest.py"), f"127.0.0.1:{grpc_port}",
+                   url.removeprefix("http://"), str(args.call_seconds), "1", "8"]).stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    print("\ngrpc: v2 infer of one image, tritonclient (Python) threads, gRPC against REST:")
+    for r in json.loads(out):
+        print(f"  {r['transport']:>4}, {r['clients']} clients: {r['requests_per_s']:>7.0f} requests/s "
+              f"(p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, {r['errors']} errors)")
+        results[f"grpc_{r['transport']}_{r['clients']}_clients"] = r
+
+
 def bench_cnn(py, work, args, results):
     """The small CNN (`--arch cnn`) against torch_cnn.py, the same network, at batch 32."""
     data = os.path.join(work, "cnn")
@@ -314,6 +341,8 @@ def main():
             bench_serve(work, args, results, model, one)
         if "call" in args.parts:
             bench_call(work, args, results, model)
+        if "grpc" in args.parts:
+            bench_grpc(work, args, results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:

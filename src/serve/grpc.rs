@@ -423,7 +423,11 @@ pub async fn serve(
                 .await
         }
         None => {
-            let incoming = TcpListenerStream::new(listener);
+            let incoming = TcpListenerStream::new(listener).map(|tcp| {
+                let tcp = tcp?;
+                tcp.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(tcp)
+            });
             server
                 .serve_with_incoming_shutdown(service, incoming, stop)
                 .await

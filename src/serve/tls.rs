@@ -70,6 +70,9 @@ impl TlsListener {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
+                // An answer goes out in several writes (TLS records, HTTP/2 frames): without
+                // this, Nagle's algorithm holds the last one until the client's delayed ACK.
+                let _ = stream.set_nodelay(true);
                 // Each handshake runs on its own task, so a slow or silent client delays no one.
                 let acceptor = acceptor.clone();
                 let ready = send.clone();
