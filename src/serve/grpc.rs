@@ -217,11 +217,15 @@ fn input_of(request: pb::ModelInferRequest) -> Result<Input, ApiError> {
                 "input '{INPUT_NAME}' has both contents and raw_input_contents"
             )));
         }
-        (Some(raw), _) => Some(TensorData::Raw(raw)),
-        (None, Some((_, typed))) => Some(typed),
-        (None, None) => None,
+        (Some(raw), _) => TensorData::Raw(raw),
+        (None, Some((_, typed))) => typed,
+        (None, None) => {
+            return Err(ApiError::bad_request(format!(
+                "input '{INPUT_NAME}' has neither contents nor raw_input_contents"
+            )));
+        }
     };
-    protocol::check_input(&input.name, &input.datatype, &input.shape, data)
+    protocol::check_input(&input.name, &input.datatype, &input.shape, Some(data))
 }
 
 /// gRPC's status for a REST status: the codes Triton's gRPC endpoint uses for the same cases.
@@ -456,4 +460,106 @@ pub async fn bind(host: &str, port: u16) -> Result<(TcpListener, SocketAddr)> {
         .local_addr()
         .context("cannot read the bound gRPC address")?;
     Ok((listener, addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::preprocess::INPUT_LEN;
+    use pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+
+    fn request(datatype: &str, shape: Vec<i64>) -> pb::ModelInferRequest {
+        pb::ModelInferRequest {
+            inputs: vec![InferInputTensor {
+                name: INPUT_NAME.into(),
+                datatype: datatype.into(),
+                shape,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn message(r: pb::ModelInferRequest) -> String {
+        input_of(r).unwrap_err().message
+    }
+
+    #[test]
+    fn raw_and_typed_contents_give_the_same_input() {
+        let values: Vec<f32> = (0..INPUT_LEN).map(|i| (i % 7) as f32 / 7.0).collect();
+        let mut raw = request("FP32", vec![1, 3, 32, 32]);
+        raw.raw_input_contents = vec![values.iter().flat_map(|v| v.to_le_bytes()).collect()];
+        let mut typed = request("FP32", vec![1, 3, 32, 32]);
+        typed.inputs[0].contents = Some(pb::InferTensorContents {
+            fp32_contents: values.clone(),
+            ..Default::default()
+        });
+        let expected = Input::Fp32 { rows: 1, values };
+        assert_eq!(input_of(raw).unwrap(), expected);
+        assert_eq!(input_of(typed).unwrap(), expected);
+
+        let mut images = request("BYTES", vec![2]);
+        images.inputs[0].contents = Some(pb::InferTensorContents {
+            bytes_contents: vec![b"a".to_vec(), b"b".to_vec()],
+            ..Default::default()
+        });
+        assert_eq!(
+            input_of(images).unwrap(),
+            Input::Images(vec![b"a".to_vec(), b"b".to_vec()])
+        );
+    }
+
+    #[test]
+    fn ambiguous_or_unknown_tensors_are_refused_with_reasons() {
+        let mut both = request("FP32", vec![1, 3, 32, 32]);
+        both.raw_input_contents = vec![vec![0; INPUT_LEN * 4]];
+        both.inputs[0].contents = Some(pb::InferTensorContents {
+            fp32_contents: vec![0.0; INPUT_LEN],
+            ..Default::default()
+        });
+        assert!(message(both).contains("both contents and raw_input_contents"));
+
+        let mut two_raw = request("FP32", vec![1, 3, 32, 32]);
+        two_raw.raw_input_contents = vec![vec![], vec![]];
+        assert!(message(two_raw).contains("raw_input_contents has 2 entries"));
+
+        let mut two_inputs = request("FP32", vec![1, 3, 32, 32]);
+        two_inputs.inputs.push(two_inputs.inputs[0].clone());
+        assert!(message(two_inputs).contains("expected exactly one input"));
+
+        let mut output = request("FP32", vec![1, 3, 32, 32]);
+        output.outputs = vec![InferRequestedOutputTensor {
+            name: "logits".into(),
+            ..Default::default()
+        }];
+        assert!(message(output).contains("unknown output 'logits'"));
+
+        let empty = request("FP32", vec![1, 3, 32, 32]);
+        assert!(message(empty).contains("neither contents nor raw_input_contents"));
+
+        let mut count = request("BYTES", vec![3]);
+        count.inputs[0].contents = Some(pb::InferTensorContents {
+            bytes_contents: vec![b"a".to_vec()],
+            ..Default::default()
+        });
+        assert!(message(count).contains("has 1 elements but its shape says 3"));
+    }
+
+    #[test]
+    fn statuses_map_to_triton_s_grpc_codes() {
+        let code = |status: StatusCode| to_status(ApiError::new(status, "x")).code();
+        assert_eq!(code(StatusCode::BAD_REQUEST), Code::InvalidArgument);
+        assert_eq!(code(StatusCode::UNAUTHORIZED), Code::Unauthenticated);
+        assert_eq!(code(StatusCode::FORBIDDEN), Code::PermissionDenied);
+        assert_eq!(code(StatusCode::NOT_FOUND), Code::NotFound);
+        assert_eq!(code(StatusCode::SERVICE_UNAVAILABLE), Code::Unavailable);
+        assert_eq!(code(StatusCode::PAYLOAD_TOO_LARGE), Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn repository_calls_take_triton_s_field_before_kserve_s() {
+        assert_eq!(repository_name("cifar", ""), "cifar");
+        assert_eq!(repository_name("", "cifar"), "cifar");
+        assert_eq!(repository_name("repo", "cifar"), "cifar");
+    }
 }
