@@ -206,6 +206,17 @@ def bench_serve(work, args, results, model=None, one=None):
         server.wait(timeout=30)
 
 
+def small_model(work, name, n_train, n_test):
+    """A model trained for one epoch on generated data and exported as WORK/NAME.maas."""
+    data = os.path.join(work, f"{name}-data")
+    run([sys.executable, os.path.join(HERE, "make_data.py"), data, str(n_train), str(n_test)])
+    run([MAAS, "-q", "--device", "cpu", "train", "--data", data, "--epochs", "1",
+         "--checkpoints", os.path.join(work, f"ck-{name}"), "--overwrite"])
+    model = os.path.join(work, f"{name}.maas")
+    run([MAAS, "-q", "export", "--checkpoints", os.path.join(work, f"ck-{name}"), "-o", model])
+    return model
+
+
 WRK_POST = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "image/png"
 local f = io.open("%s", "rb"); wrk.body = f:read("*a"); f:close()
@@ -216,12 +227,7 @@ def bench_call(work, args, results, model=None):
     """The deployed model called from the CLI: `predict --url` on 1,000 images against local
     `predict`, and `maas bench` against `wrk` on the same server and route."""
     if model is None:
-        data = os.path.join(work, "call-data")
-        run([sys.executable, os.path.join(HERE, "make_data.py"), data, "1000", "1000"])
-        run([MAAS, "-q", "--device", "cpu", "train", "--data", data, "--epochs", "1",
-             "--checkpoints", os.path.join(work, "ck-call"), "--overwrite"])
-        model = os.path.join(work, "call.maas")
-        run([MAAS, "-q", "export", "--checkpoints", os.path.join(work, "ck-call"), "-o", model])
+        model = small_model(work, "call", 1000, 1000)
     images = os.path.join(work, "call-images")
     write_images(sys.executable, images, 1000)
     one = os.path.join(images, "00000.png")
@@ -269,12 +275,7 @@ def bench_call(work, args, results, model=None):
 def bench_grpc(work, args, results):
     """The same infer request over gRPC and over REST (binary tensors), from the same Python
     client program (tritonclient), against one server."""
-    data = os.path.join(work, "grpc-data")
-    run([sys.executable, os.path.join(HERE, "make_data.py"), data, "500", "100"])
-    run([MAAS, "-q", "--device", "cpu", "train", "--data", data, "--epochs", "1",
-         "--checkpoints", os.path.join(work, "ck-grpc"), "--overwrite"])
-    model = os.path.join(work, "grpc.maas")
-    run([MAAS, "-q", "export", "--checkpoints", os.path.join(work, "ck-grpc"), "-o", model])
+    model = small_model(work, "grpc", 500, 100)
     grpc_port = free_port()
     server, url = start_server(model, grpc_port)
     try:

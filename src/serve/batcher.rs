@@ -217,6 +217,27 @@ impl Batcher {
             Ok(Ok(Ok(answer))) => Ok(answer),
         }
     }
+
+    /// [`run`](Self::run) for the probabilities, `rows * classes` values, row-major.
+    pub async fn probabilities(
+        &self,
+        inputs: Vec<f32>,
+        rows: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<f32>, ApiError> {
+        match self
+            .run(inputs, rows, Want::Probabilities, deadline)
+            .await?
+        {
+            Answer::Probabilities(p) => Ok(p),
+            _ => Err(wrong_kind()),
+        }
+    }
+}
+
+/// A model thread's answer that is not what the request asked for: a fault of the server.
+pub fn wrong_kind() -> ApiError {
+    ApiError::internal("the model answered with the wrong kind of result")
 }
 
 /// Clears the ready flag when the worker ends, however it ends, so health checks see it.

@@ -19,11 +19,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status};
 
 use super::auth::{self, Keys};
-use super::batcher::{Answer, Want};
 use super::error::ApiError;
 use super::protocol::{self, INPUT_NAME, Input, OUTPUT_NAME, TensorData};
 use super::registry::Version;
-use super::routes::{EXTENSIONS, refuse_override_keys, wrong_kind};
+use super::routes::{EXTENSIONS, refuse_override_keys};
 use super::state::AppState;
 use super::tls::TlsListener;
 use crate::data::preprocess::SIDE;
@@ -112,14 +111,7 @@ impl Grpc {
             })
             .await?;
         model.stats.compute_input.add(decoding.elapsed());
-        let probabilities = match model
-            .batcher
-            .run(values, rows, Want::Probabilities, deadline)
-            .await?
-        {
-            Answer::Probabilities(p) => p,
-            _ => return Err(wrong_kind()),
-        };
+        let probabilities = model.batcher.probabilities(values, rows, deadline).await?;
         let encoding = Instant::now();
         let classes = model.classes.len();
         // Raw little-endian floats, as Triton answers and its clients read first.

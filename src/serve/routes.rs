@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::{self, Keys};
-use super::batcher::{Answer, Want};
+use super::batcher::{Answer, Want, wrong_kind};
 use super::decode::SMALL_IMAGE_PIXELS;
 use super::error::ApiError;
 use super::protocol::{self, INPUT_NAME, OUTPUT_NAME};
@@ -191,14 +191,7 @@ async fn infer_on(
         })
         .await?;
     model.stats.compute_input.add(decoding.elapsed());
-    let probabilities = match model
-        .batcher
-        .run(values, rows, Want::Probabilities, deadline)
-        .await?
-    {
-        Answer::Probabilities(p) => p,
-        _ => return Err(wrong_kind()),
-    };
+    let probabilities = model.batcher.probabilities(values, rows, deadline).await?;
     let encoding = Instant::now();
     let response = protocol::response(
         &model.name,
@@ -210,11 +203,6 @@ async fn infer_on(
     );
     model.stats.compute_output.add(encoding.elapsed());
     response
-}
-
-/// A model thread's answer that is not what the request asked for: a fault of the server.
-pub(super) fn wrong_kind() -> ApiError {
-    ApiError::internal("the model answered with the wrong kind of result")
 }
 
 #[derive(Debug, Deserialize)]
