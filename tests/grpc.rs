@@ -274,6 +274,59 @@ fn grpc_over_tls_answers_as_https_and_refuses_plaintext() {
     assert_eq!(code(&seen["plaintext"]), "StatusCode.UNAVAILABLE", "{seen}");
 }
 
+/// gRPC calls without pause (8 tritonclient threads) while version 2 of the model they call is
+/// replaced and loaded again and again: not one call may fail.
+#[test]
+fn reloads_under_steady_grpc_calls_fail_none() {
+    let ws = workspace_with_repository();
+    let port = free_port().to_string();
+    let server = Server::start_serving(
+        &ws,
+        &[
+            "--repository",
+            "repo",
+            "--admin-key",
+            ADMIN,
+            "--grpc-port",
+            &port,
+        ],
+    );
+    let script = format!("{}/tests/python/triton_grpc.py", env!("CARGO_MANIFEST_DIR"));
+    let clients = Command::new(python())
+        .args([&script, "steady", &format!("127.0.0.1:{port}"), "6", "8"])
+        .current_dir(ws.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (.ci/run installs tritonclient[grpc])");
+    std::thread::sleep(Duration::from_secs(1));
+    let target = ws.path("repo/cifar/2/model.maas");
+    for round in 0..6 {
+        // A new file renamed into place, then the load route.
+        let source = ws.path(if round % 2 == 0 { "a.maas" } else { "b.maas" });
+        std::fs::copy(&source, target.with_extension("new")).unwrap();
+        std::fs::rename(target.with_extension("new"), &target).unwrap();
+        let loaded = agent()
+            .post(&server.url("/v2/repository/models/cifar/load"))
+            .header("Authorization", &format!("Bearer {ADMIN}"))
+            .send_empty()
+            .unwrap();
+        assert_eq!(loaded.status().as_u16(), 200);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = clients.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.stderr()
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("gRPC calls through six reloads: {seen}");
+    assert_eq!(seen["failed"], 0, "{seen}");
+    assert!(seen["requests"].as_u64().unwrap() >= 100, "{seen}");
+}
+
 #[test]
 fn a_taken_grpc_port_is_an_error_naming_the_flag() {
     let ws = common::Workspace::new(20, 50);

@@ -5,6 +5,7 @@ codes, the repository calls (load, a corrupt file refused, unload) and statistic
 
     triton_grpc.py full GRPC_ADDR HTTP_ADDR REPO FILE_B API_KEY ADMIN_KEY PNG
     triton_grpc.py tls GRPC_ADDR HTTPS_URL API_KEY CACERT
+    triton_grpc.py steady GRPC_ADDR SECONDS CLIENTS   # calls without pause; counts failures
 
 Prints one JSON document of what it saw; the Rust test (tests/grpc.rs) judges it."""
 import json
@@ -150,6 +151,40 @@ def tls(grpc_addr, https_url, key, cacert):
     return seen
 
 
+def steady(grpc_addr, seconds, clients):
+    """CLIENTS threads, each with its own client, infer `cifar` without pause for SECONDS."""
+    import threading
+    import time
+
+    stop_at = time.monotonic() + float(seconds)
+    counts = {"requests": 0, "failed": 0, "first_error": None}
+    lock = threading.Lock()
+
+    def work():
+        client = grpcclient.InferenceServerClient(grpc_addr)
+        done = failed = 0
+        error = None
+        while time.monotonic() < stop_at:
+            try:
+                probabilities, _ = grpc_infer(client, "cifar", values=x[:1])
+                assert probabilities.shape == (1, 10)
+            except Exception as e:  # noqa: BLE001 - counted and reported
+                failed += 1
+                error = error or repr(e)
+            done += 1
+        with lock:
+            counts["requests"] += done
+            counts["failed"] += failed
+            counts["first_error"] = counts["first_error"] or error
+
+    threads = [threading.Thread(target=work) for _ in range(int(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return counts
+
+
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
-    print(json.dumps(full(*args) if mode == "full" else tls(*args)))
+    print(json.dumps({"full": full, "tls": tls, "steady": steady}[mode](*args)))
