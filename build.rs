@@ -1,7 +1,11 @@
 //! Compiles KServe's v2 gRPC protocol (proto/grpc_predict_v2.proto) into the server's messages
 //! and service trait: protox parses the .proto in pure Rust, so no `protoc` is needed.
 //!
-//! One addition, made here rather than in the vendored file: Triton's `tritonclient` sends the
+//! Two additions for Triton's clients, made here rather than in the generated files:
+//!
+//! - The calls of proto/triton_extensions.proto (RepositoryIndex, ModelStatistics: Triton's,
+//!   which KServe's protocol lacks) join `GRPCInferenceService`, where Triton serves them.
+//! - Triton's `tritonclient` sends the
 //! repository calls with Triton's numbering (`repository_name = 1; model_name = 2; parameters =
 //! 3`), where KServe's messages have `model_name = 1`. Fields 2 and 3 are unused in KServe's, so
 //! the load and unload requests also read them (`triton_model_name`, `triton_parameters`: a map
@@ -11,9 +15,36 @@ use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{DescriptorProto, FieldDescriptorProto, MessageOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/grpc_predict_v2.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let mut descriptors = protox::compile([proto], ["proto"])?;
+    let protos = [
+        "proto/grpc_predict_v2.proto",
+        "proto/triton_extensions.proto",
+    ];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let mut descriptors = protox::compile(protos, ["proto"])?;
+    let mut triton_methods = Vec::new();
+    for file in &mut descriptors.file {
+        file.service.retain_mut(|service| {
+            if service.name() != "TritonExtensions" {
+                return true;
+            }
+            triton_methods.append(&mut service.method);
+            false
+        });
+    }
+    let service = descriptors
+        .file
+        .iter_mut()
+        .flat_map(|f| f.service.iter_mut())
+        .find(|s| s.name() == "GRPCInferenceService")
+        .ok_or("proto/grpc_predict_v2.proto has no GRPCInferenceService")?;
+    assert_eq!(
+        triton_methods.len(),
+        2,
+        "proto/triton_extensions.proto changed"
+    );
+    service.method.append(&mut triton_methods);
     for file in &mut descriptors.file {
         // The file has no comments to carry into the code, and the fields added below have no
         // source location.

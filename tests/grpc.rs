@@ -88,6 +88,31 @@ fn the_stock_triton_grpc_client_gets_what_rest_answers() {
         &server,
     );
 
+    // Triton's RepositoryIndex (proto/triton_extensions.proto), as REST's index.
+    let rest_index: Value = serde_json::from_str(
+        &agent()
+            .post(&server.url("/v2/repository/index"))
+            .header("Authorization", &format!("Bearer {ADMIN}"))
+            .send_empty()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap(),
+    )
+    .unwrap();
+    let index = seen["index"].as_array().unwrap();
+    assert_eq!(index.len(), 3, "{seen}");
+    for (grpc, rest) in index.iter().zip(rest_index.as_array().unwrap()) {
+        assert_eq!(
+            (&grpc["name"], &grpc["version"], &grpc["state"]),
+            (&rest["name"], &rest["version"], &rest["state"]),
+            "{grpc} against {rest}"
+        );
+    }
+    assert_eq!(
+        code(&seen["index_with_api_key"]),
+        "StatusCode.UNAUTHENTICATED"
+    );
     assert_eq!(seen["live"], true);
     assert_eq!(seen["ready"], true);
     assert_eq!(
@@ -169,6 +194,14 @@ fn the_stock_triton_grpc_client_gets_what_rest_answers() {
     assert_eq!(seen["v2_after_corrupt_is_old_v2"], true);
     assert_eq!(seen["other_ready_after_unload"], false);
     assert_eq!(code(&seen["infer_after_unload"]), "StatusCode.NOT_FOUND");
+    assert_eq!(
+        seen["index_after_unload"],
+        json!(["cifar:1:READY", "cifar:2:READY", "other::UNAVAILABLE"])
+    );
+    assert_eq!(
+        seen["ready_index_after_unload"],
+        json!(["cifar:1:READY", "cifar:2:READY"])
+    );
     assert_eq!(seen["other_ready_after_load"], true);
 
     // Two gRPC requests of three images answered, one refused, after the reload (which keeps no
@@ -178,6 +211,13 @@ fn the_stock_triton_grpc_client_gets_what_rest_answers() {
     assert_eq!(stats["execution_count"], 2, "{stats}");
     assert_eq!(stats["inference_stats"]["success"]["count"], 2, "{stats}");
     assert_eq!(stats["inference_stats"]["fail"]["count"], 1, "{stats}");
+    // Triton's ModelStatistics over gRPC reads the same figures.
+    assert_eq!(seen["grpc_stats"], json!([6, 2, 2, 1, 2, 2]), "{seen}");
+    assert_eq!(seen["grpc_stats_equal_rest"], true, "{seen}");
+    assert_eq!(
+        seen["grpc_stats_all"],
+        json!([["cifar", "1"], ["cifar", "2"], ["other", "1"]])
+    );
 
     // /metrics counts gRPC calls by method and the status they stand for.
     let metrics = agent()
@@ -271,6 +311,13 @@ fn grpc_over_tls_answers_as_https_and_refuses_plaintext() {
     assert_eq!(seen["live"], true, "{seen}");
     assert_eq!(seen["as_rest"], true, "{seen}");
     assert_eq!(code(&seen["wrong_key"]), "StatusCode.UNAUTHENTICATED");
+    for refused in seen["no_admin_key"].as_array().unwrap() {
+        assert_eq!(code(refused), "StatusCode.PERMISSION_DENIED", "{refused}");
+        assert!(
+            refused[1].as_str().unwrap().contains("--admin-key"),
+            "{refused}"
+        );
+    }
     assert_eq!(code(&seen["plaintext"]), "StatusCode.UNAVAILABLE", "{seen}");
 }
 
@@ -357,17 +404,16 @@ fn a_taken_grpc_port_is_an_error_naming_the_flag() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// proto/grpc_predict_v2.proto is what the `kserve` package (PyPI) compiled into its own
-/// descriptor: regenerating it from that descriptor gives the same file.
+/// proto/*.proto are what the `kserve` and `tritonclient` packages (PyPI) compiled into their own
+/// descriptors: regenerating them from those descriptors gives the same files.
 #[test]
-fn the_vendored_proto_is_kserve_s() {
+fn the_vendored_protos_are_kserve_s_and_triton_s() {
     let root = env!("CARGO_MANIFEST_DIR");
     let run = Command::new(python())
-        .arg(format!("{root}/proto/from_kserve.py"))
+        .arg(format!("{root}/proto/generate.py"))
         .arg("--check")
-        .arg(format!("{root}/proto/grpc_predict_v2.proto"))
         .output()
-        .expect("python3 runs (.ci/run installs kserve)");
+        .expect("python3 runs (.ci/run installs kserve and tritonclient)");
     assert!(
         run.status.success(),
         "{}",

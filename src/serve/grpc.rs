@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -375,6 +376,79 @@ impl GrpcInferenceService for Grpc {
                 is_unloaded: true,
             });
         self.finish("RepositoryModelUnload", started, outcome)
+    }
+
+    // Triton's two calls that KServe's protocol lacks (proto/triton_extensions.proto).
+
+    async fn repository_index(
+        &self,
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let started = Instant::now();
+        let ready_only = request.get_ref().ready;
+        let outcome = self
+            .repository(authorization(&request), |registry| {
+                registry.index().map_err(ApiError::internal)
+            })
+            .await
+            .map(|index| pb::RepositoryIndexResponse {
+                models: index
+                    .into_iter()
+                    .filter(|entry| !ready_only || entry.state == "READY")
+                    .map(|entry| pb::repository_index_response::ModelIndex {
+                        name: entry.name,
+                        version: entry.version.unwrap_or_default(),
+                        state: entry.state.into(),
+                        reason: entry.reason,
+                    })
+                    .collect(),
+            });
+        self.finish("RepositoryIndex", started, outcome)
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let started = Instant::now();
+        let outcome = self.authorize(&request).and_then(|()| {
+            let r = request.get_ref();
+            let name = (!r.name.is_empty()).then_some(r.name.as_str());
+            let version = (!r.version.is_empty()).then_some(r.version.as_str());
+            let versions = self.state.registry.stats_versions(name, version)?;
+            Ok(pb::ModelStatisticsResponse {
+                model_stats: versions.iter().map(|v| statistics(v)).collect(),
+            })
+        });
+        self.finish("ModelStatistics", started, outcome)
+    }
+}
+
+/// One version's statistics in Triton's message: the figures `GET .../stats` answers.
+fn statistics(version: &Version) -> pb::ModelStatistics {
+    let stats = &version.stats;
+    let duration = |tally: &super::stats::Tally| {
+        let (count, ns) = tally.read();
+        Some(pb::StatisticDuration { count, ns })
+    };
+    let none = Some(pb::StatisticDuration::default());
+    pb::ModelStatistics {
+        name: version.name.clone(),
+        version: version.version.to_string(),
+        last_inference: stats.last_inference_ms(),
+        inference_count: stats.inference_count.load(Ordering::Relaxed),
+        execution_count: stats.execution_count.load(Ordering::Relaxed),
+        inference_stats: Some(pb::InferStatistics {
+            success: duration(&stats.success),
+            fail: duration(&stats.fail),
+            queue: duration(&stats.queue),
+            compute_input: duration(&stats.compute_input),
+            compute_infer: duration(&stats.compute_infer),
+            compute_output: duration(&stats.compute_output),
+            cache_hit: none,
+            cache_miss: none,
+        }),
+        ..Default::default()
     }
 }
 

@@ -303,6 +303,29 @@ impl Registry {
         })
     }
 
+    /// The versions a statistics request names: every loaded one (no name), every version of a
+    /// model, or one version; 404 for a model or version that is not loaded.
+    pub fn stats_versions(
+        &self,
+        name: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<Vec<Arc<Version>>, ApiError> {
+        let snapshot = self.snapshot();
+        Ok(match (name, version) {
+            (None, _) => {
+                let all = snapshot.models.values().flat_map(|m| m.versions.values());
+                all.cloned().collect()
+            }
+            (Some(name), Some(v)) => vec![self.resolve(name, Some(v))?],
+            (Some(name), None) => {
+                // 404 for a model that is not loaded; then all its versions.
+                self.resolve(name, None)?;
+                let versions = snapshot.models.get(name).map(|m| m.versions.values());
+                versions.into_iter().flatten().cloned().collect()
+            }
+        })
+    }
+
     /// The version `/v1/predict` and `/v1/explain` use: the highest version of the model named
     /// by `--model-name` or, when the server holds a single model, of that one.
     pub fn default_version(&self) -> Result<Arc<Version>, ApiError> {

@@ -380,23 +380,10 @@ async fn model_stats(
     State(state): State<AppState>,
     Path(params): Path<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let chosen: Vec<Arc<Version>> = match params.get("name") {
-        None => {
-            let snapshot = state.registry.snapshot();
-            let all = snapshot.models.values().flat_map(|m| m.versions.values());
-            all.cloned().collect()
-        }
-        Some(name) => match params.get("version") {
-            Some(v) => vec![state.registry.resolve(name, Some(v))?],
-            None => {
-                // 404 for a model that is not loaded; then all its versions.
-                state.registry.resolve(name, None)?;
-                let snapshot = state.registry.snapshot();
-                let versions = snapshot.models.get(name).map(|m| m.versions.values());
-                versions.into_iter().flatten().cloned().collect()
-            }
-        },
-    };
+    let chosen = state.registry.stats_versions(
+        params.get("name").map(String::as_str),
+        params.get("version").map(String::as_str),
+    )?;
     let entries: Vec<Value> = chosen
         .iter()
         .map(|v| v.stats.json(&v.name, v.version))

@@ -33,8 +33,14 @@ impl Tally {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// The count and the nanoseconds so far.
+    pub fn read(&self) -> (u64, u64) {
+        (self.count(), self.ns.load(Ordering::Relaxed))
+    }
+
     fn json(&self) -> Value {
-        json!({ "count": self.count(), "ns": self.ns.load(Ordering::Relaxed) })
+        let (count, ns) = self.read();
+        json!({ "count": count, "ns": ns })
     }
 }
 
@@ -82,12 +88,17 @@ impl ModelStats {
             .fetch_add(images as u64, Ordering::Relaxed);
     }
 
+    /// When the last request was answered, in milliseconds since the Unix epoch (0: never).
+    pub fn last_inference_ms(&self) -> u64 {
+        self.last_inference_ms.load(Ordering::Relaxed)
+    }
+
     /// One entry of Triton's `model_stats` list.
     pub fn json(&self, name: &str, version: u64) -> Value {
         json!({
             "name": name,
             "version": version.to_string(),
-            "last_inference": self.last_inference_ms.load(Ordering::Relaxed),
+            "last_inference": self.last_inference_ms(),
             "inference_count": self.inference_count.load(Ordering::Relaxed),
             "execution_count": self.execution_count.load(Ordering::Relaxed),
             "inference_stats": {

@@ -56,6 +56,9 @@ def full(grpc_addr, http_addr, repo, file_b, key, admin_key, png):
         return result.as_numpy("probabilities")
 
     seen = {}
+    # Triton's repository index, with the admin key only.
+    seen["index"] = client.get_model_repository_index(headers=admin, as_json=True)["models"]
+    seen["index_with_api_key"] = failure(lambda: client.get_model_repository_index(headers=auth))
     # Health needs no key; everything else does.
     seen["live"] = client.is_server_live()
     seen["ready"] = client.is_server_ready()
@@ -117,6 +120,13 @@ def full(grpc_addr, http_addr, repo, file_b, key, admin_key, png):
     client.unload_model("other", headers=admin)
     seen["other_ready_after_unload"] = client.is_model_ready("other", headers=auth)
     seen["infer_after_unload"] = failure(lambda: grpc_infer(client, "other", headers=auth))
+    # The index lists the unloaded model, except when asked for ready models only (by the stub:
+    # tritonclient does not offer `ready`).
+    admin_metadata = [("authorization", admin["authorization"])]
+    index = lambda ready: sorted(f"{m.name}:{m.version}:{m.state}" for m in stub.RepositoryIndex(
+        service_pb2.RepositoryIndexRequest(ready=ready), metadata=admin_metadata).models)
+    seen["index_after_unload"] = index(False)
+    seen["ready_index_after_unload"] = index(True)
     client.load_model("other", headers=admin)
     seen["other_ready_after_load"] = client.is_model_ready("other", headers=auth)
 
@@ -126,6 +136,15 @@ def full(grpc_addr, http_addr, repo, file_b, key, admin_key, png):
     grpc_infer(client, "other", headers=auth)
     failure(lambda: grpc_infer(client, "other", values=np.zeros((1, 3, 8, 8), np.float32), headers=auth))
     seen["stats_other"] = http.get_inference_statistics("other", headers={"Authorization": auth["authorization"]})
+    # The same figures through Triton's gRPC statistics call (uint64 comes as strings in JSON).
+    grpc_stats = client.get_inference_statistics("other", headers=auth, as_json=True)["model_stats"][0]
+    rest_stats = seen["stats_other"]["model_stats"][0]
+    figures = lambda s: [int(s["inference_count"]), int(s["execution_count"])] + [
+        int(s["inference_stats"][k]["count"]) for k in ("success", "fail", "queue", "compute_infer")]
+    seen["grpc_stats"] = figures(grpc_stats)
+    seen["grpc_stats_equal_rest"] = figures(grpc_stats) == figures(rest_stats)
+    seen["grpc_stats_all"] = sorted((s["name"], s["version"]) for s in
+                                    client.get_inference_statistics(headers=auth, as_json=True)["model_stats"])
     return seen
 
 
@@ -137,6 +156,12 @@ def tls(grpc_addr, https_url, key, cacert):
     seen = {"live": client.is_server_live()}
     probabilities, _ = grpc_infer(client, "maas", headers=auth)
     seen["wrong_key"] = failure(lambda: grpc_infer(client, "maas", headers={"authorization": "Bearer nope"}))
+    # This server has no admin key: the repository calls are off.
+    seen["no_admin_key"] = [
+        failure(lambda: client.get_model_repository_index(headers=auth)),
+        failure(lambda: client.load_model("maas", headers=auth)),
+        failure(lambda: client.unload_model("maas", headers=auth)),
+    ]
     # The same request over HTTPS (REST, JSON), trusting the same certificate.
     body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
                                    "data": x.flatten().tolist()}]}).encode()
