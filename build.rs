@@ -1,15 +1,15 @@
 //! Compiles KServe's v2 gRPC protocol (proto/grpc_predict_v2.proto) into the server's messages
-//! and service trait: protox parses the .proto in pure Rust, so no `protoc` is needed.
+//! and service trait: protox parses the .proto files in pure Rust, so no `protoc` is needed.
 //!
 //! Two additions for Triton's clients, made here rather than in the generated files:
 //!
 //! - The calls of proto/triton_extensions.proto (RepositoryIndex, ModelStatistics: Triton's,
 //!   which KServe's protocol lacks) join `GRPCInferenceService`, where Triton serves them.
-//! - Triton's `tritonclient` sends the
-//! repository calls with Triton's numbering (`repository_name = 1; model_name = 2; parameters =
-//! 3`), where KServe's messages have `model_name = 1`. Fields 2 and 3 are unused in KServe's, so
-//! the load and unload requests also read them (`triton_model_name`, `triton_parameters`: a map
-//! whose values are read as bytes, which a message value is on the wire), and both clients work.
+//! - Triton's `tritonclient` sends the load and unload calls with Triton's numbering
+//!   (`repository_name = 1; model_name = 2; parameters = 3`), where KServe's messages have
+//!   `model_name = 1`. Fields 2 and 3 are unused in KServe's, so these requests also read them
+//!   (`triton_model_name`, `triton_parameters`: a map whose values are read as bytes, which a
+//!   message value is on the wire), and both clients work.
 
 use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{DescriptorProto, FieldDescriptorProto, MessageOptions};
