@@ -3,8 +3,9 @@
 //! (`torch_cnn.py`: padding 1, so the pictures stay 32x32 and 16x16 through the convolutions).
 //!
 //! Where the MLP sees pixels at fixed places, the convolutions see the same small patterns
-//! anywhere in the picture: what a shape drawn at a random position needs. Its gradients are
-//! burn's ([`crate::autodiff_step`]).
+//! anywhere in the picture: what a shape drawn at a random position needs. On the CPU it trains
+//! through a step derived by hand ([`crate::cnn_cpu`]), tested against burn's autodiff
+//! ([`crate::autodiff_step`]), which trains it on a GPU.
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};

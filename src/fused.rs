@@ -103,7 +103,7 @@ impl FusedOps for Flex {
             let len = BLOCK_ROWS.min(rows - start);
             let grad = &mut grad[..len * hidden];
             let rows_t = Strided::dense(x, width).columns(first_row + start, len).t();
-            product(rows_t, Strided::dense(d, hidden), grad);
+            product(rows_t, Strided::dense(d, hidden), grad, false);
             let span = start * hidden..(start + len) * hidden;
             step.apply(
                 &mut p[span.clone()],
@@ -119,7 +119,7 @@ impl FusedOps for Flex {
 /// A matrix read through strides from a slice: element `(i, j)` is
 /// `data[offset + i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy)]
-struct Strided<'a> {
+pub(crate) struct Strided<'a> {
     data: &'a [f32],
     offset: usize,
     rows: usize,
@@ -130,7 +130,7 @@ struct Strided<'a> {
 
 impl<'a> Strided<'a> {
     /// A row-major `[data.len() / cols, cols]` matrix.
-    fn dense(data: &'a [f32], cols: usize) -> Self {
+    pub(crate) fn dense(data: &'a [f32], cols: usize) -> Self {
         Self {
             data,
             offset: 0,
@@ -151,7 +151,7 @@ impl<'a> Strided<'a> {
     }
 
     /// The transpose, without a copy.
-    fn t(self) -> Self {
+    pub(crate) fn t(self) -> Self {
         Self {
             rows: self.cols,
             cols: self.rows,
@@ -180,8 +180,9 @@ impl<'a> Strided<'a> {
 /// It calls the matrix product burn's CPU backend uses (the `gemm` crate) with the strides and
 /// settings `burn_flex`'s matmul would pass for the same views, so the sums are the same, but
 /// into a buffer of the caller's: burn's matmul allocates its output and then copies it once
-/// more to align it, for every call. One thread: the callers already run one per core.
-fn product(a: Strided, b: Strided, out: &mut [f32]) {
+/// more to align it, for every call. On one thread, or on rayon's pool when `parallel` (for a
+/// product that is alone on the machine at that moment).
+pub(crate) fn product(a: Strided, b: Strided, out: &mut [f32], parallel: bool) {
     // The bounds the raw-pointer call relies on.
     assert!(
         a.cols == b.rows && out.len() == a.rows * b.cols && a.in_bounds() && b.in_bounds(),
@@ -216,9 +217,26 @@ fn product(a: Strided, b: Strided, out: &mut [f32]) {
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            if parallel {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            },
         );
     }
+}
+
+/// One Adam update of the parameter `p` and its moments `m` and `v` from the gradient `g`, in
+/// place: the arithmetic of [`FusedOps::adam_step`], on host slices.
+pub(crate) fn adam_apply(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    lr_t: f64,
+    config: AdamConfig,
+) {
+    AdamStep::new(lr_t, config).apply(p, g, m, v);
 }
 
 /// Adam's constants for one step, rounded to f32 as the composed operations round them.
@@ -301,6 +319,11 @@ fn values(tensor: &FlexTensor) -> &[f32] {
 fn values_mut(tensor: &mut FlexTensor) -> &mut [f32] {
     let n = tensor.layout().num_elements();
     &mut tensor.storage_mut::<f32>()[..n]
+}
+
+/// Whether `device` is the CPU backend.
+pub fn is_flex(device: &Device) -> bool {
+    matches!(device.as_dispatch(), DispatchDevice::Flex(_))
 }
 
 /// Whether `tensor` can take the fused path: f32 on the CPU backend.

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod cnn;
+pub mod cnn_cpu;
 pub mod container;
 pub mod data;
 pub mod device;

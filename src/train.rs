@@ -596,7 +596,7 @@ impl EpochLoop<'_> {
                 }
                 return Err(Interrupted { epoch, saved }.into());
             };
-            let (test_loss, test_accuracy) = evaluate(&trainer.model(), self.test, self.device)?;
+            let (test_loss, test_accuracy) = evaluate(&trainer.model()?, self.test, self.device)?;
             let metrics = EpochMetrics {
                 epoch,
                 train_loss: trained.loss,
@@ -686,6 +686,7 @@ impl EpochLoop<'_> {
                 || following.map(|index| data.rows(index, device)),
             );
             next = following;
+            let stats = stats?;
             loss_sum = loss_sum + stats.loss_sum;
             correct = correct + stats.correct;
             // Reading a value waits for the device, so the bar's figures are refreshed only now

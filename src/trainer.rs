@@ -1,6 +1,7 @@
 //! The model and its optimizer while training, of either architecture: the MLP through its
-//! sharded, hand-derived step ([`crate::sharded`], an optimisation of the same arithmetic), any
-//! other model through burn's autodiff ([`crate::autodiff_step`]).
+//! sharded, hand-derived step ([`crate::sharded`], an optimisation of the same arithmetic), the CNN
+//! on the CPU through its own hand-derived step ([`crate::cnn_cpu`]), any other model (the CNN on
+//! a GPU) through burn's autodiff ([`crate::autodiff_step`]).
 
 use anyhow::Result;
 use burn::prelude::*;
@@ -8,7 +9,9 @@ use burn::prelude::*;
 use crate::adam::{AdamConfig, AdamState};
 use crate::autodiff_step::AutodiffTrainer;
 use crate::cnn::Cnn;
+use crate::cnn_cpu::CnnCpuTrainer;
 use crate::data::preprocess::INPUT_LEN;
+use crate::fused;
 use crate::model::{Arch, Model, ModelConfig, StepStats, Weights};
 use crate::sharded::ShardedTrainer;
 
@@ -16,7 +19,9 @@ use crate::sharded::ShardedTrainer;
 pub enum Trainer {
     /// The MLP, sharded.
     Sharded(ShardedTrainer),
-    /// The CNN, through autodiff.
+    /// The CNN on the CPU, by hand; it keeps its parameters on the host.
+    CnnCpu(CnnCpuTrainer, Device),
+    /// The CNN elsewhere, through autodiff.
     Cnn(AutodiffTrainer<Cnn>),
 }
 
@@ -35,6 +40,11 @@ impl Trainer {
             Arch::Mlp => {
                 Trainer::Sharded(ShardedTrainer::new(weights, state, adam, shards, device)?)
             }
+            Arch::Cnn if fused::is_flex(device) => {
+                let classes = config.classes.len();
+                let cnn = CnnCpuTrainer::new(classes, weights, state, adam)?;
+                Trainer::CnnCpu(cnn, device.clone())
+            }
             Arch::Cnn => {
                 let cnn = Cnn::new(config.classes.len(), device);
                 Trainer::Cnn(AutodiffTrainer::new(cnn, weights, state, adam, device)?)
@@ -48,25 +58,28 @@ impl Trainer {
         input: Tensor<2>,
         targets: Tensor<2>,
         labels: Tensor<1, Int>,
-    ) -> StepStats {
-        match self {
+    ) -> Result<StepStats> {
+        Ok(match self {
             Trainer::Sharded(t) => t.step(input, targets, labels),
+            Trainer::CnnCpu(t, _) => t.step(input, targets)?,
             Trainer::Cnn(t) => t.step(input.slice_dim(1, 0..INPUT_LEN), targets, labels),
-        }
+        })
     }
 
     /// The model as it stands, on the plain device.
-    pub fn model(&self) -> Model {
-        match self {
+    pub fn model(&self) -> Result<Model> {
+        Ok(match self {
             Trainer::Sharded(t) => Model::Mlp(t.model()),
+            Trainer::CnnCpu(t, device) => Model::Cnn(t.model(device)?),
             Trainer::Cnn(t) => Model::Cnn(t.model()),
-        }
+        })
     }
 
     /// The weights and Adam's state, copied to the host to be saved.
     pub fn state(&self) -> Result<(Weights, AdamState)> {
         match self {
             Trainer::Sharded(t) => t.state(),
+            Trainer::CnnCpu(t, _) => Ok(t.state()),
             Trainer::Cnn(t) => t.state(),
         }
     }

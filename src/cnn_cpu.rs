@@ -1,0 +1,758 @@
+//! The CNN's training step on the CPU, derived by hand, as [`crate::sharded`] is for the MLP.
+//!
+//! Why: through burn's autodiff the CNN trained at a fifth of PyTorch's speed on the CPU
+//! (`bench/README.md`): most of a step went to burn-flex rearranging patches for its
+//! convolutions, forward and backward, one operation and one core at a time. Here each
+//! convolution is one matrix product over a whole chunk of the batch (`im2col`, images kept
+//! channels-last so that a patch is a few contiguous runs), max-pooling remembers where each
+//! maximum came from, and the backward pass reuses the forward's patches. The batch is cut into
+//! one chunk per core for the convolutions; the dense layers, whose products are large enough to
+//! share, run on the whole batch; then Adam ([`fused::adam_apply`], the arithmetic of
+//! [`crate::adam::update`]).
+//!
+//! The network and the arithmetic are [`Cnn`]'s and [`crate::autodiff_step`]'s: the weights keep
+//! the module's names and layouts, so checkpoints, `--resume` and every other command are
+//! unchanged, and the step is tested against the autodiff one. Only sums are taken in another
+//! order. On a GPU the CNN still trains through autodiff.
+
+use anyhow::{Result, bail};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use rayon::prelude::*;
+
+use crate::adam::{AdamConfig, AdamState};
+use crate::autodiff_step::load_weights;
+use crate::cnn::{self, Cnn};
+use crate::container::Array;
+use crate::data::preprocess::INPUT_LEN;
+use crate::fused::{self, Strided, product};
+use crate::model::{StepStats, Weights, read_f32};
+
+/// Side of the input pictures.
+const SIZE: usize = 32;
+/// Colour channels of the input.
+const COLOURS: usize = 3;
+/// Taps of a 3x3 kernel.
+const TAPS: usize = 9;
+/// Channels of the two convolutions (as [`cnn`]'s).
+const C1: usize = 32;
+const C2: usize = 64;
+/// Values per image after the second pooling.
+const FLAT: usize = C2 * 8 * 8;
+
+/// Indices of the parameters in [`cnn::parameter_shapes`]'s order.
+const CONV1_W: usize = 0;
+const CONV1_B: usize = 1;
+const CONV2_W: usize = 2;
+const CONV2_B: usize = 3;
+const DENSE_W: usize = 4;
+const DENSE_B: usize = 5;
+const OUTPUT_W: usize = 6;
+const OUTPUT_B: usize = 7;
+
+/// One parameter with its Adam moments, on the host.
+struct Param {
+    name: String,
+    shape: Vec<usize>,
+    value: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// The CNN and its optimizer while training on the CPU.
+pub struct CnnCpuTrainer {
+    params: Vec<Param>,
+    classes: usize,
+    step: u64,
+    config: AdamConfig,
+}
+
+impl CnnCpuTrainer {
+    /// The CNN of `classes` outputs from `weights` and Adam's `state`. An error names an array
+    /// that is missing or of the wrong shape.
+    pub fn new(
+        classes: usize,
+        weights: &Weights,
+        state: &AdamState,
+        config: AdamConfig,
+    ) -> Result<Self> {
+        let params = cnn::parameter_shapes(classes)
+            .into_iter()
+            .map(|(name, shape)| {
+                let value = weights.get(&name)?;
+                if value.shape != shape {
+                    bail!(
+                        "array `{name}` has shape {:?}, expected {shape:?}",
+                        value.shape
+                    );
+                }
+                let (m, v) = (state.m.get(&name)?, state.v.get(&name)?);
+                let n = value.values.len();
+                if m.values.len() != n || v.values.len() != n {
+                    bail!("Adam's moments of `{name}` do not match its shape");
+                }
+                Ok(Param {
+                    name,
+                    shape,
+                    value: value.values.clone(),
+                    m: m.values.clone(),
+                    v: v.values.clone(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            params,
+            classes,
+            step: state.step,
+            config,
+        })
+    }
+
+    /// One step of Adam on the batch `input` `[N, >= 3072]` (columns past 3072 are ignored) with
+    /// one-hot `targets` `[N, classes]`; the statistics come back on `input`'s device.
+    pub fn step(&mut self, input: Tensor<2>, targets: Tensor<2>) -> Result<StepStats> {
+        let device = input.device();
+        let [n, width] = input.dims();
+        let mut x = read_f32(input)?;
+        if width != INPUT_LEN {
+            x = x
+                .chunks(width)
+                .flat_map(|row| &row[..INPUT_LEN])
+                .copied()
+                .collect();
+        }
+        let targets = read_f32(targets)?;
+        let (grads, loss_sum, correct) = self.gradients(&x, &targets, n);
+        self.step += 1;
+        let lr_t = self.config.step_size(self.step);
+        let config = self.config;
+        for (p, g) in self.params.iter_mut().zip(&grads) {
+            // Blocks of a parameter are updated on all cores; Adam is elementwise.
+            const BLOCK: usize = 1 << 14;
+            p.value
+                .par_chunks_mut(BLOCK)
+                .zip(g.par_chunks(BLOCK))
+                .zip(p.m.par_chunks_mut(BLOCK))
+                .zip(p.v.par_chunks_mut(BLOCK))
+                .for_each(|(((p, g), m), v)| fused::adam_apply(p, g, m, v, lr_t, config));
+        }
+        Ok(StepStats {
+            loss_sum: Tensor::from_data(TensorData::new(vec![loss_sum], [1]), &device),
+            correct: Tensor::from_data(TensorData::new(vec![correct as i64], [1]), &device),
+        })
+    }
+
+    /// The gradient of the batch's mean cross-entropy for every parameter (in the parameters'
+    /// order and layouts), the summed loss and the count classified right, for `n` images `x`
+    /// (channel-major rows of 3072) and one-hot `targets`.
+    fn gradients(&self, x: &[f32], targets: &[f32], n: usize) -> (Vec<Vec<f32>>, f32, usize) {
+        let p = |i: usize| self.params[i].value.as_slice();
+        let w1 = kernel_to_patches(p(CONV1_W), C1, COLOURS);
+        let w2 = kernel_to_patches(p(CONV2_W), C2, C1);
+
+        // The convolutions, one chunk of images per core.
+        let count = rayon::current_num_threads().clamp(1, n.max(1));
+        let chunks: Vec<std::ops::Range<usize>> = (0..count)
+            .map(|k| k * n / count..(k + 1) * n / count)
+            .collect();
+        let forwards: Vec<ConvForward> = chunks
+            .par_iter()
+            .map(|r| {
+                ConvForward::run(
+                    &x[r.start * INPUT_LEN..r.end * INPUT_LEN],
+                    &w1,
+                    p(CONV1_B),
+                    &w2,
+                    p(CONV2_B),
+                )
+            })
+            .collect();
+        let flat: Vec<f32> = forwards.iter().flat_map(|f| f.flat()).collect();
+
+        // The dense layers on the whole batch.
+        let dense = Dense::run(
+            &flat,
+            targets,
+            self.classes,
+            [p(DENSE_W), p(DENSE_B), p(OUTPUT_W), p(OUTPUT_B)],
+        );
+
+        // Back through the convolutions, chunk by chunk; their gradients summed in chunk order.
+        let backs: Vec<ConvGradients> = forwards
+            .par_iter()
+            .zip(&chunks)
+            .map(|(f, r)| f.backward(&dense.d_flat[r.start * FLAT..r.end * FLAT], &w2))
+            .collect();
+        let mut conv = ConvGradients::zeros();
+        for b in &backs {
+            conv.add(b);
+        }
+        let grads = vec![
+            patches_to_kernel(&conv.w1, C1, COLOURS),
+            conv.b1,
+            patches_to_kernel(&conv.w2, C2, C1),
+            conv.b2,
+            dense.d_dense_w,
+            dense.d_dense_b,
+            dense.d_output_w,
+            dense.d_output_b,
+        ];
+        (grads, dense.loss_sum, dense.correct)
+    }
+
+    /// The model as it stands, on `device`.
+    pub fn model(&self, device: &Device) -> Result<Cnn> {
+        load_weights(Cnn::new(self.classes, device), &self.weights(|p| &p.value))
+    }
+
+    /// One of the values or the moments of every parameter, as named arrays.
+    fn weights(&self, part: fn(&Param) -> &Vec<f32>) -> Weights {
+        let arrays = self
+            .params
+            .iter()
+            .map(|p| Array::new(&p.name, p.shape.clone(), part(p).clone()))
+            .collect();
+        Weights { arrays }
+    }
+
+    /// The weights and Adam's state, to be saved.
+    pub fn state(&self) -> (Weights, AdamState) {
+        let adam = AdamState {
+            step: self.step,
+            m: self.weights(|p| &p.m),
+            v: self.weights(|p| &p.v),
+        };
+        (self.weights(|p| &p.value), adam)
+    }
+}
+
+/// A convolution's weights `[out, in, 3, 3]` as the matrix that multiplies patches:
+/// `[(ky * 3 + kx) * in + ci, out]`.
+fn kernel_to_patches(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
+    let mut k = vec![0.0; w.len()];
+    for o in 0..out {
+        for ci in 0..inp {
+            for tap in 0..TAPS {
+                k[(tap * inp + ci) * out + o] = w[(o * inp + ci) * TAPS + tap];
+            }
+        }
+    }
+    k
+}
+
+/// The inverse of [`kernel_to_patches`].
+fn patches_to_kernel(k: &[f32], out: usize, inp: usize) -> Vec<f32> {
+    let mut w = vec![0.0; k.len()];
+    for o in 0..out {
+        for ci in 0..inp {
+            for tap in 0..TAPS {
+                w[(o * inp + ci) * TAPS + tap] = k[(tap * inp + ci) * out + o];
+            }
+        }
+    }
+    w
+}
+
+/// The 3x3 patches (padding 1) of `n` channels-last images `[n, size, size, ch]`: one row
+/// `[(ky * 3 + kx) * ch + c]` per output pixel, `[n * size * size, 9 * ch]`.
+fn patches(x: &[f32], n: usize, size: usize, ch: usize) -> Vec<f32> {
+    let mut cols = vec![0.0; n * size * size * TAPS * ch];
+    for (pixel, row) in cols.chunks_exact_mut(TAPS * ch).enumerate() {
+        let (s, y, xx) = (pixel / (size * size), pixel / size % size, pixel % size);
+        for (tap, dst) in row.chunks_exact_mut(ch).enumerate() {
+            let (iy, ix) = (
+                (y + tap / 3).wrapping_sub(1),
+                (xx + tap % 3).wrapping_sub(1),
+            );
+            if iy < size && ix < size {
+                let at = ((s * size + iy) * size + ix) * ch;
+                dst.copy_from_slice(&x[at..at + ch]);
+            }
+        }
+    }
+    cols
+}
+
+/// The gradient of the images from the gradient of their [`patches`]: each patch value added
+/// back to the pixel it was copied from.
+fn unpatch(d_cols: &[f32], n: usize, size: usize, ch: usize) -> Vec<f32> {
+    let mut dx = vec![0.0; n * size * size * ch];
+    for (pixel, row) in d_cols.chunks_exact(TAPS * ch).enumerate() {
+        let (s, y, xx) = (pixel / (size * size), pixel / size % size, pixel % size);
+        for (tap, src) in row.chunks_exact(ch).enumerate() {
+            let (iy, ix) = (
+                (y + tap / 3).wrapping_sub(1),
+                (xx + tap % 3).wrapping_sub(1),
+            );
+            if iy < size && ix < size {
+                let at = ((s * size + iy) * size + ix) * ch;
+                for (d, s) in dx[at..at + ch].iter_mut().zip(src) {
+                    *d += s;
+                }
+            }
+        }
+    }
+    dx
+}
+
+/// `rows @ weight + bias`, then ReLU: a convolution over its patches, or a dense layer.
+fn affine_relu(rows: &[f32], weight: &[f32], bias: &[f32], parallel: bool) -> Vec<f32> {
+    let (inputs, outputs) = (weight.len() / bias.len(), bias.len());
+    let mut out = vec![0.0; rows.len() / inputs * outputs];
+    product(
+        Strided::dense(rows, inputs),
+        Strided::dense(weight, outputs),
+        &mut out,
+        parallel,
+    );
+    for row in out.chunks_exact_mut(outputs) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v = (*v + b).max(0.0);
+        }
+    }
+    out
+}
+
+/// Max-pool 2x2 of channels-last `a` `[n, size, size, ch]`: the maxima `[n, size/2, size/2, ch]`
+/// and, for each, which of its four inputs it was (row-major; the first on ties).
+fn max_pool(a: &[f32], n: usize, size: usize, ch: usize) -> (Vec<f32>, Vec<u8>) {
+    let half = size / 2;
+    let mut out = vec![0.0; n * half * half * ch];
+    let mut from = vec![0u8; out.len()];
+    for (cell, (o, f)) in out
+        .chunks_exact_mut(ch)
+        .zip(from.chunks_exact_mut(ch))
+        .enumerate()
+    {
+        let (s, py, px) = (cell / (half * half), cell / half % half, cell % half);
+        for q in 0..4u8 {
+            let (y, x) = (2 * py + usize::from(q / 2), 2 * px + usize::from(q % 2));
+            let at = ((s * size + y) * size + x) * ch;
+            for c in 0..ch {
+                let v = a[at + c];
+                if q == 0 || v > o[c] {
+                    o[c] = v;
+                    f[c] = q;
+                }
+            }
+        }
+    }
+    (out, from)
+}
+
+/// The gradient before the ReLU under a [`max_pool`]: each pooled gradient goes to the input it
+/// came from, where that input (`a`, after the ReLU) was positive.
+fn unpool(d_out: &[f32], from: &[u8], a: &[f32], n: usize, size: usize, ch: usize) -> Vec<f32> {
+    let half = size / 2;
+    let mut d = vec![0.0; n * size * size * ch];
+    for (cell, (g, f)) in d_out
+        .chunks_exact(ch)
+        .zip(from.chunks_exact(ch))
+        .enumerate()
+    {
+        let (s, py, px) = (cell / (half * half), cell / half % half, cell % half);
+        for c in 0..ch {
+            let q = f[c];
+            let (y, x) = (2 * py + usize::from(q / 2), 2 * px + usize::from(q % 2));
+            let at = ((s * size + y) * size + x) * ch + c;
+            if a[at] > 0.0 {
+                d[at] = g[c];
+            }
+        }
+    }
+    d
+}
+
+/// Column sums of a row-major matrix of `cols` columns.
+fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
+    let mut sums = vec![0.0; cols];
+    for row in m.chunks_exact(cols) {
+        for (s, v) in sums.iter_mut().zip(row) {
+            *s += v;
+        }
+    }
+    sums
+}
+
+/// What the convolutions of one chunk computed forward, kept for the backward pass.
+struct ConvForward {
+    n: usize,
+    /// Patches of the input `[n * 1024, 27]`.
+    cols1: Vec<f32>,
+    /// First convolution after ReLU, `[n, 32, 32, 32]` channels-last.
+    a1: Vec<f32>,
+    from1: Vec<u8>,
+    /// Patches of the first pooling `[n * 256, 288]`.
+    cols2: Vec<f32>,
+    /// Second convolution after ReLU, `[n, 16, 16, 64]`.
+    a2: Vec<f32>,
+    from2: Vec<u8>,
+    /// Second pooling `[n, 8, 8, 64]`.
+    pooled2: Vec<f32>,
+}
+
+impl ConvForward {
+    /// Both convolutions and poolings of the images `x` (rows of 3072, channel-major).
+    fn run(x: &[f32], w1: &[f32], b1: &[f32], w2: &[f32], b2: &[f32]) -> Self {
+        let n = x.len() / INPUT_LEN;
+        let plane = SIZE * SIZE;
+        let mut last = vec![0.0; x.len()];
+        for (img, out) in x
+            .chunks_exact(INPUT_LEN)
+            .zip(last.chunks_exact_mut(INPUT_LEN))
+        {
+            for p in 0..plane {
+                for c in 0..COLOURS {
+                    out[p * COLOURS + c] = img[c * plane + p];
+                }
+            }
+        }
+        let cols1 = patches(&last, n, SIZE, COLOURS);
+        let a1 = affine_relu(&cols1, w1, b1, false);
+        let (pooled1, from1) = max_pool(&a1, n, SIZE, C1);
+        let cols2 = patches(&pooled1, n, SIZE / 2, C1);
+        let a2 = affine_relu(&cols2, w2, b2, false);
+        let (pooled2, from2) = max_pool(&a2, n, SIZE / 2, C2);
+        Self {
+            n,
+            cols1,
+            a1,
+            from1,
+            cols2,
+            a2,
+            from2,
+            pooled2,
+        }
+    }
+
+    /// The pooled features in the module's flatten order (channel-major), `[n, 4096]`.
+    fn flat(&self) -> Vec<f32> {
+        let mut flat = vec![0.0; self.pooled2.len()];
+        for (img, out) in self
+            .pooled2
+            .chunks_exact(FLAT)
+            .zip(flat.chunks_exact_mut(FLAT))
+        {
+            for p in 0..64 {
+                for c in 0..C2 {
+                    out[c * 64 + p] = img[p * C2 + c];
+                }
+            }
+        }
+        flat
+    }
+
+    /// The convolutions' gradients from the gradient of [`Self::flat`] `d_flat`; `w2` is the
+    /// second kernel as [`kernel_to_patches`] lays it out.
+    fn backward(&self, d_flat: &[f32], w2: &[f32]) -> ConvGradients {
+        let n = self.n;
+        let mut d_pooled2 = vec![0.0; d_flat.len()];
+        for (img, out) in d_flat
+            .chunks_exact(FLAT)
+            .zip(d_pooled2.chunks_exact_mut(FLAT))
+        {
+            for p in 0..64 {
+                for c in 0..C2 {
+                    out[p * C2 + c] = img[c * 64 + p];
+                }
+            }
+        }
+        let d2 = unpool(&d_pooled2, &self.from2, &self.a2, n, SIZE / 2, C2);
+        let mut w2_grad = vec![0.0; TAPS * C1 * C2];
+        product(
+            Strided::dense(&self.cols2, TAPS * C1).t(),
+            Strided::dense(&d2, C2),
+            &mut w2_grad,
+            false,
+        );
+        let mut d_cols2 = vec![0.0; self.cols2.len()];
+        product(
+            Strided::dense(&d2, C2),
+            Strided::dense(w2, C2).t(),
+            &mut d_cols2,
+            false,
+        );
+        let d_pooled1 = unpatch(&d_cols2, n, SIZE / 2, C1);
+        let d1 = unpool(&d_pooled1, &self.from1, &self.a1, n, SIZE, C1);
+        let mut w1_grad = vec![0.0; TAPS * COLOURS * C1];
+        product(
+            Strided::dense(&self.cols1, TAPS * COLOURS).t(),
+            Strided::dense(&d1, C1),
+            &mut w1_grad,
+            false,
+        );
+        ConvGradients {
+            w1: w1_grad,
+            b1: column_sums(&d1, C1),
+            w2: w2_grad,
+            b2: column_sums(&d2, C2),
+        }
+    }
+}
+
+/// The convolutions' gradients, kernels as [`kernel_to_patches`] lays them out.
+struct ConvGradients {
+    w1: Vec<f32>,
+    b1: Vec<f32>,
+    w2: Vec<f32>,
+    b2: Vec<f32>,
+}
+
+impl ConvGradients {
+    fn zeros() -> Self {
+        Self {
+            w1: vec![0.0; TAPS * COLOURS * C1],
+            b1: vec![0.0; C1],
+            w2: vec![0.0; TAPS * C1 * C2],
+            b2: vec![0.0; C2],
+        }
+    }
+
+    fn add(&mut self, other: &Self) {
+        for (a, b) in [
+            (&mut self.w1, &other.w1),
+            (&mut self.b1, &other.b1),
+            (&mut self.w2, &other.w2),
+            (&mut self.b2, &other.b2),
+        ] {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+    }
+}
+
+/// The dense layers forward and back on the whole batch, with the loss.
+struct Dense {
+    d_dense_w: Vec<f32>,
+    d_dense_b: Vec<f32>,
+    d_output_w: Vec<f32>,
+    d_output_b: Vec<f32>,
+    /// The gradient of the flattened features, `[N, 4096]`.
+    d_flat: Vec<f32>,
+    loss_sum: f32,
+    correct: usize,
+}
+
+impl Dense {
+    /// `flat` `[N, 4096]`, one-hot `targets` `[N, classes]`, and the dense layers' weight,
+    /// bias, output weight and output bias.
+    fn run(flat: &[f32], targets: &[f32], classes: usize, [wd, bd, wo, bo]: [&[f32]; 4]) -> Self {
+        let n = flat.len() / FLAT;
+        let width = bd.len();
+        let hidden = affine_relu(flat, wd, bd, true);
+        let mut logits = vec![0.0; n * classes];
+        product(
+            Strided::dense(&hidden, width),
+            Strided::dense(wo, classes),
+            &mut logits,
+            false,
+        );
+        // Softmax cross-entropy, mean over the batch: d logits = (softmax - target) / N.
+        let (mut loss_sum, mut correct) = (0.0f32, 0);
+        let mut d_logits = vec![0.0; logits.len()];
+        for ((z, t), d) in logits
+            .chunks_exact_mut(classes)
+            .zip(targets.chunks_exact(classes))
+            .zip(d_logits.chunks_exact_mut(classes))
+        {
+            for (z, b) in z.iter_mut().zip(bo) {
+                *z += b;
+            }
+            let first_max =
+                |v: &[f32]| (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best });
+            if first_max(z) == first_max(t) {
+                correct += 1;
+            }
+            let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let log_sum = z.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
+            let total: f32 = t.iter().sum();
+            for ((z, t), d) in z.iter().zip(t).zip(d.iter_mut()) {
+                let log_p = z - max - log_sum;
+                loss_sum -= t * log_p;
+                *d = (log_p.exp() * total - t) / n as f32;
+            }
+        }
+        let mut d_output_w = vec![0.0; width * classes];
+        product(
+            Strided::dense(&hidden, width).t(),
+            Strided::dense(&d_logits, classes),
+            &mut d_output_w,
+            false,
+        );
+        let mut d_hidden = vec![0.0; n * width];
+        product(
+            Strided::dense(&d_logits, classes),
+            Strided::dense(wo, classes).t(),
+            &mut d_hidden,
+            false,
+        );
+        for (d, h) in d_hidden.iter_mut().zip(&hidden) {
+            if *h <= 0.0 {
+                *d = 0.0;
+            }
+        }
+        let mut d_dense_w = vec![0.0; FLAT * width];
+        product(
+            Strided::dense(flat, FLAT).t(),
+            Strided::dense(&d_hidden, width),
+            &mut d_dense_w,
+            true,
+        );
+        let mut d_flat = vec![0.0; n * FLAT];
+        product(
+            Strided::dense(&d_hidden, width),
+            Strided::dense(wd, width).t(),
+            &mut d_flat,
+            true,
+        );
+        Self {
+            d_dense_w,
+            d_dense_b: column_sums(&d_hidden, width),
+            d_output_w,
+            d_output_b: column_sums(&d_logits, classes),
+            d_flat,
+            loss_sum,
+            correct,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autodiff_step::AutodiffTrainer;
+    use crate::model::random_batch;
+
+    const CLASSES: usize = 10;
+
+    fn max_difference(a: &Weights, b: &Weights) -> f32 {
+        assert_eq!(a.arrays.len(), b.arrays.len());
+        a.arrays
+            .iter()
+            .zip(&b.arrays)
+            .inspect(|(x, y)| assert_eq!((&x.name, &x.shape), (&y.name, &y.shape)))
+            .flat_map(|(x, y)| x.values.iter().zip(&y.values).map(|(p, q)| (p - q).abs()))
+            .fold(0.0, f32::max)
+    }
+
+    fn hand_steps(
+        weights: &Weights,
+        state: &AdamState,
+        steps: std::ops::Range<u64>,
+    ) -> (Weights, AdamState, Vec<f32>) {
+        let device = Device::flex();
+        let mut trainer =
+            CnnCpuTrainer::new(CLASSES, weights, state, AdamConfig::new(0.01)).unwrap();
+        let mut losses = Vec::new();
+        for step in steps {
+            let (x, y, _) = random_batch(6, CLASSES, step, &device);
+            let stats = trainer.step(x, y).unwrap();
+            losses.push(read_f32(stats.loss_sum).unwrap()[0]);
+        }
+        let (w, s) = trainer.state();
+        (w, s, losses)
+    }
+
+    #[test]
+    fn the_hand_derived_step_follows_burns_autodiff() {
+        let start = cnn::init_weights(CLASSES, 7);
+        let zeros = AdamState::zeros_like(&start);
+        let device = Device::flex();
+        let mut auto = AutodiffTrainer::new(
+            Cnn::new(CLASSES, &device),
+            &start,
+            &zeros,
+            AdamConfig::new(0.01),
+            &device,
+        )
+        .unwrap();
+        let mut auto_losses = Vec::new();
+        for step in 1..5 {
+            let (x, y, l) = random_batch(6, CLASSES, step, &device);
+            auto_losses.push(read_f32(auto.step(x, y, l).loss_sum).unwrap()[0]);
+        }
+        let (auto_w, auto_state) = auto.state().unwrap();
+        let (hand_w, hand_state, hand_losses) = hand_steps(&start, &zeros, 1..5);
+        assert_eq!(hand_state.step, 4);
+        for (a, h) in auto_losses.iter().zip(&hand_losses) {
+            assert!((a - h).abs() <= 1e-3 * a.abs(), "losses {a} and {h}");
+        }
+        // Sums taken in another order give rounding that Adam carries into the weights (it
+        // divides by the root of small second moments), so the bound is a few steps' worth.
+        let diff = max_difference(&auto_w, &hand_w);
+        assert!(diff <= 1e-3, "weights differ by {diff}");
+        assert!(max_difference(&auto_state.m, &hand_state.m) <= 1e-4);
+        assert!(
+            max_difference(&start, &hand_w) > 1e-2,
+            "the steps moved the weights"
+        );
+    }
+
+    #[test]
+    fn the_first_gradient_is_burns_to_rounding() {
+        // One step's gradients, before Adam magnifies their rounding: through the first moment,
+        // which after one step is a tenth of the gradient.
+        let start = cnn::init_weights(CLASSES, 3);
+        let zeros = AdamState::zeros_like(&start);
+        let device = Device::flex();
+        let mut auto = AutodiffTrainer::new(
+            Cnn::new(CLASSES, &device),
+            &start,
+            &zeros,
+            AdamConfig::new(0.01),
+            &device,
+        )
+        .unwrap();
+        let (x, y, l) = random_batch(6, CLASSES, 9, &device);
+        auto.step(x, y, l);
+        let (_, auto_state) = auto.state().unwrap();
+        let (_, hand_state, _) = hand_steps(&start, &zeros, 9..10);
+        for (a, h) in auto_state.m.arrays.iter().zip(&hand_state.m.arrays) {
+            let scale = a.values.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = a
+                .values
+                .iter()
+                .zip(&h.values)
+                .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            assert!(scale > 0.0, "`{}` has a gradient", a.name);
+            assert!(diff <= 1e-4 * scale, "`{}`: {diff} of {scale}", a.name);
+        }
+    }
+
+    #[test]
+    fn resuming_from_the_saved_state_is_exact() {
+        let start = cnn::init_weights(CLASSES, 2);
+        let zeros = AdamState::zeros_like(&start);
+        let (w, s, _) = hand_steps(&start, &zeros, 1..5);
+        let (half_w, half_s, _) = hand_steps(&start, &zeros, 1..3);
+        let (again_w, again_s, _) = hand_steps(&half_w, &half_s, 3..5);
+        assert_eq!((again_w, again_s), (w, s));
+    }
+
+    #[test]
+    fn kernels_round_trip_through_the_patch_layout() {
+        let w: Vec<f32> = (0..C2 * C1 * TAPS).map(|i| i as f32).collect();
+        assert_eq!(patches_to_kernel(&kernel_to_patches(&w, C2, C1), C2, C1), w);
+        // Output 1, input channel 2, tap (0, 1) is row (1 * 32 + 2) of the patch matrix.
+        assert_eq!(
+            kernel_to_patches(&w, C2, C1)[(C1 + 2) * C2 + 1],
+            w[(C1 + 2) * TAPS + 1]
+        );
+    }
+
+    #[test]
+    fn a_wrong_shape_is_named() {
+        let mut w = cnn::init_weights(CLASSES, 1);
+        let zeros = AdamState::zeros_like(&w);
+        w.arrays[OUTPUT_B].shape = vec![CLASSES + 1];
+        let err = CnnCpuTrainer::new(CLASSES, &w, &zeros, AdamConfig::new(0.01))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("output.bias") && err.contains("shape"),
+            "{err}"
+        );
+    }
+}
