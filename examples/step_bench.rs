@@ -1,16 +1,21 @@
 //! Times the training step alone (no data loading, no evaluation): the figure behind issue #4's
 //! training ratios, steadier than a whole run on a noisy machine.
 //!
-//!     cargo run --example step_bench -- [BATCH] [STEPS] [ROUNDS]
+//!     cargo run --example step_bench -- [BATCH] [STEPS] [ROUNDS] [mlp|cnn|cnn-autodiff]
 //!
 //! Prints the best and the median time per step over the rounds, and samples/s of the best.
+//! `cnn` is the CNN's step as `maas train --arch cnn` takes it on the CPU (`src/cnn_cpu.rs`);
+//! `cnn-autodiff` the same network through burn's autodiff, as it trained before.
 use std::time::Instant;
 
 use burn::prelude::*;
 use maas::adam::{AdamConfig, AdamState};
+use maas::autodiff_step::AutodiffTrainer;
+use maas::cnn::{self, Cnn};
 use maas::device::DeviceKind;
-use maas::model::{Weights, batch_tensors};
-use maas::sharded::{ShardedTrainer, shards_for};
+use maas::model::{Arch, ModelConfig, StepStats, Weights, batch_tensors};
+use maas::sharded::shards_for;
+use maas::trainer::Trainer;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 const CLASSES: usize = 10;
@@ -28,21 +33,50 @@ fn arg(n: usize, default: usize) -> usize {
     }
 }
 
+/// The step being timed.
+enum Step {
+    /// Either architecture as training takes it.
+    Trainer(Trainer),
+    /// The CNN through burn's autodiff on the CPU.
+    CnnAutodiff(AutodiffTrainer<Cnn>),
+}
+
+impl Step {
+    fn run(&mut self, x: Tensor<2>, y: Tensor<2>, l: Tensor<1, Int>) -> anyhow::Result<StepStats> {
+        match self {
+            Step::Trainer(t) => t.step(x, y, l),
+            Step::CnnAutodiff(t) => Ok(t.step(x.slice_dim(1, 0..3072), y, l)),
+        }
+    }
+}
+
+fn setup(name: &str, device: &Device) -> anyhow::Result<Step> {
+    let classes: Vec<String> = (0..CLASSES).map(|c| c.to_string()).collect();
+    let adam = AdamConfig::new(1e-3);
+    let (arch, weights) = match name {
+        "mlp" => (Arch::Mlp, Weights::init(HIDDEN, CLASSES, 1)),
+        "cnn" | "cnn-autodiff" => (Arch::Cnn, cnn::init_weights(CLASSES, 1)),
+        other => anyhow::bail!("unknown step `{other}` (mlp, cnn or cnn-autodiff)"),
+    };
+    let state = AdamState::zeros_like(&weights);
+    if name == "cnn-autodiff" {
+        let model = Cnn::new(CLASSES, device);
+        let trainer = AutodiffTrainer::new(model, &weights, &state, adam, device)?;
+        return Ok(Step::CnnAutodiff(trainer));
+    }
+    let config = ModelConfig::of(arch, HIDDEN, classes);
+    let shards = shards_for(DeviceKind::Cpu);
+    let trainer = Trainer::new(&config, &weights, &state, adam, shards, device)?;
+    Ok(Step::Trainer(trainer))
+}
+
 fn main() {
     let batch = arg(1, 32).max(1);
     let steps = arg(2, 300).max(1);
     let rounds = arg(3, 9).max(1);
+    let name = std::env::args().nth(4).unwrap_or_else(|| "mlp".into());
     let device = Device::flex();
-    let weights = Weights::init(HIDDEN, CLASSES, 1);
-    let state = AdamState::zeros_like(&weights);
-    let trainer = ShardedTrainer::new(
-        &weights,
-        &state,
-        AdamConfig::new(1e-3),
-        shards_for(DeviceKind::Cpu),
-        &device,
-    );
-    let mut trainer = trainer.unwrap_or_else(|e| {
+    let mut trainer = setup(&name, &device).unwrap_or_else(|e| {
         eprintln!("step_bench: {e:#}");
         std::process::exit(1)
     });
@@ -64,7 +98,10 @@ fn main() {
             for s in 0..steps {
                 let (x, labels) = &batches[s % batches.len()];
                 let (x, y, l) = batch_tensors(x.clone(), labels.clone(), CLASSES, &device);
-                let stats = trainer.step(x, y, l);
+                let stats = trainer.run(x, y, l).unwrap_or_else(|e| {
+                    eprintln!("step_bench: {e:#}");
+                    std::process::exit(1)
+                });
                 std::hint::black_box(stats);
             }
             // The first round warms up.
@@ -76,7 +113,7 @@ fn main() {
     times.sort_by(f64::total_cmp);
     let best = times[0];
     println!(
-        "batch {batch}: best {:.1} us/step, median {:.1} us/step, {:.0} samples/s (best)",
+        "{name}, batch {batch}: best {:.1} us/step, median {:.1} us/step, {:.0} samples/s (best)",
         best * 1e6,
         times[times.len() / 2] * 1e6,
         batch as f64 / best

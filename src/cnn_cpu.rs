@@ -62,6 +62,9 @@ struct Param {
 /// The CNN and its optimizer while training on the CPU.
 pub struct CnnCpuTrainer {
     params: Vec<Param>,
+    /// One per chunk of the batch, kept from step to step: buffers of several MiB that would
+    /// otherwise be mapped, faulted in and zeroed again at every step.
+    workspaces: Vec<Workspace>,
     classes: usize,
     step: u64,
     config: AdamConfig,
@@ -102,6 +105,7 @@ impl CnnCpuTrainer {
             .collect::<Result<_>>()?;
         Ok(Self {
             params,
+            workspaces: Vec::new(),
             classes,
             step: state.step,
             config,
@@ -145,8 +149,9 @@ impl CnnCpuTrainer {
     /// The gradient of the batch's mean cross-entropy for every parameter (in the parameters'
     /// order and layouts), the summed loss and the count classified right, for `n` images `x`
     /// (channel-major rows of 3072) and one-hot `targets`.
-    fn gradients(&self, x: &[f32], targets: &[f32], n: usize) -> (Vec<Vec<f32>>, f32, usize) {
-        let p = |i: usize| self.params[i].value.as_slice();
+    fn gradients(&mut self, x: &[f32], targets: &[f32], n: usize) -> (Vec<Vec<f32>>, f32, usize) {
+        let params = &self.params;
+        let p = |i: usize| params[i].value.as_slice();
         let w1 = kernel_to_patches(p(CONV1_W), C1, COLOURS);
         let w2 = kernel_to_patches(p(CONV2_W), C2, C1);
 
@@ -155,19 +160,16 @@ impl CnnCpuTrainer {
         let chunks: Vec<std::ops::Range<usize>> = (0..count)
             .map(|k| k * n / count..(k + 1) * n / count)
             .collect();
-        let forwards: Vec<ConvForward> = chunks
-            .par_iter()
-            .map(|r| {
-                ConvForward::run(
-                    &x[r.start * INPUT_LEN..r.end * INPUT_LEN],
-                    &w1,
-                    p(CONV1_B),
-                    &w2,
-                    p(CONV2_B),
-                )
-            })
-            .collect();
-        let flat: Vec<f32> = forwards.iter().flat_map(|f| f.flat()).collect();
+        self.workspaces.resize_with(count, Workspace::default);
+        let workspaces = &mut self.workspaces;
+        workspaces.par_iter_mut().zip(&chunks).for_each(|(w, r)| {
+            let x = &x[r.start * INPUT_LEN..r.end * INPUT_LEN];
+            w.forward(x, &w1, p(CONV1_B), &w2, p(CONV2_B));
+        });
+        let mut flat = vec![0.0; n * FLAT];
+        for (w, r) in workspaces.iter().zip(&chunks) {
+            w.flat(&mut flat[r.start * FLAT..r.end * FLAT]);
+        }
 
         // The dense layers on the whole batch.
         let dense = Dense::run(
@@ -178,14 +180,12 @@ impl CnnCpuTrainer {
         );
 
         // Back through the convolutions, chunk by chunk; their gradients summed in chunk order.
-        let backs: Vec<ConvGradients> = forwards
-            .par_iter()
-            .zip(&chunks)
-            .map(|(f, r)| f.backward(&dense.d_flat[r.start * FLAT..r.end * FLAT], &w2))
-            .collect();
+        workspaces.par_iter_mut().zip(&chunks).for_each(|(w, r)| {
+            w.backward(&dense.d_flat[r.start * FLAT..r.end * FLAT], &w2);
+        });
         let mut conv = ConvGradients::zeros();
-        for b in &backs {
-            conv.add(b);
+        for w in workspaces.iter() {
+            conv.add(&w.grads);
         }
         let grads = vec![
             patches_to_kernel(&conv.w1, C1, COLOURS),
@@ -254,55 +254,59 @@ fn patches_to_kernel(k: &[f32], out: usize, inp: usize) -> Vec<f32> {
 }
 
 /// The 3x3 patches (padding 1) of `n` channels-last images `[n, size, size, ch]`: one row
-/// `[(ky * 3 + kx) * ch + c]` per output pixel, `[n * size * size, 9 * ch]`.
-fn patches(x: &[f32], n: usize, size: usize, ch: usize) -> Vec<f32> {
-    let mut cols = vec![0.0; n * size * size * TAPS * ch];
+/// `[(ky * 3 + kx) * ch + c]` per output pixel, `[n * size * size, 9 * ch]`. The three taps of a
+/// kernel row are neighbours in the image, so they are copied as one run.
+///
+/// Into `cols`, which keeps the zeros of the padding from call to call: the padding is at the
+/// same places in every image, and nothing else writes there.
+fn patches(x: &[f32], n: usize, size: usize, ch: usize, cols: &mut Vec<f32>) {
+    cols.resize(n * size * size * TAPS * ch, 0.0);
     for (pixel, row) in cols.chunks_exact_mut(TAPS * ch).enumerate() {
         let (s, y, xx) = (pixel / (size * size), pixel / size % size, pixel % size);
-        for (tap, dst) in row.chunks_exact_mut(ch).enumerate() {
-            let (iy, ix) = (
-                (y + tap / 3).wrapping_sub(1),
-                (xx + tap % 3).wrapping_sub(1),
-            );
-            if iy < size && ix < size {
-                let at = ((s * size + iy) * size + ix) * ch;
-                dst.copy_from_slice(&x[at..at + ch]);
+        // The taps `first..last` of each kernel row lie inside the image.
+        let (first, last) = (usize::from(xx == 0), if xx + 1 == size { 2 } else { 3 });
+        for (ky, dst) in row.chunks_exact_mut(3 * ch).enumerate() {
+            let iy = (y + ky).wrapping_sub(1);
+            if iy < size {
+                let at = ((s * size + iy) * size + xx + first - 1) * ch;
+                let len = (last - first) * ch;
+                dst[first * ch..first * ch + len].copy_from_slice(&x[at..at + len]);
             }
         }
     }
-    cols
 }
 
 /// The gradient of the images from the gradient of their [`patches`]: each patch value added
-/// back to the pixel it was copied from.
-fn unpatch(d_cols: &[f32], n: usize, size: usize, ch: usize) -> Vec<f32> {
-    let mut dx = vec![0.0; n * size * size * ch];
+/// back to the pixel it was copied from. Into `dx`.
+fn unpatch(d_cols: &[f32], n: usize, size: usize, ch: usize, dx: &mut Vec<f32>) {
+    dx.clear();
+    dx.resize(n * size * size * ch, 0.0);
     for (pixel, row) in d_cols.chunks_exact(TAPS * ch).enumerate() {
         let (s, y, xx) = (pixel / (size * size), pixel / size % size, pixel % size);
-        for (tap, src) in row.chunks_exact(ch).enumerate() {
-            let (iy, ix) = (
-                (y + tap / 3).wrapping_sub(1),
-                (xx + tap % 3).wrapping_sub(1),
-            );
-            if iy < size && ix < size {
-                let at = ((s * size + iy) * size + ix) * ch;
-                for (d, s) in dx[at..at + ch].iter_mut().zip(src) {
+        let (first, last) = (usize::from(xx == 0), if xx + 1 == size { 2 } else { 3 });
+        for (ky, src) in row.chunks_exact(3 * ch).enumerate() {
+            let iy = (y + ky).wrapping_sub(1);
+            if iy < size {
+                let at = ((s * size + iy) * size + xx + first - 1) * ch;
+                let len = (last - first) * ch;
+                let src = &src[first * ch..first * ch + len];
+                for (d, s) in dx[at..at + len].iter_mut().zip(src) {
                     *d += s;
                 }
             }
         }
     }
-    dx
 }
 
-/// `rows @ weight + bias`, then ReLU: a convolution over its patches, or a dense layer.
-fn affine_relu(rows: &[f32], weight: &[f32], bias: &[f32], parallel: bool) -> Vec<f32> {
+/// `rows @ weight + bias`, then ReLU, into `out`: a convolution over its patches, or a dense
+/// layer.
+fn affine_relu(rows: &[f32], weight: &[f32], bias: &[f32], parallel: bool, out: &mut Vec<f32>) {
     let (inputs, outputs) = (weight.len() / bias.len(), bias.len());
-    let mut out = vec![0.0; rows.len() / inputs * outputs];
+    out.resize(rows.len() / inputs * outputs, 0.0);
     product(
         Strided::dense(rows, inputs),
         Strided::dense(weight, outputs),
-        &mut out,
+        out,
         parallel,
     );
     for row in out.chunks_exact_mut(outputs) {
@@ -310,57 +314,57 @@ fn affine_relu(rows: &[f32], weight: &[f32], bias: &[f32], parallel: bool) -> Ve
             *v = (*v + b).max(0.0);
         }
     }
-    out
 }
 
 /// Max-pool 2x2 of channels-last `a` `[n, size, size, ch]`: the maxima `[n, size/2, size/2, ch]`
-/// and, for each, which of its four inputs it was (row-major; the first on ties).
-fn max_pool(a: &[f32], n: usize, size: usize, ch: usize) -> (Vec<f32>, Vec<u8>) {
+/// and, for each, which of its four inputs it was (row-major; the first on ties); into `out` and
+/// `from`.
+fn max_pool(a: &[f32], n: usize, size: usize, ch: usize, out: &mut Vec<f32>, from: &mut Vec<u8>) {
     let half = size / 2;
-    let mut out = vec![0.0; n * half * half * ch];
-    let mut from = vec![0u8; out.len()];
-    for (cell, (o, f)) in out
-        .chunks_exact_mut(ch)
-        .zip(from.chunks_exact_mut(ch))
-        .enumerate()
-    {
+    out.resize(n * half * half * ch, 0.0);
+    from.resize(out.len(), 0);
+    let cells = out.chunks_exact_mut(ch).zip(from.chunks_exact_mut(ch));
+    for (cell, (o, f)) in cells.enumerate() {
         let (s, py, px) = (cell / (half * half), cell / half % half, cell % half);
-        for q in 0..4u8 {
-            let (y, x) = (2 * py + usize::from(q / 2), 2 * px + usize::from(q % 2));
-            let at = ((s * size + y) * size + x) * ch;
-            for c in 0..ch {
-                let v = a[at + c];
-                if q == 0 || v > o[c] {
-                    o[c] = v;
-                    f[c] = q;
+        let at = |q: usize| ((s * size + 2 * py + q / 2) * size + 2 * px + q % 2) * ch;
+        let quad = [0, 1, 2, 3].map(|q| &a[at(q)..at(q) + ch]);
+        o.copy_from_slice(quad[0]);
+        f.fill(0);
+        for (q, input) in quad.iter().enumerate().skip(1) {
+            for ((o, f), &v) in o.iter_mut().zip(f.iter_mut()).zip(*input) {
+                if v > *o {
+                    *o = v;
+                    *f = q as u8;
                 }
             }
         }
     }
-    (out, from)
 }
 
 /// The gradient before the ReLU under a [`max_pool`]: each pooled gradient goes to the input it
-/// came from, where that input (`a`, after the ReLU) was positive.
-fn unpool(d_out: &[f32], from: &[u8], a: &[f32], n: usize, size: usize, ch: usize) -> Vec<f32> {
+/// came from, where that input (`a`, after the ReLU) was positive; every value of `d` written.
+fn unpool(d_out: &[f32], from: &[u8], a: &[f32], size: usize, ch: usize, d: &mut Vec<f32>) {
     let half = size / 2;
-    let mut d = vec![0.0; n * size * size * ch];
+    d.resize(a.len(), 0.0);
     for (cell, (g, f)) in d_out
         .chunks_exact(ch)
         .zip(from.chunks_exact(ch))
         .enumerate()
     {
         let (s, py, px) = (cell / (half * half), cell / half % half, cell % half);
-        for c in 0..ch {
-            let q = f[c];
-            let (y, x) = (2 * py + usize::from(q / 2), 2 * px + usize::from(q % 2));
-            let at = ((s * size + y) * size + x) * ch + c;
-            if a[at] > 0.0 {
-                d[at] = g[c];
+        let at = |q: usize| ((s * size + 2 * py + q / 2) * size + 2 * px + q % 2) * ch;
+        for q in 0..4 {
+            let span = at(q)..at(q) + ch;
+            let (d, a) = (&mut d[span.clone()], &a[span]);
+            for (((d, &a), &g), &f) in d.iter_mut().zip(a).zip(g).zip(f) {
+                *d = if usize::from(f) == q && a > 0.0 {
+                    g
+                } else {
+                    0.0
+                };
             }
         }
     }
-    d
 }
 
 /// Column sums of a row-major matrix of `cols` columns.
@@ -374,14 +378,19 @@ fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
     sums
 }
 
-/// What the convolutions of one chunk computed forward, kept for the backward pass.
-struct ConvForward {
+/// One chunk's convolutions: what the forward pass computed, kept for the backward pass, and the
+/// backward pass's buffers and gradients.
+#[derive(Default)]
+struct Workspace {
     n: usize,
+    /// The input channels-last `[n, 32, 32, 3]`.
+    input: Vec<f32>,
     /// Patches of the input `[n * 1024, 27]`.
     cols1: Vec<f32>,
     /// First convolution after ReLU, `[n, 32, 32, 32]` channels-last.
     a1: Vec<f32>,
     from1: Vec<u8>,
+    pooled1: Vec<f32>,
     /// Patches of the first pooling `[n * 256, 288]`.
     cols2: Vec<f32>,
     /// Second convolution after ReLU, `[n, 16, 16, 64]`.
@@ -389,17 +398,25 @@ struct ConvForward {
     from2: Vec<u8>,
     /// Second pooling `[n, 8, 8, 64]`.
     pooled2: Vec<f32>,
+    /// Gradients of the values above, in the backward pass.
+    d_pooled2: Vec<f32>,
+    d2: Vec<f32>,
+    d_cols2: Vec<f32>,
+    d_pooled1: Vec<f32>,
+    d1: Vec<f32>,
+    grads: ConvGradients,
 }
 
-impl ConvForward {
+impl Workspace {
     /// Both convolutions and poolings of the images `x` (rows of 3072, channel-major).
-    fn run(x: &[f32], w1: &[f32], b1: &[f32], w2: &[f32], b2: &[f32]) -> Self {
+    fn forward(&mut self, x: &[f32], w1: &[f32], b1: &[f32], w2: &[f32], b2: &[f32]) {
         let n = x.len() / INPUT_LEN;
+        self.n = n;
         let plane = SIZE * SIZE;
-        let mut last = vec![0.0; x.len()];
+        self.input.resize(x.len(), 0.0);
         for (img, out) in x
             .chunks_exact(INPUT_LEN)
-            .zip(last.chunks_exact_mut(INPUT_LEN))
+            .zip(self.input.chunks_exact_mut(INPUT_LEN))
         {
             for p in 0..plane {
                 for c in 0..COLOURS {
@@ -407,27 +424,24 @@ impl ConvForward {
                 }
             }
         }
-        let cols1 = patches(&last, n, SIZE, COLOURS);
-        let a1 = affine_relu(&cols1, w1, b1, false);
-        let (pooled1, from1) = max_pool(&a1, n, SIZE, C1);
-        let cols2 = patches(&pooled1, n, SIZE / 2, C1);
-        let a2 = affine_relu(&cols2, w2, b2, false);
-        let (pooled2, from2) = max_pool(&a2, n, SIZE / 2, C2);
-        Self {
+        patches(&self.input, n, SIZE, COLOURS, &mut self.cols1);
+        affine_relu(&self.cols1, w1, b1, false, &mut self.a1);
+        max_pool(&self.a1, n, SIZE, C1, &mut self.pooled1, &mut self.from1);
+        patches(&self.pooled1, n, SIZE / 2, C1, &mut self.cols2);
+        affine_relu(&self.cols2, w2, b2, false, &mut self.a2);
+        max_pool(
+            &self.a2,
             n,
-            cols1,
-            a1,
-            from1,
-            cols2,
-            a2,
-            from2,
-            pooled2,
-        }
+            SIZE / 2,
+            C2,
+            &mut self.pooled2,
+            &mut self.from2,
+        );
     }
 
-    /// The pooled features in the module's flatten order (channel-major), `[n, 4096]`.
-    fn flat(&self) -> Vec<f32> {
-        let mut flat = vec![0.0; self.pooled2.len()];
+    /// The pooled features in the module's flatten order (channel-major), into `flat`
+    /// `[n, 4096]`.
+    fn flat(&self, flat: &mut [f32]) {
         for (img, out) in self
             .pooled2
             .chunks_exact(FLAT)
@@ -439,58 +453,61 @@ impl ConvForward {
                 }
             }
         }
-        flat
     }
 
-    /// The convolutions' gradients from the gradient of [`Self::flat`] `d_flat`; `w2` is the
-    /// second kernel as [`kernel_to_patches`] lays it out.
-    fn backward(&self, d_flat: &[f32], w2: &[f32]) -> ConvGradients {
+    /// The convolutions' gradients ([`Self::grads`]) from the gradient of [`Self::flat`]
+    /// `d_flat`; `w2` is the second kernel as [`kernel_to_patches`] lays it out.
+    fn backward(&mut self, d_flat: &[f32], w2: &[f32]) {
         let n = self.n;
-        let mut d_pooled2 = vec![0.0; d_flat.len()];
-        for (img, out) in d_flat
-            .chunks_exact(FLAT)
-            .zip(d_pooled2.chunks_exact_mut(FLAT))
-        {
+        self.d_pooled2.resize(d_flat.len(), 0.0);
+        let d_pooled2 = self.d_pooled2.chunks_exact_mut(FLAT);
+        for (img, out) in d_flat.chunks_exact(FLAT).zip(d_pooled2) {
             for p in 0..64 {
                 for c in 0..C2 {
                     out[p * C2 + c] = img[c * 64 + p];
                 }
             }
         }
-        let d2 = unpool(&d_pooled2, &self.from2, &self.a2, n, SIZE / 2, C2);
-        let mut w2_grad = vec![0.0; TAPS * C1 * C2];
+        let (from2, a2) = (&self.from2, &self.a2);
+        unpool(&self.d_pooled2, from2, a2, SIZE / 2, C2, &mut self.d2);
+        let grads = &mut self.grads;
+        grads.w2.resize(TAPS * C1 * C2, 0.0);
         product(
             Strided::dense(&self.cols2, TAPS * C1).t(),
-            Strided::dense(&d2, C2),
-            &mut w2_grad,
+            Strided::dense(&self.d2, C2),
+            &mut grads.w2,
             false,
         );
-        let mut d_cols2 = vec![0.0; self.cols2.len()];
+        self.d_cols2.resize(self.cols2.len(), 0.0);
         product(
-            Strided::dense(&d2, C2),
+            Strided::dense(&self.d2, C2),
             Strided::dense(w2, C2).t(),
-            &mut d_cols2,
+            &mut self.d_cols2,
             false,
         );
-        let d_pooled1 = unpatch(&d_cols2, n, SIZE / 2, C1);
-        let d1 = unpool(&d_pooled1, &self.from1, &self.a1, n, SIZE, C1);
-        let mut w1_grad = vec![0.0; TAPS * COLOURS * C1];
+        unpatch(&self.d_cols2, n, SIZE / 2, C1, &mut self.d_pooled1);
+        unpool(
+            &self.d_pooled1,
+            &self.from1,
+            &self.a1,
+            SIZE,
+            C1,
+            &mut self.d1,
+        );
+        grads.w1.resize(TAPS * COLOURS * C1, 0.0);
         product(
             Strided::dense(&self.cols1, TAPS * COLOURS).t(),
-            Strided::dense(&d1, C1),
-            &mut w1_grad,
+            Strided::dense(&self.d1, C1),
+            &mut grads.w1,
             false,
         );
-        ConvGradients {
-            w1: w1_grad,
-            b1: column_sums(&d1, C1),
-            w2: w2_grad,
-            b2: column_sums(&d2, C2),
-        }
+        grads.b1 = column_sums(&self.d1, C1);
+        grads.b2 = column_sums(&self.d2, C2);
     }
 }
 
 /// The convolutions' gradients, kernels as [`kernel_to_patches`] lays them out.
+#[derive(Default)]
 struct ConvGradients {
     w1: Vec<f32>,
     b1: Vec<f32>,
@@ -540,7 +557,8 @@ impl Dense {
     fn run(flat: &[f32], targets: &[f32], classes: usize, [wd, bd, wo, bo]: [&[f32]; 4]) -> Self {
         let n = flat.len() / FLAT;
         let width = bd.len();
-        let hidden = affine_relu(flat, wd, bd, true);
+        let mut hidden = Vec::new();
+        affine_relu(flat, wd, bd, true, &mut hidden);
         let mut logits = vec![0.0; n * classes];
         product(
             Strided::dense(&hidden, width),
