@@ -288,7 +288,7 @@ impl<M: Network> AutodiffTrainer<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Mlp, random_batch};
+    use crate::model::{Mlp, max_difference, random_batch};
     use crate::sharded::ShardedTrainer;
 
     const CLASSES: usize = 10;
@@ -307,16 +307,6 @@ mod tests {
             trainer.step(x, y, l);
         }
         trainer.state().unwrap()
-    }
-
-    fn max_difference(a: &Weights, b: &Weights) -> f32 {
-        assert_eq!(a.arrays.len(), b.arrays.len());
-        a.arrays
-            .iter()
-            .zip(&b.arrays)
-            .inspect(|(x, y)| assert_eq!((&x.name, &x.shape), (&y.name, &y.shape)))
-            .flat_map(|(x, y)| x.values.iter().zip(&y.values).map(|(p, q)| (p - q).abs()))
-            .fold(0.0, f32::max)
     }
 
     #[test]

@@ -640,19 +640,9 @@ impl Dense {
 mod tests {
     use super::*;
     use crate::autodiff_step::AutodiffTrainer;
-    use crate::model::random_batch;
+    use crate::model::{max_difference, random_batch};
 
     const CLASSES: usize = 10;
-
-    fn max_difference(a: &Weights, b: &Weights) -> f32 {
-        assert_eq!(a.arrays.len(), b.arrays.len());
-        a.arrays
-            .iter()
-            .zip(&b.arrays)
-            .inspect(|(x, y)| assert_eq!((&x.name, &x.shape), (&y.name, &y.shape)))
-            .flat_map(|(x, y)| x.values.iter().zip(&y.values).map(|(p, q)| (p - q).abs()))
-            .fold(0.0, f32::max)
-    }
 
     fn hand_steps(
         weights: &Weights,
@@ -672,25 +662,30 @@ mod tests {
         (w, s, losses)
     }
 
+    /// [`hand_steps`] through burn's autodiff, from fresh moments.
+    fn auto_steps(
+        weights: &Weights,
+        steps: std::ops::Range<u64>,
+    ) -> (Weights, AdamState, Vec<f32>) {
+        let device = Device::flex();
+        let zeros = AdamState::zeros_like(weights);
+        let model = Cnn::new(CLASSES, &device);
+        let mut trainer =
+            AutodiffTrainer::new(model, weights, &zeros, AdamConfig::new(0.01), &device).unwrap();
+        let mut losses = Vec::new();
+        for step in steps {
+            let (x, y, l) = random_batch(6, CLASSES, step, &device);
+            losses.push(read_f32(trainer.step(x, y, l).loss_sum).unwrap()[0]);
+        }
+        let (w, s) = trainer.state().unwrap();
+        (w, s, losses)
+    }
+
     #[test]
     fn the_hand_derived_step_follows_burns_autodiff() {
         let start = cnn::init_weights(CLASSES, 7);
         let zeros = AdamState::zeros_like(&start);
-        let device = Device::flex();
-        let mut auto = AutodiffTrainer::new(
-            Cnn::new(CLASSES, &device),
-            &start,
-            &zeros,
-            AdamConfig::new(0.01),
-            &device,
-        )
-        .unwrap();
-        let mut auto_losses = Vec::new();
-        for step in 1..5 {
-            let (x, y, l) = random_batch(6, CLASSES, step, &device);
-            auto_losses.push(read_f32(auto.step(x, y, l).loss_sum).unwrap()[0]);
-        }
-        let (auto_w, auto_state) = auto.state().unwrap();
+        let (auto_w, auto_state, auto_losses) = auto_steps(&start, 1..5);
         let (hand_w, hand_state, hand_losses) = hand_steps(&start, &zeros, 1..5);
         assert_eq!(hand_state.step, 4);
         for (a, h) in auto_losses.iter().zip(&hand_losses) {
@@ -713,18 +708,7 @@ mod tests {
         // which after one step is a tenth of the gradient.
         let start = cnn::init_weights(CLASSES, 3);
         let zeros = AdamState::zeros_like(&start);
-        let device = Device::flex();
-        let mut auto = AutodiffTrainer::new(
-            Cnn::new(CLASSES, &device),
-            &start,
-            &zeros,
-            AdamConfig::new(0.01),
-            &device,
-        )
-        .unwrap();
-        let (x, y, l) = random_batch(6, CLASSES, 9, &device);
-        auto.step(x, y, l);
-        let (_, auto_state) = auto.state().unwrap();
+        let (_, auto_state, _) = auto_steps(&start, 9..10);
         let (_, hand_state, _) = hand_steps(&start, &zeros, 9..10);
         for (a, h) in auto_state.m.arrays.iter().zip(&hand_state.m.arrays) {
             let scale = a.values.iter().fold(0f32, |m, v| m.max(v.abs()));

@@ -631,6 +631,18 @@ pub(crate) fn random_batch(
     batch_tensors(x, labels, classes, device)
 }
 
+/// The largest difference between two sets of weights of the same names and shapes.
+#[cfg(test)]
+pub(crate) fn max_difference(a: &Weights, b: &Weights) -> f32 {
+    assert_eq!(a.arrays.len(), b.arrays.len());
+    a.arrays
+        .iter()
+        .zip(&b.arrays)
+        .inspect(|(x, y)| assert_eq!((&x.name, &x.shape), (&y.name, &y.shape)))
+        .flat_map(|(x, y)| x.values.iter().zip(&y.values).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f32::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -282,6 +282,7 @@ pub fn shards_for(kind: DeviceKind) -> usize {
 mod tests {
     use super::*;
     use crate::data::preprocess::INPUT_LEN;
+    use crate::model::max_difference;
 
     const CLASSES: usize = 10;
 
@@ -338,15 +339,6 @@ mod tests {
         }
         let (w, s) = trainer.state().unwrap();
         (w, s, trainer.shard_count())
-    }
-
-    fn max_difference(a: &Weights, b: &Weights) -> f32 {
-        assert_eq!(a.arrays.len(), b.arrays.len());
-        a.arrays
-            .iter()
-            .zip(&b.arrays)
-            .flat_map(|(x, y)| x.values.iter().zip(&y.values).map(|(p, q)| (p - q).abs()))
-            .fold(0.0, f32::max)
     }
 
     #[test]
