@@ -367,6 +367,19 @@ fn unpool(d_out: &[f32], from: &[u8], a: &[f32], size: usize, ch: usize, d: &mut
     }
 }
 
+/// Each image of `src`, a `[rows, cols]` matrix, transposed into `dst`: channel-major to
+/// channels-last (rows are channels) or back (rows are pixels).
+fn transpose_images(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    let len = rows * cols;
+    for (img, out) in src.chunks_exact(len).zip(dst.chunks_exact_mut(len)) {
+        for r in 0..rows {
+            for c in 0..cols {
+                out[c * rows + r] = img[r * cols + c];
+            }
+        }
+    }
+}
+
 /// Column sums of a row-major matrix of `cols` columns.
 fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
     let mut sums = vec![0.0; cols];
@@ -412,18 +425,8 @@ impl Workspace {
     fn forward(&mut self, x: &[f32], w1: &[f32], b1: &[f32], w2: &[f32], b2: &[f32]) {
         let n = x.len() / INPUT_LEN;
         self.n = n;
-        let plane = SIZE * SIZE;
         self.input.resize(x.len(), 0.0);
-        for (img, out) in x
-            .chunks_exact(INPUT_LEN)
-            .zip(self.input.chunks_exact_mut(INPUT_LEN))
-        {
-            for p in 0..plane {
-                for c in 0..COLOURS {
-                    out[p * COLOURS + c] = img[c * plane + p];
-                }
-            }
-        }
+        transpose_images(x, COLOURS, SIZE * SIZE, &mut self.input);
         patches(&self.input, n, SIZE, COLOURS, &mut self.cols1);
         affine_relu(&self.cols1, w1, b1, false, &mut self.a1);
         max_pool(&self.a1, n, SIZE, C1, &mut self.pooled1, &mut self.from1);
@@ -442,17 +445,7 @@ impl Workspace {
     /// The pooled features in the module's flatten order (channel-major), into `flat`
     /// `[n, 4096]`.
     fn flat(&self, flat: &mut [f32]) {
-        for (img, out) in self
-            .pooled2
-            .chunks_exact(FLAT)
-            .zip(flat.chunks_exact_mut(FLAT))
-        {
-            for p in 0..64 {
-                for c in 0..C2 {
-                    out[c * 64 + p] = img[p * C2 + c];
-                }
-            }
-        }
+        transpose_images(&self.pooled2, 64, C2, flat);
     }
 
     /// The convolutions' gradients ([`Self::grads`]) from the gradient of [`Self::flat`]
@@ -460,14 +453,7 @@ impl Workspace {
     fn backward(&mut self, d_flat: &[f32], w2: &[f32]) {
         let n = self.n;
         self.d_pooled2.resize(d_flat.len(), 0.0);
-        let d_pooled2 = self.d_pooled2.chunks_exact_mut(FLAT);
-        for (img, out) in d_flat.chunks_exact(FLAT).zip(d_pooled2) {
-            for p in 0..64 {
-                for c in 0..C2 {
-                    out[p * C2 + c] = img[c * 64 + p];
-                }
-            }
-        }
+        transpose_images(d_flat, C2, 64, &mut self.d_pooled2);
         let (from2, a2) = (&self.from2, &self.a2);
         unpool(&self.d_pooled2, from2, a2, SIZE / 2, C2, &mut self.d2);
         let grads = &mut self.grads;
