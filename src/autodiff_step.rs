@@ -94,17 +94,10 @@ impl ModuleMapper for Load<'_> {
         let name = self.path.name();
         param.map(|tensor| {
             let dims = tensor.dims();
-            match self.weights.get(&name) {
-                Ok(array) if array.shape == dims => {
+            match self.weights.get_shaped(&name, &dims) {
+                Ok(array) => {
                     let data = TensorData::new(array.values.clone(), dims);
                     Tensor::<D>::from_data(data, &tensor.device())
-                }
-                Ok(array) => {
-                    self.error.get_or_insert(format!(
-                        "array `{name}` has shape {:?}, expected {dims:?}",
-                        array.shape
-                    ));
-                    tensor
                 }
                 Err(e) => {
                     self.error.get_or_insert(e.to_string());

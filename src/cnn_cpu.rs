@@ -15,7 +15,7 @@
 //! unchanged, and the step is tested against the autodiff one. Only sums are taken in another
 //! order. On a GPU the CNN still trains through autodiff.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
@@ -68,38 +68,39 @@ pub struct CnnCpuTrainer {
     classes: usize,
     step: u64,
     config: AdamConfig,
+    /// Where the model and the step's statistics are handed out.
+    device: Device,
 }
 
 impl CnnCpuTrainer {
-    /// The CNN of `classes` outputs from `weights` and Adam's `state`. An error names an array
-    /// that is missing or of the wrong shape.
+    /// The CNN of `classes` outputs from `weights` and Adam's `state`, on the host, handing its
+    /// model and statistics out on `device`. An error names an array that is missing or of the
+    /// wrong shape.
     pub fn new(
         classes: usize,
         weights: &Weights,
         state: &AdamState,
         config: AdamConfig,
+        device: &Device,
     ) -> Result<Self> {
         let params = cnn::parameter_shapes(classes)
             .into_iter()
             .map(|(name, shape)| {
-                let value = weights.get(&name)?;
-                if value.shape != shape {
-                    bail!(
-                        "array `{name}` has shape {:?}, expected {shape:?}",
-                        value.shape
-                    );
-                }
-                let (m, v) = (state.m.get(&name)?, state.v.get(&name)?);
-                let n = value.values.len();
-                if m.values.len() != n || v.values.len() != n {
-                    bail!("Adam's moments of `{name}` do not match its shape");
-                }
+                let value = weights.get_shaped(&name, &shape)?;
+                let moment = |w: &Weights, which| -> Result<Vec<f32>> {
+                    let array = w.get_shaped(&name, &shape);
+                    Ok(array
+                        .with_context(|| format!("Adam's {which} moment"))?
+                        .values
+                        .clone())
+                };
+                let (m, v) = (moment(&state.m, "first")?, moment(&state.v, "second")?);
                 Ok(Param {
                     name,
                     shape,
                     value: value.values.clone(),
-                    m: m.values.clone(),
-                    v: v.values.clone(),
+                    m,
+                    v,
                 })
             })
             .collect::<Result<_>>()?;
@@ -109,22 +110,14 @@ impl CnnCpuTrainer {
             classes,
             step: state.step,
             config,
+            device: device.clone(),
         })
     }
 
-    /// One step of Adam on the batch `input` `[N, >= 3072]` (columns past 3072 are ignored) with
-    /// one-hot `targets` `[N, classes]`; the statistics come back on `input`'s device.
+    /// One step of Adam on the batch `input` `[N, 3072]` with one-hot `targets` `[N, classes]`.
     pub fn step(&mut self, input: Tensor<2>, targets: Tensor<2>) -> Result<StepStats> {
-        let device = input.device();
-        let [n, width] = input.dims();
-        let mut x = read_f32(input)?;
-        if width != INPUT_LEN {
-            x = x
-                .chunks(width)
-                .flat_map(|row| &row[..INPUT_LEN])
-                .copied()
-                .collect();
-        }
+        let n = input.dims()[0];
+        let x = read_f32(input)?;
         let targets = read_f32(targets)?;
         let (grads, loss_sum, correct) = self.gradients(&x, &targets, n);
         self.step += 1;
@@ -140,9 +133,10 @@ impl CnnCpuTrainer {
                 .zip(p.v.par_chunks_mut(BLOCK))
                 .for_each(|(((p, g), m), v)| fused::adam_apply(p, g, m, v, lr_t, config));
         }
+        let device = &self.device;
         Ok(StepStats {
-            loss_sum: Tensor::from_data(TensorData::new(vec![loss_sum], [1]), &device),
-            correct: Tensor::from_data(TensorData::new(vec![correct as i64], [1]), &device),
+            loss_sum: Tensor::from_data(TensorData::new(vec![loss_sum], [1]), device),
+            correct: Tensor::from_data(TensorData::new(vec![correct as i64], [1]), device),
         })
     }
 
@@ -152,8 +146,8 @@ impl CnnCpuTrainer {
     fn gradients(&mut self, x: &[f32], targets: &[f32], n: usize) -> (Vec<Vec<f32>>, f32, usize) {
         let params = &self.params;
         let p = |i: usize| params[i].value.as_slice();
-        let w1 = kernel_to_patches(p(CONV1_W), C1, COLOURS);
-        let w2 = kernel_to_patches(p(CONV2_W), C2, C1);
+        let w1 = relayout_kernel(p(CONV1_W), C1, COLOURS, Toward::Patches);
+        let w2 = relayout_kernel(p(CONV2_W), C2, C1, Toward::Patches);
 
         // The convolutions, one chunk of images per core.
         let count = rayon::current_num_threads().clamp(1, n.max(1));
@@ -188,9 +182,9 @@ impl CnnCpuTrainer {
             conv.add(&w.grads);
         }
         let grads = vec![
-            patches_to_kernel(&conv.w1, C1, COLOURS),
+            relayout_kernel(&conv.w1, C1, COLOURS, Toward::Kernel),
             conv.b1,
-            patches_to_kernel(&conv.w2, C2, C1),
+            relayout_kernel(&conv.w2, C2, C1, Toward::Kernel),
             conv.b2,
             dense.d_dense_w,
             dense.d_dense_b,
@@ -200,9 +194,10 @@ impl CnnCpuTrainer {
         (grads, dense.loss_sum, dense.correct)
     }
 
-    /// The model as it stands, on `device`.
-    pub fn model(&self, device: &Device) -> Result<Cnn> {
-        load_weights(Cnn::new(self.classes, device), &self.weights(|p| &p.value))
+    /// The model as it stands, on the trainer's device.
+    pub fn model(&self) -> Result<Cnn> {
+        let cnn = Cnn::new(self.classes, &self.device);
+        load_weights(cnn, &self.weights(|p| &p.value))
     }
 
     /// One of the values or the moments of every parameter, as named arrays.
@@ -226,52 +221,59 @@ impl CnnCpuTrainer {
     }
 }
 
-/// A convolution's weights `[out, in, 3, 3]` as the matrix that multiplies patches:
-/// `[(ky * 3 + kx) * in + ci, out]`.
-fn kernel_to_patches(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
-    let mut k = vec![0.0; w.len()];
-    for o in 0..out {
-        for ci in 0..inp {
-            for tap in 0..TAPS {
-                k[(tap * inp + ci) * out + o] = w[(o * inp + ci) * TAPS + tap];
-            }
-        }
-    }
-    k
+/// Which way [`relayout_kernel`] goes.
+#[derive(Clone, Copy, PartialEq)]
+enum Toward {
+    /// From the module's `[out, in, 3, 3]` to the matrix that multiplies patches,
+    /// `[(ky * 3 + kx) * in + ci, out]`.
+    Patches,
+    /// Back.
+    Kernel,
 }
 
-/// The inverse of [`kernel_to_patches`].
-fn patches_to_kernel(k: &[f32], out: usize, inp: usize) -> Vec<f32> {
-    let mut w = vec![0.0; k.len()];
+/// A convolution's weights (or their gradient) with `out` and `inp` channels, laid out the
+/// other way ([`Toward`]).
+fn relayout_kernel(w: &[f32], out: usize, inp: usize, toward: Toward) -> Vec<f32> {
+    let mut to = vec![0.0; w.len()];
     for o in 0..out {
         for ci in 0..inp {
             for tap in 0..TAPS {
-                w[(o * inp + ci) * TAPS + tap] = k[(tap * inp + ci) * out + o];
+                let (kernel, patch) = ((o * inp + ci) * TAPS + tap, (tap * inp + ci) * out + o);
+                match toward {
+                    Toward::Patches => to[patch] = w[kernel],
+                    Toward::Kernel => to[kernel] = w[patch],
+                }
             }
         }
     }
-    w
+    to
+}
+
+/// The runs of patch row `pixel` (of images `[n, size, size, ch]`) that come from inside the
+/// image, one per kernel row: the run's start in the row, its start in the images, its length.
+/// The three taps of a kernel row are neighbours in the image, so each is one run.
+fn patch_runs(pixel: usize, size: usize, ch: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let (s, y, x) = (pixel / (size * size), pixel / size % size, pixel % size);
+    // The taps `first..last` of each kernel row lie inside the image.
+    let (first, last) = (usize::from(x == 0), if x + 1 == size { 2 } else { 3 });
+    (0..3).filter_map(move |ky| {
+        let iy = (y + ky).checked_sub(1).filter(|&iy| iy < size)?;
+        let at = ((s * size + iy) * size + x + first - 1) * ch;
+        Some(((ky * 3 + first) * ch, at, (last - first) * ch))
+    })
 }
 
 /// The 3x3 patches (padding 1) of `n` channels-last images `[n, size, size, ch]`: one row
-/// `[(ky * 3 + kx) * ch + c]` per output pixel, `[n * size * size, 9 * ch]`. The three taps of a
-/// kernel row are neighbours in the image, so they are copied as one run.
+/// `[(ky * 3 + kx) * ch + c]` per output pixel, `[n * size * size, 9 * ch]`, copied a run at a
+/// time ([`patch_runs`]).
 ///
 /// Into `cols`, which keeps the zeros of the padding from call to call: the padding is at the
 /// same places in every image, and nothing else writes there.
 fn patches(x: &[f32], n: usize, size: usize, ch: usize, cols: &mut Vec<f32>) {
     cols.resize(n * size * size * TAPS * ch, 0.0);
     for (pixel, row) in cols.chunks_exact_mut(TAPS * ch).enumerate() {
-        let (s, y, xx) = (pixel / (size * size), pixel / size % size, pixel % size);
-        // The taps `first..last` of each kernel row lie inside the image.
-        let (first, last) = (usize::from(xx == 0), if xx + 1 == size { 2 } else { 3 });
-        for (ky, dst) in row.chunks_exact_mut(3 * ch).enumerate() {
-            let iy = (y + ky).wrapping_sub(1);
-            if iy < size {
-                let at = ((s * size + iy) * size + xx + first - 1) * ch;
-                let len = (last - first) * ch;
-                dst[first * ch..first * ch + len].copy_from_slice(&x[at..at + len]);
-            }
+        for (start, at, len) in patch_runs(pixel, size, ch) {
+            row[start..start + len].copy_from_slice(&x[at..at + len]);
         }
     }
 }
@@ -282,17 +284,9 @@ fn unpatch(d_cols: &[f32], n: usize, size: usize, ch: usize, dx: &mut Vec<f32>) 
     dx.clear();
     dx.resize(n * size * size * ch, 0.0);
     for (pixel, row) in d_cols.chunks_exact(TAPS * ch).enumerate() {
-        let (s, y, xx) = (pixel / (size * size), pixel / size % size, pixel % size);
-        let (first, last) = (usize::from(xx == 0), if xx + 1 == size { 2 } else { 3 });
-        for (ky, src) in row.chunks_exact(3 * ch).enumerate() {
-            let iy = (y + ky).wrapping_sub(1);
-            if iy < size {
-                let at = ((s * size + iy) * size + xx + first - 1) * ch;
-                let len = (last - first) * ch;
-                let src = &src[first * ch..first * ch + len];
-                for (d, s) in dx[at..at + len].iter_mut().zip(src) {
-                    *d += s;
-                }
+        for (start, at, len) in patch_runs(pixel, size, ch) {
+            for (d, s) in dx[at..at + len].iter_mut().zip(&row[start..start + len]) {
+                *d += s;
             }
         }
     }
@@ -316,18 +310,23 @@ fn affine_relu(rows: &[f32], weight: &[f32], bias: &[f32], parallel: bool, out: 
     }
 }
 
+/// Where the four inputs of pooled cell `cell` start in channels-last images
+/// `[n, size, size, ch]`, row-major.
+fn pool_inputs(cell: usize, size: usize, ch: usize) -> [usize; 4] {
+    let half = size / 2;
+    let (s, py, px) = (cell / (half * half), cell / half % half, cell % half);
+    [0, 1, 2, 3].map(|q| ((s * size + 2 * py + q / 2) * size + 2 * px + q % 2) * ch)
+}
+
 /// Max-pool 2x2 of channels-last `a` `[n, size, size, ch]`: the maxima `[n, size/2, size/2, ch]`
 /// and, for each, which of its four inputs it was (row-major; the first on ties); into `out` and
 /// `from`.
-fn max_pool(a: &[f32], n: usize, size: usize, ch: usize, out: &mut Vec<f32>, from: &mut Vec<u8>) {
-    let half = size / 2;
-    out.resize(n * half * half * ch, 0.0);
+fn max_pool(a: &[f32], size: usize, ch: usize, out: &mut Vec<f32>, from: &mut Vec<u8>) {
+    out.resize(a.len() / 4, 0.0);
     from.resize(out.len(), 0);
     let cells = out.chunks_exact_mut(ch).zip(from.chunks_exact_mut(ch));
     for (cell, (o, f)) in cells.enumerate() {
-        let (s, py, px) = (cell / (half * half), cell / half % half, cell % half);
-        let at = |q: usize| ((s * size + 2 * py + q / 2) * size + 2 * px + q % 2) * ch;
-        let quad = [0, 1, 2, 3].map(|q| &a[at(q)..at(q) + ch]);
+        let quad = pool_inputs(cell, size, ch).map(|at| &a[at..at + ch]);
         o.copy_from_slice(quad[0]);
         f.fill(0);
         for (q, input) in quad.iter().enumerate().skip(1) {
@@ -344,18 +343,11 @@ fn max_pool(a: &[f32], n: usize, size: usize, ch: usize, out: &mut Vec<f32>, fro
 /// The gradient before the ReLU under a [`max_pool`]: each pooled gradient goes to the input it
 /// came from, where that input (`a`, after the ReLU) was positive; every value of `d` written.
 fn unpool(d_out: &[f32], from: &[u8], a: &[f32], size: usize, ch: usize, d: &mut Vec<f32>) {
-    let half = size / 2;
     d.resize(a.len(), 0.0);
-    for (cell, (g, f)) in d_out
-        .chunks_exact(ch)
-        .zip(from.chunks_exact(ch))
-        .enumerate()
-    {
-        let (s, py, px) = (cell / (half * half), cell / half % half, cell % half);
-        let at = |q: usize| ((s * size + 2 * py + q / 2) * size + 2 * px + q % 2) * ch;
-        for q in 0..4 {
-            let span = at(q)..at(q) + ch;
-            let (d, a) = (&mut d[span.clone()], &a[span]);
+    let cells = d_out.chunks_exact(ch).zip(from.chunks_exact(ch));
+    for (cell, (g, f)) in cells.enumerate() {
+        for (q, at) in pool_inputs(cell, size, ch).into_iter().enumerate() {
+            let (d, a) = (&mut d[at..at + ch], &a[at..at + ch]);
             for (((d, &a), &g), &f) in d.iter_mut().zip(a).zip(g).zip(f) {
                 *d = if usize::from(f) == q && a > 0.0 {
                     g
@@ -395,7 +387,6 @@ fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
 /// backward pass's buffers and gradients.
 #[derive(Default)]
 struct Workspace {
-    n: usize,
     /// The input channels-last `[n, 32, 32, 3]`.
     input: Vec<f32>,
     /// Patches of the input `[n * 1024, 27]`.
@@ -424,22 +415,14 @@ impl Workspace {
     /// Both convolutions and poolings of the images `x` (rows of 3072, channel-major).
     fn forward(&mut self, x: &[f32], w1: &[f32], b1: &[f32], w2: &[f32], b2: &[f32]) {
         let n = x.len() / INPUT_LEN;
-        self.n = n;
         self.input.resize(x.len(), 0.0);
         transpose_images(x, COLOURS, SIZE * SIZE, &mut self.input);
         patches(&self.input, n, SIZE, COLOURS, &mut self.cols1);
         affine_relu(&self.cols1, w1, b1, false, &mut self.a1);
-        max_pool(&self.a1, n, SIZE, C1, &mut self.pooled1, &mut self.from1);
+        max_pool(&self.a1, SIZE, C1, &mut self.pooled1, &mut self.from1);
         patches(&self.pooled1, n, SIZE / 2, C1, &mut self.cols2);
         affine_relu(&self.cols2, w2, b2, false, &mut self.a2);
-        max_pool(
-            &self.a2,
-            n,
-            SIZE / 2,
-            C2,
-            &mut self.pooled2,
-            &mut self.from2,
-        );
+        max_pool(&self.a2, SIZE / 2, C2, &mut self.pooled2, &mut self.from2);
     }
 
     /// The pooled features in the module's flatten order (channel-major), into `flat`
@@ -449,9 +432,9 @@ impl Workspace {
     }
 
     /// The convolutions' gradients ([`Self::grads`]) from the gradient of [`Self::flat`]
-    /// `d_flat`; `w2` is the second kernel as [`kernel_to_patches`] lays it out.
+    /// `d_flat`; `w2` is the second kernel as [`relayout_kernel`] lays it out for patches.
     fn backward(&mut self, d_flat: &[f32], w2: &[f32]) {
-        let n = self.n;
+        let n = self.input.len() / INPUT_LEN;
         self.d_pooled2.resize(d_flat.len(), 0.0);
         transpose_images(d_flat, C2, 64, &mut self.d_pooled2);
         let (from2, a2) = (&self.from2, &self.a2);
@@ -492,7 +475,7 @@ impl Workspace {
     }
 }
 
-/// The convolutions' gradients, kernels as [`kernel_to_patches`] lays them out.
+/// The convolutions' gradients, kernels laid out for patches ([`relayout_kernel`]).
 #[derive(Default)]
 struct ConvGradients {
     w1: Vec<f32>,
@@ -637,7 +620,7 @@ mod tests {
     ) -> (Weights, AdamState, Vec<f32>) {
         let device = Device::flex();
         let mut trainer =
-            CnnCpuTrainer::new(CLASSES, weights, state, AdamConfig::new(0.01)).unwrap();
+            CnnCpuTrainer::new(CLASSES, weights, state, AdamConfig::new(0.01), &device).unwrap();
         let mut losses = Vec::new();
         for step in steps {
             let (x, y, _) = random_batch(6, CLASSES, step, &device);
@@ -721,12 +704,10 @@ mod tests {
     #[test]
     fn kernels_round_trip_through_the_patch_layout() {
         let w: Vec<f32> = (0..C2 * C1 * TAPS).map(|i| i as f32).collect();
-        assert_eq!(patches_to_kernel(&kernel_to_patches(&w, C2, C1), C2, C1), w);
+        let for_patches = relayout_kernel(&w, C2, C1, Toward::Patches);
+        assert_eq!(relayout_kernel(&for_patches, C2, C1, Toward::Kernel), w);
         // Output 1, input channel 2, tap (0, 1) is row (1 * 32 + 2) of the patch matrix.
-        assert_eq!(
-            kernel_to_patches(&w, C2, C1)[(C1 + 2) * C2 + 1],
-            w[(C1 + 2) * TAPS + 1]
-        );
+        assert_eq!(for_patches[(C1 + 2) * C2 + 1], w[(C1 + 2) * TAPS + 1]);
     }
 
     #[test]
@@ -734,7 +715,8 @@ mod tests {
         let mut w = cnn::init_weights(CLASSES, 1);
         let zeros = AdamState::zeros_like(&w);
         w.arrays[OUTPUT_B].shape = vec![CLASSES + 1];
-        let err = CnnCpuTrainer::new(CLASSES, &w, &zeros, AdamConfig::new(0.01))
+        let device = Device::flex();
+        let err = CnnCpuTrainer::new(CLASSES, &w, &zeros, AdamConfig::new(0.01), &device)
             .err()
             .unwrap()
             .to_string();

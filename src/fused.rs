@@ -328,7 +328,7 @@ pub fn is_flex(device: &Device) -> bool {
 
 /// Whether `tensor` can take the fused path: f32 on the CPU backend.
 pub fn on_flex<const D: usize>(tensor: &Tensor<D>) -> bool {
-    tensor.dtype() == DType::F32 && matches!(tensor.device().as_dispatch(), DispatchDevice::Flex(_))
+    tensor.dtype() == DType::F32 && is_flex(&tensor.device())
 }
 
 /// [`FusedOps::first_layer_adam`] on tensors for which [`on_flex`] holds.

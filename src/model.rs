@@ -195,6 +195,18 @@ impl Weights {
             .with_context(|| format!("the weights have no array `{name}`"))
     }
 
+    /// The array named `name`, checked to be of `shape`.
+    pub fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<&Array> {
+        let array = self.get(name)?;
+        if array.shape != shape {
+            bail!(
+                "array `{name}` has shape {:?}, expected {shape:?}",
+                array.shape
+            );
+        }
+        Ok(array)
+    }
+
     /// The number of classes: the width of the output layer, whose bias is the last array.
     pub fn classes(&self) -> usize {
         self.arrays
@@ -280,13 +292,7 @@ impl MlpWeights {
         let (w1, b1, w2, b2) = (w1?, b1?, w2?, b2?);
         let (hidden, classes) = (b1.values.len(), b2.values.len());
         for (array, shape) in [w1, b1, w2, b2].iter().zip(Self::shapes(hidden, classes)) {
-            if array.shape != shape {
-                bail!(
-                    "array `{}` has shape {:?}, expected {shape:?}",
-                    array.name,
-                    array.shape
-                );
-            }
+            weights.get_shaped(&array.name, &shape)?;
         }
         Ok(Self {
             hidden,

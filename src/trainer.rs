@@ -19,8 +19,8 @@ use crate::sharded::ShardedTrainer;
 pub enum Trainer {
     /// The MLP, sharded.
     Sharded(ShardedTrainer),
-    /// The CNN on the CPU, by hand; it keeps its parameters on the host.
-    CnnCpu(CnnCpuTrainer, Device),
+    /// The CNN on the CPU, by hand.
+    CnnCpu(CnnCpuTrainer),
     /// The CNN elsewhere, through autodiff.
     Cnn(AutodiffTrainer<Cnn>),
 }
@@ -42,8 +42,7 @@ impl Trainer {
             }
             Arch::Cnn if fused::is_flex(device) => {
                 let classes = config.classes.len();
-                let cnn = CnnCpuTrainer::new(classes, weights, state, adam)?;
-                Trainer::CnnCpu(cnn, device.clone())
+                Trainer::CnnCpu(CnnCpuTrainer::new(classes, weights, state, adam, device)?)
             }
             Arch::Cnn => {
                 let cnn = Cnn::new(config.classes.len(), device);
@@ -61,7 +60,7 @@ impl Trainer {
     ) -> Result<StepStats> {
         Ok(match self {
             Trainer::Sharded(t) => t.step(input, targets, labels),
-            Trainer::CnnCpu(t, _) => t.step(input, targets)?,
+            Trainer::CnnCpu(t) => t.step(input.slice_dim(1, 0..INPUT_LEN), targets)?,
             Trainer::Cnn(t) => t.step(input.slice_dim(1, 0..INPUT_LEN), targets, labels),
         })
     }
@@ -70,7 +69,7 @@ impl Trainer {
     pub fn model(&self) -> Result<Model> {
         Ok(match self {
             Trainer::Sharded(t) => Model::Mlp(t.model()),
-            Trainer::CnnCpu(t, device) => Model::Cnn(t.model(device)?),
+            Trainer::CnnCpu(t) => Model::Cnn(t.model()?),
             Trainer::Cnn(t) => Model::Cnn(t.model()),
         })
     }
@@ -79,7 +78,7 @@ impl Trainer {
     pub fn state(&self) -> Result<(Weights, AdamState)> {
         match self {
             Trainer::Sharded(t) => t.state(),
-            Trainer::CnnCpu(t, _) => Ok(t.state()),
+            Trainer::CnnCpu(t) => Ok(t.state()),
             Trainer::Cnn(t) => t.state(),
         }
     }
