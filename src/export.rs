@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{Checkpoint, TrainConfig, take_weights, weight_arrays};
 use crate::container::{self, Kind};
 use crate::fsutil::{write_atomic, write_target};
-use crate::model::{ModelConfig, Weights};
+use crate::model::{ModelConfig, Weights, check_answers_finite};
 
 /// Where a model came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,6 +103,7 @@ pub fn export_bytes(checkpoint: &Path, format: Format) -> Result<(LoadedModel, V
     // A model every command would refuse to load is not worth writing.
     ckpt.weights
         .check_finite()
+        .and_then(|()| check_answers_finite(&ckpt.meta.model, &ckpt.weights))
         .with_context(|| format!("{}", checkpoint.display()))?;
     let last = ckpt
         .meta
@@ -161,6 +162,7 @@ fn model_from_contents(contents: container::Contents, path: &Path) -> Result<Loa
     let loaded = model_of_kind(contents, path)?;
     // Checked here, where every command loads its model, rather than by each command.
     loaded.weights.check_finite()?;
+    check_answers_finite(&loaded.config, &loaded.weights)?;
     Ok(loaded)
 }
 

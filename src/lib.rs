@@ -7,7 +7,8 @@
 //! Public is what the binary, the tests, `examples/` and `fuzz/` use; the rest is the crate's own.
 
 // `unsafe` is a visible decision: allowed only in the modules that need it (SIMD in `fused`, the
-// CPU's float mode in `subnormals`, libjpeg-turbo's C API in `data::jpeg`).
+// CPU's float mode in `subnormals`, libjpeg-turbo's C API in `data::jpeg`, the allocator's trim
+// in `serve::memory`).
 #![deny(unsafe_code)]
 
 pub mod adam;

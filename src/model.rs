@@ -364,6 +364,28 @@ impl Model {
     }
 }
 
+/// Checks that the model of `config` holding `weights` answers in finite numbers: it is run on
+/// the CPU once, on a black, a grey and a white image. Finite weights can still overflow
+/// (3e38 everywhere: every sum is infinite, every probability NaN), which no look at the
+/// weights alone tells for every architecture; a model that fails this would answer NaN.
+pub fn check_answers_finite(config: &ModelConfig, weights: &Weights) -> Result<()> {
+    let device = Device::flex();
+    let model = Model::from_weights(config, weights, &device)?;
+    let levels = [0.0f32, 0.5, 1.0];
+    let probe: Vec<f32> = levels
+        .iter()
+        .flat_map(|&level| std::iter::repeat_n(level, INPUT_LEN))
+        .collect();
+    let input = Tensor::<2>::from_data(TensorData::new(probe, [levels.len(), INPUT_LEN]), &device);
+    let logits = read_f32(model.forward(input))?;
+    if let Some(bad) = logits.iter().find(|v| !v.is_finite()) {
+        bail!(
+            "the weights are finite but too large: the model's output for a plain image is              {bad:?}, so every answer would be NaN (did its training diverge? train again with              a lower --lr)"
+        );
+    }
+    Ok(())
+}
+
 /// The classifier as a burn module.
 #[derive(Module, Debug)]
 pub struct Mlp {

@@ -251,8 +251,7 @@ fn starting_point(
             ));
             return Ok(ckpt);
         }
-        // A killed first epoch leaves run.json alone: nothing to resume, nothing to lose. A
-        // best.ckpt without any epoch to resume from would be replaced by a new run's.
+        // A best.ckpt without any epoch to resume from would be replaced by a new run's.
         let best = files.best();
         if best.exists() {
             bail!(
@@ -260,6 +259,19 @@ fn starting_point(
                 files.dir.display(),
                 best.display()
             );
+        }
+        // A run killed in its first epoch leaves run.json alone: the run starts again at epoch
+        // 1 with the settings it records, which flags may repeat but not change.
+        if let Some(run) = files.read_run_json()? {
+            let path = files.run_json();
+            let ckpt = new_run(run.model, run.train)
+                .with_context(|| format!("{}", path.display()))?;
+            check_resume(opts, &ckpt.meta, classes, &path)?;
+            reporter.info(format!(
+                "{} records a run whose first epoch never completed: starting it again at epoch 1 with its settings",
+                path.display()
+            ));
+            return Ok(ckpt);
         }
         reporter.info(format!(
             "nothing to resume in {}: starting at epoch 1",
@@ -400,16 +412,31 @@ fn fresh_start(opts: &TrainOptions, classes: &[String]) -> Checkpoint {
             .then(|| opts.val_split.unwrap_or(DEFAULT_VAL_SPLIT)),
     };
     let arch = opts.arch.unwrap_or(Arch::Mlp);
-    let weights = match arch {
-        Arch::Mlp => Weights::init(hidden, classes.len(), train.seed),
-        Arch::Cnn => crate::cnn::init_weights(classes.len(), train.seed),
-    };
+    let weights = initial_weights(arch, hidden, classes.len(), train.seed);
+    at_epoch_zero(ModelConfig::of(arch, hidden, classes.to_vec()), train, weights)
+}
+
+/// The run `run.json` records (`model`, `train`) at epoch 0, with the weights its seed draws.
+fn new_run(model: ModelConfig, train: TrainConfig) -> Result<Checkpoint> {
+    model.check_supported()?;
+    let weights = initial_weights(model.arch()?, model.hidden, model.classes.len(), train.seed);
+    Ok(at_epoch_zero(model, train, weights))
+}
+
+fn initial_weights(arch: Arch, hidden: usize, classes: usize, seed: u64) -> Weights {
+    match arch {
+        Arch::Mlp => Weights::init(hidden, classes, seed),
+        Arch::Cnn => crate::cnn::init_weights(classes, seed),
+    }
+}
+
+fn at_epoch_zero(model: ModelConfig, train: TrainConfig, weights: Weights) -> Checkpoint {
     Checkpoint {
         adam: AdamState::zeros_like(&weights),
         weights,
         meta: CheckpointMeta {
             maas_version: crate::VERSION.into(),
-            model: ModelConfig::of(arch, hidden, classes.to_vec()),
+            model,
             train,
             epoch: 0,
             history: Vec::new(),
@@ -529,7 +556,8 @@ fn prepare_folder(
     if state.meta.epoch == 0 {
         // None of the old run's epochs may be left to pass for the new run's.
         let removed = files.remove_run()?;
-        if removed > 0 {
+        // On --resume these are the same run's, started again (starting_point said so).
+        if removed > 0 && !opts.resume {
             reporter.info(format!(
                 "removed the earlier run's {removed} file{} from {}",
                 if removed == 1 { "" } else { "s" },

@@ -305,6 +305,39 @@ fn a_model_of_nan_weights_is_refused_at_load_by_every_command() {
     assert!(!ws.path("out.maas").exists());
 }
 
+/// Issue 28, point 9: finite weights too large to add up (3e38, a valid checksum) predicted
+/// "NaN%" with exit 0 and served `"probability": null`; now refused at load as NaN is.
+#[test]
+fn a_model_of_huge_finite_weights_is_refused_at_load() {
+    let ws = workspace_with_model();
+    for (from, to) in [("model.maas", "huge.maas"), ("checkpoints/best.ckpt", "huge.ckpt")] {
+        let mut contents = container::decode(&std::fs::read(ws.path(from)).unwrap()).unwrap();
+        for array in &mut contents.arrays {
+            if array.name.ends_with("weight") {
+                array.values.fill(3e38);
+            }
+        }
+        let bytes = container::encode(contents.kind, contents.meta, &contents.arrays).unwrap();
+        std::fs::write(ws.path(to), bytes).unwrap();
+    }
+    std::fs::write(ws.path("img.png"), black_png(32)).unwrap();
+    for (file, args) in [
+        ("huge.maas", vec!["predict", "--model", "huge.maas", "img.png"]),
+        ("huge.maas", vec!["serve", "--port", "0", "--model", "huge.maas"]),
+        ("huge.ckpt", vec!["export", "--checkpoint", "huge.ckpt", "-o", "out.maas"]),
+    ] {
+        let (code, out, err) = ws.run(&args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        let line = err.lines().find(|l| l.starts_with("maas: error: "));
+        assert!(
+            line.is_some_and(|l| l.contains(file) && l.contains("too large")),
+            "{args:?}: {err}"
+        );
+        assert!(!out.contains("NaN") && !err.contains("listening"), "{out}{err}");
+    }
+    assert!(!ws.path("out.maas").exists());
+}
+
 // Point 19: these were accepted, and every request then failed.
 #[test]
 fn serve_flags_that_would_fail_every_request_are_usage_errors() {

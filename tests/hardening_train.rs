@@ -222,3 +222,58 @@ fn a_folder_with_one_image_per_class_is_refused_rather_than_tested_on_nothing() 
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("training on 3 images, testing on 3"), "{err}");
 }
+
+/// Issue 28, point 7: a run killed in its first epoch leaves only run.json; `--resume` starts
+/// that run again with its own settings (the cnn, batch 8, lr 0.01, seed 7), not the defaults,
+/// and refuses a flag that changes one.
+#[test]
+fn resume_after_a_killed_first_epoch_keeps_the_settings_run_json_records() {
+    let ws = Workspace::new(10, 20);
+    let straight = [
+        "train",
+        "--arch",
+        "cnn",
+        "--lr",
+        "0.01",
+        "--batch-size",
+        "8",
+        "--seed",
+        "7",
+        "--epochs",
+        "1",
+        "--json",
+    ];
+    let first: serde_json::Value = serde_json::from_str(&ws.ok(&straight)).unwrap();
+    // What a Ctrl-C in epoch 1 leaves: run.json alone.
+    let dir = ws.path("checkpoints");
+    let recorded = std::fs::read_to_string(dir.join("run.json")).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "run.json" && path.is_file() {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+
+    let (code, _, err) = ws.run(&["train", "--resume", "--epochs", "1", "--batch-size", "16"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--batch-size"), "{err}");
+
+    let (code, out, err) = ws.run(&["train", "--resume", "--epochs", "1", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("first epoch never completed") && !err.contains("removed the earlier run"),
+        "{err}"
+    );
+    let again: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(again["architecture"], first["architecture"]);
+    assert_eq!(again["config"], first["config"]);
+    // The same run, so the same epoch: equal figures on the CPU.
+    assert_eq!(again["history"][0]["test_loss"], first["history"][0]["test_loss"]);
+    assert_eq!(again["history"][0]["train_loss"], first["history"][0]["train_loss"]);
+    let now = std::fs::read_to_string(dir.join("run.json")).unwrap();
+    let settings = |text: &str| {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        (v["model"].clone(), v["train"].clone())
+    };
+    assert_eq!(settings(&now), settings(&recorded));
+}

@@ -440,3 +440,79 @@ fn reloads_under_steady_load_fail_no_request() {
         p99(&reloading).as_secs_f64() * 1e3,
     );
 }
+
+/// Sends the head of a POST to `path` with `Content-Length: declared` and `head` extra header
+/// lines, then `sent` bytes of body, and reads the answer's status line (60 s at most).
+fn partial_post(server: &Server, path: &str, head: &str, declared: usize, sent: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(server.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n{head}\r\n"
+    )
+    .unwrap();
+    stream.write_all(&vec![b' '; sent]).unwrap();
+    let mut status = String::new();
+    let _ = BufReader::new(stream).read_line(&mut status);
+    status
+}
+
+/// Issue 28, points 3, 15 and 18: the load route checks the admin key before it reads a body,
+/// and reads a keyed one within the deadline; a hidden folder is no model for load either; a
+/// FIFO as a version's model.maas is named as what it is.
+#[test]
+fn load_checks_the_key_before_the_body_and_names_what_it_cannot_load() {
+    let ws = workspace_with_repository();
+    let server = Server::start_serving(
+        &ws,
+        &["--repository", "repo", "--admin-key", ADMIN, "--timeout-ms", "2000"],
+    );
+    let load = "/v2/repository/models/cifar/load";
+    // 15 MiB announced, none sent, no key: answered 401 without waiting for the body (the old
+    // route waited for all of it first, holding the connection and then the memory).
+    let status = partial_post(&server, load, "", 15 << 20, 0);
+    assert!(status.starts_with("HTTP/1.1 401"), "{status:?}");
+    // With the key, a body that trickles is cut off at the deadline, as an infer body is.
+    let key = format!("Authorization: Bearer {ADMIN}\r\n");
+    let status = partial_post(&server, load, &key, 1000, 10);
+    assert!(status.starts_with("HTTP/1.1 408"), "{status:?}");
+
+    // A hidden folder is not a model: the repository scan skips it, and load refuses it.
+    let hidden = ws.path("repo/.hidden/1");
+    std::fs::create_dir_all(&hidden).unwrap();
+    std::fs::copy(ws.path("a.maas"), hidden.join("model.maas")).unwrap();
+    let (status, body) = post(
+        &server,
+        "/v2/repository/models/.hidden/load",
+        Some(ADMIN),
+        &json!({}),
+    );
+    assert_eq!(status, Some(400), "{body}");
+    assert!(body.contains("hidden folder"), "{body}");
+
+    // A FIFO where the model file should be: named, not "holds no version", and no hang.
+    let fifo = ws.path("repo/piped/1");
+    std::fs::create_dir_all(&fifo).unwrap();
+    let made = Command::new("mkfifo")
+        .arg(fifo.join("model.maas"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (status, body) = post(
+        &server,
+        "/v2/repository/models/piped/load",
+        Some(ADMIN),
+        &json!({}),
+    );
+    assert_eq!(status, Some(400), "{body}");
+    assert!(
+        body.contains("model.maas") && body.contains("FIFO") && !body.contains("no version"),
+        "{body}"
+    );
+    // The models being served are untouched by all of it.
+    let (status, body) = post(&server, "/v2/models/cifar/infer", None, &one_image(0.3));
+    assert_eq!(status, Some(200), "{body}");
+}

@@ -25,9 +25,16 @@ pub fn check_model_name(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("the model name is empty".into());
     }
-    if s == "." || s == ".." || !s.chars().all(allowed) {
+    if !s.chars().all(allowed) {
         return Err(format!(
             "{s:?} cannot be a model name: use letters, digits, '.', '_' and '-'"
+        ));
+    }
+    // `.` and `..` (which clients resolve away) among them: a hidden folder is not a model, so
+    // the load route cannot serve one that a repository scan passes over.
+    if s.starts_with('.') {
+        return Err(format!(
+            "{s:?} cannot be a model name: a name starting with '.' is a hidden folder, not a model"
         ));
     }
     Ok(())
@@ -44,7 +51,7 @@ pub fn model_names(dir: &Path) -> Result<Vec<String>> {
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        if !name.starts_with('.') && check_model_name(&name).is_ok() && entry.path().is_dir() {
+        if check_model_name(&name).is_ok() && entry.path().is_dir() {
             names.push(name);
         }
     }
@@ -53,7 +60,9 @@ pub fn model_names(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// The versions of the model `name` in the repository `dir`: each positive integer sub-folder
-/// holding `model.maas`. A model folder that is gone has none.
+/// holding `model.maas`. A model folder that is gone has none. A `model.maas` that is not a
+/// regular file (a FIFO, a device, a folder, a broken link) is a version all the same, so that
+/// loading it names the file and what it is, rather than "no version".
 pub fn model_versions(dir: &Path, name: &str) -> Result<BTreeMap<u64, PathBuf>> {
     let folder = dir.join(name);
     let mut versions = BTreeMap::new();
@@ -74,7 +83,7 @@ pub fn model_versions(dir: &Path, name: &str) -> Result<BTreeMap<u64, PathBuf>> 
             continue;
         };
         let file = entry.path().join(MODEL_FILE);
-        if file.is_file() {
+        if std::fs::symlink_metadata(&file).is_ok() {
             versions.insert(version, file);
         }
     }
@@ -128,6 +137,9 @@ mod tests {
             std::fs::write(dir.path().join("m").join(v).join(MODEL_FILE), b"").unwrap();
         }
         std::fs::create_dir_all(dir.path().join(".hidden/1")).unwrap();
+        std::fs::write(dir.path().join(".hidden/1").join(MODEL_FILE), b"").unwrap();
+        let err = check_model_name(".hidden").unwrap_err();
+        assert!(err.contains("hidden folder"), "{err}");
         std::fs::create_dir_all(dir.path().join("bad name/1")).unwrap();
         assert_eq!(model_names(dir.path()).unwrap(), ["m"]);
         let versions = model_versions(dir.path(), "m").unwrap();

@@ -407,13 +407,23 @@ async fn repository_index(
 
 /// `POST /v2/repository/models/{name}/load`: reads the model's folder again and serves what it
 /// holds now; 400 with the reason when a version fails (its previous file keeps serving).
+///
+/// The admin key is checked from the headers before any of the body is read, and the body is
+/// then read as an infer request's is: within the deadline, holding a place among the requests
+/// in progress. A keyless or trickled body costs no more than an infer request's.
 async fn load_model(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    request: Request,
 ) -> Result<Json<Value>, ApiError> {
-    auth::check_admin(state.admin_key.as_ref(), &headers)?;
+    let deadline = state.deadline();
+    let checked = auth::check_admin(state.admin_key.as_ref(), request.headers())
+        .and_then(|()| state.admit());
+    let _place = match checked {
+        Ok(place) => place,
+        Err(e) => return Err(refuse(request, e).await),
+    };
+    let body = state.read_body(request, deadline).await?;
     refuse_overrides(&body)?;
     let registry = Arc::clone(&state.registry);
     let loading = name.clone();
