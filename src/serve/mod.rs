@@ -172,7 +172,7 @@ pub fn run(config: &ServeConfig, selected: &Selected, reporter: &Reporter) -> Re
         }
     };
     let timeout = config.timeout;
-    memory::give_back_when_idle(Arc::clone(&metrics));
+    memory::give_back_freed_memory(Arc::clone(&metrics));
     let state = AppState::new(config, Arc::clone(&registry), admin_key, metrics);
     let has_keys = keys.is_some();
     let grpc_service = grpc::Grpc::new(state.clone(), keys.clone());
