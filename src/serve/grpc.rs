@@ -559,6 +559,23 @@ mod tests {
         }];
         assert!(message(output).contains("unknown output 'logits'"));
 
+        // As REST: what would leave a Triton client reading a region or classes never written.
+        for (parameter, words) in [
+            (
+                "classification",
+                "classification extension is not supported",
+            ),
+            ("shared_memory_region", "shared memory is not supported"),
+        ] {
+            let mut asked = request("FP32", vec![1, 3, 32, 32]);
+            asked.raw_input_contents = vec![vec![0; INPUT_LEN * 4]];
+            asked.outputs = vec![InferRequestedOutputTensor {
+                name: OUTPUT_NAME.into(),
+                parameters: [(parameter.to_string(), pb::InferParameter::default())].into(),
+            }];
+            assert!(message(asked).contains(words), "{parameter}");
+        }
+
         let empty = request("FP32", vec![1, 3, 32, 32]);
         assert!(message(empty).contains("neither contents nor raw_input_contents"));
 

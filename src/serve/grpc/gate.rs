@@ -138,16 +138,19 @@ where
                 (path, access)
             });
         let in_call = InCall::new(&self.calls);
+        // The client's deadline when it is sooner (tonic's server did the same).
+        let timeout = grpc_timeout(request.headers())
+            .map_or(self.rules.timeout, |t| t.min(self.rules.timeout));
         let rules = Arc::clone(&self.rules);
         let inner = self.inner.clone();
         Box::pin(async move {
             let _in_call = in_call;
             let passing = rules.pass(access, request, inner);
-            let response = match tokio::time::timeout(rules.timeout, passing).await {
+            let response = match tokio::time::timeout(timeout, passing).await {
                 Ok(response) => response,
                 Err(_) => Status::deadline_exceeded(format!(
-                    "the call did not finish within {} ms (--timeout-ms)",
-                    rules.timeout.as_millis()
+                    "the call did not finish within {} ms (its deadline, at most --timeout-ms)",
+                    timeout.as_millis()
                 ))
                 .into_http(),
             };
@@ -205,6 +208,25 @@ impl Rules {
     }
 }
 
+/// The deadline a client sent in `grpc-timeout`: at most 8 digits and a unit (gRPC over HTTP/2).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// The HTTP status a call's outcome stands for in `/metrics` (REST's for the same case): from its
 /// `grpc-status`, which an error carries in the response head.
 fn metric_status<B>(response: &http::Response<B>) -> StatusCode {
@@ -248,6 +270,26 @@ impl Drop for InCall {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_deadlines_are_read_as_grpc_writes_them() {
+        let timeout = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(timeout("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(
+            timeout("99999999H"),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+        assert_eq!(timeout("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "m", "123456789m", "1.5S", "-1S", "10x", "10"] {
+            assert_eq!(timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
 
     #[test]
     fn outcomes_count_as_rest_s_statuses() {
