@@ -58,6 +58,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure()
         .build_client(false)
+        // prost's codec with the checks of src/serve/grpc/codec.rs on every request.
+        .codec_path("crate::serve::grpc::codec::BoundedCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -5,6 +5,15 @@
 //! batching, the same admission, body and pixel limits, deadline, API keys (`authorization:
 //! Bearer KEY` metadata), admin key for the repository calls, and TLS. Inputs are checked by the
 //! one function REST uses ([`protocol::check_input`]), so both answer a bad tensor alike.
+//!
+//! Before a handler runs, a call passes the [`gate`] (keys, admission, deadline, `/metrics`) on a
+//! [`connection`] closed when idle, and its message is decoded by the [`codec`] (one message,
+//! repeated fields counted first, large ones off the async threads).
+
+mod codec;
+mod connection;
+mod gate;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,13 +22,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use axum::http::StatusCode;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::rustls::ServerConfig;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status};
 
-use super::auth::{self, Keys};
+use super::auth::Keys;
 use super::error::ApiError;
 use super::protocol::{self, INPUT_NAME, Input, OUTPUT_NAME, TensorData};
 use super::registry::Version;
@@ -36,10 +45,8 @@ pub mod pb {
 
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 
-/// The service's full name, the prefix of its methods in `/metrics`.
-const SERVICE: &str = "/inference.GRPCInferenceService/";
-
-/// The gRPC service over the server's shared state.
+/// The gRPC service over the server's shared state. The keys are checked by the [`gate`], before
+/// a call's message is read.
 pub struct Grpc {
     state: AppState,
     /// The accepted API keys; `None`: no key needed.
@@ -49,36 +56,6 @@ pub struct Grpc {
 impl Grpc {
     pub fn new(state: AppState, keys: Option<Keys>) -> Self {
         Self { state, keys }
-    }
-
-    /// The API key check of every call but the health ones, as on the REST routes.
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), ApiError> {
-        match &self.keys {
-            Some(keys) if !keys.accepts_value(authorization(request)) => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong API key: send the metadata `authorization: Bearer KEY`",
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// Counts the call in `/metrics` (by method and the HTTP status its outcome stands for, as
-    /// REST requests are counted) and turns its outcome into gRPC's.
-    fn finish<T>(
-        &self,
-        method: &str,
-        started: Instant,
-        outcome: Result<T, ApiError>,
-    ) -> Result<Response<T>, Status> {
-        let status = outcome
-            .as_ref()
-            .map_or_else(|e| e.status, |_| StatusCode::OK);
-        self.state.metrics.observe_request(
-            &format!("{SERVICE}{method}"),
-            status.as_u16(),
-            started.elapsed(),
-        );
-        outcome.map(Response::new).map_err(to_status)
     }
 
     async fn infer(
@@ -138,13 +115,39 @@ impl Grpc {
         Ok(response)
     }
 
-    /// The admin key check, then `work` on the registry off the async threads.
+    /// ModelMetadata's answer.
+    fn metadata(
+        &self,
+        r: &pb::ModelMetadataRequest,
+    ) -> Result<pb::ModelMetadataResponse, ApiError> {
+        let version = (!r.version.is_empty()).then_some(r.version.as_str());
+        let model = self.state.registry.resolve(&r.name, version)?;
+        let snapshot = self.state.registry.snapshot();
+        let versions = snapshot
+            .models
+            .get(&model.name)
+            .map(|m| m.versions.keys().map(u64::to_string).collect())
+            .unwrap_or_default();
+        let tensor = |name: &str, shape: Vec<i64>| pb::model_metadata_response::TensorMetadata {
+            name: name.into(),
+            datatype: "FP32".into(),
+            shape,
+        };
+        let side = i64::from(SIDE);
+        Ok(pb::ModelMetadataResponse {
+            name: model.name.clone(),
+            versions,
+            platform: "maas".into(),
+            inputs: vec![tensor(INPUT_NAME, vec![-1, 3, side, side])],
+            outputs: vec![tensor(OUTPUT_NAME, vec![-1, to_dim(model.classes.len())])],
+        })
+    }
+
+    /// `work` on the registry off the async threads (the gate checked the admin key).
     async fn repository<T: Send + 'static>(
         &self,
-        authorization: Option<&[u8]>,
         work: impl FnOnce(&super::registry::Registry) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        auth::check_admin_value(self.state.admin_key.as_ref(), authorization)?;
         let registry = Arc::clone(&self.state.registry);
         tokio::task::spawn_blocking(move || work(&registry))
             .await
@@ -152,11 +155,9 @@ impl Grpc {
     }
 }
 
-fn authorization<T>(request: &Request<T>) -> Option<&[u8]> {
-    request
-        .metadata()
-        .get("authorization")
-        .map(|v| v.as_bytes())
+/// A handler's outcome as gRPC's (the gate counts it in `/metrics`).
+fn finish<T>(outcome: Result<T, ApiError>) -> Result<Response<T>, Status> {
+    outcome.map(Response::new).map_err(to_status)
 }
 
 fn to_dim(n: usize) -> i64 {
@@ -172,11 +173,23 @@ fn input_of(request: pb::ModelInferRequest) -> Result<Input, ApiError> {
         mut raw_input_contents,
         ..
     } = request;
-    if let Some(unknown) = outputs.iter().find(|o| o.name != OUTPUT_NAME) {
-        return Err(ApiError::bad_request(format!(
-            "unknown output '{}'; this model's output is '{OUTPUT_NAME}'",
-            unknown.name
-        )));
+    for output in &outputs {
+        if output.name != OUTPUT_NAME {
+            return Err(ApiError::bad_request(format!(
+                "unknown output '{}'; this model's output is '{OUTPUT_NAME}'",
+                output.name
+            )));
+        }
+        // As REST: a Triton client asking for these would read a region never written, or
+        // classes never computed.
+        if output.parameters.contains_key("classification") {
+            return Err(ApiError::bad_request(
+                "the classification extension is not supported; read the probabilities",
+            ));
+        }
+        if output.parameters.contains_key("shared_memory_region") {
+            return Err(ApiError::bad_request("shared memory is not supported"));
+        }
     }
     let [input] = <[_; 1]>::try_from(inputs).map_err(|inputs: Vec<_>| {
         ApiError::bad_request(format!(
@@ -239,7 +252,7 @@ fn to_status(error: ApiError) -> Status {
 
 #[tonic::async_trait]
 impl GrpcInferenceService for Grpc {
-    // Health needs no key, as GET /v2/health/* (Kubernetes' gRPC probes send none).
+    // Health needs no key and no place among the calls (the gate), as GET /v2/health/*.
     async fn server_live(
         &self,
         _: Request<pb::ServerLiveRequest>,
@@ -259,93 +272,53 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
-        let started = Instant::now();
-        let outcome = self.authorize(&request).map(|()| {
-            let r = request.get_ref();
-            let version = (!r.version.is_empty()).then_some(r.version.as_str());
-            // As Triton: a model that is not loaded is not ready, which is no error.
-            let ready = self
-                .state
-                .registry
-                .resolve(&r.name, version)
-                .is_ok_and(|m| m.batcher.is_ready());
-            pb::ModelReadyResponse { ready }
-        });
-        self.finish("ModelReady", started, outcome)
+        let r = request.get_ref();
+        let version = (!r.version.is_empty()).then_some(r.version.as_str());
+        // As Triton: a model that is not loaded is not ready, which is no error.
+        let ready = self
+            .state
+            .registry
+            .resolve(&r.name, version)
+            .is_ok_and(|m| m.batcher.is_ready());
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 
     async fn server_metadata(
         &self,
-        request: Request<pb::ServerMetadataRequest>,
+        _: Request<pb::ServerMetadataRequest>,
     ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
-        let started = Instant::now();
-        let outcome = self
-            .authorize(&request)
-            .map(|()| pb::ServerMetadataResponse {
-                name: "maas".into(),
-                version: crate::VERSION.into(),
-                extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
-            });
-        self.finish("ServerMetadata", started, outcome)
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: "maas".into(),
+            version: crate::VERSION.into(),
+            extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        }))
     }
 
     async fn model_metadata(
         &self,
         request: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
-        let started = Instant::now();
-        let outcome = self.authorize(&request).and_then(|()| {
-            let r = request.get_ref();
-            let version = (!r.version.is_empty()).then_some(r.version.as_str());
-            let model = self.state.registry.resolve(&r.name, version)?;
-            let snapshot = self.state.registry.snapshot();
-            let versions = snapshot
-                .models
-                .get(&model.name)
-                .map(|m| m.versions.keys().map(u64::to_string).collect())
-                .unwrap_or_default();
-            let tensor =
-                |name: &str, shape: Vec<i64>| pb::model_metadata_response::TensorMetadata {
-                    name: name.into(),
-                    datatype: "FP32".into(),
-                    shape,
-                };
-            let side = i64::from(SIDE);
-            Ok(pb::ModelMetadataResponse {
-                name: model.name.clone(),
-                versions,
-                platform: "maas".into(),
-                inputs: vec![tensor(INPUT_NAME, vec![-1, 3, side, side])],
-                outputs: vec![tensor(OUTPUT_NAME, vec![-1, to_dim(model.classes.len())])],
-            })
-        });
-        self.finish("ModelMetadata", started, outcome)
+        finish(self.metadata(request.get_ref()))
     }
 
     async fn model_infer(
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let started = Instant::now();
-        let outcome = match self.authorize(&request) {
-            Ok(()) => self.infer(request.into_inner()).await,
-            Err(e) => Err(e),
-        };
-        self.finish("ModelInfer", started, outcome)
+        finish(self.infer(request.into_inner()).await)
     }
 
     async fn repository_model_load(
         &self,
         request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
-        let started = Instant::now();
         let r = request.get_ref();
         let name = repository_name(&r.model_name, &r.triton_model_name);
         // Triton's load may carry a configuration or files to load instead of the repository's.
         let overrides = refuse_override_keys(r.triton_parameters.keys().map(String::as_str));
         let loading = name.clone();
         let outcome = self
-            .repository(authorization(&request), move |registry| {
+            .repository(move |registry| {
                 overrides?;
                 registry.load(&loading).map_err(ApiError::bad_request)
             })
@@ -354,28 +327,25 @@ impl GrpcInferenceService for Grpc {
                 model_name: name,
                 is_loaded: true,
             });
-        self.finish("RepositoryModelLoad", started, outcome)
+        finish(outcome)
     }
 
     async fn repository_model_unload(
         &self,
         request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
-        let started = Instant::now();
         let r = request.get_ref();
         let name = repository_name(&r.model_name, &r.triton_model_name);
         let unloading = name.clone();
         // As in Triton, unloading a model that is not loaded is no error.
         let outcome = self
-            .repository(authorization(&request), move |registry| {
-                Ok(registry.unload(&unloading))
-            })
+            .repository(move |registry| Ok(registry.unload(&unloading)))
             .await
             .map(|_| pb::RepositoryModelUnloadResponse {
                 model_name: name,
                 is_unloaded: true,
             });
-        self.finish("RepositoryModelUnload", started, outcome)
+        finish(outcome)
     }
 
     // Triton's two calls that KServe's protocol lacks (proto/triton_extensions.proto).
@@ -384,12 +354,9 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<pb::RepositoryIndexRequest>,
     ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
-        let started = Instant::now();
         let ready_only = request.get_ref().ready;
         let outcome = self
-            .repository(authorization(&request), |registry| {
-                registry.index().map_err(ApiError::internal)
-            })
+            .repository(|registry| registry.index().map_err(ApiError::internal))
             .await
             .map(|index| pb::RepositoryIndexResponse {
                 models: index
@@ -403,24 +370,20 @@ impl GrpcInferenceService for Grpc {
                     })
                     .collect(),
             });
-        self.finish("RepositoryIndex", started, outcome)
+        finish(outcome)
     }
 
     async fn model_statistics(
         &self,
         request: Request<pb::ModelStatisticsRequest>,
     ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
-        let started = Instant::now();
-        let outcome = self.authorize(&request).and_then(|()| {
-            let r = request.get_ref();
-            let name = (!r.name.is_empty()).then_some(r.name.as_str());
-            let version = (!r.version.is_empty()).then_some(r.version.as_str());
-            let versions = self.state.registry.stats_versions(name, version)?;
-            Ok(pb::ModelStatisticsResponse {
-                model_stats: versions.iter().map(|v| statistics(v)).collect(),
-            })
-        });
-        self.finish("ModelStatistics", started, outcome)
+        let r = request.get_ref();
+        let name = (!r.name.is_empty()).then_some(r.name.as_str());
+        let version = (!r.version.is_empty()).then_some(r.version.as_str());
+        let versions = self.state.registry.stats_versions(name, version);
+        finish(versions.map(|versions| pb::ModelStatisticsResponse {
+            model_stats: versions.iter().map(|v| statistics(v)).collect(),
+        }))
     }
 }
 
@@ -468,42 +431,38 @@ pub async fn serve(
     limits: GrpcLimits,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let service = GrpcInferenceServiceServer::new(service)
-        .max_decoding_message_size(limits.max_body)
-        .max_encoding_message_size(usize::MAX);
-    let server = tonic::transport::Server::builder()
-        .timeout(limits.timeout)
+    let rules = Arc::new(gate::Rules {
+        keys: service.keys.clone(),
+        admin_key: service.state.admin_key.clone(),
         // tonic reads a whole message before the handler runs (and admits it, as REST admits a
         // request before reading its body): at most `max_queue` calls are read at once across
         // the connections, the others wait with no more than HTTP/2's flow-control window sent.
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            limits.max_queue,
-        ));
+        reading: Arc::new(Semaphore::new(limits.max_queue)),
+        timeout: limits.timeout,
+        metrics: Arc::clone(&service.state.metrics),
+    });
+    let service = GrpcInferenceServiceServer::new(service)
+        .max_decoding_message_size(limits.max_body)
+        .max_encoding_message_size(usize::MAX);
     match tls {
         Some(config) => {
             // gRPC runs on HTTP/2 only, which a TLS client asks for by ALPN.
             let mut config = (*config).clone();
             config.alpn_protocols = vec![b"h2".to_vec()];
-            let incoming = TlsListener::new(listener, Arc::new(config))
-                .context("cannot start TLS for gRPC")?
-                .into_stream()
-                .map(Ok::<_, std::io::Error>);
-            server
-                .serve_with_incoming_shutdown(service, incoming, stop)
-                .await
+            let listener = TlsListener::new(listener, Arc::new(config))
+                .context("cannot start TLS for gRPC")?;
+            connection::serve(listener, service, rules, stop).await;
         }
         None => {
-            let incoming = TcpListenerStream::new(listener).map(|tcp| {
-                let tcp = tcp?;
-                tcp.set_nodelay(true)?;
-                Ok::<_, std::io::Error>(tcp)
+            let listener = listener.tap_io(|tcp| {
+                // An answer goes out in several writes (HTTP/2 frames): without this, Nagle's
+                // algorithm holds the last one until the client's delayed ACK.
+                let _ = tcp.set_nodelay(true);
             });
-            server
-                .serve_with_incoming_shutdown(service, incoming, stop)
-                .await
+            connection::serve(listener, service, rules, stop).await;
         }
     }
-    .context("the gRPC server failed")
+    Ok(())
 }
 
 /// What bounds a gRPC call, from the server's configuration.
@@ -599,6 +558,23 @@ mod tests {
             ..Default::default()
         }];
         assert!(message(output).contains("unknown output 'logits'"));
+
+        // As REST: what would leave a Triton client reading a region or classes never written.
+        for (parameter, words) in [
+            (
+                "classification",
+                "classification extension is not supported",
+            ),
+            ("shared_memory_region", "shared memory is not supported"),
+        ] {
+            let mut asked = request("FP32", vec![1, 3, 32, 32]);
+            asked.raw_input_contents = vec![vec![0; INPUT_LEN * 4]];
+            asked.outputs = vec![InferRequestedOutputTensor {
+                name: OUTPUT_NAME.into(),
+                parameters: [(parameter.to_string(), pb::InferParameter::default())].into(),
+            }];
+            assert!(message(asked).contains(words), "{parameter}");
+        }
 
         let empty = request("FP32", vec![1, 3, 32, 32]);
         assert!(message(empty).contains("neither contents nor raw_input_contents"));

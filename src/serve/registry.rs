@@ -291,7 +291,12 @@ impl Registry {
         };
         let found = match version {
             None => model.latest(),
-            Some(v) => v.parse::<u64>().ok().and_then(|v| model.versions.get(&v)),
+            // Only the number as the versions are listed: not `+1` or `01`.
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| n.to_string() == v)
+                .and_then(|n| model.versions.get(&n)),
         };
         found.cloned().ok_or_else(|| {
             let versions: Vec<String> = model.versions.keys().map(u64::to_string).collect();

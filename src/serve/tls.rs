@@ -90,12 +90,6 @@ impl TlsListener {
         });
         Ok(Self { ready, local })
     }
-
-    /// The finished handshakes as a stream, what tonic serves from.
-    pub fn into_stream(self) -> impl tokio_stream::Stream<Item = TlsStream<TcpStream>> {
-        use tokio_stream::StreamExt;
-        tokio_stream::wrappers::ReceiverStream::new(self.ready).map(|(tls, _peer)| tls)
-    }
 }
 
 impl Listener for TlsListener {
