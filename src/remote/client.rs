@@ -177,8 +177,8 @@ impl Client {
             ureq::Error::BodyExceedsLimit(n) => format!("the answer is larger than {n} bytes"),
             other => other.to_string(),
         };
-        // ureq's words can quote the server's bytes.
-        anyhow!("{url}: {}", one_line(&problem, MAX_SAID))
+        // ureq's words can quote the server's bytes (the hint is ours, kept whole).
+        anyhow!("{url}: {}", one_line(&problem, MAX_SAID + tls_hint.len()))
     }
 }
 
