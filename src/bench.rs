@@ -11,18 +11,19 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use indicatif::ProgressBar;
 use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::data::preprocess::image_bytes_to_input;
+use crate::remote::client::MAX_ANSWER_BYTES;
 use crate::remote::{RemoteConfig, RemoteModel, protocol};
 
 /// What each request carries.
@@ -84,7 +85,8 @@ pub struct LevelResult {
     pub requests: u64,
     /// Of those, the ones that did not get a 2xx answer.
     pub errors: u64,
-    /// The errors by HTTP status, or by what went wrong (`connection`, `timeout`).
+    /// The errors by HTTP status, or by what went wrong (`connection`, `timeout`, `tls`,
+    /// `answer too large`).
     pub errors_by_status: BTreeMap<String, u64>,
     /// Successful requests per second.
     pub requests_per_s: f64,
@@ -147,7 +149,8 @@ pub fn run(
             let url = &config.remote.url;
             match why {
                 "tls" => anyhow!(
-                    "{url}: TLS failed (for a server's own certificate, pass it with --cacert)"
+                    "{url}: TLS failed ({})",
+                    crate::remote::tls::hint(config.remote.cacert.as_deref())
                 ),
                 "timeout" => anyhow!("{url}: no connection within --timeout-ms"),
                 _ => anyhow!("{url}: cannot connect: is the server running, on that port?"),
@@ -200,7 +203,8 @@ fn target(config: &BenchConfig) -> Result<(Target, String)> {
     let tls = if https {
         let name =
             ServerName::try_from(host.clone()).map_err(|e| anyhow!("{}: {e}", remote.url))?;
-        Some((tls_connector(remote)?, name))
+        let config = crate::remote::tls::client_config(remote.cacert.as_deref())?;
+        Some((TlsConnector::from(config), name))
     } else {
         None
     };
@@ -247,28 +251,6 @@ fn target(config: &BenchConfig) -> Result<(Target, String)> {
         timeout: remote.timeout,
     };
     Ok((target, model))
-}
-
-/// rustls trusting `--cacert`, else the public roots.
-fn tls_connector(remote: &RemoteConfig) -> Result<TlsConnector> {
-    let mut roots = RootCertStore::empty();
-    match &remote.cacert {
-        Some(path) => {
-            for cert in crate::remote::client::read_certificates(path)? {
-                roots
-                    .add(CertificateDer::from(cert.der().to_vec()))
-                    .map_err(|e| anyhow!("--cacert {}: {e}", path.display()))?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// What one client saw.
@@ -381,11 +363,7 @@ async fn client(
                 .await
                 .map_err(|_| "connection")?;
             let status = response.status();
-            response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|_| "connection")?;
+            drain(response).await?;
             Ok::<_, &str>(status)
         })
         .await;
@@ -406,6 +384,34 @@ async fn client(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tally
+}
+
+/// What an answer larger than [`MAX_ANSWER_BYTES`] is counted as.
+const TOO_LARGE: &str = "answer too large";
+
+/// Reads an answer's body to its end, keeping none of it: each frame is dropped once counted,
+/// and a body beyond [`MAX_ANSWER_BYTES`] (`predict --url`'s limit) is an error, so that a server
+/// streaming without end costs neither memory nor the whole --timeout-ms.
+async fn drain(response: hyper::Response<Incoming>) -> Result<(), &'static str> {
+    let declared = response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_ANSWER_BYTES) {
+        return Err(TOO_LARGE);
+    }
+    let mut body = response.into_body();
+    let mut read = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| "connection")?;
+        if let Some(data) = frame.data_ref() {
+            read += data.len() as u64;
+            if read > MAX_ANSWER_BYTES {
+                return Err(TOO_LARGE);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A new keep-alive connection to the target.

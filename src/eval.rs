@@ -130,14 +130,20 @@ pub fn evaluate(
     })
 }
 
-/// The report as tables for people.
+/// The report as tables for people; class names escaped ([`crate::terminal::escape`]), as a
+/// control character in one would break its row or act on the terminal.
 pub fn render(report: &EvalReport) -> String {
+    use crate::terminal::escape;
     let mut out = format!(
         "{} images, model {}\naccuracy {:.4}   top-3 accuracy {:.4}   mean loss {:.4}\n\n",
-        report.samples, report.model, report.accuracy, report.top3_accuracy, report.mean_loss
+        report.samples,
+        escape(&report.model),
+        report.accuracy,
+        report.top3_accuracy,
+        report.mean_loss
     );
-    let width = report
-        .labels
+    let labels: Vec<_> = report.labels.iter().map(|l| escape(l)).collect();
+    let width = labels
         .iter()
         .map(|l| l.chars().count())
         .max()
@@ -150,21 +156,21 @@ pub fn render(report: &EvalReport) -> String {
     for c in &report.classes {
         out.push_str(&format!(
             "{:<width$}  {:>9.4}  {:>6.4}  {:>6.4}  {:>7}\n",
-            c.label, c.precision, c.recall, c.f1, c.support
+            escape(&c.label),
+            c.precision,
+            c.recall,
+            c.f1,
+            c.support
         ));
     }
     out.push_str("\nconfusion matrix (rows: true class, columns: predicted class)\n");
-    let short: Vec<String> = report
-        .labels
-        .iter()
-        .map(|l| l.chars().take(6).collect())
-        .collect();
+    let short: Vec<String> = labels.iter().map(|l| l.chars().take(6).collect()).collect();
     out.push_str(&format!("{:<width$}", ""));
     for s in &short {
         out.push_str(&format!(" {s:>6}"));
     }
     out.push('\n');
-    for (label, row) in report.labels.iter().zip(&report.confusion) {
+    for (label, row) in labels.iter().zip(&report.confusion) {
         out.push_str(&format!("{label:<width$}"));
         for v in row {
             out.push_str(&format!(" {v:>6}"));
@@ -172,4 +178,36 @@ pub fn render(report: &EvalReport) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_names_are_escaped_in_the_tables() {
+        let labels: Vec<String> = vec!["cat\u{1b}[2J".into(), "dog\nfish".into()];
+        let class = |label: &String| ClassMetrics {
+            label: label.clone(),
+            precision: 1.0,
+            recall: 1.0,
+            f1: 1.0,
+            support: 1,
+        };
+        let report = EvalReport {
+            model: "m".into(),
+            samples: 2,
+            accuracy: 1.0,
+            top3_accuracy: 1.0,
+            mean_loss: 0.0,
+            classes: labels.iter().map(class).collect(),
+            labels: labels.clone(),
+            confusion: vec![vec![1, 0], vec![0, 1]],
+        };
+        let text = render(&report);
+        assert!(!text.contains('\u{1b}'), "{text}");
+        // Two lines of figures, the matrix's header and two rows, as for plain names.
+        assert_eq!(text.lines().count(), 11, "{text}");
+        assert!(text.contains("dog\\nfish"), "{text}");
+    }
 }

@@ -320,19 +320,26 @@ pub fn expand_inputs(named: &[PathBuf]) -> Inputs {
     inputs
 }
 
-/// The report as a table for people: one row per image, then one line per error.
+/// The report as a table for people: one row per image, then one line per error. File and
+/// class names are escaped ([`crate::terminal::escape`]): a control character in them would
+/// break the row or act on the terminal.
 pub fn render_table(report: &PredictReport) -> String {
-    let width = report
+    use crate::terminal::escape;
+    let files: Vec<_> = report.predictions.iter().map(|p| escape(&p.file)).collect();
+    let labels: Vec<_> = report
         .predictions
         .iter()
-        .map(|p| p.file.chars().count())
+        .map(|p| escape(&p.label))
+        .collect();
+    let width = files
+        .iter()
+        .map(|f| f.chars().count())
         .max()
         .unwrap_or(4)
         .max(4);
-    let label_width = report
-        .predictions
+    let label_width = labels
         .iter()
-        .map(|p| p.label.chars().count())
+        .map(|l| l.chars().count())
         .max()
         .unwrap_or(5)
         .max(5);
@@ -342,16 +349,14 @@ pub fn render_table(report: &PredictReport) -> String {
             "{:<width$}  {:<label_width$}  {:>6}  TOP-K\n",
             "FILE", "LABEL", "PROB"
         ));
-        for p in &report.predictions {
+        for ((p, file), label) in report.predictions.iter().zip(&files).zip(&labels) {
             let top: Vec<String> = p
                 .top_k
                 .iter()
-                .map(|r| format!("{} {:.1}%", r.label, 100.0 * r.probability))
+                .map(|r| format!("{} {:.1}%", escape(&r.label), 100.0 * r.probability))
                 .collect();
             out.push_str(&format!(
-                "{:<width$}  {:<label_width$}  {:>5.1}%  {}\n",
-                p.file,
-                p.label,
+                "{file:<width$}  {label:<label_width$}  {:>5.1}%  {}\n",
                 100.0 * p.probability,
                 top.join(", ")
             ));

@@ -500,7 +500,7 @@ pub fn train(
         test_data.len(),
         loading.elapsed().as_secs_f64(),
         classes.len(),
-        classes.join(", ")
+        crate::terminal::escape(&classes.join(", "))
     ));
 
     prepare_folder(&files, &state, opts, selected, reporter)?;

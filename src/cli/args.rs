@@ -3,6 +3,7 @@
 //! the commands that take it.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
@@ -196,11 +197,29 @@ pub fn unit_interval(s: &str) -> Result<f64, String> {
     }
 }
 
-/// A finite number above 0.
+/// A finite number above 0 that an f32 holds (`--lr`: the weights it scales are f32, and a rate
+/// beyond f32's range makes every step infinite).
 pub fn positive_float(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(v) if v.is_finite() && v > 0.0 && v <= f64::from(f32::MAX) => Ok(v),
+        Ok(v) if v.is_finite() && v > 0.0 => Err(format!("{s} is beyond the range of f32")),
         Ok(_) => Err(format!("{s} is not a positive number")),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
+}
+
+/// The most seconds a duration flag takes (about 31 years): any clock can add it to now.
+const MAX_SECONDS: f64 = 1e9;
+
+/// A length of time in seconds: above 0 and at most [`MAX_SECONDS`] (`1e300` would overflow a
+/// `Duration`, and a deadline that far ahead overflows the clock).
+pub fn seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= MAX_SECONDS => {
+            Duration::try_from_secs_f64(v).map_err(|e| format!("{s}: {e}"))
+        }
+        Ok(v) if v > MAX_SECONDS => Err(format!("{s} is more than {MAX_SECONDS:e} seconds")),
+        Ok(_) => Err(format!("{s} is not a positive number of seconds")),
         Err(e) => Err(format!("{s}: {e}")),
     }
 }
@@ -221,5 +240,10 @@ mod tests {
         assert!(positive_float("inf").is_err());
         assert!(positive_float("NaN").is_err());
         assert_eq!(positive_float("1e-3"), Ok(1e-3));
+        assert!(positive_float("1e300").is_err());
+        assert_eq!(seconds("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["1e300", "1e10", "inf", "NaN", "-1", "0", "-0", "x"] {
+            assert!(seconds(bad).is_err(), "{bad}");
+        }
     }
 }

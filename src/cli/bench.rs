@@ -31,9 +31,9 @@ pub struct BenchArgs {
           value_parser = clap::value_parser!(u16).range(1..=4096))]
     concurrency: Vec<u16>,
     /// How long each level runs, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = super::args::positive_float,
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = super::args::seconds,
           conflicts_with = "requests")]
-    duration: f64,
+    duration: Duration,
     /// Run each level until this many requests are done, instead of for --duration.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     requests: Option<u64>,
@@ -80,7 +80,7 @@ pub(super) fn run(args: BenchArgs, cx: &Context) -> Result<u8> {
         concurrency: args.concurrency.iter().map(|&c| usize::from(c)).collect(),
         until: match args.requests {
             Some(n) => Until::Requests(n),
-            None => Until::Elapsed(Duration::from_secs_f64(args.duration)),
+            None => Until::Elapsed(args.duration),
         },
         image,
         batch: usize::from(args.batch),

@@ -97,10 +97,10 @@ fn local_model(args: &EvalArgs, cx: &Context) -> Result<(Evaluated, DataSource)>
     let classes = data.classes()?;
     if classes != loaded.config.classes {
         bail!(
-            "{}: the model's classes {:?} are not the dataset's {:?}",
+            "{}: the model's classes {} are not the dataset's {}",
             path.display(),
-            loaded.config.classes,
-            classes
+            listed(&loaded.config.classes),
+            listed(&classes)
         );
     }
     // A single image folder is divided as it was for training: the model's seed and share.
@@ -148,9 +148,9 @@ fn remote_model(
     }
     if model.classes() != classes.as_slice() {
         bail!(
-            "{name}: the model's classes {:?} are not the dataset's {:?}",
-            model.classes(),
-            classes
+            "{name}: the model's classes {} are not the dataset's {}",
+            listed(model.classes()),
+            listed(&classes)
         );
     }
     let load = LoadOptions {
@@ -166,4 +166,9 @@ fn remote_model(
         plots_dir: args.plots.clone().unwrap_or_default(),
     };
     Ok((evaluated, data))
+}
+
+/// Class names for an error line: quoted, escaped, and shortened (a server may name thousands).
+fn listed(classes: &[String]) -> String {
+    crate::terminal::one_line(&format!("{classes:?}"), 500)
 }

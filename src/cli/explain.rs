@@ -16,6 +16,7 @@ use crate::explain::{self, Explainer, Explanation};
 use crate::fsutil::write_atomic;
 use crate::predict::{Classifier, expand_inputs};
 use crate::remote::RemoteModel;
+use crate::terminal::escape;
 
 /// `maas explain`.
 #[derive(Debug, Args)]
@@ -41,7 +42,7 @@ pub struct ExplainArgs {
 /// Who explains: the model here, or a maas server.
 enum Explaining {
     Local(Box<Classifier>, Box<Explainer>),
-    Remote(RemoteModel),
+    Remote(Box<RemoteModel>),
 }
 
 /// Images decoded at once before they are explained one by one.
@@ -52,7 +53,7 @@ pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
         Some(remote) => {
             let model = RemoteModel::connect(&remote)?;
             let name = model.describe();
-            (Explaining::Remote(model), name)
+            (Explaining::Remote(Box::new(model)), name)
         }
         None => {
             let (path, loaded) = args.model.load(&cx.reporter)?;
@@ -125,12 +126,13 @@ pub(super) fn run(args: ExplainArgs, cx: &Context) -> Result<u8> {
         }))?;
     } else {
         for e in &explanations {
+            // Class names escaped, as in predict's table.
             print_stdout(format!(
                 "{}: {} {:.1}% -> {}\n",
-                e.file,
-                e.label,
+                escape(&e.file),
+                escape(&e.label),
                 100.0 * e.probability,
-                e.picture.display()
+                escape(&e.picture.display().to_string())
             ))?;
         }
         for e in &errors {

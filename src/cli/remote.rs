@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Args, ValueEnum};
 
 use crate::remote::RemoteConfig;
@@ -97,7 +97,9 @@ impl ServerArgs {
         };
         let api_key = match (&self.api_key, &self.api_key_file) {
             (_, Some(path)) => Some(read_key(path)?),
-            (Some(key), None) => Some(key.clone()),
+            (Some(key), None) => {
+                Some(check_key(key).map_err(|why| anyhow!("--api-key (or MAAS_API_KEY): {why}"))?)
+            }
             (None, None) => None,
         };
         Ok(Some(RemoteConfig {
@@ -113,13 +115,28 @@ impl ServerArgs {
     }
 }
 
-/// The first line of `--api-key-file`.
+/// The first line of `--api-key-file`. What is wrong with the key is said here, naming the
+/// file: sent as it is, the server or the HTTP library would be blamed for it.
 fn read_key(path: &std::path::Path) -> Result<String> {
+    let shown = path.display();
     let bytes = crate::fsutil::read_regular(path, 64 << 10)
-        .with_context(|| format!("{}", path.display()))?;
-    let text = String::from_utf8_lossy(&bytes);
+        .with_context(|| format!("--api-key-file {shown}"))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        anyhow!("--api-key-file {shown}: not text (UTF-8): {e}; an API key is one line of printable ASCII")
+    })?;
     match text.lines().map(str::trim).find(|l| !l.is_empty()) {
-        Some(key) => Ok(key.to_string()),
-        None => bail!("{}: holds no API key", path.display()),
+        Some(key) => check_key(key).map_err(|why| anyhow!("--api-key-file {shown}: {why}")),
+        None => bail!("--api-key-file {shown}: holds no API key"),
+    }
+}
+
+/// A key that can stand in an `Authorization` header as it is: printable ASCII.
+fn check_key(key: &str) -> Result<String, String> {
+    match key.char_indices().find(|(_, c)| !(' '..='~').contains(c)) {
+        None => Ok(key.to_string()),
+        Some((at, c)) => Err(format!(
+            "the API key holds {:?} at byte {at}: an API key is printable ASCII, as HTTP headers carry",
+            c
+        )),
     }
 }

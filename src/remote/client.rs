@@ -2,17 +2,23 @@
 //! a deadline per request, and every failure turned into one line that names the URL.
 
 use std::io::ErrorKind;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+use ureq::tls::{Certificate, PemItem};
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{Connector as _, TcpConnector};
 
 use super::RemoteConfig;
+use super::tls::UreqTls;
+use crate::terminal::one_line;
 
-/// The largest answer read: an infer answer of 256 images is a few KiB, an explanation's picture
-/// tens of KiB; anything near this is not the protocol.
-const MAX_ANSWER_BYTES: u64 = 64 << 20;
+/// The largest answer read (here and by `maas bench`): an infer answer of 256 images is a few
+/// KiB, an explanation's picture tens of KiB; anything near this is not the protocol.
+pub const MAX_ANSWER_BYTES: u64 = 64 << 20;
+/// The most characters of a server's own words (its error message, what was wrong with its
+/// answer) kept in an error line.
+const MAX_SAID: usize = 300;
 
 /// A server's answer that is not a transport failure (any status).
 #[derive(Debug)]
@@ -36,6 +42,8 @@ pub struct Client {
     base: String,
     api_key: Option<String>,
     timeout: Duration,
+    /// What to do about a TLS failure.
+    tls_hint: String,
 }
 
 impl Client {
@@ -45,25 +53,24 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             bail!("{}: not an http:// or https:// URL", config.url);
         }
-        let mut tls = TlsConfig::builder();
-        if let Some(path) = &config.cacert {
-            tls = tls.root_certs(read_roots(path)?);
-        }
-        let agent = ureq::Agent::config_builder()
+        let agent_config = ureq::Agent::config_builder()
             .timeout_global(Some(config.timeout))
             .user_agent(concat!("maas/", env!("CARGO_PKG_VERSION")))
             // Straight to the URL: ureq 3 would otherwise take a proxy from the environment.
             .proxy(None)
             // A 4xx/5xx is an answer like any other, explained below with its body.
             .http_status_as_error(false)
-            .tls_config(tls.build())
-            .build()
-            .new_agent();
+            .build();
+        // TCP, then TLS as `bench` has it (super::tls), for https URLs.
+        let tls = super::tls::client_config(config.cacert.as_deref())?;
+        let connector = ().chain(TcpConnector::default()).chain(UreqTls(tls));
+        let agent = ureq::Agent::with_parts(agent_config, connector, DefaultResolver::default());
         Ok(Self {
             agent,
             base,
             api_key: config.api_key.clone(),
             timeout: config.timeout,
+            tls_hint: super::tls::hint(config.cacert.as_deref()),
         })
     }
 
@@ -119,7 +126,8 @@ impl Client {
             None => None,
             Some(v) => Some(v.trim().parse::<usize>().map_err(|_| {
                 anyhow!(
-                    "{url}: the answer is not the protocol: Inference-Header-Content-Length {v:?}"
+                    "{url}: the answer is not the protocol: Inference-Header-Content-Length {:?}",
+                    one_line(&v, MAX_SAID)
                 )
             })?),
         };
@@ -142,7 +150,7 @@ impl Client {
 
     /// One line for a request that got no answer.
     fn transport(&self, url: &str, error: ureq::Error) -> anyhow::Error {
-        let tls_hint = "for a server's own certificate, pass it with --cacert";
+        let tls_hint = &self.tls_hint;
         let problem = match &error {
             ureq::Error::HostNotFound => "host not found (the name does not resolve)".to_string(),
             ureq::Error::Timeout(_) => {
@@ -169,7 +177,8 @@ impl Client {
             ureq::Error::BodyExceedsLimit(n) => format!("the answer is larger than {n} bytes"),
             other => other.to_string(),
         };
-        anyhow!("{url}: {problem}")
+        // ureq's words can quote the server's bytes (the hint is ours, kept whole).
+        anyhow!("{url}: {}", one_line(&problem, MAX_SAID + tls_hint.len()))
     }
 }
 
@@ -197,17 +206,15 @@ impl Answer {
         }
     }
 
-    /// The server's own words: `{"error": MESSAGE}`, else the start of a text body, on one line.
+    /// The server's own words: `{"error": MESSAGE}`, else the start of a text body, on one line,
+    /// shortened and with control characters escaped (they would act on the terminal).
     fn message(&self) -> Option<String> {
-        let said = serde_json::from_slice::<serde_json::Value>(&self.body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .or_else(|| {
-                std::str::from_utf8(&self.body)
-                    .ok()
-                    .map(|t| t.chars().take(200).collect())
-            })?;
-        let line = said.split_whitespace().collect::<Vec<_>>().join(" ");
+        let json = serde_json::from_slice::<serde_json::Value>(&self.body).ok();
+        let said = match json.as_ref().and_then(|v| v.get("error")?.as_str()) {
+            Some(said) => said,
+            None => std::str::from_utf8(&self.body).ok()?,
+        };
+        let line = one_line(said, MAX_SAID);
         (!line.is_empty()).then_some(line)
     }
 
@@ -218,16 +225,13 @@ impl Answer {
 
     /// A line saying that the answer is not what the protocol says.
     pub fn not_protocol(&self, why: impl std::fmt::Display) -> anyhow::Error {
+        // `why` can quote the answer (serde's errors do).
         anyhow!(
-            "{}: the answer is not the Open Inference Protocol: {why}",
-            self.url
+            "{}: the answer is not the Open Inference Protocol: {}",
+            self.url,
+            one_line(&why.to_string(), MAX_SAID)
         )
     }
-}
-
-/// The certificates of a PEM file, as the only roots to trust.
-fn read_roots(path: &std::path::Path) -> Result<RootCerts> {
-    Ok(RootCerts::Specific(Arc::new(read_certificates(path)?)))
 }
 
 /// The certificates of a PEM file (`--cacert`).

@@ -3,6 +3,7 @@
 //! ONNX export (Triton, KServe's Python model server) as well as with `maas serve`.
 //!
 //! [`client`] is HTTP (ureq, rustls) and turns every failure into one line naming the URL;
+//! [`tls`] the TLS both it and `bench` use;
 //! [`protocol`] the v2 messages as a client writes and reads them; [`model`] a deployed model
 //! that gives probabilities for a batch of inputs ([`crate::predict::Probabilities`]), as a model
 //! file does, and explanations through `/v1/explain`.
@@ -10,6 +11,7 @@
 pub mod client;
 pub mod model;
 pub mod protocol;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;

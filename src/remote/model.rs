@@ -49,7 +49,12 @@ impl RemoteModel {
             check_path_part("--model-version", version)?;
             path.push_str(&format!("/versions/{version}"));
         }
-        let metadata: ModelMetadata = client.get(&path)?.ok(had_key)?.json()?;
+        let answer = client.get(&path)?.ok(had_key)?;
+        let metadata: ModelMetadata = answer.json()?;
+        // Bounded before anything is sized by it (the class names below, each answer's rows).
+        let shape_count = metadata
+            .output_classes()
+            .map_err(|why| answer.not_protocol(why))?;
         let first_name = |tensors: &Option<Vec<super::protocol::TensorMetadata>>, default: &str| {
             tensors
                 .as_ref()
@@ -70,7 +75,7 @@ impl RemoteModel {
             Some(file) => Some(read_classes(file)?),
             None => None,
         };
-        let count = match metadata.output_classes() {
+        let count = match shape_count {
             Some(count) => count,
             // The shape does not say: one image of zeros tells.
             None => model.infer(&[0.0; INPUT_LEN])?.1,
@@ -249,7 +254,7 @@ fn only_model(client: &Client, server: &ServerMetadata, had_key: bool) -> Result
         Some(names) if names.is_empty() => bail!("{base}: the server serves no model"),
         Some(names) => bail!(
             "{base}: the server serves several models ({}): choose one with --model-name",
-            names.join(", ")
+            crate::terminal::one_line(&names.join(", "), 300)
         ),
         None if server.name.as_deref() == Some("maas") => Ok(MAAS_DEFAULT_MODEL.to_string()),
         None => bail!("{base}: the server does not list its models: name one with --model-name"),

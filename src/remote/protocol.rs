@@ -2,8 +2,11 @@
 //! infer requests of FP32 `[N,3,32,32]` in JSON or with the binary tensor data extension. The
 //! names and the reader of JSON tensor data are the server's own (`crate::serve`).
 
+use std::marker::PhantomData;
+
 use anyhow::Result;
 use serde::Deserialize;
+use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde_json::json;
 
 use super::client::Answer;
@@ -12,6 +15,13 @@ use crate::serve::FlatData;
 
 /// The extension that lets a request and its answer carry tensors as raw bytes.
 pub const BINARY_EXTENSION: &str = "binary_tensor_data";
+
+/// The most classes a deployed model may have: a full request's answer (256 rows of FP32) is
+/// then 64 MiB, the most a client reads. A server claiming more is refused before anything is
+/// sized by its claim.
+pub const MAX_CLASSES: usize = 1 << 16;
+/// The most tensors (inputs, outputs) a model's metadata or an answer may list.
+const MAX_TENSORS: usize = 1024;
 
 /// `GET /v2`.
 #[derive(Debug, Default, Deserialize)]
@@ -50,25 +60,87 @@ pub struct ModelMetadata {
     /// The model's name.
     pub name: String,
     /// Its inputs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded_option::<_, _, MAX_TENSORS>")]
     pub inputs: Option<Vec<TensorMetadata>>,
     /// Its outputs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded_option::<_, _, MAX_TENSORS>")]
     pub outputs: Option<Vec<TensorMetadata>>,
     /// Class names, in index order (`maas serve` gives them; the protocol does not require it).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded_option::<_, _, MAX_CLASSES>")]
     pub classes: Option<Vec<String>>,
 }
 
 impl ModelMetadata {
-    /// How many classes the first output has, when its shape says.
-    pub fn output_classes(&self) -> Option<usize> {
-        let shape = self.outputs.as_ref()?.first()?.shape.as_ref()?;
-        match shape.as_slice() {
-            [_, c] if *c > 0 => usize::try_from(*c).ok(),
-            _ => None,
+    /// How many classes the first output has, when its shape says; the server's mistake when it
+    /// says more than [`MAX_CLASSES`].
+    pub fn output_classes(&self) -> Result<Option<usize>, String> {
+        let Some(output) = self.outputs.as_ref().and_then(|o| o.first()) else {
+            return Ok(None);
+        };
+        match output.shape.as_deref() {
+            Some(shape @ [_, c]) if *c > 0 => class_count(&output.name, shape).map(Some),
+            _ => Ok(None),
         }
     }
+}
+
+/// The classes of an output of `shape` `[rows, C]`, C from 1 to [`MAX_CLASSES`]; else what is
+/// wrong with it.
+fn class_count(name: &str, shape: &[i64]) -> Result<usize, String> {
+    match shape {
+        [_, c] if (1..=MAX_CLASSES as i64).contains(c) => Ok(*c as usize),
+        [_, c] if *c > 0 => Err(format!(
+            "output '{name}' has shape {shape:?}: more than the {MAX_CLASSES} classes a client takes"
+        )),
+        _ => Err(format!(
+            "output '{name}' has shape {shape:?}, expected [rows, classes]"
+        )),
+    }
+}
+
+/// A JSON list of at most `MAX` entries, refused as soon as it holds more: a server's answer
+/// (up to 64 MiB) cannot make the client build millions of values.
+struct Bounded<T, const MAX: usize>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>, const MAX: usize> Deserialize<'de> for Bounded<T, MAX> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries<T, const MAX: usize>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const MAX: usize> Visitor<'de> for Entries<T, MAX> {
+            type Value = Bounded<T, MAX>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "a list of at most {MAX} entries")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = seq.next_element()? {
+                    if entries.len() == MAX {
+                        return Err(serde::de::Error::custom(format!(
+                            "a list of more than {MAX} entries"
+                        )));
+                    }
+                    entries.push(entry);
+                }
+                Ok(Bounded(entries))
+            }
+        }
+        deserializer.deserialize_seq(Entries(PhantomData))
+    }
+}
+
+fn bounded_option<'de, D, T, const MAX: usize>(d: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Bounded<T, MAX>>::deserialize(d)?.map(|b| b.0))
+}
+
+fn bounded<'de, D, T, const MAX: usize>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Bounded::<T, MAX>::deserialize(d)?.0)
 }
 
 /// KServe's `GET /v2/models`.
@@ -136,6 +208,7 @@ pub fn infer_request(input: &str, inputs: &[f32], binary: bool) -> Result<InferB
 
 #[derive(Debug, Deserialize)]
 struct ResponseJson {
+    #[serde(deserialize_with = "bounded::<_, _, MAX_TENSORS>")]
     outputs: Vec<OutputJson>,
 }
 
@@ -193,14 +266,13 @@ pub fn infer_response(answer: &Answer, output: &str, rows: usize) -> Result<(Vec
         )));
     }
     let classes = match o.shape.as_slice() {
-        [r, c] if *r == rows as i64 && *c > 0 => *c as usize,
-        _ => {
-            return Err(answer.not_protocol(format!(
-                "output '{}' has shape {:?}, expected [{rows}, classes]",
-                o.name, o.shape
-            )));
-        }
-    };
+        [r, _] if *r == rows as i64 => class_count(&o.name, &o.shape),
+        _ => Err(format!(
+            "output '{}' has shape {:?}, expected [{rows}, classes]",
+            o.name, o.shape
+        )),
+    }
+    .map_err(|why| answer.not_protocol(why))?;
     let values: Vec<f32> = match (size, &o.data) {
         (Some(size), _) => {
             let bytes = raw
@@ -216,6 +288,7 @@ pub fn infer_response(answer: &Answer, output: &str, rows: usize) -> Result<(Vec
             return Err(answer.not_protocol(format!("output '{}' has no data", o.name)));
         }
     };
+    // No overflow: rows and classes are both bounded.
     if values.len() != rows * classes {
         return Err(answer.not_protocol(format!(
             "output '{}' holds {} values, its shape says {}",
@@ -285,5 +358,30 @@ mod tests {
         );
         let short = infer_response(&answer(b"{}".to_vec(), Some(10)), "p", 2).unwrap_err();
         assert!(short.to_string().contains("10-byte JSON header"), "{short}");
+    }
+
+    #[test]
+    fn class_counts_beyond_the_bound_are_the_servers_mistake() {
+        let huge = serde_json::to_vec(&json!({"outputs": [
+            {"name": "p", "datatype": "FP32", "shape": [2, i64::MAX], "data": [0, 0]}
+        ]}))
+        .unwrap();
+        let e = infer_response(&answer(huge, None), "p", 2).unwrap_err();
+        assert!(e.to_string().contains("more than the 65536 classes"), "{e}");
+        let metadata = |c: i64| -> ModelMetadata {
+            serde_json::from_value(
+                json!({"name": "m", "outputs": [{"name": "p", "shape": [-1, c]}]}),
+            )
+            .unwrap()
+        };
+        assert_eq!(metadata(10).output_classes(), Ok(Some(10)));
+        assert_eq!(metadata(-1).output_classes(), Ok(None));
+        let e = metadata(1 << 62).output_classes().unwrap_err();
+        assert!(e.contains("[-1, 4611686018427387904]"), "{e}");
+        // A list of names longer than the bound is refused while it is read.
+        let names = vec![""; MAX_CLASSES + 1];
+        let e = serde_json::from_value::<ModelMetadata>(json!({"name": "m", "classes": names}))
+            .unwrap_err();
+        assert!(e.to_string().contains("more than 65536 entries"), "{e}");
     }
 }
