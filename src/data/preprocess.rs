@@ -641,7 +641,9 @@ mod tests {
         // A JPEG at a reduced DCT scale, told before its decode starts, decodes nothing (it used
         // to run to its end whatever the flag said).
         let photo = jpeg(640, 427);
+        let stop = Arc::new(AtomicBool::new(false));
         let opened = open_image_until(&photo, Some(Arc::clone(&stop))).unwrap();
+        stop.store(true, Ordering::Relaxed);
         let err = format!("{:#}", opened.to_input(&mut Vec::new()).unwrap_err());
         assert!(err.contains("stopped"), "{err}");
     }
