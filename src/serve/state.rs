@@ -95,7 +95,7 @@ impl AppState {
         self.decoders.all_abandoned().then(|| {
             format!(
                 "every decoding slot ({}) is held by a decode whose request timed out or was \
-                 abandoned; requests with images would time out",
+                 abandoned: a request that needs one would wait until its deadline",
                 self.decoders.count()
             )
         })
