@@ -128,8 +128,9 @@ impl<'a> ScaledJpeg<'a> {
 /// costs at most 100 passes over its blocks, and the blocks are bounded by the pixel limits.
 pub const MAX_SCANS: usize = 100;
 
-/// What the walk over a whole JPEG's markers learns (see [`inspect`]).
+/// What the walk over a whole JPEG's markers learns (see [`inspect`], the only maker of one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Layout {
     /// Start-of-scan segments: at most [`MAX_SCANS`].
     pub scans: usize,
@@ -141,8 +142,6 @@ pub struct Layout {
     /// then buffers the whole image too); 0 for a sequential file of one scan, decoded as it is
     /// read.
     pub coefficient_bytes: u64,
-    /// Made by [`inspect`] only.
-    _inspected: (),
 }
 
 /// One component of a frame header: its sampling factors.
@@ -260,7 +259,6 @@ pub fn inspect(bytes: &[u8]) -> Result<Layout> {
         scans,
         progressive,
         coefficient_bytes,
-        _inspected: (),
     })
 }
 

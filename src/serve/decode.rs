@@ -4,7 +4,8 @@
 //! The body limit says little about the cost of an image: a PNG of half a megabyte can declare
 //! 8192x8192 pixels of 16-bit RGBA, 550 MB and a second of CPU to decode. So each image's header
 //! is read first, and the pixels its decode will produce are counted before any is decoded (for a
-//! large JPEG, those of its reduced DCT scale: a 4000x3000 photo counts 500x375).
+//! large JPEG, those of its reduced DCT scale: a 4000x3000 photo counts 500x375; a progressive
+//! one adds the memory of its full-size coefficients, as pixels of 3 bytes).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
