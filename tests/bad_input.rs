@@ -63,10 +63,18 @@ fn bad_images_are_named_with_their_problem() {
     let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
     jpeg[sof + 5..sof + 9].copy_from_slice(&[0xFD, 0xE8, 0xFD, 0xE8]);
     std::fs::write(ws.path("bomb.jpg"), jpeg).unwrap();
+    // Issue 28: a progressive JPEG of 8192x8192 that takes 2,000 scans of a few bytes (19 s of
+    // CPU to decode before the cap on scans).
+    std::fs::write(
+        ws.path("scans.jpg"),
+        maas::data::jpeg::synthetic::flat_progressive(8192, 8192, 3, 2000),
+    )
+    .unwrap();
     for (file, problem) in [
         ("cut.jpg", "truncated"),
         ("corrupt.jpg", "corrupt"),
         ("bomb.jpg", "limit"),
+        ("scans.jpg", "more than 100 scans"),
         ("empty.png", "not an image"),
         ("truncated.png", "decode"),
         ("garbage.jpg", "not an image"),

@@ -18,7 +18,7 @@ use image::{
     DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage, imageops::FilterType,
 };
 
-use super::jpeg::ScaledJpeg;
+use super::jpeg::{self, ScaledJpeg};
 use serde::{Deserialize, Serialize};
 
 /// Width and height of the model's input.
@@ -193,6 +193,11 @@ pub fn small_image_to_input(bytes: &[u8], max_pixels: u64) -> Option<Vec<f32>> {
 /// a megabyte can declare 8192x8192 16-bit pixels: 550 MB and a second of CPU).
 pub struct OpenedImage<'a> {
     source: Source<'a>,
+    /// Memory the decode holds besides its pixels, as pixels of 3 bytes: a progressive JPEG's
+    /// coefficients, at full resolution whatever the scale of its decode (0 for anything else).
+    held: u64,
+    /// Set when nobody waits for the decode any more (see [`open_image_until`]).
+    stop: Option<Arc<AtomicBool>>,
 }
 
 enum Source<'a> {
@@ -211,12 +216,15 @@ pub fn open_image(bytes: &[u8]) -> Result<OpenedImage<'_>> {
 
 /// [`open_image`] for a decode that stops, with an error, at its next read once `stop` is set:
 /// serve's decoding of a request that has been answered (a timeout) or abandoned. A large PNG
-/// reads its data as it decodes, so it stops within a few rows; a large JPEG's decode is short
-/// (a reduced DCT scale) and runs to its end.
+/// reads its data as it decodes, so it stops within a few rows, and so does a large JPEG with
+/// jpeg-decoder (within a scan); libjpeg-turbo's decode (the `turbojpeg` build) cannot be stopped
+/// once started and runs to its end. Either way a JPEG's cost is bounded before it starts: a
+/// reduced DCT scale, at most [`jpeg::MAX_SCANS`] scans, and a progressive file's full-size
+/// coefficients counted in [`OpenedImage::decoded_pixels`].
 pub fn open_image_until(bytes: &[u8], stop: Option<Arc<AtomicBool>>) -> Result<OpenedImage<'_>> {
     let source = StopReader {
         inner: Cursor::new(bytes),
-        stop,
+        stop: stop.clone(),
     };
     let mut reader = ImageReader::new(source)
         .with_guessed_format()
@@ -225,12 +233,19 @@ pub fn open_image_until(bytes: &[u8], stop: Option<Arc<AtomicBool>>) -> Result<O
     let Some(format) = reader.format() else {
         anyhow::bail!("not an image in a format maas reads (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)");
     };
-    if format == ImageFormat::Jpeg
-        && let Some(jpeg) = ScaledJpeg::open(bytes, MAX_PIXELS)?
-    {
-        return Ok(OpenedImage {
-            source: Source::Jpeg(Box::new(jpeg)),
-        });
+    // Every JPEG, whichever decoder takes it, is walked first: whole, few enough scans, and the
+    // memory of its coefficients known.
+    let mut held = 0;
+    if format == ImageFormat::Jpeg {
+        let layout = jpeg::inspect(bytes)?;
+        held = layout.coefficient_bytes.div_ceil(3);
+        if let Some(jpeg) = ScaledJpeg::open(bytes, &layout, MAX_PIXELS)? {
+            return Ok(OpenedImage {
+                source: Source::Jpeg(Box::new(jpeg)),
+                held,
+                stop,
+            });
+        }
     }
     reader.limits(decode_limits());
     let image = OpenedImage {
@@ -240,6 +255,8 @@ pub fn open_image_until(bytes: &[u8], stop: Option<Arc<AtomicBool>>) -> Result<O
                 .map_err(|e| image_error(&e))
                 .context("cannot read the image's header")?,
         )),
+        held,
+        stop,
     };
     if image.pixels() > MAX_PIXELS {
         let (w, h) = image.dimensions();
@@ -257,9 +274,7 @@ struct StopReader<'a> {
 impl StopReader<'_> {
     fn check(&self) -> std::io::Result<()> {
         match &self.stop {
-            Some(stop) if stop.load(Ordering::Relaxed) => Err(std::io::Error::other(
-                "decoding stopped: nobody waits for the answer any more",
-            )),
+            Some(stop) if stop.load(Ordering::Relaxed) => Err(std::io::Error::other(jpeg::STOPPED)),
             _ => Ok(()),
         }
     }
@@ -305,13 +320,22 @@ impl OpenedImage<'_> {
     }
 
     /// Pixels the decode will produce: fewer than [`Self::pixels`] for a JPEG decoded at a
-    /// reduced DCT scale (a 4000x3000 photo decodes to 500x375).
+    /// reduced DCT scale (a 4000x3000 photo decodes to 500x375). A progressive JPEG adds the
+    /// memory of its coefficients, held at full resolution while it decodes, as pixels of 3
+    /// bytes ([`Self::held_pixels`]): 2 bytes a pixel and component, 6 for 8192x8192 colour
+    /// (402 MB, 134 million pixels' worth), 3 for a 4:2:0 photo (4000x3000: 36 MB, 12 million).
     pub fn decoded_pixels(&self) -> u64 {
         let (w, h) = match &self.source {
             Source::Jpeg(jpeg) => jpeg.scaled(),
             Source::General(decoder) => decoder.dimensions(),
         };
-        u64::from(w) * u64::from(h)
+        u64::from(w) * u64::from(h) + self.held
+    }
+
+    /// The part of [`Self::decoded_pixels`] that is not pixels: a progressive JPEG's
+    /// coefficients, as pixels of 3 bytes; 0 for anything else.
+    pub fn held_pixels(&self) -> u64 {
+        self.held
     }
 
     /// Decodes the pixels: a large JPEG at its reduced DCT scale, anything else at full size.
@@ -319,7 +343,7 @@ impl OpenedImage<'_> {
         match self.source {
             Source::Jpeg(jpeg) => {
                 let (w, h) = jpeg.scaled();
-                let rgb = jpeg.decode_rgb()?;
+                let rgb = jpeg.decode_rgb(self.stop.as_deref())?;
                 RgbImage::from_raw(w, h, rgb)
                     .map(DynamicImage::ImageRgb8)
                     .context("cannot decode image: the JPEG decoded to the wrong size")
@@ -614,6 +638,41 @@ mod tests {
         assert!(err.contains("stopped"), "{err}");
         let opened = open_image_until(&bytes, Some(Arc::new(AtomicBool::new(false)))).unwrap();
         assert!(opened.to_input(&mut Vec::new()).is_ok());
+        // A JPEG at a reduced DCT scale, told before its decode starts, decodes nothing (it used
+        // to run to its end whatever the flag said).
+        let photo = jpeg(640, 427);
+        let stop = Arc::new(AtomicBool::new(false));
+        let opened = open_image_until(&photo, Some(Arc::clone(&stop))).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let err = format!("{:#}", opened.to_input(&mut Vec::new()).unwrap_err());
+        assert!(err.contains("stopped"), "{err}");
+    }
+
+    #[test]
+    fn a_progressive_jpeg_counts_its_coefficients_as_decoded_pixels() {
+        use crate::data::jpeg::synthetic::flat_progressive;
+        // 8192x8192 colour decodes at 1/8 (1024x1024) but holds 402 MB of coefficients: 134
+        // million pixels of 3 bytes, more than the default limit of serve (MAX_PIXELS).
+        let bomb = flat_progressive(8192, 8192, 3, 10);
+        let opened = open_image(&bomb).unwrap();
+        assert_eq!(opened.held_pixels(), 1024 * 1024 * 128);
+        assert_eq!(opened.decoded_pixels(), 1024 * 1024 + 1024 * 1024 * 128);
+        assert!(opened.decoded_pixels() > MAX_PIXELS);
+        // A 4000x3000 progressive photo stays well within it (24 million in 4:4:4, 12 in 4:2:0),
+        // and decodes.
+        let photo = flat_progressive(4000, 3000, 3, 10);
+        let opened = open_image(&photo).unwrap();
+        assert_eq!(opened.decoded_pixels(), 500 * 375 + 3 * 500 * 375 * 128 / 3);
+        assert!(opened.decoded_pixels() < MAX_PIXELS / 2);
+        assert!(opened.to_input(&mut Vec::new()).is_ok());
+        // Small ones on the general decoder count theirs too; baseline files nothing more.
+        assert_eq!(
+            open_image(&flat_progressive(64, 64, 1, 3))
+                .unwrap()
+                .decoded_pixels(),
+            64 * 64 + (8 * 8 * 128u64).div_ceil(3)
+        );
+        assert_eq!(open_image(&jpeg(640, 427)).unwrap().held_pixels(), 0);
     }
 
     #[test]

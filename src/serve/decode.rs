@@ -4,10 +4,11 @@
 //! The body limit says little about the cost of an image: a PNG of half a megabyte can declare
 //! 8192x8192 pixels of 16-bit RGBA, 550 MB and a second of CPU to decode. So each image's header
 //! is read first, and the pixels its decode will produce are counted before any is decoded (for a
-//! large JPEG, those of its reduced DCT scale: a 4000x3000 photo counts 500x375).
+//! large JPEG, those of its reduced DCT scale: a 4000x3000 photo counts 500x375; a progressive
+//! one adds the memory of its full-size coefficients, as pixels of 3 bytes).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use axum::http::StatusCode;
 use tokio::runtime::Handle;
@@ -104,6 +105,13 @@ impl Decoding {
         let pixels = image.decoded_pixels();
         if pixels > self.left {
             let (w, h) = image.dimensions();
+            let held = match image.held_pixels() {
+                0 => String::new(),
+                _ => format!(
+                    " (a progressive JPEG: its decode holds the memory of {pixels} pixels, \
+                     its coefficients at full size)"
+                ),
+            };
             let left = if self.left == self.limit {
                 String::new()
             } else {
@@ -112,8 +120,8 @@ impl Decoding {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
-                    "the image is {w}x{h} pixels, more than {left}this server's limit of {} \
-                     decoded pixels per request (--max-decode-pixels)",
+                    "the image is {w}x{h} pixels{held}, more than {left}this server's limit \
+                     of {} decoded pixels per request (--max-decode-pixels)",
                     self.limit
                 ),
             ));
@@ -152,6 +160,105 @@ impl Decoding {
                 Ok(Some(permit))
             }
             _ => Err(gone()),
+        }
+    }
+}
+
+/// The server's decoding slots: decodes run at once on the blocking pool (decoding is CPU work,
+/// more than the cores only queues it), and how many of them nobody waits for any more.
+///
+/// A decode cannot always be stopped (a JPEG's runs to its end), so one whose request was
+/// answered on its deadline, or whose client left, may keep its slot a while; when every slot is
+/// held so, any request with images would wait to its own deadline: the server is not ready.
+pub struct DecoderSlots {
+    slots: Arc<Semaphore>,
+    count: usize,
+    /// Decodes running whose request is gone.
+    abandoned: Arc<AtomicUsize>,
+}
+
+impl DecoderSlots {
+    /// `count` slots (at least one).
+    pub fn new(count: usize) -> Self {
+        let count = count.max(1);
+        Self {
+            slots: Arc::new(Semaphore::new(count)),
+            count,
+            abandoned: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Slots in all.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// A slot, once one is free; `None` when the server is shutting down.
+    pub async fn acquire(&self) -> Option<Slot> {
+        let permit = Arc::clone(&self.slots).acquire_owned().await.ok()?;
+        Some(Slot {
+            _permit: permit,
+            watch: Arc::new(Watch {
+                state: AtomicU8::new(RUNNING),
+                abandoned: Arc::clone(&self.abandoned),
+            }),
+        })
+    }
+
+    /// Whether every slot is held by a decode whose request is gone.
+    pub fn all_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire) >= self.count
+    }
+}
+
+/// One decoding slot: moved into the decode, given back when the decode ends.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    watch: Arc<Watch>,
+}
+
+impl Slot {
+    /// The request's side: held while it waits for the decode; when dropped first (the deadline
+    /// answered, the client gone), the decode counts as abandoned until it ends.
+    pub fn waiter(&self) -> Waiter {
+        Waiter(Arc::clone(&self.watch))
+    }
+}
+
+/// See [`Slot::waiter`].
+pub struct Waiter(Arc<Watch>);
+
+/// A decode's standing, whichever of its two sides lets go first.
+struct Watch {
+    state: AtomicU8,
+    abandoned: Arc<AtomicUsize>,
+}
+
+const RUNNING: u8 = 0;
+const ABANDONED: u8 = 1;
+const ENDED: u8 = 2;
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let w = &self.0;
+        // Counted before the state says so, so that the decode, which uncounts only what it sees
+        // abandoned, never takes the count below zero.
+        w.abandoned.fetch_add(1, Ordering::AcqRel);
+        let marked =
+            w.state
+                .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire);
+        if marked.is_err() {
+            // The decode has ended: nothing is abandoned.
+            w.abandoned.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let w = &self.watch;
+        if w.state.swap(ENDED, Ordering::AcqRel) == ABANDONED {
+            w.abandoned.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -254,6 +361,70 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(left, 20_000 - 160 * 107);
+    }
+
+    // Issue 28, point 1: an 8192x8192 colour progressive JPEG counted as its 1/8 decode (1M
+    // pixels) while its decode held 402 MB of coefficients.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_progressive_jpeg_counts_the_memory_of_its_coefficients() {
+        use crate::data::jpeg::synthetic::flat_progressive;
+        let limits = PixelLimits::new(DEFAULT_MAX_DECODE_PIXELS);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (bomb, photo) = (
+            flat_progressive(8192, 8192, 3, 10),
+            flat_progressive(4000, 3000, 3, 10),
+        );
+        let mut decoding = limits.request(deadline, Arc::new(AtomicBool::new(false)));
+        let (refused, left) = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let refused = decoding.image(&bomb, &mut out).unwrap_err();
+            // A 4000x3000 progressive photo is taken: 24 million pixels' worth.
+            decoding.image(&photo, &mut out).unwrap();
+            assert_eq!(out.len(), crate::data::preprocess::INPUT_LEN);
+            (refused, decoding.left)
+        })
+        .await
+        .unwrap();
+        assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE);
+        for part in [
+            "8192x8192",
+            "progressive",
+            "135266304",
+            "--max-decode-pixels",
+        ] {
+            assert!(refused.message.contains(part), "{}", refused.message);
+        }
+        assert_eq!(
+            left,
+            DEFAULT_MAX_DECODE_PIXELS - 500 * 375 - 500 * 375 * 128
+        );
+    }
+
+    #[tokio::test]
+    async fn slots_held_by_abandoned_decodes_are_counted_until_they_end() {
+        let slots = DecoderSlots::new(2);
+        // A decode that ends while its request waits is never abandoned.
+        let slot = slots.acquire().await.unwrap();
+        let waiter = slot.waiter();
+        drop(slot);
+        drop(waiter);
+        assert_eq!(slots.abandoned.load(Ordering::Acquire), 0);
+        // Two decodes whose requests let go first (a timeout, a client gone).
+        let (a, b) = (
+            slots.acquire().await.unwrap(),
+            slots.acquire().await.unwrap(),
+        );
+        let (wa, wb) = (a.waiter(), b.waiter());
+        drop(wa);
+        assert!(!slots.all_abandoned(), "one slot of two");
+        drop(wb);
+        assert!(slots.all_abandoned());
+        // One ends: its slot is free again.
+        drop(a);
+        assert!(!slots.all_abandoned());
+        drop(b);
+        assert_eq!(slots.abandoned.load(Ordering::Acquire), 0);
+        assert_eq!(slots.slots.available_permits(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

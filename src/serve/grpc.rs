@@ -264,7 +264,7 @@ impl GrpcInferenceService for Grpc {
         &self,
         _: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
-        let ready = self.state.registry.is_ready();
+        let ready = self.state.not_ready().is_none();
         Ok(Response::new(pb::ServerReadyResponse { ready }))
     }
 

@@ -108,10 +108,10 @@ async fn live() -> Json<Value> {
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    if state.registry.is_ready() {
-        return Json(json!({ "ready": true })).into_response();
+    match state.not_ready() {
+        None => Json(json!({ "ready": true })).into_response(),
+        Some(why) => ApiError::unavailable(why).into_response(),
     }
-    ApiError::unavailable("the model is not loaded").into_response()
 }
 
 /// The protocol extensions the server offers, in `GET /v2` and gRPC's ServerMetadata.

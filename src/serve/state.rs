@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout_at};
 
 use super::ServeConfig;
-use super::decode::{Decoding, PixelLimits, StopOnDrop};
+use super::decode::{DecoderSlots, Decoding, PixelLimits, StopOnDrop};
 use super::error::ApiError;
 use super::metrics::Metrics;
 use super::registry::Registry;
@@ -50,7 +50,7 @@ pub struct Shared {
     /// Requests being read, decoded or waiting for the model: bounds the bodies held in memory.
     admission: Arc<Semaphore>,
     /// Decodes running at once: decoding is CPU work, more than the cores only queues it.
-    decoders: Arc<Semaphore>,
+    decoders: DecoderSlots,
     /// Pixels decoded per request and at once.
     pub pixels: PixelLimits,
 }
@@ -80,9 +80,25 @@ impl AppState {
             timeout: config.timeout,
             max_body: config.max_body_bytes,
             admission: Arc::new(Semaphore::new(config.max_queue.max(1))),
-            decoders: Arc::new(Semaphore::new(cores)),
+            decoders: DecoderSlots::new(cores),
             pixels: PixelLimits::new(config.max_decode_pixels),
         }))
+    }
+
+    /// Why the server is not ready for inference, or `None` when it is: a model not loaded, or
+    /// every decoding slot held by a decode whose request is gone (one that cannot be stopped,
+    /// a JPEG's), behind which any request with images would wait to its deadline.
+    pub fn not_ready(&self) -> Option<String> {
+        if !self.registry.is_ready() {
+            return Some("the model is not loaded".into());
+        }
+        self.decoders.all_abandoned().then(|| {
+            format!(
+                "every decoding slot ({}) is held by a decode whose request timed out or was \
+                 abandoned: a request that needs one would wait until its deadline",
+                self.decoders.count()
+            )
+        })
     }
 
     /// When a request that starts now must be answered.
@@ -160,16 +176,18 @@ impl AppState {
         T: Send + 'static,
     {
         let late = || ApiError::unavailable("timed out decoding the request; retry later");
-        let permit = timeout_at(deadline, Arc::clone(&self.decoders).acquire_owned())
+        let slot = timeout_at(deadline, self.decoders.acquire())
             .await
             .map_err(|_| late())?
-            .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+            .ok_or_else(|| ApiError::unavailable("the server is shutting down"))?;
+        // Dropped first (the deadline, a client gone): the decode counts as abandoned.
+        let _waiter = slot.waiter();
         let gone = Arc::new(AtomicBool::new(false));
         let _stop = StopOnDrop(Arc::clone(&gone));
         let mut decoding = self.pixels.request(deadline, gone);
         let task = tokio::task::spawn_blocking(move || {
             // Held until the work really ends, not just until its answer is given up on.
-            let _permit = permit;
+            let _slot = slot;
             work(&mut decoding)
         });
         match timeout_at(deadline, task).await {

@@ -2,6 +2,7 @@
 //! .cargo/config.toml); the only place maas calls it, hence its `unsafe`.
 
 use std::ffi::{CStr, c_int, c_ulong};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Result, bail};
 use turbojpeg_sys as tj;
@@ -77,7 +78,13 @@ pub(super) fn read_header(bytes: &[u8]) -> Result<Option<Header>> {
 /// fits in the one asked: asking for exactly this scale's size gets this scale). A warning of the
 /// decoder is an error: corrupt entropy-coded data (which it would fill with grey), and stray
 /// bytes before a marker too, since corrupt data that still decodes ends in the same warning.
-pub(super) fn decode_scaled(bytes: &[u8], (w, h): (u32, u32)) -> Result<Vec<u8>> {
+/// It runs to its end whatever `_stop` says: nothing in the TurboJPEG API stops a decode under
+/// way, so its cost is bounded beforehand (`MAX_SCANS`, and the pixels a caller admits).
+pub(super) fn decode_scaled(
+    bytes: &[u8],
+    (w, h): (u32, u32),
+    _stop: Option<&AtomicBool>,
+) -> Result<Vec<u8>> {
     let decoder = Decompressor::new()?;
     let mut rgb = vec![0u8; 3 * w as usize * h as usize];
     let (w, h) = (c_int::try_from(w)?, c_int::try_from(h)?);
@@ -94,7 +101,8 @@ pub(super) fn decode_scaled(bytes: &[u8], (w, h): (u32, u32)) -> Result<Vec<u8>>
             0,
             h,
             tj::TJPF_TJPF_RGB,
-            tj::TJFLAG_STOPONWARNING as c_int,
+            // LIMITSCANS: libjpeg-turbo's own cap on scans (500), behind `MAX_SCANS`.
+            (tj::TJFLAG_STOPONWARNING | tj::TJFLAG_LIMITSCANS) as c_int,
         )
     };
     if done != 0 {
