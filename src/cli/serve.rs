@@ -75,8 +75,9 @@ pub struct ServeArgs {
     /// Largest request body in bytes; beyond it requests get 413.
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     max_body_bytes: usize,
-    /// Most pixels one request may decode, all its images together (as their headers declare them),
-    /// and most pixels decoded at once across the server; beyond it requests get 413.
+    /// Most pixels one request may decode, all its images together (as their headers declare them;
+    /// a progressive JPEG also counts the coefficients of its whole image, 3 bytes a pixel), and
+    /// most pixels decoded at once across the server; beyond it requests get 413.
     #[arg(long, value_name = "PIXELS", default_value_t = serve::DEFAULT_MAX_DECODE_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
     max_decode_pixels: u64,
     /// Longest a request may take, in milliseconds, reading its body included.
