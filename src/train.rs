@@ -264,8 +264,8 @@ fn starting_point(
         // 1 with the settings it records, which flags may repeat but not change.
         if let Some(run) = files.read_run_json()? {
             let path = files.run_json();
-            let ckpt = new_run(run.model, run.train)
-                .with_context(|| format!("{}", path.display()))?;
+            let ckpt =
+                new_run(run.model, run.train).with_context(|| format!("{}", path.display()))?;
             check_resume(opts, &ckpt.meta, classes, &path)?;
             reporter.info(format!(
                 "{} records a run whose first epoch never completed: starting it again at epoch 1 with its settings",
@@ -413,7 +413,11 @@ fn fresh_start(opts: &TrainOptions, classes: &[String]) -> Checkpoint {
     };
     let arch = opts.arch.unwrap_or(Arch::Mlp);
     let weights = initial_weights(arch, hidden, classes.len(), train.seed);
-    at_epoch_zero(ModelConfig::of(arch, hidden, classes.to_vec()), train, weights)
+    at_epoch_zero(
+        ModelConfig::of(arch, hidden, classes.to_vec()),
+        train,
+        weights,
+    )
 }
 
 /// The run `run.json` records (`model`, `train`) at epoch 0, with the weights its seed draws.

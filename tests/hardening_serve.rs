@@ -310,7 +310,10 @@ fn a_model_of_nan_weights_is_refused_at_load_by_every_command() {
 #[test]
 fn a_model_of_huge_finite_weights_is_refused_at_load() {
     let ws = workspace_with_model();
-    for (from, to) in [("model.maas", "huge.maas"), ("checkpoints/best.ckpt", "huge.ckpt")] {
+    for (from, to) in [
+        ("model.maas", "huge.maas"),
+        ("checkpoints/best.ckpt", "huge.ckpt"),
+    ] {
         let mut contents = container::decode(&std::fs::read(ws.path(from)).unwrap()).unwrap();
         for array in &mut contents.arrays {
             if array.name.ends_with("weight") {
@@ -322,9 +325,18 @@ fn a_model_of_huge_finite_weights_is_refused_at_load() {
     }
     std::fs::write(ws.path("img.png"), black_png(32)).unwrap();
     for (file, args) in [
-        ("huge.maas", vec!["predict", "--model", "huge.maas", "img.png"]),
-        ("huge.maas", vec!["serve", "--port", "0", "--model", "huge.maas"]),
-        ("huge.ckpt", vec!["export", "--checkpoint", "huge.ckpt", "-o", "out.maas"]),
+        (
+            "huge.maas",
+            vec!["predict", "--model", "huge.maas", "img.png"],
+        ),
+        (
+            "huge.maas",
+            vec!["serve", "--port", "0", "--model", "huge.maas"],
+        ),
+        (
+            "huge.ckpt",
+            vec!["export", "--checkpoint", "huge.ckpt", "-o", "out.maas"],
+        ),
     ] {
         let (code, out, err) = ws.run(&args);
         assert_eq!(code, 1, "{args:?}: {out}{err}");
@@ -333,7 +345,10 @@ fn a_model_of_huge_finite_weights_is_refused_at_load() {
             line.is_some_and(|l| l.contains(file) && l.contains("too large")),
             "{args:?}: {err}"
         );
-        assert!(!out.contains("NaN") && !err.contains("listening"), "{out}{err}");
+        assert!(
+            !out.contains("NaN") && !err.contains("listening"),
+            "{out}{err}"
+        );
     }
     assert!(!ws.path("out.maas").exists());
 }

@@ -268,8 +268,14 @@ fn resume_after_a_killed_first_epoch_keeps_the_settings_run_json_records() {
     assert_eq!(again["architecture"], first["architecture"]);
     assert_eq!(again["config"], first["config"]);
     // The same run, so the same epoch: equal figures on the CPU.
-    assert_eq!(again["history"][0]["test_loss"], first["history"][0]["test_loss"]);
-    assert_eq!(again["history"][0]["train_loss"], first["history"][0]["train_loss"]);
+    assert_eq!(
+        again["history"][0]["test_loss"],
+        first["history"][0]["test_loss"]
+    );
+    assert_eq!(
+        again["history"][0]["train_loss"],
+        first["history"][0]["train_loss"]
+    );
     let now = std::fs::read_to_string(dir.join("run.json")).unwrap();
     let settings = |text: &str| {
         let v: serde_json::Value = serde_json::from_str(text).unwrap();

@@ -468,7 +468,14 @@ fn load_checks_the_key_before_the_body_and_names_what_it_cannot_load() {
     let ws = workspace_with_repository();
     let server = Server::start_serving(
         &ws,
-        &["--repository", "repo", "--admin-key", ADMIN, "--timeout-ms", "2000"],
+        &[
+            "--repository",
+            "repo",
+            "--admin-key",
+            ADMIN,
+            "--timeout-ms",
+            "2000",
+        ],
     );
     let load = "/v2/repository/models/cifar/load";
     // 15 MiB announced, none sent, no key: answered 401 without waiting for the body (the old

@@ -417,8 +417,8 @@ async fn load_model(
     request: Request,
 ) -> Result<Json<Value>, ApiError> {
     let deadline = state.deadline();
-    let checked = auth::check_admin(state.admin_key.as_ref(), request.headers())
-        .and_then(|()| state.admit());
+    let checked =
+        auth::check_admin(state.admin_key.as_ref(), request.headers()).and_then(|()| state.admit());
     let _place = match checked {
         Ok(place) => place,
         Err(e) => return Err(refuse(request, e).await),
