@@ -21,20 +21,7 @@ fn python() -> String {
 
 /// Runs tests/python/SCRIPT with `args` in `dir`; what it saw, as JSON.
 fn run_script(script: &str, dir: &std::path::Path, args: &[&str], server: &Server) -> Value {
-    let script = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
-    let run = Command::new(python())
-        .arg(script)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("python3 runs (.ci/run installs tritonclient[grpc] and kserve)");
-    assert!(
-        run.status.success(),
-        "the client failed: {}\n{}",
-        String::from_utf8_lossy(&run.stderr),
-        server.stderr()
-    );
-    serde_json::from_slice(&run.stdout).unwrap()
+    common::server::run_python(script, dir, args, server)
 }
 
 /// The gRPC status code name in a failure `[code, message]` the script recorded.

@@ -43,23 +43,8 @@ fn grpc_server(ws: &Workspace, extra: &[&str]) -> (Server, String) {
 
 /// Runs tests/python/grpc_hardening.py with `args`; what it saw, as JSON.
 fn run_script(args: &[&str], server: &Server) -> Value {
-    let script = format!(
-        "{}/tests/python/grpc_hardening.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let python = std::env::var("MAAS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let run = Command::new(python)
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 runs (.ci/run installs tritonclient[grpc])");
-    assert!(
-        run.status.success(),
-        "the client failed: {}\n{}",
-        String::from_utf8_lossy(&run.stderr),
-        server.stderr()
-    );
-    serde_json::from_slice(&run.stdout).unwrap()
+    let here = std::env::current_dir().unwrap();
+    common::server::run_python("grpc_hardening.py", &here, args, server)
 }
 
 /// The `[code, message]` the script recorded, as (code, message).

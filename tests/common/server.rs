@@ -169,3 +169,28 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Runs `tests/python/SCRIPT` with `args` in `dir` (with `MAAS_TEST_PYTHON`, else `python3`),
+/// against `server`; what the script saw, the JSON it printed.
+pub fn run_python(
+    script: &str,
+    dir: &std::path::Path,
+    args: &[&str],
+    server: &Server,
+) -> serde_json::Value {
+    let script = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var("MAAS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let run = Command::new(python)
+        .arg(script)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("python3 runs (.ci/run installs tritonclient and kserve)");
+    assert!(
+        run.status.success(),
+        "the client failed: {}\n{}",
+        String::from_utf8_lossy(&run.stderr),
+        server.stderr()
+    );
+    serde_json::from_slice(&run.stdout).unwrap()
+}

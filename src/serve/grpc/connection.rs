@@ -30,6 +30,32 @@ pub fn keepalive_interval(timeout: Duration) -> Duration {
     (timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
 }
 
+/// What hyper serves on a connection: the gate in front of tonic's service, answering every
+/// HTTP/2 request.
+pub trait GrpcService:
+    tower::Service<
+        axum::http::Request<hyper::body::Incoming>,
+        Response = axum::http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T> GrpcService for T where
+    T: tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Serves `service` behind the gate on every connection `listener` accepts until `stop`
 /// resolves, then lets each connection finish its calls in progress and closes it.
 pub async fn serve<L, S>(
@@ -41,14 +67,7 @@ pub async fn serve<L, S>(
     L: Listener,
     L::Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Clone + Send + 'static,
-    Gate<S>: tower::Service<
-            axum::http::Request<hyper::body::Incoming>,
-            Response = axum::http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    <Gate<S> as tower::Service<axum::http::Request<hyper::body::Incoming>>>::Future: Send + 'static,
+    Gate<S>: GrpcService,
 {
     let (stopping, stopped) = watch::channel(false);
     // Every connection task holds a receiver of `open`; `closed()` resolves once all are gone.
@@ -83,14 +102,7 @@ async fn serve_connection<I, S>(
     mut stopped: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    Gate<S>: tower::Service<
-            axum::http::Request<hyper::body::Incoming>,
-            Response = axum::http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    <Gate<S> as tower::Service<axum::http::Request<hyper::body::Incoming>>>::Future: Send + 'static,
+    Gate<S>: GrpcService,
 {
     let keepalive = keepalive_interval(timeout);
     let mut http = http2::Builder::new(TokioExecutor::new());
