@@ -38,7 +38,7 @@ pub mod serve;
 pub mod sharded;
 #[allow(unsafe_code)]
 mod subnormals;
-mod terminal;
+pub mod terminal;
 pub mod train;
 pub mod trainer;
 

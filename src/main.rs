@@ -58,7 +58,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
             Err(err) => {
-                eprintln!("maas: error: {err:#}");
+                // Errors quote file names, class names and servers' words: escaped, so that
+                // none of them acts on the terminal or breaks the one line.
+                let line = format!("{err:#}");
+                eprintln!("maas: error: {}", maas::terminal::escape(&line));
                 ExitCode::from(1)
             }
         },

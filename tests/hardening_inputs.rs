@@ -176,3 +176,28 @@ fn decoder_errors_say_each_cause_once_and_explain_keeps_file_names_as_they_are()
     // Printed, the name shows U+FFFD for the byte that is not UTF-8.
     assert!(String::from_utf8_lossy(&out.stdout).contains("caf\u{FFFD}.png"));
 }
+
+/// Issue 28 (points 13 and 14, for local files): a file name holding terminal control codes is
+/// escaped in the error line, which stays one line.
+#[test]
+fn control_characters_in_a_named_file_are_escaped_in_the_error_line() {
+    let ws = Workspace::new(1, 1);
+    let name = "\u{1b}[2Jred\nline.png";
+    std::fs::write(ws.path(name), b"not an image").unwrap();
+    let (code, _, err) = ws.run(&["predict", "--model", "nowhere.maas", name]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("maas: error: "))
+        .unwrap();
+    assert!(line.contains("nowhere.maas"), "{err:?}");
+    let (code, _, err) = ws.run(&["predict", "--model", name, "x.png"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("maas: error: "))
+        .unwrap();
+    assert!(line.contains("\\u{1b}[2Jred\\nline.png"), "{err:?}");
+}
