@@ -45,27 +45,23 @@ if part == "load":
     try: answer = s.recv(100).split(b"\r\n")[0].decode()
     except Exception as e: answer = repr(e)
     print(f"keyless 60 x 15 MiB: {sorted(set(r[0] for r in res))}, RSS before {before[0]} MB, peak {after[1]} MB, CPU {after[2]-before[2]:.2f} s; keyed trickle answered {answer!r} after {time.time()-t0:.1f} s")
-elif part == "json":
-    p, addr = start(["--model", "model.maas", "--timeout-ms", "60000", "--max-body-bytes", str(17 << 20)])
-    n = (16 << 20) // (3072 * 7)
-    body = json.dumps({"inputs": [{"name": "input", "shape": [n, 3, 32, 32], "datatype": "FP32", "data": [0.123] * (n * 3072)}]}).encode()
-    head = f"POST /v2/models/maas/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-    before = status(p.pid); res = []
-    for wave in range(10):
-        th = [threading.Thread(target=send, args=(addr, head, body, res)) for _ in range(20)]
-        [t.start() for t in th]; [t.join() for t in th]
-    burst = status(p.pid); time.sleep(30); idle = status(p.pid)
-    print(f"200 x {len(body)>>20} MiB JSON infer: {sorted(set(r[0] for r in res))}, RSS before {before[0]} MB, peak {burst[1]} MB, after the burst {burst[0]} MB, 30 s idle {idle[0]} MB")
 else:
+    # 200 infer requests of about 16 MiB, 20 at a time: binary FP32 tensors, or JSON numbers.
     p, addr = start(["--model", "model.maas", "--timeout-ms", "60000", "--max-body-bytes", str(17 << 20)])
-    n = (16 << 20) // 12288
-    header = json.dumps({"inputs": [{"name": "input", "shape": [n, 3, 32, 32], "datatype": "FP32", "parameters": {"binary_data_size": n * 12288}}]}).encode()
-    body = header + struct.pack("<f", 0.5) * (n * 3072)
-    head = f"POST /v2/models/maas/infer HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: {len(header)}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    if part == "json":
+        n = (16 << 20) // (3072 * 7)
+        body = json.dumps({"inputs": [{"name": "input", "shape": [n, 3, 32, 32], "datatype": "FP32", "data": [0.123] * (n * 3072)}]}).encode()
+        extra = ""
+    else:
+        n = (16 << 20) // 12288
+        header = json.dumps({"inputs": [{"name": "input", "shape": [n, 3, 32, 32], "datatype": "FP32", "parameters": {"binary_data_size": n * 12288}}]}).encode()
+        body = header + struct.pack("<f", 0.5) * (n * 3072)
+        extra = f"Inference-Header-Content-Length: {len(header)}\r\n"
+    head = f"POST /v2/models/maas/infer HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {len(body)}\r\n\r\n".encode()
     before = status(p.pid); res = []
     for wave in range(10):
         th = [threading.Thread(target=send, args=(addr, head, body, res)) for _ in range(20)]
         [t.start() for t in th]; [t.join() for t in th]
     burst = status(p.pid); time.sleep(30); idle = status(p.pid)
-    print(f"200 x 16 MiB infer: {sorted(set(r[0] for r in res))}, RSS before {before[0]} MB, peak {burst[1]} MB, after the burst {burst[0]} MB, 30 s idle {idle[0]} MB")
+    print(f"200 x {len(body)>>20} MiB {part} requests: {sorted(set(r[0] for r in res))}, RSS before {before[0]} MB, peak {burst[1]} MB, after the burst {burst[0]} MB, 30 s idle {idle[0]} MB")
 p.terminate(); p.wait()
