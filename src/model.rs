@@ -380,7 +380,9 @@ pub fn check_answers_finite(config: &ModelConfig, weights: &Weights) -> Result<(
     let logits = read_f32(model.forward(input))?;
     if let Some(bad) = logits.iter().find(|v| !v.is_finite()) {
         bail!(
-            "the weights are finite but too large: the model's output for a plain image is              {bad:?}, so every answer would be NaN (did its training diverge? train again with              a lower --lr)"
+            "the weights are finite but too large: the model's output for a plain image is \
+             {bad:?}, so every answer would be NaN (did its training diverge? train again with \
+             a lower --lr)"
         );
     }
     Ok(())

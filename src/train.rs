@@ -264,8 +264,8 @@ fn starting_point(
         // 1 with the settings it records, which flags may repeat but not change.
         if let Some(run) = files.read_run_json()? {
             let path = files.run_json();
-            let ckpt =
-                new_run(run.model, run.train).with_context(|| format!("{}", path.display()))?;
+            let ckpt = at_epoch_zero(run.model, run.train)
+                .with_context(|| format!("{}", path.display()))?;
             check_resume(opts, &ckpt.meta, classes, &path)?;
             reporter.info(format!(
                 "{} records a run whose first epoch never completed: starting it again at epoch 1 with its settings",
@@ -286,7 +286,7 @@ fn starting_point(
             found.display()
         );
     }
-    Ok(fresh_start(opts, classes))
+    fresh_start(opts, classes)
 }
 
 /// Refuses a checkpoint `path` (of `meta`) that is not of the run `run.json` records, such as a
@@ -399,7 +399,7 @@ fn check_resume(
 
 /// A new run at epoch 0: freshly initialised weights, zero Adam state, the options' values or
 /// the defaults.
-fn fresh_start(opts: &TrainOptions, classes: &[String]) -> Checkpoint {
+fn fresh_start(opts: &TrainOptions, classes: &[String]) -> Result<Checkpoint> {
     let hidden = opts.hidden.unwrap_or(DEFAULT_HIDDEN);
     let train = TrainConfig {
         batch_size: opts.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
@@ -412,30 +412,17 @@ fn fresh_start(opts: &TrainOptions, classes: &[String]) -> Checkpoint {
             .then(|| opts.val_split.unwrap_or(DEFAULT_VAL_SPLIT)),
     };
     let arch = opts.arch.unwrap_or(Arch::Mlp);
-    let weights = initial_weights(arch, hidden, classes.len(), train.seed);
-    at_epoch_zero(
-        ModelConfig::of(arch, hidden, classes.to_vec()),
-        train,
-        weights,
-    )
+    at_epoch_zero(ModelConfig::of(arch, hidden, classes.to_vec()), train)
 }
 
-/// The run `run.json` records (`model`, `train`) at epoch 0, with the weights its seed draws.
-fn new_run(model: ModelConfig, train: TrainConfig) -> Result<Checkpoint> {
+/// The run of `model` and `train` at epoch 0: the initial weights its seed draws, zero Adam state.
+fn at_epoch_zero(model: ModelConfig, train: TrainConfig) -> Result<Checkpoint> {
     model.check_supported()?;
-    let weights = initial_weights(model.arch()?, model.hidden, model.classes.len(), train.seed);
-    Ok(at_epoch_zero(model, train, weights))
-}
-
-fn initial_weights(arch: Arch, hidden: usize, classes: usize, seed: u64) -> Weights {
-    match arch {
-        Arch::Mlp => Weights::init(hidden, classes, seed),
-        Arch::Cnn => crate::cnn::init_weights(classes, seed),
-    }
-}
-
-fn at_epoch_zero(model: ModelConfig, train: TrainConfig, weights: Weights) -> Checkpoint {
-    Checkpoint {
+    let weights = match model.arch()? {
+        Arch::Mlp => Weights::init(model.hidden, model.classes.len(), train.seed),
+        Arch::Cnn => crate::cnn::init_weights(model.classes.len(), train.seed),
+    };
+    Ok(Checkpoint {
         adam: AdamState::zeros_like(&weights),
         weights,
         meta: CheckpointMeta {
@@ -446,7 +433,7 @@ fn at_epoch_zero(model: ModelConfig, train: TrainConfig, weights: Weights) -> Ch
             history: Vec::new(),
             best_epoch: 0,
         },
-    }
+    })
 }
 
 /// The shuffle of epoch `epoch`: a function of the seed and the epoch alone, so that a resumed
@@ -867,7 +854,7 @@ mod tests {
             seed: Some(7),
             ..options(dir)
         };
-        fresh_start(&opts, &classes())
+        fresh_start(&opts, &classes()).unwrap()
     }
 
     fn message<T: std::fmt::Debug>(result: Result<T>) -> String {
