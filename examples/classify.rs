@@ -6,10 +6,10 @@
 
 use std::path::PathBuf;
 
+use maas::artifact::export::load_model;
 use maas::data::preprocess::load_image_file;
 use maas::device::{DeviceChoice, select};
-use maas::export::load_model;
-use maas::predict::Classifier;
+use maas::infer::predict::Classifier;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use image::DynamicImage;
 use image::imageops::FilterType;
+use maas::artifact::export::load_model;
 use maas::data::preprocess::{INPUT_LEN, image_bytes_to_input, image_to_input, normalize};
 use maas::device::{DeviceChoice, select};
-use maas::export::load_model;
-use maas::predict::Classifier;
+use maas::infer::predict::Classifier;
 
 /// The best time of `runs` calls (one at least), and the last call's result.
 fn best<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, T) {

@@ -9,13 +9,13 @@
 use std::time::Instant;
 
 use burn::prelude::*;
-use maas::adam::{AdamConfig, AdamState};
-use maas::autodiff_step::AutodiffTrainer;
-use maas::cnn::{self, Cnn};
 use maas::device::DeviceKind;
+use maas::model::cnn::{self, Cnn};
 use maas::model::{Arch, ModelConfig, StepStats, Weights, batch_tensors};
-use maas::sharded::shards_for;
-use maas::trainer::Trainer;
+use maas::train::adam::{AdamConfig, AdamState};
+use maas::train::autodiff::AutodiffTrainer;
+use maas::train::cpu::sharded::shards_for;
+use maas::train::trainer::Trainer;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 const CLASSES: usize = 10;

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::Workspace;
 use image::{Rgb, RgbImage};
-use maas::checkpoint::Checkpoint;
+use maas::artifact::checkpoint::Checkpoint;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 /// A 32x32 picture of a bar 3x12 pixels, horizontal or vertical, at a random place, in a random

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Look, Workspace, save_image};
-use maas::container::{self, Kind};
+use maas::artifact::container::{self, Kind};
 use maas::data::synthetic;
 
 /// Runs maas quietly and returns (exit code, the single error line).

@@ -4,10 +4,10 @@
 mod common;
 
 use common::{Look, Workspace, save_image};
-use maas::checkpoint::Checkpoint;
+use maas::artifact::checkpoint::Checkpoint;
+use maas::artifact::export::load_model;
 use maas::data::cifar10::{self, Split};
 use maas::data::synthetic;
-use maas::export::load_model;
 
 #[test]
 fn train_learns_the_dataset_and_leaves_every_file() {

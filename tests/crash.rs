@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::Workspace;
-use maas::checkpoint::Checkpoint;
+use maas::artifact::checkpoint::Checkpoint;
 
 const TRAIN: [&str; 6] = ["train", "--epochs", "4", "--batch-size", "8", "--quiet"];
 

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{Workspace, write_class_folder};
-use maas::export::load_model;
+use maas::artifact::export::load_model;
 
 /// Sorted, so that the class index is the palette colour's.
 const CLASSES: [&str; 3] = ["cherry", "lime", "sky"];

@@ -5,10 +5,10 @@
 mod common;
 
 use common::{Look, Workspace, save_image};
+use maas::artifact::export::load_model;
 use maas::data::synthetic;
 use maas::device::{DeviceChoice, DeviceKind, select};
-use maas::export::load_model;
-use maas::predict::Classifier;
+use maas::infer::predict::Classifier;
 
 #[test]
 fn train_and_predict_on_the_gpu() {
@@ -78,7 +78,7 @@ fn a_cnn_trains_on_the_gpu_and_agrees_with_the_cpu() {
 
 /// Sample images of the first `images` classes give the same probabilities on the CPU and the
 /// GPU, to 1e-5.
-fn assert_cpu_and_gpu_agree(model: &maas::export::LoadedModel, images: usize) {
+fn assert_cpu_and_gpu_agree(model: &maas::artifact::export::LoadedModel, images: usize) {
     let mut inputs = Vec::new();
     for class in 0..images {
         let mut chw = Vec::new();

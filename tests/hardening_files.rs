@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{Look, Workspace, save_image};
+use maas::artifact::export::{decode_model, load_model};
 use maas::data::synthetic;
-use maas::export::{decode_model, load_model};
 
 /// A workspace with a trained run in `checkpoints/`.
 fn trained() -> Workspace {

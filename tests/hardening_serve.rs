@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::Workspace;
 use common::server::Server;
 use image::{DynamicImage, ImageFormat, RgbImage};
-use maas::container::{self, Kind};
+use maas::artifact::container::{self, Kind};
 use serde_json::{Value, json};
 
 fn agent() -> ureq::Agent {

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Workspace, write_class_folder};
-use maas::checkpoint::{Checkpoint, RunFiles};
+use maas::artifact::checkpoint::{Checkpoint, RunFiles};
 
 /// The `.ckpt` files in `dir`, sorted.
 fn checkpoints_in(dir: &std::path::Path) -> Vec<String> {

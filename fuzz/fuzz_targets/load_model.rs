@@ -9,9 +9,9 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use maas::checkpoint::Checkpoint;
-use maas::container;
-use maas::export::decode_model;
+use maas::artifact::checkpoint::Checkpoint;
+use maas::artifact::container;
+use maas::artifact::export::decode_model;
 
 fn decode_all(bytes: &[u8]) {
     if let Ok(contents) = container::decode(bytes) {

@@ -8,11 +8,11 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
+use crate::artifact::export::{self, LoadedModel, load_model, resolve_model};
 use crate::data::download::{self, DownloadOptions};
 use crate::data::folder::ImageFolder;
 use crate::data::source::DataSource;
 use crate::device::DeviceChoice;
-use crate::export::{self, LoadedModel, load_model, resolve_model};
 use crate::progress::{ProgressMode, Reporter};
 
 /// `--device`: where the model runs.

@@ -9,10 +9,10 @@ use super::args::{DataArgs, ModelArgs, unit_interval};
 use super::remote::RemoteArgs;
 use super::{Context, print_json, print_stdout};
 use crate::data::source::{DEFAULT_VAL_SPLIT, DataSource, LoadOptions};
-use crate::eval;
 use crate::fsutil::write_atomic;
+use crate::infer::eval;
+use crate::infer::predict::{Classifier, Probabilities};
 use crate::plots;
-use crate::predict::{Classifier, Probabilities};
 use crate::remote::RemoteModel;
 use crate::train::DEFAULT_SEED;
 

@@ -12,9 +12,9 @@ use super::{Context, exit_code, print_json, print_stdout};
 use crate::data::FileError;
 use crate::data::files::warn_skipped;
 use crate::data::preprocess::{MAX_FILE_BYTES, load_image_file};
-use crate::explain::{self, Explainer, Explanation};
 use crate::fsutil::write_atomic;
-use crate::predict::{Classifier, expand_inputs};
+use crate::infer::explain::{self, Explainer, Explanation};
+use crate::infer::predict::{Classifier, expand_inputs};
 use crate::remote::RemoteModel;
 use crate::terminal::escape;
 
@@ -153,7 +153,7 @@ fn read_image(file: &Path) -> Result<Vec<u8>> {
 fn remote_explanation(
     model: &RemoteModel,
     file: &Path,
-    (top_k, png): (Vec<crate::predict::Ranked>, Vec<u8>),
+    (top_k, png): (Vec<crate::infer::predict::Ranked>, Vec<u8>),
     picture: &Path,
 ) -> Result<Explanation> {
     let best = top_k

@@ -7,7 +7,7 @@ use clap::{Args, CommandFactory};
 
 use super::args::{CheckpointsArg, FormatFlag};
 use super::{Cli, Context, print_json, print_stdout};
-use crate::export::{self, Format};
+use crate::artifact::export::{self, Format};
 
 /// `maas export`.
 #[derive(Debug, Args)]

@@ -9,7 +9,9 @@ use super::args::{ModelArgs, OutputArgs};
 use super::remote::RemoteArgs;
 use super::{Context, exit_code, print_json, print_stdout};
 use crate::data::files::warn_skipped;
-use crate::predict::{Classifier, Probabilities, expand_inputs, predict_files, render_table};
+use crate::infer::predict::{
+    Classifier, Probabilities, expand_inputs, predict_files, render_table,
+};
 use crate::remote::RemoteModel;
 
 /// `maas predict`.

@@ -17,8 +17,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use super::labelled::LabelledImages;
 
-/// Bytes in one image: 3 channels of 32x32.
-pub const IMAGE_BYTES: usize = 3072;
+pub use super::labelled::IMAGE_BYTES;
 /// Bytes in one record: the label byte, then the image.
 pub const RECORD_BYTES: usize = 1 + IMAGE_BYTES;
 /// Width and height of an image, in pixels.

@@ -35,7 +35,7 @@ struct Header {
 
 /// The least the scaled decode keeps on each axis: twice the model's side, so that the
 /// antialiased resize after it still has two source pixels or more behind each output pixel.
-pub const MIN_SCALED_SIDE: u32 = 2 * super::preprocess::SIDE;
+pub const MIN_SCALED_SIDE: u32 = 64;
 
 /// A JPEG whose header has been read and whose decode is set to the smallest DCT scale that keeps
 /// [`MIN_SCALED_SIDE`] on both axes.

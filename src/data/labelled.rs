@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-use super::cifar10::IMAGE_BYTES;
+/// Bytes in one image: 3 channels of 32x32, channel-major (CIFAR-10's layout, kept in memory).
+pub const IMAGE_BYTES: usize = 3072;
 
 /// Images of one split (of CIFAR-10 or an image folder), kept as the raw channel-major bytes
 /// (`len() * IMAGE_BYTES`) and labels (`len()`, each below the dataset's number of classes).

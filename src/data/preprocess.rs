@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 pub const SIDE: u32 = 32;
 /// Values in one model input: 3 channels of 32x32.
 pub const INPUT_LEN: usize = 3 * (SIDE * SIDE) as usize;
+// The JPEG decoder scales down to no less than twice the input's side (see its comment).
+const _: () = assert!(jpeg::MIN_SCALED_SIDE == 2 * SIDE);
 /// Largest image accepted, in pixels: larger ones are refused before they are decoded, so that a
 /// small file claiming huge dimensions (a decompression bomb) cannot exhaust memory.
 pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;

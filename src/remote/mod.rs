@@ -5,7 +5,7 @@
 //! [`client`] is HTTP (ureq, rustls) and turns every failure into one line naming the URL;
 //! [`tls`] the TLS both it and `bench` use;
 //! [`protocol`] the v2 messages as a client writes and reads them; [`model`] a deployed model
-//! that gives probabilities for a batch of inputs ([`crate::predict::Probabilities`]), as a model
+//! that gives probabilities for a batch of inputs ([`crate::infer::predict::Probabilities`]), as a model
 //! file does, and explanations through `/v1/explain`.
 
 pub mod client;

@@ -10,7 +10,7 @@ use super::protocol::{
     IndexEntry, ModelList, ModelMetadata, ServerMetadata, infer_request, infer_response,
 };
 use crate::data::preprocess::INPUT_LEN;
-use crate::predict::{Probabilities, Ranked};
+use crate::infer::predict::{Probabilities, Ranked};
 
 /// Most images in one request: a 3 MiB body, well under servers' usual limits (maas: 16 MiB).
 pub const MAX_IMAGES_PER_REQUEST: usize = 256;

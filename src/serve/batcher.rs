@@ -22,10 +22,10 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use super::queue::{JobQueue, Refused};
 use super::stats::ModelStats;
+use crate::artifact::export::LoadedModel;
 use crate::data::preprocess::INPUT_LEN;
-use crate::explain::{Explainer, picture_png};
-use crate::export::LoadedModel;
-use crate::predict::{Classifier, Prediction};
+use crate::infer::explain::{Explainer, picture_png};
+use crate::infer::predict::{Classifier, Prediction};
 
 /// How the worker gathers requests.
 #[derive(Debug, Clone, Copy)]

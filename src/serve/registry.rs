@@ -22,7 +22,7 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use super::repository::{self, Source};
 use super::stats::ModelStats;
-use crate::export::load_model;
+use crate::artifact::export::load_model;
 
 /// One loaded version of a model.
 pub struct Version {

@@ -4,8 +4,8 @@
 //!
 //! Where the MLP sees pixels at fixed places, the convolutions see the same small patterns
 //! anywhere in the picture: what a shape drawn at a random position needs. On the CPU it trains
-//! through a step derived by hand ([`crate::cnn_cpu`]), tested against burn's autodiff
-//! ([`crate::autodiff_step`]), which trains it on a GPU.
+//! through a step derived by hand ([`crate::train::cpu::cnn`]), tested against burn's autodiff
+//! ([`crate::train::autodiff`]), which trains it on a GPU.
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -14,9 +14,8 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
-use crate::autodiff_step::Network;
-use crate::container::Array;
-use crate::model::Weights;
+use super::module_io::Network;
+use super::weights::{Array, Weights};
 
 /// Channels of the two convolutions.
 const CHANNELS: [usize; 2] = [32, 64];
@@ -42,7 +41,7 @@ pub struct Cnn {
 
 impl Cnn {
     /// A CNN of `classes` outputs on `device`, with burn's initial weights (to be replaced by
-    /// [`crate::autodiff_step::load_weights`]).
+    /// [`crate::model::load_weights`]).
     pub fn new(classes: usize, device: &Device) -> Self {
         let conv = |channels| {
             Conv2dConfig::new(channels, [3, 3])
@@ -122,7 +121,7 @@ pub fn init_weights(classes: usize, seed: u64) -> Weights {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::autodiff_step::{load_weights, weights_of};
+    use crate::model::{load_weights, weights_of};
 
     #[test]
     fn the_module_holds_the_named_parameters_and_gives_logits_per_class() {

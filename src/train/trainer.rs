@@ -1,19 +1,19 @@
 //! The model and its optimizer while training, of either architecture: the MLP through its
-//! sharded, hand-derived step ([`crate::sharded`], an optimisation of the same arithmetic), the CNN
-//! on the CPU through its own hand-derived step ([`crate::cnn_cpu`]), any other model (the CNN on
-//! a GPU) through burn's autodiff ([`crate::autodiff_step`]).
+//! sharded, hand-derived step ([`crate::train::cpu::sharded`], an optimisation of the same arithmetic), the CNN
+//! on the CPU through its own hand-derived step ([`crate::train::cpu::cnn`]), any other model (the CNN on
+//! a GPU) through burn's autodiff ([`crate::train::autodiff`]).
 
 use anyhow::Result;
 use burn::prelude::*;
 
-use crate::adam::{AdamConfig, AdamState};
-use crate::autodiff_step::AutodiffTrainer;
-use crate::cnn::Cnn;
-use crate::cnn_cpu::CnnCpuTrainer;
 use crate::data::preprocess::INPUT_LEN;
-use crate::fused;
+use crate::model::cnn::Cnn;
 use crate::model::{Arch, Model, ModelConfig, StepStats, Weights};
-use crate::sharded::ShardedTrainer;
+use crate::train::adam::{AdamConfig, AdamState};
+use crate::train::autodiff::AutodiffTrainer;
+use crate::train::cpu::cnn::CnnCpuTrainer;
+use crate::train::cpu::fused;
+use crate::train::cpu::sharded::ShardedTrainer;
 
 /// A training model and its optimizer.
 pub enum Trainer {

@@ -6,8 +6,7 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-use crate::fused;
-use crate::model::Weights;
+pub use crate::artifact::checkpoint::AdamState;
 
 /// Adam's hyper-parameters (Keras defaults but for the learning rate, which is the user's).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,29 +33,6 @@ impl AdamConfig {
     }
 }
 
-/// The first and second moments of each parameter, on the host, named as the parameters are
-/// ([`Weights`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdamState {
-    /// Steps taken so far.
-    pub step: u64,
-    /// First moments.
-    pub m: Weights,
-    /// Second moments.
-    pub v: Weights,
-}
-
-impl AdamState {
-    /// The state before the first step of training `weights`.
-    pub fn zeros_like(weights: &Weights) -> Self {
-        Self {
-            step: 0,
-            m: weights.zeros_like(),
-            v: weights.zeros_like(),
-        }
-    }
-}
-
 impl AdamConfig {
     /// The step size of step `t` (1-based): Keras folds both bias corrections into it.
     pub fn step_size(&self, t: u64) -> f64 {
@@ -79,39 +55,6 @@ impl<const D: usize> Moments<D> {
     pub fn upload(m: &[f32], v: &[f32], shape: [usize; D], device: &Device) -> Self {
         let t = |v: &[f32]| Tensor::<D>::from_data(TensorData::new(v.to_vec(), shape), device);
         Self { m: t(m), v: t(v) }
-    }
-}
-
-/// Runs `op` on `param` and its `moments` moved out, and stores the three tensors it returns.
-///
-/// Moved, not cloned: a fused CPU operation then owns the buffers and writes into them, where a
-/// clone would make it copy each buffer first. Their places hold empty tensors meanwhile.
-pub(crate) fn replace_with<const D: usize>(
-    param: &mut Tensor<D>,
-    moments: &mut Moments<D>,
-    op: impl FnOnce(Tensor<D>, Tensor<D>, Tensor<D>) -> (Tensor<D>, Tensor<D>, Tensor<D>),
-) {
-    let device = param.device();
-    let take = |t: &mut Tensor<D>| std::mem::replace(t, Tensor::empty([0; D], &device));
-    let (p, m, v) = op(take(param), take(&mut moments.m), take(&mut moments.v));
-    (*param, moments.m, moments.v) = (p, m, v);
-}
-
-/// One Adam update of `param` and its `moments` from `grad`, in place where the backend allows:
-/// on the CPU as one fused pass ([`fused::adam_step`]), elsewhere as [`update`].
-pub(crate) fn update_in_place<const D: usize>(
-    param: &mut Tensor<D>,
-    grad: Tensor<D>,
-    moments: &mut Moments<D>,
-    lr_t: f64,
-    c: AdamConfig,
-) {
-    if fused::on_flex(param) {
-        replace_with(param, moments, |p, m, v| {
-            fused::adam_step(p, grad, m, v, lr_t, c)
-        });
-    } else {
-        *param = update(param.clone(), grad, moments, lr_t, c);
     }
 }
 

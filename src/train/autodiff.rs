@@ -1,10 +1,10 @@
 //! The training step of any burn module: burn's autodiff derives the gradients, and Keras' Adam
-//! ([`crate::adam`], ours) applies them.
+//! ([`crate::train::adam`], ours) applies them.
 //!
 //! Ours rather than `burn-optim`'s Adam: Keras folds both bias corrections into the step size and
 //! adds epsilon to the root of the second moment (epsilon-hat), where burn's Adam corrects the
 //! moments and adds epsilon inside; the two differ in the first steps, and the MLP's hand-derived
-//! step ([`crate::sharded`]) must be the same optimizer as this one to be tested against it. Ours
+//! step ([`crate::train::cpu::sharded`]) must be the same optimizer as this one to be tested against it. Ours
 //! also keeps the moments in maas's checkpoints by parameter name, which `--resume` needs to be
 //! exact.
 //!
@@ -12,115 +12,16 @@
 //! those names are what files hold ([`Weights`]).
 
 use anyhow::{Result, bail};
-use burn::module::{ModuleMapper, ModuleVisitor, Param};
+use burn::module::{ModuleMapper, Param};
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Gradients, TensorData};
+use burn::tensor::Gradients;
 
-use crate::adam::{self, AdamConfig, AdamState, Moments};
-use crate::container::Array;
-use crate::model::{StepStats, Weights, read_f32};
-
-/// A classifier that can be trained here: a burn module from a batch of preprocessed images
-/// `[N, 3072]` to logits `[N, classes]`.
-pub trait Network: Module {
-    /// Logits `[N, classes]` for inputs `[N, 3072]`.
-    fn logits(&self, input: Tensor<2>) -> Tensor<2>;
-}
-
-/// The module path of the tensor being visited: the names of the fields entered.
-#[derive(Default)]
-struct Path(Vec<String>);
-
-impl Path {
-    fn name(&self) -> String {
-        self.0.join(".")
-    }
-}
-
-/// Collects every float parameter of a module, named by path, with its shape and tensor.
-#[derive(Default)]
-struct Collect {
-    path: Path,
-    found: Vec<(String, Vec<usize>, Tensor<1>)>,
-}
-
-impl ModuleVisitor for Collect {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.0.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.0.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let tensor = param.val().inner();
-        let shape = tensor.dims().to_vec();
-        let flat = tensor.reshape([shape.iter().product::<usize>()]);
-        self.found.push((self.path.name(), shape, flat));
-    }
-}
-
-/// The parameters of `module` in visiting order: name, shape, values flattened (row-major).
-fn parameters<M: Module>(module: &M) -> Vec<(String, Vec<usize>, Tensor<1>)> {
-    let mut collect = Collect::default();
-    module.visit(&mut collect);
-    collect.found
-}
-
-/// The weights of `module`, copied to the host.
-pub fn weights_of<M: Module>(module: &M) -> Result<Weights> {
-    let arrays = parameters(module)
-        .into_iter()
-        .map(|(name, shape, flat)| Ok(Array::new(&name, shape, read_f32(flat)?)))
-        .collect::<Result<_>>()?;
-    Ok(Weights { arrays })
-}
-
-/// Replaces every float parameter by the array of its name, on the parameter's device.
-struct Load<'a> {
-    path: Path,
-    weights: &'a Weights,
-    error: Option<String>,
-}
-
-impl ModuleMapper for Load<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.0.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.0.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let name = self.path.name();
-        param.map(|tensor| {
-            let dims = tensor.dims();
-            match self.weights.get_shaped(&name, &dims) {
-                Ok(array) => {
-                    let data = TensorData::new(array.values.clone(), dims);
-                    Tensor::<D>::from_data(data, &tensor.device())
-                }
-                Err(e) => {
-                    self.error.get_or_insert(e.to_string());
-                    tensor
-                }
-            }
-        })
-    }
-}
-
-/// `module` holding `weights`, matched by name and checked by shape.
-pub fn load_weights<M: Module>(module: M, weights: &Weights) -> Result<M> {
-    let mut load = Load {
-        path: Path::default(),
-        weights,
-        error: None,
-    };
-    let module = module.map(&mut load);
-    match load.error {
-        Some(error) => bail!("{error}"),
-        None => Ok(module),
-    }
-}
+use crate::model::{
+    Array, Network, StepStats, Weights, load_weights, mean_cross_entropy, parameters, read_f32,
+    stats, weights_of,
+};
+use crate::train::adam::{AdamConfig, AdamState, Moments};
+use crate::train::cpu::fused;
 
 /// Puts every parameter under autodiff, its gradient retained.
 struct Track;
@@ -153,7 +54,7 @@ impl ModuleMapper for AdamStep<'_> {
             let dims = tensor.dims();
             let n = dims.iter().product::<usize>();
             let mut flat = tensor.inner().reshape([n]);
-            adam::update_in_place(
+            fused::update_in_place(
                 &mut flat,
                 grad.reshape([n]),
                 moments,
@@ -163,23 +64,6 @@ impl ModuleMapper for AdamStep<'_> {
             flat.reshape(dims).autodiff().require_grad()
         })
     }
-}
-
-/// Mean cross-entropy of `logits` against one-hot `targets`, `[1]`.
-pub fn mean_cross_entropy(logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
-    let batch = logits.dims()[0] as f64;
-    (log_softmax(logits, 1) * targets)
-        .sum()
-        .neg()
-        .div_scalar(batch)
-}
-
-/// The batch's summed loss and right answers from its `logits` (outside autodiff).
-fn stats(logits: Tensor<2>, targets: Tensor<2>, labels: Tensor<1, Int>) -> StepStats {
-    let batch = logits.dims()[0];
-    let loss_sum = (log_softmax(logits.clone(), 1) * targets).sum().neg();
-    let correct = logits.argmax(1).reshape([batch]).equal(labels).int().sum();
-    StepStats { loss_sum, correct }
 }
 
 /// A model and its optimizer while training through autodiff.
@@ -282,7 +166,7 @@ impl<M: Network> AutodiffTrainer<M> {
 mod tests {
     use super::*;
     use crate::model::{Mlp, max_difference, random_batch};
-    use crate::sharded::ShardedTrainer;
+    use crate::train::cpu::sharded::ShardedTrainer;
 
     const CLASSES: usize = 10;
 

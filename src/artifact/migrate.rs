@@ -5,8 +5,7 @@
 //!   `adam.v.` in checkpoints); format 2 names every parameter by its module path
 //!   ([`crate::model::MLP_PARAMETERS`]). The values and their layout are the same.
 
-use crate::container::Array;
-use crate::model::MLP_PARAMETERS;
+use crate::model::{Array, MLP_PARAMETERS};
 
 /// Format 1's names of the MLP's parameters, in [`MLP_PARAMETERS`] order.
 const FORMAT_1_NAMES: [&str; 4] = ["w1", "b1", "w2", "b2"];

@@ -1,4 +1,4 @@
-//! The CNN's training step on the CPU, derived by hand, as [`crate::sharded`] is for the MLP.
+//! The CNN's training step on the CPU, derived by hand, as [`crate::train::cpu::sharded`] is for the MLP.
 //!
 //! Why: through burn's autodiff the CNN trained at a fifth of PyTorch's speed on the CPU
 //! (`bench/README.md`): most of a step went to burn-flex rearranging patches for its
@@ -8,9 +8,9 @@
 //! maximum came from, and the backward pass reuses the forward's patches. The batch is cut into
 //! one chunk per core for the convolutions; the dense layers, whose products are large enough to
 //! share, run on the whole batch; then Adam ([`fused::adam_apply`], the arithmetic of
-//! [`crate::adam::update`]).
+//! [`crate::train::adam::update`]).
 //!
-//! The network and the arithmetic are [`Cnn`]'s and [`crate::autodiff_step`]'s: the weights keep
+//! The network and the arithmetic are [`Cnn`]'s and [`crate::train::autodiff`]'s: the weights keep
 //! the module's names and layouts, so checkpoints, `--resume` and every other command are
 //! unchanged, and the step is tested against the autodiff one. Only sums are taken in another
 //! order. On a GPU the CNN still trains through autodiff.
@@ -20,13 +20,13 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use crate::adam::{AdamConfig, AdamState};
-use crate::autodiff_step::load_weights;
-use crate::cnn::{self, Cnn};
-use crate::container::Array;
 use crate::data::preprocess::INPUT_LEN;
-use crate::fused::{self, Strided, product};
+use crate::model::Array;
+use crate::model::cnn::{self, Cnn};
+use crate::model::load_weights;
 use crate::model::{StepStats, Weights, read_f32};
+use crate::train::adam::{AdamConfig, AdamState};
+use crate::train::cpu::fused::{self, Strided, product};
 
 /// Side of the input pictures.
 const SIZE: usize = 32;
@@ -608,8 +608,8 @@ impl Dense {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::autodiff_step::AutodiffTrainer;
     use crate::model::{max_difference, random_batch};
+    use crate::train::autodiff::AutodiffTrainer;
 
     const CLASSES: usize = 10;
 

@@ -7,9 +7,32 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::adam::AdamState;
-use crate::container::{self, Array, Contents, Kind};
+use crate::artifact::container::{self, Contents, Kind};
+use crate::model::Array;
 use crate::model::{ModelConfig, Weights};
+
+/// The first and second moments of each parameter, on the host, named as the parameters are
+/// ([`Weights`]): what a checkpoint keeps of Adam, to resume exactly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdamState {
+    /// Steps taken so far.
+    pub step: u64,
+    /// First moments.
+    pub m: Weights,
+    /// Second moments.
+    pub v: Weights,
+}
+
+impl AdamState {
+    /// The state before the first step of training `weights`.
+    pub fn zeros_like(weights: &Weights) -> Self {
+        Self {
+            step: 0,
+            m: weights.zeros_like(),
+            v: weights.zeros_like(),
+        }
+    }
+}
 
 /// The hyper-parameters of a run, saved with every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,6 +216,7 @@ impl Checkpoint {
 
     /// Builds a checkpoint from a decoded file.
     pub(crate) fn from_contents(mut contents: Contents) -> Result<Self> {
+        super::migrate::upgrade_arrays(contents.version, &mut contents.arrays);
         if contents.kind != Kind::Checkpoint {
             bail!("is a maas {}, not a checkpoint", contents.kind);
         }

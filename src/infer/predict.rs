@@ -9,8 +9,8 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::artifact::export::LoadedModel;
 use crate::data::preprocess::{INPUT_LEN, load_image_file};
-use crate::export::LoadedModel;
 use crate::model::{Model, ModelConfig, read_f32};
 
 use crate::data::FileError;
@@ -76,7 +76,7 @@ impl Probabilities for Classifier {
 /// A loaded model on a device, ready to classify.
 pub struct Classifier {
     /// The model, or why the weights do not make one. `new` cannot fail (its callers rely on
-    /// that), and a [`LoadedModel`] from [`crate::export::load_model`] was checked already; one
+    /// that), and a [`LoadedModel`] from [`crate::artifact::export::load_model`] was checked already; one
     /// made by hand with arrays the architecture lacks fails at its first use instead.
     model: std::result::Result<Model, String>,
     config: ModelConfig,

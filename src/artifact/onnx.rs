@@ -8,7 +8,7 @@
 
 use anyhow::{Context, Result};
 
-use crate::export::Provenance;
+use crate::artifact::export::Provenance;
 use crate::model::{Arch, MLP_PARAMETERS, MlpWeights, ModelConfig, Weights};
 
 /// The ONNX opset the graph uses.
@@ -117,7 +117,7 @@ fn node_ints(op: &str, inputs: &[&str], output: &str, attributes: &[(&str, &[i64
     m
 }
 
-/// The CNN's nodes ([`crate::cnn`]): the parameters are the initializers of their own names.
+/// The CNN's nodes ([`crate::model::cnn`]): the parameters are the initializers of their own names.
 fn cnn_nodes(graph: Message) -> Message {
     let conv = |input: &str, layer: &str, output: &str| {
         let (weight, bias) = (format!("{layer}.weight"), format!("{layer}.bias"));

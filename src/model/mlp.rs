@@ -1,239 +1,23 @@
-//! THE model: a 3x32x32 image, flattened channel-major, Dense(hidden) + ReLU, Dense(classes).
-//!
-//! The number of classes is a parameter of the model: the length of its class names (10 for
-//! CIFAR-10, the number of class folders for an image folder), and the width of `b2`.
-//!
-//! Training works on the logits with cross-entropy; inference returns softmax probabilities.
-//! Nothing here knows about files or the command line: the weights cross that boundary as a
-//! plain [`Weights`] value.
+//! The card's model: a 3x32x32 image, flattened channel-major, Dense(hidden) + ReLU,
+//! Dense(classes).
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{log_softmax, relu, softmax};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use serde::{Deserialize, Serialize};
 
-use crate::container::Array;
-use crate::data::preprocess::{INPUT_LEN, Preprocessing};
-
-use crate::data::MAX_CLASSES;
-/// The default width of the hidden layer.
-pub const DEFAULT_HIDDEN: usize = 64;
-
-/// Everything needed to rebuild the model and feed it, saved beside its weights.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelConfig {
-    /// The architecture's name, so that a file of another architecture is refused by name.
-    pub architecture: String,
-    /// Input shape, channels first.
-    pub input_shape: [usize; 3],
-    /// Width of the hidden layer.
-    pub hidden: usize,
-    /// Class names, index order.
-    pub classes: Vec<String>,
-    /// How an image becomes the model's input.
-    pub preprocessing: Preprocessing,
-}
-
-/// The MLP's name in every file (the card's model).
-pub const ARCHITECTURE: &str = "mlp-3072-relu-10";
-/// The CNN's name in every file.
-pub const CNN_ARCHITECTURE: &str = "cnn-conv32-conv64-dense128";
-
-/// The architectures `maas train --arch` makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    /// The card's MLP: Dense(hidden) + ReLU, Dense(classes).
-    Mlp,
-    /// The small CNN of [`crate::cnn`].
-    Cnn,
-}
-
-impl Arch {
-    /// The architecture named `name` in a file.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            ARCHITECTURE => Some(Arch::Mlp),
-            CNN_ARCHITECTURE => Some(Arch::Cnn),
-            _ => None,
-        }
-    }
-
-    /// Its name in files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Mlp => ARCHITECTURE,
-            Arch::Cnn => CNN_ARCHITECTURE,
-        }
-    }
-
-    /// Its short name on the command line (`--arch`).
-    pub fn flag(self) -> &'static str {
-        match self {
-            Arch::Mlp => "mlp",
-            Arch::Cnn => "cnn",
-        }
-    }
-}
-
-impl ModelConfig {
-    /// The configuration of an MLP of the given width and classes.
-    pub fn new(hidden: usize, classes: Vec<String>) -> Self {
-        Self {
-            architecture: ARCHITECTURE.to_string(),
-            input_shape: [3, 32, 32],
-            hidden,
-            classes,
-            preprocessing: Preprocessing::current(),
-        }
-    }
-
-    /// The configuration of a model of `arch` with the given classes; `hidden` is the MLP's
-    /// width (the CNN's dense layer is always [`crate::cnn::DENSE`] wide, and recorded so).
-    pub fn of(arch: Arch, hidden: usize, classes: Vec<String>) -> Self {
-        let hidden = match arch {
-            Arch::Mlp => hidden,
-            Arch::Cnn => crate::cnn::DENSE,
-        };
-        Self {
-            architecture: arch.name().to_string(),
-            ..Self::new(hidden, classes)
-        }
-    }
-
-    /// The architecture; an error names one this maas does not run.
-    pub fn arch(&self) -> Result<Arch> {
-        Arch::from_name(&self.architecture).with_context(|| {
-            format!(
-                "architecture `{}` is not supported (this maas runs `{ARCHITECTURE}` and \
-                 `{CNN_ARCHITECTURE}`)",
-                self.architecture
-            )
-        })
-    }
-
-    /// The names and shapes of the model's parameters, in order: what its files hold.
-    pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        if self.arch().ok() == Some(Arch::Cnn) {
-            return crate::cnn::parameter_shapes(self.classes.len());
-        }
-        let shapes = MlpWeights::shapes(self.hidden, self.classes.len());
-        MLP_PARAMETERS
-            .iter()
-            .map(|name| name.to_string())
-            .zip(shapes)
-            .collect()
-    }
-
-    /// Checks that this maas can run a model of this configuration.
-    pub fn check_supported(&self) -> Result<()> {
-        self.arch()?;
-        if self.input_shape != [3, 32, 32] {
-            bail!(
-                "input shape {:?} is not supported (expected [3, 32, 32])",
-                self.input_shape
-            );
-        }
-        if !(2..=MAX_CLASSES).contains(&self.classes.len()) {
-            bail!(
-                "has {} class names, expected 2 to {MAX_CLASSES}",
-                self.classes.len()
-            );
-        }
-        if self.hidden == 0 {
-            bail!("hidden width 0 is not supported");
-        }
-        if !self
-            .preprocessing
-            .compatible_with(&Preprocessing::current())
-        {
-            bail!(
-                "its preprocessing {:?} differs from this maas's {:?}",
-                self.preprocessing,
-                Preprocessing::current()
-            );
-        }
-        Ok(())
-    }
-}
-
-/// The model's parameters on the host: named arrays with their shapes, in the architecture's
-/// order ([`ModelConfig::parameter_shapes`]). The names are burn's module paths
-/// (`hidden.weight`), so files, checkpoints and Adam's state hold any architecture's parameters
-/// without naming them in code.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Weights {
-    /// The parameters, row-major.
-    pub arrays: Vec<Array>,
-}
+use super::loss::StepStats;
+use super::weights::{Array, Weights, read_f32};
+use crate::data::preprocess::INPUT_LEN;
 
 impl Weights {
     /// Fresh weights of the MLP of `hidden` width and `classes` outputs, as Keras initialises
     /// Dense layers (see [`MlpWeights::init`]).
     pub fn init(hidden: usize, classes: usize, seed: u64) -> Self {
         MlpWeights::init(hidden, classes, seed).into_weights()
-    }
-
-    /// Arrays of the same names and shapes, all zero (Adam's moments before the first step).
-    pub fn zeros_like(&self) -> Self {
-        let arrays = self
-            .arrays
-            .iter()
-            .map(|a| Array::new(&a.name, a.shape.clone(), vec![0.0; a.values.len()]))
-            .collect();
-        Self { arrays }
-    }
-
-    /// The array named `name`.
-    pub fn get(&self, name: &str) -> Result<&Array> {
-        self.arrays
-            .iter()
-            .find(|a| a.name == name)
-            .with_context(|| format!("the weights have no array `{name}`"))
-    }
-
-    /// The array named `name`, checked to be of `shape`.
-    pub fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<&Array> {
-        let array = self.get(name)?;
-        if array.shape != shape {
-            bail!(
-                "array `{name}` has shape {:?}, expected {shape:?}",
-                array.shape
-            );
-        }
-        Ok(array)
-    }
-
-    /// The number of classes: the width of the output layer, whose bias is the last array.
-    pub fn classes(&self) -> usize {
-        self.arrays
-            .last()
-            .and_then(|a| a.shape.last())
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// Checks that every weight is a finite number. A model whose training diverged can hold NaN
-    /// in a file whose checksum is fine, and would then answer every image with NaN probabilities.
-    pub fn check_finite(&self) -> Result<()> {
-        if let Some((name, at, value)) = self.first_non_finite() {
-            bail!(
-                "weight {name} holds {value:?} (element {at}): every answer would be NaN (did its \
-                 training diverge? train again with a lower --lr)"
-            );
-        }
-        Ok(())
-    }
-
-    /// The first value that is not a finite number: its array's name, its index and itself.
-    pub fn first_non_finite(&self) -> Option<(&str, usize, f32)> {
-        self.arrays.iter().find_map(|a| {
-            let at = a.values.iter().position(|v| !v.is_finite())?;
-            Some((a.name.as_str(), at, a.values[at]))
-        })
     }
 }
 
@@ -326,68 +110,6 @@ impl MlpWeights {
     }
 }
 
-/// A model of either architecture, ready to run (prediction, evaluation, explanation).
-// A model or two per process: the size of the variants does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-pub enum Model {
-    /// The MLP.
-    Mlp(Mlp),
-    /// The CNN.
-    Cnn(crate::cnn::Cnn),
-}
-
-impl Model {
-    /// The model of `config` holding `weights`, on `device`; an error names an array that is
-    /// missing or of the wrong shape.
-    pub fn from_weights(config: &ModelConfig, weights: &Weights, device: &Device) -> Result<Self> {
-        Ok(match config.arch()? {
-            Arch::Mlp => Model::Mlp(Mlp::from_weights(weights, device)?),
-            Arch::Cnn => {
-                let cnn = crate::cnn::Cnn::new(config.classes.len(), device);
-                Model::Cnn(crate::autodiff_step::load_weights(cnn, weights)?)
-            }
-        })
-    }
-
-    /// Logits `[N, classes]` for a batch of preprocessed images `[N, 3072]`.
-    pub fn forward(&self, input: Tensor<2>) -> Tensor<2> {
-        match self {
-            Model::Mlp(m) => m.forward(input),
-            Model::Cnn(c) => c.forward(input),
-        }
-    }
-
-    /// Class probabilities `[N, classes]` (softmax of the logits).
-    pub fn probabilities(&self, input: Tensor<2>) -> Tensor<2> {
-        softmax(self.forward(input), 1)
-    }
-}
-
-/// Checks that the model of `config` holding `weights` answers in finite numbers: it is run on
-/// the CPU once, on a black, a grey and a white image. Finite weights can still overflow
-/// (3e38 everywhere: every sum is infinite, every probability NaN), which no look at the
-/// weights alone tells for every architecture; a model that fails this would answer NaN.
-pub fn check_answers_finite(config: &ModelConfig, weights: &Weights) -> Result<()> {
-    let device = Device::flex();
-    let model = Model::from_weights(config, weights, &device)?;
-    let levels = [0.0f32, 0.5, 1.0];
-    let probe: Vec<f32> = levels
-        .iter()
-        .flat_map(|&level| std::iter::repeat_n(level, INPUT_LEN))
-        .collect();
-    let input = Tensor::<2>::from_data(TensorData::new(probe, [levels.len(), INPUT_LEN]), &device);
-    let logits = read_f32(model.forward(input))?;
-    if let Some(bad) = logits.iter().find(|v| !v.is_finite()) {
-        bail!(
-            "the weights are finite but too large: the model's output for a plain image is \
-             {bad:?}, so every answer would be NaN (did its training diverge? train again with \
-             a lower --lr)"
-        );
-    }
-    Ok(())
-}
-
 /// The classifier as a burn module.
 #[derive(Module, Debug)]
 pub struct Mlp {
@@ -410,15 +132,6 @@ pub(crate) struct Gradients {
     pub w2: Tensor<2>,
     /// d loss / d b2.
     pub b2: Tensor<1>,
-}
-
-/// What one training step computed besides the gradients; tensors, so reading them can wait.
-#[derive(Debug, Clone)]
-pub struct StepStats {
-    /// Sum (not mean) of the batch's cross-entropy losses, `[1]`.
-    pub loss_sum: Tensor<1>,
-    /// How many of the batch were classified right, `[1]`.
-    pub correct: Tensor<1, Int>,
 }
 
 impl Mlp {
@@ -519,7 +232,7 @@ impl Mlp {
     /// One forward and backward pass: the gradients of the mean cross-entropy, derived by hand
     /// for this fixed architecture, which costs far fewer tensor operations than a recorded graph.
     /// Training runs the same arithmetic with the first layer's product cut into shards
-    /// ([`crate::sharded`]); this whole-model form is the reference that is tested against
+    /// ([`crate::train::cpu::sharded`]); this whole-model form is the reference that is tested against
     /// autodiff, and the sharded step against it.
     #[cfg(test)]
     pub(crate) fn gradients(
@@ -544,7 +257,7 @@ impl Mlp {
     }
 }
 
-impl crate::autodiff_step::Network for Mlp {
+impl super::module_io::Network for Mlp {
     fn logits(&self, input: Tensor<2>) -> Tensor<2> {
         self.forward(input)
     }
@@ -613,69 +326,10 @@ fn bias(layer: &Linear) -> Tensor<1> {
     }
 }
 
-/// Reads a tensor back to the host as f32 values.
-pub fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
-    let data = tensor
-        .try_into_data()
-        .map_err(|e| anyhow::anyhow!("reading a tensor from the device failed: {e:?}"))?;
-    data.try_into_vec_as::<f32>()
-        .map_err(|e| anyhow::anyhow!("unexpected tensor data: {e:?}"))
-}
-
-/// A batch as training takes it: `inputs` (one row per label, of any width) `[N, width]`, the
-/// labels as one-hot targets `[N, classes]`, and the labels `[N]`.
-pub fn batch_tensors(
-    inputs: Vec<f32>,
-    labels: Vec<i64>,
-    classes: usize,
-    device: &Device,
-) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
-    let n = labels.len();
-    let width = inputs.len() / n.max(1);
-    let mut targets = vec![0f32; n * classes];
-    for (row, &label) in targets.chunks_mut(classes).zip(&labels) {
-        row[label as usize] = 1.0;
-    }
-    (
-        Tensor::from_data(TensorData::new(inputs, [n, width]), device),
-        Tensor::from_data(TensorData::new(targets, [n, classes]), device),
-        Tensor::from_data(TensorData::new(labels, [n]), device),
-    )
-}
-
-/// `n` random inputs in [0, 1) with random labels of `classes`: inputs, one-hot targets, labels.
-#[cfg(test)]
-pub(crate) fn random_batch(
-    n: usize,
-    classes: usize,
-    seed: u64,
-    device: &Device,
-) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let x: Vec<f32> = (0..n * INPUT_LEN)
-        .map(|_| rng.random_range(0.0..1.0))
-        .collect();
-    let labels: Vec<i64> = (0..n)
-        .map(|_| rng.random_range(0..classes as i64))
-        .collect();
-    batch_tensors(x, labels, classes, device)
-}
-
-/// The largest difference between two sets of weights of the same names and shapes.
-#[cfg(test)]
-pub(crate) fn max_difference(a: &Weights, b: &Weights) -> f32 {
-    assert_eq!(a.arrays.len(), b.arrays.len());
-    a.arrays
-        .iter()
-        .zip(&b.arrays)
-        .inspect(|(x, y)| assert_eq!((&x.name, &x.shape), (&y.name, &y.shape)))
-        .flat_map(|(x, y)| x.values.iter().zip(&y.values).map(|(p, q)| (p - q).abs()))
-        .fold(0.0, f32::max)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::random_batch;
 
     const NUM_CLASSES: usize = 10;
 

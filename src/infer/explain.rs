@@ -10,10 +10,10 @@ use burn::tensor::TensorData;
 use image::{Rgb, RgbImage};
 use serde::Serialize;
 
+use crate::artifact::export::LoadedModel;
 use crate::data::preprocess::{INPUT_LEN, SIDE};
-use crate::export::LoadedModel;
+use crate::infer::predict::{Classifier, Ranked};
 use crate::model::{Model, read_f32};
-use crate::predict::{Classifier, Ranked};
 
 /// How many screen pixels each of the model's 32x32 input pixels becomes in the picture.
 const SCALE: u32 = 8;
@@ -39,7 +39,7 @@ pub struct Explanation {
 
 /// A model that can be differentiated with respect to its input.
 pub struct Explainer {
-    /// The model, or why the weights do not make one (see [`crate::predict::Classifier`]).
+    /// The model, or why the weights do not make one (see [`crate::infer::predict::Classifier`]).
     model: std::result::Result<Model, String>,
     device: Device,
 }

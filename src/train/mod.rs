@@ -1,5 +1,10 @@
 //! The training loop: shuffled mini-batches, Adam, a test evaluation and a checkpoint per epoch.
 
+pub mod adam;
+pub mod autodiff;
+pub mod cpu;
+pub mod trainer;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -11,8 +16,7 @@ use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
-use crate::adam::{AdamConfig, AdamState};
-use crate::checkpoint::{
+use crate::artifact::checkpoint::{
     Checkpoint, CheckpointMeta, EpochMetrics, RunFiles, TrainConfig, metrics_csv,
 };
 use crate::data::LabelledImages;
@@ -23,8 +27,9 @@ use crate::fsutil::write_atomic;
 use crate::model::{Arch, DEFAULT_HIDDEN, Model, ModelConfig, Weights, batch_tensors};
 use crate::plots;
 use crate::progress::Reporter;
-use crate::sharded::shards_for;
-use crate::trainer::Trainer;
+use crate::train::adam::{AdamConfig, AdamState};
+use crate::train::cpu::sharded::shards_for;
+use crate::train::trainer::Trainer;
 
 /// How to train; `None` means "the default, or the checkpoint's value on --resume".
 #[derive(Debug, Clone)]
@@ -420,7 +425,7 @@ fn at_epoch_zero(model: ModelConfig, train: TrainConfig) -> Result<Checkpoint> {
     model.check_supported()?;
     let weights = match model.arch()? {
         Arch::Mlp => Weights::init(model.hidden, model.classes.len(), train.seed),
-        Arch::Cnn => crate::cnn::init_weights(model.classes.len(), train.seed),
+        Arch::Cnn => crate::model::cnn::init_weights(model.classes.len(), train.seed),
     };
     Ok(Checkpoint {
         adam: AdamState::zeros_like(&weights),
@@ -495,7 +500,7 @@ pub fn train(
     ));
 
     prepare_folder(&files, &state, opts, selected, reporter)?;
-    crate::subnormals::flush_to_zero();
+    crate::train::cpu::subnormals::flush_to_zero();
     let mut trainer = Trainer::new(
         &state.meta.model,
         &state.weights,

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::data::LabelledImages;
 use crate::data::cifar10::IMAGE_BYTES;
 use crate::data::preprocess::normalize;
-use crate::predict::{Probabilities, rank};
+use crate::infer::predict::{Probabilities, rank};
 
 /// One class's figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]

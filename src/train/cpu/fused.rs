@@ -23,7 +23,7 @@ use burn::backend::{Backend, Dispatch, DispatchDevice, DispatchTensor, Flex, bac
 use burn::prelude::*;
 use burn::tensor::DType;
 
-use crate::adam::AdamConfig;
+use crate::train::adam::{self, AdamConfig, Moments};
 
 /// Operations burn's CPU backend lacks.
 #[backend_extension(Flex)]
@@ -385,10 +385,40 @@ fn tensors<const D: usize>(
     )
 }
 
+/// Runs `op` on `param` and its `moments` moved out, and stores the three tensors it returns.
+///
+/// Moved, not cloned: a fused CPU operation then owns the buffers and writes into them, where a
+/// clone would make it copy each buffer first. Their places hold empty tensors meanwhile.
+pub(crate) fn replace_with<const D: usize>(
+    param: &mut Tensor<D>,
+    moments: &mut Moments<D>,
+    op: impl FnOnce(Tensor<D>, Tensor<D>, Tensor<D>) -> (Tensor<D>, Tensor<D>, Tensor<D>),
+) {
+    let device = param.device();
+    let take = |t: &mut Tensor<D>| std::mem::replace(t, Tensor::empty([0; D], &device));
+    let (p, m, v) = op(take(param), take(&mut moments.m), take(&mut moments.v));
+    (*param, moments.m, moments.v) = (p, m, v);
+}
+
+/// One Adam update of `param` and its `moments` from `grad`, in place where the backend allows:
+/// on the CPU as one fused pass ([`adam_step`]), elsewhere as [`adam::update`].
+pub(crate) fn update_in_place<const D: usize>(
+    param: &mut Tensor<D>,
+    grad: Tensor<D>,
+    moments: &mut Moments<D>,
+    lr_t: f64,
+    c: AdamConfig,
+) {
+    if on_flex(param) {
+        replace_with(param, moments, |p, m, v| adam_step(p, grad, m, v, lr_t, c));
+    } else {
+        *param = adam::update(param.clone(), grad, moments, lr_t, c);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adam::{self, Moments};
     use crate::model::read_f32;
     use burn::tensor::TensorData;
     use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -427,7 +457,7 @@ mod tests {
                 let scale = if step % 2 == 0 { 1e-4 } else { 3.0 };
                 let grad = pseudo_random(n, 10 + step, scale);
                 let lr_t = config.step_size(step);
-                adam::update_in_place(
+                update_in_place(
                     &mut fused_p,
                     tensor(grad.clone(), &device),
                     &mut fused_m,
@@ -463,7 +493,7 @@ mod tests {
         // A model built for evaluation shares the weights' buffer; an update must not reach it.
         let (held_p, held_m) = (param.clone(), moments.m.clone());
         let grad = tensor(vec![0.5; 16], &device);
-        adam::update_in_place(&mut param, grad, &mut moments, config.step_size(1), config);
+        update_in_place(&mut param, grad, &mut moments, config.step_size(1), config);
         assert_eq!(read_f32(held_p).unwrap(), vec![1.0; 16]);
         assert_eq!(read_f32(held_m).unwrap(), vec![0.0; 16]);
         assert!(
@@ -542,7 +572,7 @@ mod tests {
             let mut fused_m = Moments::upload(&[0.0; 8], &[0.0; 8], [8], &device);
             let mut plain_m = fused_m.clone();
             let grad = tensor(pseudo_random(8, 4, 1.0), &device);
-            adam::update_in_place(&mut param, grad.clone(), &mut fused_m, 0.01, config);
+            update_in_place(&mut param, grad.clone(), &mut fused_m, 0.01, config);
             reference = adam::update(reference, grad, &mut plain_m, 0.01, config);
             assert_eq!(param.dims(), [8], "{part:?}");
             assert_eq!(

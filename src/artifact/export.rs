@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, TrainConfig, take_weights, weight_arrays};
-use crate::container::{self, Kind};
+use crate::artifact::checkpoint::{Checkpoint, TrainConfig, take_weights, weight_arrays};
+use crate::artifact::container::{self, Kind};
 use crate::fsutil::{write_atomic, write_target};
 use crate::model::{ModelConfig, Weights, check_answers_finite};
 
@@ -134,7 +134,9 @@ pub fn export_bytes(checkpoint: &Path, format: Format) -> Result<(LoadedModel, V
                 &weight_arrays("", &ckpt.weights),
             )?
         }
-        Format::Onnx => crate::onnx::encode(&ckpt.meta.model, &ckpt.weights, Some(&provenance))?,
+        Format::Onnx => {
+            crate::artifact::onnx::encode(&ckpt.meta.model, &ckpt.weights, Some(&provenance))?
+        }
     };
     let model = LoadedModel {
         config: ckpt.meta.model,
@@ -158,7 +160,8 @@ pub fn decode_model(bytes: &[u8], path: &Path) -> Result<LoadedModel> {
     model_from_contents(container::decode(bytes)?, path)
 }
 
-fn model_from_contents(contents: container::Contents, path: &Path) -> Result<LoadedModel> {
+fn model_from_contents(mut contents: container::Contents, path: &Path) -> Result<LoadedModel> {
+    super::migrate::upgrade_arrays(contents.version, &mut contents.arrays);
     let loaded = model_of_kind(contents, path)?;
     // Checked here, where every command loads its model, rather than by each command.
     loaded.weights.check_finite()?;

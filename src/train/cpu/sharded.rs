@@ -11,7 +11,7 @@
 //! them, in parallel with Adam on the small parameters. On the CPU the gradient and Adam of a
 //! shard are one fused operation that works through its rows a block at a time
 //! ([`fused::first_layer_adam`]), and Adam on the small parameters is one pass
-//! ([`adam::update_in_place`]). The arithmetic is that of [`Mlp::gradients`] and
+//! ([`fused::update_in_place`]). The arithmetic is that of [`Mlp::gradients`] and
 //! [`adam::update`]; only the product's sum is taken in another order when there are several
 //! shards (tested to agree; with one shard the weights are equal to the bit). Rows are the cut
 //! because the product then splits into sums over long rows, and the gradient into tall blocks:
@@ -26,13 +26,13 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use crate::adam::{self, AdamConfig, AdamState, Moments};
 use crate::data::preprocess::INPUT_LEN;
 use crate::device::DeviceKind;
-use crate::fused;
 use crate::model::{
     Mlp, MlpWeights, StepStats, Weights, beyond_first_product, first_layer_gradient, read_f32,
 };
+use crate::train::adam::{AdamConfig, AdamState, Moments};
+use crate::train::cpu::fused;
 
 /// A parameter and its Adam moments.
 struct Trained<const D: usize> {
@@ -50,7 +50,7 @@ impl<const D: usize> Trained<D> {
     }
 
     fn update(&mut self, grad: Tensor<D>, lr_t: f64, config: AdamConfig) {
-        adam::update_in_place(&mut self.value, grad, &mut self.moments, lr_t, config);
+        fused::update_in_place(&mut self.value, grad, &mut self.moments, lr_t, config);
     }
 
     fn host(&self) -> Result<[Vec<f32>; 3]> {
@@ -80,7 +80,7 @@ impl Shard {
             // interleaved), though not in `examples/step_bench`; the cause was not found.
             let first_row = self.rows.start;
             let (input, d_pre) = (input.clone(), d_pre.clone());
-            adam::replace_with(&mut w1.value, &mut w1.moments, move |value, m, v| {
+            fused::replace_with(&mut w1.value, &mut w1.moments, move |value, m, v| {
                 fused::first_layer_adam(input, d_pre, value, m, v, first_row, lr_t, config)
             });
         } else {
@@ -283,6 +283,7 @@ mod tests {
     use super::*;
     use crate::data::preprocess::INPUT_LEN;
     use crate::model::max_difference;
+    use crate::train::adam;
 
     const CLASSES: usize = 10;
 

@@ -13,10 +13,12 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::model::Array;
+
 /// The first bytes of every maas file.
 pub const SIGNATURE: &[u8; 8] = b"\x89MAAS\r\n\x1a";
 /// The format version this maas writes and the newest it reads; older ones are brought up to it
-/// as they are read ([`crate::migrate`]). 2: arrays named by module path (was `w1`..`b2`).
+/// as they are read (by [`super::migrate`], for the kinds that know their names). 2: arrays named by module path (was `w1`..`b2`).
 pub const FORMAT_VERSION: u32 = 2;
 
 const PREFIX_BYTES: usize = SIGNATURE.len() + 4 + 4;
@@ -41,28 +43,6 @@ impl std::fmt::Display for Kind {
     }
 }
 
-/// A named array of f32 values with its shape.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Array {
-    /// Name, unique in its file.
-    pub name: String,
-    /// Dimensions; their product is `values.len()`.
-    pub shape: Vec<usize>,
-    /// The values, row-major.
-    pub values: Vec<f32>,
-}
-
-impl Array {
-    /// An array named `name` of the given shape.
-    pub fn new(name: &str, shape: Vec<usize>, values: Vec<f32>) -> Self {
-        Self {
-            name: name.to_string(),
-            shape,
-            values,
-        }
-    }
-}
-
 #[derive(Serialize, Deserialize)]
 struct ArrayEntry {
     name: String,
@@ -79,6 +59,8 @@ struct Header {
 /// A decoded maas file.
 #[derive(Debug, Clone)]
 pub struct Contents {
+    /// The file's format version, as written: [`super::migrate`] brings older ones up to date.
+    pub version: u32,
     /// What the file holds.
     pub kind: Kind,
     /// The kind-specific header (model configuration, provenance, training state).
@@ -212,8 +194,8 @@ pub fn decode(bytes: &[u8]) -> Result<Contents> {
             values,
         });
     }
-    crate::migrate::upgrade_arrays(version, &mut arrays);
     Ok(Contents {
+        version,
         kind: header.kind,
         meta: header.meta,
         arrays,
