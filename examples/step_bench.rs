@@ -1,21 +1,20 @@
 //! Times the training step alone (no data loading, no evaluation): the figure behind issue #4's
 //! training ratios, steadier than a whole run on a noisy machine.
 //!
-//!     cargo run --example step_bench -- [BATCH] [STEPS] [ROUNDS] [mlp|cnn|cnn-autodiff]
+//!     cargo run --example step_bench -- [BATCH] [STEPS] [ROUNDS] [mlp|cnn|mlp-autodiff|cnn-autodiff]
 //!
 //! Prints the best and the median time per step over the rounds, and samples/s of the best.
-//! `cnn` is the CNN's step as `maas train --arch cnn` takes it on the CPU (`src/cnn_cpu.rs`);
+//! `cnn` is the CNN's step as `maas train --arch cnn` takes it on the CPU (`src/train/cpu/cnn.rs`);
 //! `cnn-autodiff` the same network through burn's autodiff, as it trained before.
 use std::time::Instant;
 
 use burn::prelude::*;
 use maas::device::DeviceKind;
-use maas::model::cnn::{self, Cnn};
-use maas::model::{Arch, ModelConfig, StepStats, Weights, batch_tensors};
+use maas::model::{Arch, ModelConfig, batch_tensors};
 use maas::train::adam::{AdamConfig, AdamState};
-use maas::train::autodiff::AutodiffTrainer;
 use maas::train::cpu::sharded::shards_for;
-use maas::train::trainer::Trainer;
+use maas::train::step::TrainStep;
+use maas::train::trainer::{Start, autodiff_trainer, trainer};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 const CLASSES: usize = 10;
@@ -33,41 +32,28 @@ fn arg(n: usize, default: usize) -> usize {
     }
 }
 
-/// The step being timed.
-enum Step {
-    /// Either architecture as training takes it.
-    Trainer(Trainer),
-    /// The CNN through burn's autodiff on the CPU.
-    CnnAutodiff(AutodiffTrainer<Cnn>),
-}
-
-impl Step {
-    fn run(&mut self, x: Tensor<2>, y: Tensor<2>, l: Tensor<1, Int>) -> anyhow::Result<StepStats> {
-        match self {
-            Step::Trainer(t) => t.step(x, y, l),
-            Step::CnnAutodiff(t) => Ok(t.step(x.slice_dim(1, 0..3072), y, l)),
-        }
-    }
-}
-
-fn setup(name: &str, device: &Device) -> anyhow::Result<Step> {
+fn setup(name: &str, device: &Device) -> anyhow::Result<Box<dyn TrainStep>> {
     let classes: Vec<String> = (0..CLASSES).map(|c| c.to_string()).collect();
-    let adam = AdamConfig::new(1e-3);
-    let (arch, weights) = match name {
-        "mlp" => (Arch::Mlp, Weights::init(HIDDEN, CLASSES, 1)),
-        "cnn" | "cnn-autodiff" => (Arch::Cnn, cnn::init_weights(CLASSES, 1)),
-        other => anyhow::bail!("unknown step `{other}` (mlp, cnn or cnn-autodiff)"),
+    let flag = name.strip_suffix("-autodiff").unwrap_or(name);
+    let Some(arch) = Arch::from_flag(flag) else {
+        anyhow::bail!("unknown step `{name}` (mlp, cnn, or either with -autodiff)");
     };
-    let state = AdamState::zeros_like(&weights);
-    if name == "cnn-autodiff" {
-        let model = Cnn::new(CLASSES, device);
-        let trainer = AutodiffTrainer::new(model, &weights, &state, adam, device)?;
-        return Ok(Step::CnnAutodiff(trainer));
-    }
     let config = ModelConfig::of(arch, HIDDEN, classes);
-    let shards = shards_for(DeviceKind::Cpu);
-    let trainer = Trainer::new(&config, &weights, &state, adam, shards, device)?;
-    Ok(Step::Trainer(trainer))
+    let weights = config.init_weights(1)?;
+    let state = AdamState::zeros_like(&weights);
+    let start = Start {
+        config: &config,
+        weights: &weights,
+        state: &state,
+        adam: AdamConfig::new(1e-3),
+        shards: shards_for(DeviceKind::Cpu),
+        device,
+    };
+    if name.ends_with("-autodiff") {
+        autodiff_trainer(&start)
+    } else {
+        trainer(&start)
+    }
 }
 
 fn main() {
@@ -98,7 +84,7 @@ fn main() {
             for s in 0..steps {
                 let (x, labels) = &batches[s % batches.len()];
                 let (x, y, l) = batch_tensors(x.clone(), labels.clone(), CLASSES, &device);
-                let stats = trainer.run(x, y, l).unwrap_or_else(|e| {
+                let stats = trainer.step(x, y, l).unwrap_or_else(|e| {
                     eprintln!("step_bench: {e:#}");
                     std::process::exit(1)
                 });

@@ -20,7 +20,7 @@ fn decode_all(bytes: &[u8]) {
         }
     }
     if let Ok(model) = decode_model(bytes, Path::new("fuzz.maas")) {
-        let expected = model.config.parameter_shapes();
+        let expected = model.config.parameter_shapes().unwrap();
         assert_eq!(model.weights.arrays.len(), expected.len());
         for (array, (name, shape)) in model.weights.arrays.iter().zip(expected) {
             assert_eq!((&array.name, &array.shape), (&name, &shape));

@@ -145,7 +145,7 @@ pub(crate) fn take_weights(
     config: &ModelConfig,
 ) -> Result<Weights> {
     let arrays = config
-        .parameter_shapes()
+        .parameter_shapes()?
         .into_iter()
         .map(|(name, shape)| {
             let values = contents.take(&format!("{prefix}{name}"), &shape)?;

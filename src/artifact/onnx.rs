@@ -9,7 +9,7 @@
 use anyhow::{Context, Result};
 
 use crate::artifact::export::Provenance;
-use crate::model::{Arch, MLP_PARAMETERS, MlpWeights, ModelConfig, Weights};
+use crate::model::{MLP_PARAMETERS, MlpWeights, ModelConfig, Weights};
 
 /// The ONNX opset the graph uses.
 pub const OPSET: i64 = 13;
@@ -214,9 +214,11 @@ pub fn encode(
     weights: &Weights,
     provenance: Option<&Provenance>,
 ) -> Result<Vec<u8>> {
-    let (graph, what) = match config.arch()? {
-        Arch::Mlp => (mlp_graph(config, weights)?, "MLP"),
-        Arch::Cnn => (cnn_graph(config, weights), "CNN"),
+    let arch = config.arch()?;
+    let (graph, what) = match arch.flag() {
+        "mlp" => (mlp_graph(config, weights)?, "MLP"),
+        "cnn" => (cnn_graph(config, weights), "CNN"),
+        other => anyhow::bail!("maas cannot write the {other} architecture as ONNX yet"),
     };
     let classes = weights.classes();
     let json = |key: &str, v: serde_json::Result<String>| {

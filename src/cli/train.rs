@@ -1,6 +1,7 @@
 //! `maas train`.
 
 use anyhow::Result;
+use clap::builder::TypedValueParser;
 use clap::{Args, CommandFactory};
 
 use super::args::{CheckpointsArg, DataArgs, positive_float};
@@ -20,12 +21,9 @@ pub struct TrainArgs {
     /// Adam's learning rate [default: 0.001].
     #[arg(long, value_name = "RATE", value_parser = positive_float)]
     lr: Option<f64>,
-    /// The model: `mlp`, the card's model and the fastest to train, for pictures told apart by
-    /// their colours and overall look; `cnn`, a small convolutional network (conv 3x3 32, max-pool,
-    /// conv 3x3 64, max-pool, dense 128), slower, for pictures where the position and shape of
-    /// things matter. On --resume, the run's own [default: mlp].
-    #[arg(long, value_enum, value_name = "ARCH")]
-    arch: Option<ArchArg>,
+    /// The model's architecture. On --resume, the run's own [default: mlp].
+    #[arg(long, value_name = "ARCH", value_parser = arch_parser())]
+    arch: Option<Arch>,
     /// Width of the MLP's hidden layer [default: 64] (the cnn's is fixed).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_536))]
     hidden: Option<u32>,
@@ -52,26 +50,18 @@ pub struct TrainArgs {
     json: bool,
 }
 
-/// `--arch`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum ArchArg {
-    /// The card's MLP: fastest; for pictures told apart by colour and overall look.
-    Mlp,
-    /// A small CNN: for pictures where the position and shape of things matter.
-    Cnn,
-}
-
-impl From<ArchArg> for Arch {
-    fn from(arch: ArchArg) -> Self {
-        match arch {
-            ArchArg::Mlp => Arch::Mlp,
-            ArchArg::Cnn => Arch::Cnn,
-        }
-    }
+/// `--arch`: the flags of the registered architectures, each with its line of help.
+fn arch_parser() -> impl clap::builder::TypedValueParser<Value = Arch> {
+    let values =
+        Arch::all().map(|a| clap::builder::PossibleValue::new(a.flag()).help(a.get().about()));
+    clap::builder::PossibleValuesParser::new(values)
+        .try_map(|flag| Arch::from_flag(&flag).ok_or("not a registered architecture"))
 }
 
 pub(super) fn run(args: TrainArgs, cx: &Context) -> Result<u8> {
-    if matches!(args.arch, Some(ArchArg::Cnn)) && args.hidden.is_some() {
+    if let Some(arch) = args.arch.filter(|a| a.get().fixed_hidden().is_some())
+        && args.hidden.is_some()
+    {
         // clap cannot say "not --hidden with this value of --arch": its error, with train's usage.
         let mut cli = Cli::command();
         cli.build();
@@ -79,7 +69,10 @@ pub(super) fn run(args: TrainArgs, cx: &Context) -> Result<u8> {
         return Err(cmd
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
-                "--hidden sets the MLP's width; the cnn's layers are fixed: drop --hidden",
+                format!(
+                    "--hidden sets the MLP's width; the {}'s layers are fixed: drop --hidden",
+                    arch.flag()
+                ),
             )
             .into());
     }
@@ -90,7 +83,7 @@ pub(super) fn run(args: TrainArgs, cx: &Context) -> Result<u8> {
         batch_size: args.batch_size.map(|b| b as usize),
         lr: args.lr,
         hidden: args.hidden.map(|h| h as usize),
-        arch: args.arch.map(Arch::from),
+        arch: args.arch,
         seed: args.seed,
         limit: args.limit.map(|l| l as usize),
         data,

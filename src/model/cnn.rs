@@ -14,7 +14,8 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
-use super::module_io::Network;
+use super::arch::Architecture;
+use super::module_io::{Network, Trainable};
 use super::weights::{Array, Weights};
 
 /// Channels of the two convolutions.
@@ -71,6 +72,36 @@ impl Cnn {
 impl Network for Cnn {
     fn logits(&self, input: Tensor<2>) -> Tensor<2> {
         self.forward(input)
+    }
+}
+
+/// The CNN's name in every file.
+pub const ARCHITECTURE: &str = "cnn-conv32-conv64-dense128";
+
+/// The small CNN, registered as `--arch cnn`.
+pub struct CnnArchitecture;
+
+impl Architecture for CnnArchitecture {
+    fn name(&self) -> &'static str {
+        ARCHITECTURE
+    }
+    fn flag(&self) -> &'static str {
+        "cnn"
+    }
+    fn about(&self) -> &'static str {
+        "a small CNN (conv 3x3 32, max-pool, conv 3x3 64, max-pool, dense 128): slower; for pictures where the position and shape of things matter"
+    }
+    fn fixed_hidden(&self) -> Option<usize> {
+        Some(DENSE)
+    }
+    fn parameter_shapes(&self, _hidden: usize, classes: usize) -> Vec<(String, Vec<usize>)> {
+        parameter_shapes(classes)
+    }
+    fn init_weights(&self, _hidden: usize, classes: usize, seed: u64) -> Weights {
+        init_weights(classes, seed)
+    }
+    fn module(&self, _hidden: usize, classes: usize, device: &Device) -> Box<dyn Trainable> {
+        Box::new(Cnn::new(classes, device))
     }
 }
 

@@ -9,9 +9,51 @@ use burn::tensor::TensorData;
 use burn::tensor::activation::{log_softmax, relu, softmax};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
+use super::arch::Architecture;
 use super::loss::StepStats;
+use super::module_io::Trainable;
 use super::weights::{Array, Weights, read_f32};
 use crate::data::preprocess::INPUT_LEN;
+
+/// The MLP's name in every file (the card's model).
+pub const ARCHITECTURE: &str = "mlp-3072-relu-10";
+
+/// The card's MLP, registered as `--arch mlp`.
+pub struct MlpArchitecture;
+
+impl Architecture for MlpArchitecture {
+    fn name(&self) -> &'static str {
+        ARCHITECTURE
+    }
+    fn flag(&self) -> &'static str {
+        "mlp"
+    }
+    fn about(&self) -> &'static str {
+        "the card's MLP (Dense --hidden + ReLU, Dense classes): fastest; for pictures told apart by colour and overall look"
+    }
+    fn parameter_shapes(&self, hidden: usize, classes: usize) -> Vec<(String, Vec<usize>)> {
+        MLP_PARAMETERS
+            .iter()
+            .map(|name| name.to_string())
+            .zip(MlpWeights::shapes(hidden, classes))
+            .collect()
+    }
+    fn init_weights(&self, hidden: usize, classes: usize, seed: u64) -> Weights {
+        MlpWeights::init(hidden, classes, seed).into_weights()
+    }
+    fn module(&self, hidden: usize, classes: usize, device: &Device) -> Box<dyn Trainable> {
+        Box::new(Mlp::init(hidden, classes, 0, device))
+    }
+    fn load(
+        &self,
+        _hidden: usize,
+        weights: &Weights,
+        device: &Device,
+    ) -> Result<Box<dyn Trainable>> {
+        // Straight from the arrays: no initial weights drawn only to be replaced.
+        Ok(Box::new(Mlp::from_weights(weights, device)?))
+    }
+}
 
 impl Weights {
     /// Fresh weights of the MLP of `hidden` width and `classes` outputs, as Keras initialises

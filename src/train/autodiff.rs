@@ -12,83 +12,40 @@
 //! those names are what files hold ([`Weights`]).
 
 use anyhow::{Result, bail};
-use burn::module::{ModuleMapper, Param};
 use burn::prelude::*;
-use burn::tensor::Gradients;
 
+use crate::data::preprocess::INPUT_LEN;
 use crate::model::{
-    Array, Network, StepStats, Weights, load_weights, mean_cross_entropy, parameters, read_f32,
-    stats, weights_of,
+    Array, Model, StepStats, Trainable, Weights, mean_cross_entropy, read_f32, stats,
 };
 use crate::train::adam::{AdamConfig, AdamState, Moments};
 use crate::train::cpu::fused;
-
-/// Puts every parameter under autodiff, its gradient retained.
-struct Track;
-
-impl ModuleMapper for Track {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        param.map(|tensor| tensor.autodiff().require_grad())
-    }
-}
-
-/// Applies one Adam step to every parameter from its gradient in `grads`.
-struct AdamStep<'a> {
-    grads: &'a Gradients,
-    moments: &'a mut [Moments<1>],
-    next: usize,
-    lr_t: f64,
-    config: AdamConfig,
-}
-
-impl ModuleMapper for AdamStep<'_> {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let at = self.next;
-        self.next += 1;
-        param.map(|tensor| {
-            let (Some(grad), Some(moments)) = (tensor.grad(self.grads), self.moments.get_mut(at))
-            else {
-                // A parameter the loss does not reach keeps its value (and its moments).
-                return tensor;
-            };
-            let dims = tensor.dims();
-            let n = dims.iter().product::<usize>();
-            let mut flat = tensor.inner().reshape([n]);
-            fused::update_in_place(
-                &mut flat,
-                grad.reshape([n]),
-                moments,
-                self.lr_t,
-                self.config,
-            );
-            flat.reshape(dims).autodiff().require_grad()
-        })
-    }
-}
+use crate::train::step::TrainStep;
 
 /// A model and its optimizer while training through autodiff.
-pub struct AutodiffTrainer<M: Network> {
+pub struct AutodiffTrainer {
     /// The model on the autodiff device, every parameter requiring its gradient.
-    model: M,
+    model: Box<dyn Trainable>,
     /// Adam's moments of each parameter, flattened, in the module's visiting order.
     moments: Vec<Moments<1>>,
     step: u64,
     config: AdamConfig,
 }
 
-impl<M: Network> AutodiffTrainer<M> {
+impl AutodiffTrainer {
     /// Trains `model` (any weights of the right shapes: they are replaced) from `weights` and
     /// Adam's `state` on `device` (autodiff is added to it).
     pub fn new(
-        model: M,
+        model: Box<dyn Trainable>,
         weights: &Weights,
         state: &AdamState,
         config: AdamConfig,
         device: &Device,
     ) -> Result<Self> {
         let inner = device.clone().inner();
-        let model = load_weights(model.to_device(&inner), weights)?.map(&mut Track);
-        let moments = parameters(&model)
+        let model = model.to_device(&inner).load(weights)?.track();
+        let moments = model
+            .parameters()
             .into_iter()
             .map(|(name, _, flat)| {
                 let shape = [flat.dims()[0]];
@@ -119,25 +76,28 @@ impl<M: Network> AutodiffTrainer<M> {
         let logits = self.model.logits(input.autodiff());
         let loss = mean_cross_entropy(logits.clone(), targets.clone().autodiff());
         let grads = loss.backward();
-        let mut adam = AdamStep {
-            grads: &grads,
-            moments: &mut self.moments,
-            next: 0,
-            lr_t: self.config.step_size(self.step),
-            config: self.config,
-        };
-        self.model = self.model.clone().map(&mut adam);
+        let (lr_t, config, moments) = (
+            self.config.step_size(self.step),
+            self.config,
+            &mut self.moments,
+        );
+        self.model = self.model.update(&grads, &mut |at, mut value, grad| {
+            if let Some(moments) = moments.get_mut(at) {
+                fused::update_in_place(&mut value, grad, moments, lr_t, config);
+            }
+            value
+        });
         stats(logits.inner(), targets, labels)
     }
 
     /// The model as it stands, on the plain device, for testing.
-    pub fn model(&self) -> M {
-        self.model.valid()
+    pub fn model(&self) -> Model {
+        Model::from_module(self.model.valid())
     }
 
     /// The weights and Adam's state, copied to the host to be saved.
     pub fn state(&self) -> Result<(Weights, AdamState)> {
-        let weights = weights_of(&self.model)?;
+        let weights = self.model.weights()?;
         let moment = |part: fn(&Moments<1>) -> &Tensor<1>| -> Result<Weights> {
             let arrays = weights
                 .arrays
@@ -162,10 +122,29 @@ impl<M: Network> AutodiffTrainer<M> {
     }
 }
 
+impl TrainStep for AutodiffTrainer {
+    fn step(
+        &mut self,
+        input: Tensor<2>,
+        targets: Tensor<2>,
+        labels: Tensor<1, Int>,
+    ) -> Result<StepStats> {
+        let input = input.slice_dim(1, 0..INPUT_LEN);
+        Ok(AutodiffTrainer::step(self, input, targets, labels))
+    }
+    fn model(&self) -> Result<Model> {
+        Ok(AutodiffTrainer::model(self))
+    }
+    fn state(&self) -> Result<(Weights, AdamState)> {
+        AutodiffTrainer::state(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{Mlp, max_difference, random_batch};
+    use crate::model::{load_weights, weights_of};
     use crate::train::cpu::sharded::ShardedTrainer;
 
     const CLASSES: usize = 10;
@@ -177,8 +156,14 @@ mod tests {
     ) -> (Weights, AdamState) {
         let device = Device::flex();
         let model = Mlp::init(8, CLASSES, 0, &device);
-        let mut trainer =
-            AutodiffTrainer::new(model, weights, state, AdamConfig::new(0.01), &device).unwrap();
+        let mut trainer = AutodiffTrainer::new(
+            Box::new(model),
+            weights,
+            state,
+            AdamConfig::new(0.01),
+            &device,
+        )
+        .unwrap();
         for step in steps {
             let (x, y, l) = random_batch(8, CLASSES, step, &device);
             trainer.step(x, y, l);

@@ -3,6 +3,7 @@
 pub mod adam;
 pub mod autodiff;
 pub mod cpu;
+pub mod step;
 pub mod trainer;
 
 use std::path::{Path, PathBuf};
@@ -24,12 +25,13 @@ use crate::data::preprocess::{INPUT_LEN, normalize};
 use crate::data::source::{DEFAULT_VAL_SPLIT, DataSource, LoadOptions};
 use crate::device::Selected;
 use crate::fsutil::write_atomic;
-use crate::model::{Arch, DEFAULT_HIDDEN, Model, ModelConfig, Weights, batch_tensors};
+use crate::model::{Arch, DEFAULT_HIDDEN, Model, ModelConfig, batch_tensors};
 use crate::plots;
 use crate::progress::Reporter;
 use crate::train::adam::{AdamConfig, AdamState};
 use crate::train::cpu::sharded::shards_for;
-use crate::train::trainer::Trainer;
+use crate::train::step::TrainStep;
+use crate::train::trainer::{Start, trainer};
 
 /// How to train; `None` means "the default, or the checkpoint's value on --resume".
 #[derive(Debug, Clone)]
@@ -416,17 +418,14 @@ fn fresh_start(opts: &TrainOptions, classes: &[String]) -> Result<Checkpoint> {
             .uses_val_split()
             .then(|| opts.val_split.unwrap_or(DEFAULT_VAL_SPLIT)),
     };
-    let arch = opts.arch.unwrap_or(Arch::Mlp);
+    let arch = opts.arch.unwrap_or_else(Arch::default_arch);
     at_epoch_zero(ModelConfig::of(arch, hidden, classes.to_vec()), train)
 }
 
 /// The run of `model` and `train` at epoch 0: the initial weights its seed draws, zero Adam state.
 fn at_epoch_zero(model: ModelConfig, train: TrainConfig) -> Result<Checkpoint> {
     model.check_supported()?;
-    let weights = match model.arch()? {
-        Arch::Mlp => Weights::init(model.hidden, model.classes.len(), train.seed),
-        Arch::Cnn => crate::model::cnn::init_weights(model.classes.len(), train.seed),
-    };
+    let weights = model.init_weights(train.seed)?;
     Ok(Checkpoint {
         adam: AdamState::zeros_like(&weights),
         weights,
@@ -501,14 +500,14 @@ pub fn train(
 
     prepare_folder(&files, &state, opts, selected, reporter)?;
     crate::train::cpu::subnormals::flush_to_zero();
-    let mut trainer = Trainer::new(
-        &state.meta.model,
-        &state.weights,
-        &state.adam,
-        AdamConfig::new(cfg.lr),
-        shards_for(selected.kind),
+    let mut trainer = trainer(&Start {
+        config: &state.meta.model,
+        weights: &state.weights,
+        state: &state.adam,
+        adam: AdamConfig::new(cfg.lr),
+        shards: shards_for(selected.kind),
         device,
-    )?;
+    })?;
     let first_epoch = state.meta.epoch + 1;
     let epochs = EpochLoop {
         train: &train_data,
@@ -519,7 +518,7 @@ pub fn train(
         stop,
         device,
     };
-    let throughput = epochs.run(&mut state, &mut trainer)?;
+    let throughput = epochs.run(&mut state, trainer.as_mut())?;
     if first_epoch > opts.epochs {
         reporter.info(format!(
             "{} already holds {} epochs: nothing to train",
@@ -606,7 +605,7 @@ struct EpochLoop<'a> {
 impl EpochLoop<'_> {
     /// Trains the epochs after `state`'s last complete one, up to `self.epochs`; after each,
     /// tests, records the epoch in `state` and writes its checkpoint.
-    fn run(&self, state: &mut Checkpoint, trainer: &mut Trainer) -> Result<Throughput> {
+    fn run(&self, state: &mut Checkpoint, trainer: &mut dyn TrainStep) -> Result<Throughput> {
         let (batch_size, seed) = (state.meta.train.batch_size, state.meta.train.seed);
         let mut throughput = Throughput::default();
         for epoch in state.meta.epoch + 1..=self.epochs {
@@ -676,7 +675,7 @@ impl EpochLoop<'_> {
     /// it; the caller finds it in the epoch's loss.
     fn train_epoch(
         &self,
-        trainer: &mut Trainer,
+        trainer: &mut dyn TrainStep,
         epoch: usize,
         batch_size: usize,
         seed: u64,
@@ -825,6 +824,7 @@ fn summarize(
 mod tests {
     use super::*;
     use crate::data::synthetic;
+    use crate::model::Weights;
 
     fn classes() -> Vec<String> {
         synthetic::CLASS_NAMES.map(String::from).to_vec()
@@ -1263,15 +1263,15 @@ mod tests {
             stop: &stop,
             device: &device,
         };
-        let mut trainer = Trainer::new(
-            &state.meta.model,
-            &state.weights,
-            &state.adam,
-            AdamConfig::new(state.meta.train.lr),
-            1,
-            &device,
-        )?;
-        epoch_loop.run(state, &mut trainer)
+        let mut trainer = trainer(&Start {
+            config: &state.meta.model,
+            weights: &state.weights,
+            state: &state.adam,
+            adam: AdamConfig::new(state.meta.train.lr),
+            shards: 1,
+            device: &device,
+        })?;
+        epoch_loop.run(state, trainer.as_mut())
     }
 
     #[test]

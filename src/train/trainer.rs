@@ -1,85 +1,87 @@
-//! The model and its optimizer while training, of either architecture: the MLP through its
-//! sharded, hand-derived step ([`crate::train::cpu::sharded`], an optimisation of the same arithmetic), the CNN
-//! on the CPU through its own hand-derived step ([`crate::train::cpu::cnn`]), any other model (the CNN on
-//! a GPU) through burn's autodiff ([`crate::train::autodiff`]).
+//! The choice of trainer for a model: a
+//! hand-derived CPU kernel where one speeds its architecture up ([`KERNELS`]: the MLP's sharded
+//! step, the CNN's step on the CPU), burn's autodiff for any other model or device
+//! ([`AutodiffTrainer`]), which every kernel is tested against.
 
 use anyhow::Result;
 use burn::prelude::*;
 
-use crate::data::preprocess::INPUT_LEN;
-use crate::model::cnn::Cnn;
-use crate::model::{Arch, Model, ModelConfig, StepStats, Weights};
+use crate::model::{ModelConfig, Weights, cnn, mlp};
 use crate::train::adam::{AdamConfig, AdamState};
 use crate::train::autodiff::AutodiffTrainer;
 use crate::train::cpu::cnn::CnnCpuTrainer;
 use crate::train::cpu::fused;
 use crate::train::cpu::sharded::ShardedTrainer;
+use crate::train::step::TrainStep;
 
-/// A training model and its optimizer.
-pub enum Trainer {
-    /// The MLP, sharded.
-    Sharded(ShardedTrainer),
-    /// The CNN on the CPU, by hand.
-    CnnCpu(CnnCpuTrainer),
-    /// The CNN elsewhere, through autodiff.
-    Cnn(AutodiffTrainer<Cnn>),
+/// Where a trainer starts: the model, its weights and Adam's state, on a device.
+pub struct Start<'a> {
+    /// The model's configuration.
+    pub config: &'a ModelConfig,
+    /// Its weights.
+    pub weights: &'a Weights,
+    /// Adam's state for them.
+    pub state: &'a AdamState,
+    /// Adam's hyper-parameters.
+    pub adam: AdamConfig,
+    /// Row blocks of the MLP's first layer (see [`crate::train::cpu::sharded::shards_for`]).
+    pub shards: usize,
+    /// The device it trains on.
+    pub device: &'a Device,
 }
 
-impl Trainer {
-    /// The model of `config` from `weights` and Adam's `state`, on `device`; the MLP's first
-    /// layer cut into `shards`.
-    pub fn new(
-        config: &ModelConfig,
-        weights: &Weights,
-        state: &AdamState,
-        adam: AdamConfig,
-        shards: usize,
-        device: &Device,
-    ) -> Result<Self> {
-        Ok(match config.arch()? {
-            Arch::Mlp => {
-                Trainer::Sharded(ShardedTrainer::new(weights, state, adam, shards, device)?)
-            }
-            Arch::Cnn if fused::is_flex(device) => {
-                let classes = config.classes.len();
-                Trainer::CnnCpu(CnnCpuTrainer::new(classes, weights, state, adam, device)?)
-            }
-            Arch::Cnn => {
-                let cnn = Cnn::new(config.classes.len(), device);
-                Trainer::Cnn(AutodiffTrainer::new(cnn, weights, state, adam, device)?)
-            }
-        })
-    }
+/// A hand-derived step for one architecture, on the devices it runs on.
+struct Kernel {
+    /// The architecture's name in files.
+    architecture: &'static str,
+    /// Whether it runs on the device.
+    runs_on: fn(&Device) -> bool,
+    /// Starts it.
+    start: fn(&Start) -> Result<Box<dyn TrainStep>>,
+}
 
-    /// One step of Adam on the batch `input` `[N, >= 3072]` (columns past 3072 are ignored).
-    pub fn step(
-        &mut self,
-        input: Tensor<2>,
-        targets: Tensor<2>,
-        labels: Tensor<1, Int>,
-    ) -> Result<StepStats> {
-        Ok(match self {
-            Trainer::Sharded(t) => t.step(input, targets, labels),
-            Trainer::CnnCpu(t) => t.step(input.slice_dim(1, 0..INPUT_LEN), targets)?,
-            Trainer::Cnn(t) => t.step(input.slice_dim(1, 0..INPUT_LEN), targets, labels),
-        })
-    }
+/// The hand-derived kernels: each only speeds its architecture up, with the arithmetic of
+/// autodiff on the same module.
+static KERNELS: &[Kernel] = &[
+    Kernel {
+        architecture: mlp::ARCHITECTURE,
+        runs_on: |_| true,
+        start: |s| {
+            let trainer = ShardedTrainer::new(s.weights, s.state, s.adam, s.shards, s.device)?;
+            Ok(Box::new(trainer))
+        },
+    },
+    Kernel {
+        architecture: cnn::ARCHITECTURE,
+        runs_on: fused::is_flex,
+        start: |s| {
+            let classes = s.config.classes.len();
+            let trainer = CnnCpuTrainer::new(classes, s.weights, s.state, s.adam, s.device)?;
+            Ok(Box::new(trainer))
+        },
+    },
+];
 
-    /// The model as it stands, on the plain device.
-    pub fn model(&self) -> Result<Model> {
-        Ok(match self {
-            Trainer::Sharded(t) => Model::Mlp(t.model()),
-            Trainer::CnnCpu(t) => Model::Cnn(t.model()?),
-            Trainer::Cnn(t) => Model::Cnn(t.model()),
-        })
+/// The trainer of `start`'s model: its kernel where one runs on the device, else autodiff.
+pub fn trainer(start: &Start) -> Result<Box<dyn TrainStep>> {
+    let arch = start.config.arch()?;
+    let kernel = KERNELS
+        .iter()
+        .find(|k| k.architecture == arch.name() && (k.runs_on)(start.device));
+    if let Some(kernel) = kernel {
+        return (kernel.start)(start);
     }
+    autodiff_trainer(start)
+}
 
-    /// The weights and Adam's state, copied to the host to be saved.
-    pub fn state(&self) -> Result<(Weights, AdamState)> {
-        match self {
-            Trainer::Sharded(t) => t.state(),
-            Trainer::CnnCpu(t) => Ok(t.state()),
-            Trainer::Cnn(t) => t.state(),
-        }
-    }
+/// The trainer of `start`'s model through burn's autodiff, whatever kernels exist.
+pub fn autodiff_trainer(start: &Start) -> Result<Box<dyn TrainStep>> {
+    let config = start.config;
+    let module = config
+        .arch()?
+        .get()
+        .module(config.hidden, config.classes.len(), start.device);
+    let trainer =
+        AutodiffTrainer::new(module, start.weights, start.state, start.adam, start.device)?;
+    Ok(Box::new(trainer))
 }

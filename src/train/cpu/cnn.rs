@@ -24,9 +24,10 @@ use crate::data::preprocess::INPUT_LEN;
 use crate::model::Array;
 use crate::model::cnn::{self, Cnn};
 use crate::model::load_weights;
-use crate::model::{StepStats, Weights, read_f32};
+use crate::model::{Model, StepStats, Weights, read_f32};
 use crate::train::adam::{AdamConfig, AdamState};
 use crate::train::cpu::fused::{self, Strided, product};
+use crate::train::step::TrainStep;
 
 /// Side of the input pictures.
 const SIZE: usize = 32;
@@ -218,6 +219,23 @@ impl CnnCpuTrainer {
             v: self.weights(|p| &p.v),
         };
         (self.weights(|p| &p.value), adam)
+    }
+}
+
+impl TrainStep for CnnCpuTrainer {
+    fn step(
+        &mut self,
+        input: Tensor<2>,
+        targets: Tensor<2>,
+        _labels: Tensor<1, Int>,
+    ) -> Result<StepStats> {
+        CnnCpuTrainer::step(self, input.slice_dim(1, 0..INPUT_LEN), targets)
+    }
+    fn model(&self) -> Result<Model> {
+        Ok(Model::from_module(Box::new(CnnCpuTrainer::model(self)?)))
+    }
+    fn state(&self) -> Result<(Weights, AdamState)> {
+        Ok(CnnCpuTrainer::state(self))
     }
 }
 
@@ -639,8 +657,14 @@ mod tests {
         let device = Device::flex();
         let zeros = AdamState::zeros_like(weights);
         let model = Cnn::new(CLASSES, &device);
-        let mut trainer =
-            AutodiffTrainer::new(model, weights, &zeros, AdamConfig::new(0.01), &device).unwrap();
+        let mut trainer = AutodiffTrainer::new(
+            Box::new(model),
+            weights,
+            &zeros,
+            AdamConfig::new(0.01),
+            &device,
+        )
+        .unwrap();
         let mut losses = Vec::new();
         for step in steps {
             let (x, y, l) = random_batch(6, CLASSES, step, &device);

@@ -29,10 +29,12 @@ use rayon::prelude::*;
 use crate::data::preprocess::INPUT_LEN;
 use crate::device::DeviceKind;
 use crate::model::{
-    Mlp, MlpWeights, StepStats, Weights, beyond_first_product, first_layer_gradient, read_f32,
+    Mlp, MlpWeights, Model, StepStats, Weights, beyond_first_product, first_layer_gradient,
+    read_f32,
 };
 use crate::train::adam::{AdamConfig, AdamState, Moments};
 use crate::train::cpu::fused;
+use crate::train::step::TrainStep;
 
 /// A parameter and its Adam moments.
 struct Trained<const D: usize> {
@@ -271,6 +273,23 @@ impl ShardedTrainer {
 
 /// How many shards to cut `w1` into on a device of `kind`: one per core on the CPU, one on a
 /// GPU.
+impl TrainStep for ShardedTrainer {
+    fn step(
+        &mut self,
+        input: Tensor<2>,
+        targets: Tensor<2>,
+        labels: Tensor<1, Int>,
+    ) -> Result<StepStats> {
+        Ok(ShardedTrainer::step(self, input, targets, labels))
+    }
+    fn model(&self) -> Result<Model> {
+        Ok(Model::from_module(Box::new(ShardedTrainer::model(self))))
+    }
+    fn state(&self) -> Result<(Weights, AdamState)> {
+        ShardedTrainer::state(self)
+    }
+}
+
 pub fn shards_for(kind: DeviceKind) -> usize {
     match kind {
         DeviceKind::Cpu => rayon::current_num_threads(),
