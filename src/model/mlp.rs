@@ -264,11 +264,7 @@ impl Mlp {
     /// Mean cross-entropy of the logits against one-hot targets, `[1]`: the training loss that
     /// autodiff differentiates, and the reference the hand-derived gradients are tested against.
     pub fn loss(&self, input: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
-        let batch = input.dims()[0] as f64;
-        (log_softmax(self.forward(input), 1) * targets)
-            .sum()
-            .neg()
-            .div_scalar(batch)
+        super::loss::mean_cross_entropy(self.forward(input), targets)
     }
 
     /// One forward and backward pass: the gradients of the mean cross-entropy, derived by hand

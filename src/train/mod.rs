@@ -3,16 +3,19 @@
 pub mod adam;
 pub mod autodiff;
 pub mod cpu;
+mod options;
+mod resume;
 pub mod step;
 pub mod trainer;
 
-use std::path::{Path, PathBuf};
+pub use options::{DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_SEED, TrainOptions};
+
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
@@ -22,54 +25,17 @@ use crate::artifact::checkpoint::{
 };
 use crate::data::LabelledImages;
 use crate::data::preprocess::{INPUT_LEN, normalize};
-use crate::data::source::{DEFAULT_VAL_SPLIT, DataSource, LoadOptions};
+use crate::data::source::{DEFAULT_VAL_SPLIT, LoadOptions};
 use crate::device::Selected;
 use crate::fsutil::write_atomic;
-use crate::model::{Arch, DEFAULT_HIDDEN, Model, ModelConfig, batch_tensors};
+use crate::model::{Model, batch_tensors, stats};
 use crate::plots;
 use crate::progress::Reporter;
-use crate::train::adam::{AdamConfig, AdamState};
+use crate::train::adam::AdamConfig;
 use crate::train::cpu::sharded::shards_for;
 use crate::train::step::TrainStep;
 use crate::train::trainer::{Start, trainer};
-
-/// How to train; `None` means "the default, or the checkpoint's value on --resume".
-#[derive(Debug, Clone)]
-pub struct TrainOptions {
-    /// Train until this many epochs are complete.
-    pub epochs: usize,
-    /// Samples per step.
-    pub batch_size: Option<usize>,
-    /// Adam's learning rate.
-    pub lr: Option<f64>,
-    /// Width of the hidden layer.
-    pub hidden: Option<usize>,
-    /// The architecture (`--arch`; the MLP when not given).
-    pub arch: Option<Arch>,
-    /// Seed of the initial weights and the shuffles.
-    pub seed: Option<u64>,
-    /// Train on the first N training images only.
-    pub limit: Option<usize>,
-    /// The dataset: CIFAR-10 or an image folder.
-    pub data: DataSource,
-    /// For a single image folder: the share of each class held out for testing.
-    pub val_split: Option<f64>,
-    /// Stop at the first unreadable image instead of skipping it.
-    pub strict: bool,
-    /// Where checkpoints go.
-    pub checkpoints: PathBuf,
-    /// Continue from `last.ckpt` (or else the latest `epoch-NNN.ckpt`).
-    pub resume: bool,
-    /// Start afresh even where a run's checkpoints already are.
-    pub overwrite: bool,
-}
-
-/// Defaults of the hyper-parameters (those of the seed Keras program).
-pub const DEFAULT_BATCH_SIZE: usize = 32;
-/// Default learning rate.
-pub const DEFAULT_LR: f64 = 0.001;
-/// Default seed.
-pub const DEFAULT_SEED: u64 = 42;
+use resume::starting_point;
 
 /// Training was stopped by Ctrl-C; the last complete checkpoint stands.
 #[derive(Debug, thiserror::Error)]
@@ -205,239 +171,11 @@ fn evaluate(model: &Model, data: &Batches, device: &Device) -> Result<(f64, f64)
         let end = (start + CHUNK).min(len);
         let index: Vec<i64> = (start as i64..end as i64).collect();
         let (x, y, l) = data.rows(&index, device);
-        let logits = model.forward(x.slice_dim(1, 0..INPUT_LEN));
-        loss = loss + (log_softmax(logits.clone(), 1) * y).sum().neg();
-        correct = correct + logits.argmax(1).reshape([end - start]).equal(l).int().sum();
+        let batch = stats(model.forward(x.slice_dim(1, 0..INPUT_LEN)), y, l);
+        loss = loss + batch.loss_sum;
+        correct = correct + batch.correct;
     }
     Ok((scalar(loss)? / len as f64, scalar(correct)? / len as f64))
-}
-
-fn check_same<T: PartialEq + std::fmt::Display>(
-    flag: &str,
-    given: Option<T>,
-    saved: T,
-    path: &Path,
-) -> Result<()> {
-    match given {
-        Some(g) if g != saved => bail!(
-            "{}: this run was trained with {flag} {saved}, not {g}; drop {flag} to resume it, or start a new run in another --checkpoints folder",
-            path.display()
-        ),
-        _ => Ok(()),
-    }
-}
-
-/// Where training starts: a fresh model, or the last complete checkpoint.
-///
-/// A folder holding any file of a run (see [`RunFiles::run_files`]) is refused unless --resume
-/// continues it or --overwrite replaces it. --resume takes `last.ckpt`, or else the latest
-/// `epoch-NNN.ckpt`, once [`check_resume`] and [`check_run_json`] agree.
-fn starting_point(
-    opts: &TrainOptions,
-    files: &RunFiles,
-    classes: &[String],
-    reporter: &Reporter,
-) -> Result<Checkpoint> {
-    if opts.resume {
-        let last = files.last();
-        // The file to resume from, and how it was chosen (said when it is not last.ckpt).
-        let from = if last.exists() {
-            Some((last, String::new()))
-        } else {
-            let how = format!("no {}: ", last.display());
-            files.epochs()?.pop().map(|(_, path)| (path, how))
-        };
-        if let Some((path, how)) = from {
-            let ckpt = Checkpoint::load(&path)?;
-            check_resume(opts, &ckpt.meta, classes, &path)?;
-            check_run_json(files, &ckpt.meta, &path)?;
-            reporter.info(format!(
-                "{how}resuming from {} (epoch {} complete)",
-                path.display(),
-                ckpt.meta.epoch
-            ));
-            return Ok(ckpt);
-        }
-        // A best.ckpt without any epoch to resume from would be replaced by a new run's.
-        let best = files.best();
-        if best.exists() {
-            bail!(
-                "{} holds {} but no last.ckpt or epoch-NNN.ckpt to resume from; pass --overwrite to replace the run, or choose another --checkpoints folder",
-                files.dir.display(),
-                best.display()
-            );
-        }
-        // A run killed in its first epoch leaves run.json alone: the run starts again at epoch
-        // 1 with the settings it records, which flags may repeat but not change.
-        if let Some(run) = files.read_run_json()? {
-            let path = files.run_json();
-            let ckpt = at_epoch_zero(run.model, run.train)
-                .with_context(|| format!("{}", path.display()))?;
-            check_resume(opts, &ckpt.meta, classes, &path)?;
-            reporter.info(format!(
-                "{} records a run whose first epoch never completed: starting it again at epoch 1 with its settings",
-                path.display()
-            ));
-            return Ok(ckpt);
-        }
-        reporter.info(format!(
-            "nothing to resume in {}: starting at epoch 1",
-            files.dir.display()
-        ));
-    } else if !opts.overwrite
-        && let Some(found) = files.run_files()?.first()
-    {
-        bail!(
-            "{} already holds a run ({}); pass --resume to continue it, --overwrite to replace it, or choose another --checkpoints folder",
-            files.dir.display(),
-            found.display()
-        );
-    }
-    fresh_start(opts, classes)
-}
-
-/// Refuses a checkpoint `path` (of `meta`) that is not of the run `run.json` records, such as a
-/// `last.ckpt` copied from another run: its model or hyper-parameters differ.
-fn check_run_json(files: &RunFiles, meta: &CheckpointMeta, path: &Path) -> Result<()> {
-    let Some(run) = files.read_run_json()? else {
-        return Ok(());
-    };
-    let (mine, theirs) = (&meta.train, &run.train);
-    // The learning rate went through JSON twice; serde_json may read it back one unit off in
-    // the last place.
-    let same_lr = (mine.lr - theirs.lr).abs() <= 1e-12 * mine.lr.abs().max(theirs.lr.abs());
-    let differences = [
-        (
-            "--arch",
-            meta.model.architecture.clone(),
-            run.model.architecture.clone(),
-        ),
-        (
-            "--hidden",
-            meta.model.hidden.to_string(),
-            run.model.hidden.to_string(),
-        ),
-        (
-            "classes",
-            format!("{:?}", meta.model.classes),
-            format!("{:?}", run.model.classes),
-        ),
-        (
-            "--batch-size",
-            mine.batch_size.to_string(),
-            theirs.batch_size.to_string(),
-        ),
-        (
-            "--lr",
-            mine.lr.to_string(),
-            if same_lr { mine.lr } else { theirs.lr }.to_string(),
-        ),
-        ("--seed", mine.seed.to_string(), theirs.seed.to_string()),
-        (
-            "--limit",
-            format!("{:?}", mine.limit),
-            format!("{:?}", theirs.limit),
-        ),
-        (
-            "--val-split",
-            format!("{:?}", mine.val_split),
-            format!("{:?}", theirs.val_split),
-        ),
-    ];
-    if let Some((what, ckpt, recorded)) = differences.into_iter().find(|(_, a, b)| a != b) {
-        bail!(
-            "{}: trained with {what} {ckpt}, but {} records {what} {recorded}: the checkpoint is not this run's; put the run's own back, or start afresh with --overwrite",
-            path.display(),
-            files.run_json().display()
-        );
-    }
-    Ok(())
-}
-
-/// Refuses to resume the run of `meta` (read from `path`) with hyper-parameters, a --limit or
-/// classes other than those it was trained with; options not given take the run's values.
-fn check_resume(
-    opts: &TrainOptions,
-    meta: &CheckpointMeta,
-    classes: &[String],
-    path: &Path,
-) -> Result<()> {
-    if let Some(arch) = opts.arch
-        && meta.model.arch()? != arch
-    {
-        bail!(
-            "{}: this run trains `{}`, not --arch {}; drop --arch to resume it, or start a new run in another --checkpoints folder",
-            path.display(),
-            meta.model.architecture,
-            arch.flag()
-        );
-    }
-    check_same("--hidden", opts.hidden, meta.model.hidden, path)?;
-    check_same("--batch-size", opts.batch_size, meta.train.batch_size, path)?;
-    check_same("--lr", opts.lr, meta.train.lr, path)?;
-    check_same("--seed", opts.seed, meta.train.seed, path)?;
-    if let Some(given) = opts.val_split
-        && meta.train.val_split.is_some_and(|saved| saved != given)
-    {
-        bail!(
-            "{}: this run was trained with --val-split {}, not {given}",
-            path.display(),
-            meta.train.val_split.unwrap_or_default()
-        );
-    }
-    if opts.limit != meta.train.limit {
-        bail!(
-            "{}: this run was trained with --limit {:?}, not {:?}",
-            path.display(),
-            meta.train.limit,
-            opts.limit
-        );
-    }
-    if meta.model.classes != classes {
-        bail!(
-            "{}: this run's classes {:?} differ from the dataset's {:?}",
-            path.display(),
-            meta.model.classes,
-            classes
-        );
-    }
-    Ok(())
-}
-
-/// A new run at epoch 0: freshly initialised weights, zero Adam state, the options' values or
-/// the defaults.
-fn fresh_start(opts: &TrainOptions, classes: &[String]) -> Result<Checkpoint> {
-    let hidden = opts.hidden.unwrap_or(DEFAULT_HIDDEN);
-    let train = TrainConfig {
-        batch_size: opts.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
-        lr: opts.lr.unwrap_or(DEFAULT_LR),
-        seed: opts.seed.unwrap_or(DEFAULT_SEED),
-        limit: opts.limit,
-        val_split: opts
-            .data
-            .uses_val_split()
-            .then(|| opts.val_split.unwrap_or(DEFAULT_VAL_SPLIT)),
-    };
-    let arch = opts.arch.unwrap_or_else(Arch::default_arch);
-    at_epoch_zero(ModelConfig::of(arch, hidden, classes.to_vec()), train)
-}
-
-/// The run of `model` and `train` at epoch 0: the initial weights its seed draws, zero Adam state.
-fn at_epoch_zero(model: ModelConfig, train: TrainConfig) -> Result<Checkpoint> {
-    model.check_supported()?;
-    let weights = model.init_weights(train.seed)?;
-    Ok(Checkpoint {
-        adam: AdamState::zeros_like(&weights),
-        weights,
-        meta: CheckpointMeta {
-            maas_version: crate::VERSION.into(),
-            model,
-            train,
-            epoch: 0,
-            history: Vec::new(),
-            best_epoch: 0,
-        },
-    })
 }
 
 /// The shuffle of epoch `epoch`: a function of the seed and the epoch alone, so that a resumed
@@ -822,8 +560,13 @@ fn summarize(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use super::resume::{check_resume, check_run_json, fresh_start};
     use super::*;
+    use crate::data::source::DataSource;
     use crate::data::synthetic;
+    use crate::model::DEFAULT_HIDDEN;
     use crate::model::Weights;
 
     fn classes() -> Vec<String> {
