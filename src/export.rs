@@ -134,7 +134,12 @@ pub fn export_bytes(checkpoint: &Path, format: Format) -> Result<(LoadedModel, V
                 &weight_arrays("", &ckpt.weights),
             )?
         }
-        Format::Onnx => crate::onnx::encode(&ckpt.meta.model, &ckpt.weights, Some(&provenance))?,
+        Format::Onnx => {
+            let provenance = serde_json::to_string(&provenance)
+                .context("cannot write the model's provenance as ONNX metadata")?;
+            let metadata = vec![("provenance".to_string(), provenance)];
+            crate::onnx::encode(&ckpt.meta.model, &ckpt.weights, metadata)?
+        }
     };
     let model = LoadedModel {
         config: ckpt.meta.model,
