@@ -1,5 +1,7 @@
 //! Compiles KServe's v2 gRPC protocol (proto/grpc_predict_v2.proto) into the server's messages
-//! and service trait: protox parses the .proto files in pure Rust, so no `protoc` is needed.
+//! and service trait, and ONNX's model format (proto/onnx.proto) into the messages
+//! `maas export --format onnx` writes: protox parses the .proto files in pure Rust, so no `protoc`
+//! is needed.
 //!
 //! Two additions for Triton's clients, made here rather than in the generated files:
 //!
@@ -15,6 +17,27 @@ use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{DescriptorProto, FieldDescriptorProto, MessageOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    compile_grpc()?;
+    compile_onnx()
+}
+
+/// ONNX's messages (package `onnx` -> `$OUT_DIR/onnx.rs`, included by src/onnx.rs): prost's
+/// messages only, no service.
+fn compile_onnx() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/onnx.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let mut descriptors = protox::compile([proto], ["proto"])?;
+    for file in &mut descriptors.file {
+        // No comments in the code: the .proto is the documentation, and its indented examples
+        // would become doctests.
+        file.source_code_info = None;
+    }
+    tonic_prost_build::Config::new().compile_fds(descriptors)?;
+    Ok(())
+}
+
+/// KServe's gRPC protocol with Triton's additions (`$OUT_DIR/inference.rs`).
+fn compile_grpc() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/grpc_predict_v2.proto",
         "proto/triton_extensions.proto",

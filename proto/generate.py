@@ -9,14 +9,20 @@
   `tritonclient/grpc/service_pb2.py` (BSD-3-Clause, proto/LICENSE-triton). Their service is named
   `TritonExtensions` here; build.rs serves its calls as part of `GRPCInferenceService`, where
   Triton has them.
+- proto/onnx.proto and proto/LICENSE-onnx: ONNX's model format (package `onnx`, proto2), the
+  `onnx` wheel's own `onnx/onnx.proto` and licence (Apache-2.0), copied byte for byte. build.rs
+  compiles its messages for `maas export --format onnx` (src/onnx.rs).
 
-Each descriptor is printed back as .proto text (the definitions, without the original comments),
+Each gRPC descriptor is printed back as .proto text (the definitions, without the original comments),
 so that maas builds from the definitions KServe's and Triton's clients use, with no protoc and no
 download at build time.
 
-    python3 proto/generate.py           # regenerate both files
-    python3 proto/generate.py --check   # exit 1 if a committed file differs
+    python3 proto/generate.py                       # regenerate every file
+    python3 proto/generate.py --check               # exit 1 if a committed file differs
+    python3 proto/generate.py --check onnx.proto    # check only the files named
 """
+import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
@@ -161,28 +167,64 @@ def triton_text():
     return "\n".join(lines + service_and_messages(fd, "TritonExtensions", TRITON_METHODS, TRITON_MESSAGES))
 
 
-FILES = {"grpc_predict_v2.proto": kserve_text, "triton_extensions.proto": triton_text}
+def onnx_package_file(name):
+    """The bytes of `name` in the installed `onnx` package, found without importing it."""
+    spec = importlib.util.find_spec("onnx")
+    if spec is None:
+        sys.exit("proto/generate.py: the onnx package is not installed (pip install onnx)")
+    with open(os.path.join(os.path.dirname(spec.origin), name), "rb") as f:
+        return f.read()
+
+
+def onnx_licence():
+    """The licence in the `onnx` package's metadata (dist-info/licenses/LICENSE, or LICENSE)."""
+    dist = importlib.metadata.distribution("onnx")
+    for name in ("licenses/LICENSE", "LICENSE"):
+        text = dist.read_text(name)
+        if text is not None:
+            return text.encode("utf-8")
+    sys.exit("the onnx package ships no LICENSE")
+
+
+# Files printed from the packages' compiled descriptors, one process each.
+GENERATED = {"grpc_predict_v2.proto": kserve_text, "triton_extensions.proto": triton_text}
+# Files copied unchanged from the packages.
+COPIED = {"onnx.proto": lambda: onnx_package_file("onnx.proto"), "LICENSE-onnx": onnx_licence}
+
+
+def contents(name):
+    if name in COPIED:
+        return COPIED[name]()
+    # One process per package: kserve and tritonclient.grpc both register messages of the
+    # package `inference` and cannot be imported together.
+    return subprocess.run([sys.executable, __file__, "--print", name], check=True,
+                          capture_output=True).stdout
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--print"]:
-        sys.stdout.write(FILES[sys.argv[2]]())
+        sys.stdout.write(GENERATED[sys.argv[2]]())
         sys.exit(0)
     here = os.path.dirname(os.path.abspath(__file__))
-    check = sys.argv[1:] == ["--check"]
+    check = sys.argv[1:2] == ["--check"]
+    names = sys.argv[2:] if check else sys.argv[1:]
+    unknown = [n for n in names if n not in GENERATED and n not in COPIED]
+    if unknown:
+        sys.exit(f"{', '.join(unknown)}: not a file of proto/generate.py "
+                 f"({', '.join([*GENERATED, *COPIED])})")
     stale = []
-    for name in FILES:
+    for name in names or [*GENERATED, *COPIED]:
         path = os.path.join(here, name)
-        # One process per package: kserve and tritonclient.grpc both register messages of the
-        # package `inference` and cannot be imported together.
-        text = subprocess.run([sys.executable, __file__, "--print", name], check=True,
-                              capture_output=True, text=True).stdout
+        data = contents(name)
         if check:
-            with open(path, encoding="utf-8") as f:
-                if f.read() != text:
+            if not os.path.isfile(path):
+                stale.append(path)
+                continue
+            with open(path, "rb") as f:
+                if f.read() != data:
                     stale.append(path)
         else:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text)
+            with open(path, "wb") as f:
+                f.write(data)
     if stale:
-        sys.exit(f"{', '.join(stale)}: differ from the packages' descriptors; run python3 proto/generate.py")
+        sys.exit(f"{', '.join(stale)}: missing, or differ from the installed packages'; run python3 proto/generate.py")

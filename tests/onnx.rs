@@ -1,5 +1,6 @@
 //! `maas export --format onnx` is a standard ONNX model: onnxruntime, an independent runtime, loads
-//! it and gives the same probabilities as `maas predict` (to 1e-5), at any batch size.
+//! it and gives the same probabilities as `maas predict` (to 1e-5), at any batch size, for every
+//! architecture.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
 mod common;
@@ -31,6 +32,23 @@ print(json.dumps({
 
 fn python() -> String {
     std::env::var("MAAS_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// proto/onnx.proto, the schema build.rs compiles the written messages from, and its licence are
+/// the `onnx` package's (PyPI) own files, unchanged.
+#[test]
+fn the_vendored_onnx_proto_is_the_onnx_package_s() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let run = Command::new(python())
+        .arg(format!("{root}/proto/generate.py"))
+        .args(["--check", "onnx.proto", "LICENSE-onnx"])
+        .output()
+        .expect("python3 runs (.ci/run installs onnx)");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 }
 
 #[test]

@@ -135,7 +135,10 @@ pub fn export_bytes(checkpoint: &Path, format: Format) -> Result<(LoadedModel, V
             )?
         }
         Format::Onnx => {
-            crate::artifact::onnx::encode(&ckpt.meta.model, &ckpt.weights, Some(&provenance))?
+            let provenance = serde_json::to_string(&provenance)
+                .context("cannot write the model's provenance as ONNX metadata")?;
+            let metadata = vec![("provenance".to_string(), provenance)];
+            crate::artifact::onnx::encode(&ckpt.meta.model, &ckpt.weights, metadata)?
         }
     };
     let model = LoadedModel {
