@@ -8,6 +8,7 @@
 
 mod args;
 mod bench;
+pub mod entry;
 mod eval;
 mod explain;
 mod export;

@@ -12,11 +12,10 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 use super::arch::Architecture;
 use super::module_io::{Network, Trainable};
-use super::weights::{Array, Weights};
+use super::weights::{Weights, glorot_uniform};
 
 /// Channels of the two convolutions.
 const CHANNELS: [usize; 2] = [32, 64];
@@ -126,27 +125,7 @@ pub fn parameter_shapes(classes: usize) -> Vec<(String, Vec<usize>)> {
 /// Fresh weights as Keras initialises Conv2D and Dense layers (Glorot uniform, zero bias), drawn
 /// on the host from `seed` so that every device starts from the same numbers.
 pub fn init_weights(classes: usize, seed: u64) -> Weights {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let arrays = parameter_shapes(classes)
-        .into_iter()
-        .map(|(name, shape)| {
-            let n: usize = shape.iter().product();
-            let values = if shape.len() == 1 {
-                vec![0.0; n]
-            } else {
-                // Dense [in, out]; conv [out, in, kh, kw], whose fans count the kernel's taps.
-                let (fan_in, fan_out) = match shape.as_slice() {
-                    [fan_in, fan_out] => (*fan_in, *fan_out),
-                    [out, inp, kh, kw] => (inp * kh * kw, out * kh * kw),
-                    _ => (n, n),
-                };
-                let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
-                (0..n).map(|_| rng.random_range(-limit..limit)).collect()
-            };
-            Array::new(&name, shape, values)
-        })
-        .collect();
-    Weights { arrays }
+    glorot_uniform(parameter_shapes(classes), seed)
 }
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ pub use config::{DEFAULT_HIDDEN, ModelConfig};
 pub use loss::{StepStats, batch_tensors, mean_cross_entropy, stats};
 pub use mlp::{ARCHITECTURE, MLP_PARAMETERS, Mlp, MlpWeights};
 pub use module_io::{Network, Trainable, load_weights, weights_of};
-pub use registry::Arch;
-pub use weights::{Array, Weights, read_f32};
+pub use registry::{Arch, register};
+pub use weights::{Array, Weights, glorot_uniform, read_f32};
 
 #[cfg(test)]
 pub(crate) use loss::random_batch;

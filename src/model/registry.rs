@@ -1,26 +1,56 @@
-//! The architectures this maas knows: one line each.
+//! The architectures this maas knows: one line each for its own, and [`register`] for those a
+//! program built on the library brings (`examples/custom_model.rs`).
 
 use std::fmt;
+use std::sync::RwLock;
+
+use anyhow::{Result, bail};
 
 use super::arch::Architecture;
 use super::{cnn, mlp};
 
-/// Every architecture, the default (`--arch` not given) first.
-static ARCHITECTURES: &[&dyn Architecture] = &[&mlp::MlpArchitecture, &cnn::CnnArchitecture];
+/// maas's own architectures, the default (`--arch` not given) first.
+static BUILT_IN: &[&dyn Architecture] = &[&mlp::MlpArchitecture, &cnn::CnnArchitecture];
 
-/// One architecture of [`ARCHITECTURES`]: a handle that is cheap to copy and compare.
+/// Those added by [`register`], after the built-in ones.
+static REGISTERED: RwLock<Vec<&'static dyn Architecture>> = RwLock::new(Vec::new());
+
+/// Adds `arch` to every command of this process (`--arch`, loading its files, training,
+/// serving); refused when its name or flag is already taken.
+pub fn register(arch: &'static dyn Architecture) -> Result<()> {
+    if let Some(taken) = Arch::all().find(|a| a.name() == arch.name() || a.flag() == arch.flag()) {
+        bail!(
+            "cannot register architecture `{}` (--arch {}): `{}` (--arch {}) is already registered",
+            arch.name(),
+            arch.flag(),
+            taken.name(),
+            taken.flag()
+        );
+    }
+    REGISTERED
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(arch);
+    Ok(())
+}
+
+/// One registered architecture: a handle that is cheap to copy and compare.
 #[derive(Clone, Copy)]
 pub struct Arch(&'static dyn Architecture);
 
 impl Arch {
     /// Every architecture, the default first.
     pub fn all() -> impl Iterator<Item = Arch> {
-        ARCHITECTURES.iter().map(|a| Arch(*a))
+        let registered = REGISTERED
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        BUILT_IN.iter().copied().chain(registered).map(Arch)
     }
 
     /// The one `maas train` makes when `--arch` is not given: the card's MLP.
     pub fn default_arch() -> Arch {
-        Arch(ARCHITECTURES[0])
+        Arch(BUILT_IN[0])
     }
 
     /// The architecture named `name` in a file.
@@ -92,5 +122,7 @@ mod tests {
         }
         assert_eq!(Arch::default_arch().flag(), "mlp");
         assert_eq!(Arch::from_name("resnet"), None);
+        let err = register(&mlp::MlpArchitecture).unwrap_err().to_string();
+        assert!(err.contains("already registered"), "{err}");
     }
 }

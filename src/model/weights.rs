@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
+use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 /// A named array of f32 values with its shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +95,33 @@ impl Weights {
             Some((a.name.as_str(), at, a.values[at]))
         })
     }
+}
+
+/// Fresh weights of the given names and shapes as Keras initialises Conv2D and Dense layers
+/// (Glorot uniform, zero bias), drawn on the host from `seed` in the given order, so that every
+/// device starts from the same numbers. A dense weight is `[in, out]`, a convolution's
+/// `[out, in, kh, kw]` (whose fans count the kernel's taps); one dimension is a bias.
+pub fn glorot_uniform(shapes: Vec<(String, Vec<usize>)>, seed: u64) -> Weights {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let arrays = shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let values = if shape.len() == 1 {
+                vec![0.0; n]
+            } else {
+                let (fan_in, fan_out) = match shape.as_slice() {
+                    [fan_in, fan_out] => (*fan_in, *fan_out),
+                    [out, inp, kh, kw] => (inp * kh * kw, out * kh * kw),
+                    _ => (n, n),
+                };
+                let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+                (0..n).map(|_| rng.random_range(-limit..limit)).collect()
+            };
+            Array::new(&name, shape, values)
+        })
+        .collect();
+    Weights { arrays }
 }
 
 /// Reads a tensor back to the host as f32 values.
