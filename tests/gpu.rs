@@ -102,6 +102,7 @@ fn assert_cpu_and_gpu_agree(model: &maas::export::LoadedModel, images: usize) {
 fn workspace_to_select_in() -> Workspace {
     let ws = Workspace::new(4, 10);
     ws.ok(&["train", "--epochs", "1", "--quiet"]);
+    ws.ok(&["export", "-o", "model.maas", "--quiet"]);
     std::fs::write(ws.path("bad.png"), b"not an image").unwrap();
     ws
 }
@@ -109,7 +110,14 @@ fn workspace_to_select_in() -> Workspace {
 /// `--device gpu` through the CLI with `env` set: (stderr lines, exit code).
 fn select_gpu_with(ws: &Workspace, env: &[(&str, &str)]) -> (Vec<String>, i32) {
     let out = ws
-        .maas(&["--device", "gpu", "predict", "bad.png"])
+        .maas(&[
+            "--device",
+            "gpu",
+            "predict",
+            "--model",
+            "model.maas",
+            "bad.png",
+        ])
         .envs(env.iter().copied())
         .output()
         .unwrap();
