@@ -119,14 +119,28 @@ binary_fits_bookworm() {
 }
 check "binary needs only glibc <= 2.36 and libgcc (ldd, objdump)" binary_fits_bookworm
 
+# tagged NAME COMMAND...: runs the build COMMAND, then removes the image NAME named before, if
+# the build moved the tag (each run would otherwise leave an untagged image behind).
+tagged() {
+    local name=$1 before after
+    shift
+    before=$(podman image inspect -f '{{.Id}}' "$name" 2>/dev/null || true)
+    "$@" || return 1
+    after=$(podman image inspect -f '{{.Id}}' "$name")
+    if [ -n "$before" ] && [ "$before" != "$after" ]; then
+        podman rmi "$before" >/dev/null 2>&1 || true
+    fi
+}
+
 # ---- the image: the runtime stage, with the tests' binary.
 build_image() {
     mkdir -p "$work/binary"
     cp "$binary" "$work/binary/maas"
     printf 'FROM scratch\nCOPY maas /usr/local/bin/maas\n' >"$work/binary/Containerfile"
     # --format docker: the OCI format has no HEALTHCHECK.
-    { podman build --format docker -t localhost/maas-binary:smoke "$work/binary" &&
-        podman build --format docker --target runtime \
+    { tagged localhost/maas-binary:smoke \
+        podman build --format docker -t localhost/maas-binary:smoke "$work/binary" &&
+        tagged "$image" podman build --format docker --target runtime \
             --build-arg BINARY=localhost/maas-binary:smoke -t "$image" .; } >"$work/build.log" 2>&1 ||
         { cat "$work/build.log" >&2; return 1; }
     podman run --rm "$image" --version >/dev/null 2>&1
@@ -280,7 +294,8 @@ check "SIGTERM under load drains and exits 0 within the grace period" drains
 model_inside() {
     mkdir -p "$work/context"
     cp "$work/model.maas" "$work/context/model.maas"
-    podman build --format docker --build-arg MAAS_IMAGE="$image" -f deploy/model.Dockerfile \
+    tagged "$model_image" podman build --format docker --build-arg MAAS_IMAGE="$image" \
+        -f deploy/model.Dockerfile \
         -t "$model_image" "$work/context" >"$work/build.log" 2>&1 ||
         { cat "$work/build.log" >&2; return 1; }
     run maas-smoke-model "$model_image" && healthy maas-smoke-model &&
