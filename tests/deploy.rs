@@ -709,13 +709,16 @@ fn kserve_manifests_validate_against_kserve_s_own_resource_types() {
 const CRD_CHECK: &str = r#"
 import json, os, sys, yaml
 
+# libyaml when PyYAML has it: the CRDs are megabytes, which the pure-Python parser takes 10 s over.
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 def crd_schemas(folder):
     """(group/version, kind) -> openAPIV3Schema, from every CRD file in folder."""
     out = {}
     for name in sorted(os.listdir(folder)):
         if not name.endswith(".yaml"):
             continue
-        for crd in yaml.safe_load_all(open(os.path.join(folder, name))):
+        for crd in yaml.load_all(open(os.path.join(folder, name)), Loader=LOADER):
             if not crd or crd.get("kind") != "CustomResourceDefinition":
                 continue
             group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
