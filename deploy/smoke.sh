@@ -51,12 +51,14 @@ fail() {
 [ "$(id -u)" -eq 0 ] || { echo "smoke: run as root (rootful podman)" >&2; exit 1; }
 [ -x "$binary" ] || { echo "smoke: no $binary: run cargo test --features turbojpeg first" >&2; exit 1; }
 
-# ---- tools: podman with runc (crun refuses this machine's hybrid cgroups), mmdebstrap for the
-# base image, promtool (Debian's prometheus package), curl and bc.
+# ---- tools: podman with runc (crun refuses this machine's hybrid cgroups), iptables, mmdebstrap
+# for the base image, promtool (Debian's prometheus package), curl and bc.
 install_tools() {
     local packages=()
     command -v podman >/dev/null || packages+=(podman)
     command -v runc >/dev/null || packages+=(runc)
+    # The bridge network's port mapping (CNI) programs iptables.
+    command -v iptables >/dev/null || packages+=(iptables)
     command -v mmdebstrap >/dev/null || packages+=(mmdebstrap)
     command -v promtool >/dev/null || packages+=(prometheus)
     command -v curl >/dev/null || packages+=(curl)
