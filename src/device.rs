@@ -2,7 +2,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use anyhow::{Result, bail};
@@ -65,6 +65,7 @@ impl Selected {
 }
 
 /// A wgpu adapter on one graphics API.
+#[derive(Clone)]
 struct Adapter {
     api: WgpuBackend,
     kind: AdapterKind,
@@ -155,6 +156,14 @@ fn adapters_on(api: WgpuBackend) -> Vec<Adapter> {
             }
         })
         .collect()
+}
+
+/// Every adapter of every API in [`APIS`], listed once per process: graphics instances are made
+/// and dropped here one at a time, never beside another `select` doing the same (the Vulkan
+/// loader does not survive instances coming and going on several threads at once).
+fn all_adapters() -> &'static [Adapter] {
+    static FOUND: OnceLock<Vec<Adapter>> = OnceLock::new();
+    FOUND.get_or_init(|| APIS.into_iter().flat_map(adapters_on).collect())
 }
 
 /// Whether the machine may have a hardware GPU, judged from the device nodes under `dev`
@@ -257,8 +266,7 @@ pub fn select(choice: DeviceChoice) -> Result<Selected> {
     {
         return Ok(Selected::cpu());
     }
-    let found: Vec<Adapter> = APIS.into_iter().flat_map(adapters_on).collect();
-    let Some(adapter) = pick(choice, found) else {
+    let Some(adapter) = pick(choice, all_adapters().to_vec()) else {
         if choice == DeviceChoice::Gpu {
             bail!(
                 "--device gpu: no GPU adapter found (no Vulkan, Metal, DX12 or OpenGL driver answered); \
