@@ -13,7 +13,6 @@
 
 pub mod adam;
 pub mod autodiff_step;
-pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod cnn;

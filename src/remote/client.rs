@@ -4,12 +4,11 @@
 use std::io::ErrorKind;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use ureq::tls::{Certificate, PemItem};
+use anyhow::{Result, anyhow, bail};
 use ureq::unversioned::resolver::DefaultResolver;
 use ureq::unversioned::transport::{Connector as _, TcpConnector};
 
-use super::RemoteConfig;
+use super::config::RemoteConfig;
 use super::tls::UreqTls;
 use crate::terminal::one_line;
 
@@ -232,22 +231,4 @@ impl Answer {
             one_line(&why.to_string(), MAX_SAID)
         )
     }
-}
-
-/// The certificates of a PEM file (`--cacert`).
-pub fn read_certificates(path: &std::path::Path) -> Result<Vec<Certificate<'static>>> {
-    let pem = crate::fsutil::read_regular(path, 16 << 20)
-        .with_context(|| format!("--cacert {}", path.display()))?;
-    let mut certs: Vec<Certificate<'static>> = Vec::new();
-    for item in ureq::tls::parse_pem(&pem) {
-        match item {
-            Ok(PemItem::Certificate(cert)) => certs.push(cert),
-            Ok(_) => {}
-            Err(e) => bail!("{}: not a PEM certificate: {e}", path.display()),
-        }
-    }
-    if certs.is_empty() {
-        bail!("{}: holds no PEM certificate", path.display());
-    }
-    Ok(certs)
 }

@@ -4,8 +4,8 @@
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Deserialize;
 
-use super::RemoteConfig;
 use super::client::Client;
+use super::config::RemoteConfig;
 use super::protocol::{
     IndexEntry, ModelList, ModelMetadata, ServerMetadata, infer_request, infer_response,
 };

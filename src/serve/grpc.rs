@@ -479,7 +479,9 @@ pub struct GrpcLimits {
 /// Binds the gRPC port, saying which flag to change when it is taken.
 pub async fn bind(host: &str, port: u16) -> Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind((host, port)).await.with_context(|| {
-        format!("cannot listen for gRPC on {host}:{port} (--grpc-port; 0 turns gRPC off)")
+        format!(
+            "cannot listen for gRPC on {host}:{port} (--grpc-port; 0 takes any free port, --no-grpc turns gRPC off)"
+        )
     })?;
     let addr = listener
         .local_addr()

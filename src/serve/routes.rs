@@ -20,11 +20,12 @@ use serde_json::{Value, json};
 
 use super::auth::{self, Keys};
 use super::batcher::{Answer, Want, wrong_kind};
+use super::body::refuse;
 use super::decode::SMALL_IMAGE_PIXELS;
 use super::error::ApiError;
 use super::protocol::{self, INPUT_NAME, OUTPUT_NAME};
 use super::registry::Version;
-use super::state::{Admission, AppState, refuse};
+use super::state::{Admission, AppState};
 use super::stats;
 use crate::data::preprocess::{INPUT_LEN, SIDE, small_image_to_input};
 

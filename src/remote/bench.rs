@@ -22,9 +22,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 
+use super::client::MAX_ANSWER_BYTES;
+use super::config::RemoteConfig;
+use super::model::RemoteModel;
+use super::protocol;
 use crate::data::preprocess::image_bytes_to_input;
-use crate::remote::client::MAX_ANSWER_BYTES;
-use crate::remote::{RemoteConfig, RemoteModel, protocol};
 
 /// What each request carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +152,7 @@ pub fn run(
             match why {
                 "tls" => anyhow!(
                     "{url}: TLS failed ({})",
-                    crate::remote::tls::hint(config.remote.cacert.as_deref())
+                    super::tls::hint(config.remote.cacert.as_deref())
                 ),
                 "timeout" => anyhow!("{url}: no connection within --timeout-ms"),
                 _ => anyhow!("{url}: cannot connect: is the server running, on that port?"),
@@ -203,7 +205,7 @@ fn target(config: &BenchConfig) -> Result<(Target, String)> {
     let tls = if https {
         let name =
             ServerName::try_from(host.clone()).map_err(|e| anyhow!("{}: {e}", remote.url))?;
-        let config = crate::remote::tls::client_config(remote.cacert.as_deref())?;
+        let config = super::tls::client_config(remote.cacert.as_deref())?;
         Some((TlsConnector::from(config), name))
     } else {
         None
