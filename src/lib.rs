@@ -32,6 +32,7 @@ mod onnx;
 mod plots;
 pub mod predict;
 pub mod progress;
+pub mod protocol;
 pub mod remote;
 pub mod serve;
 pub mod sharded;

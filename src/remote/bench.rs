@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
-use hyper::{Method, Request, Uri};
+use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -26,6 +26,7 @@ use super::client::MAX_ANSWER_BYTES;
 use super::config::RemoteConfig;
 use super::model::RemoteModel;
 use super::protocol;
+use super::url::ServerUrl;
 use crate::data::preprocess::image_bytes_to_input;
 
 /// What each request carries.
@@ -183,25 +184,13 @@ pub fn run(
 /// The request to send, made once: the image preprocessed as `predict` does, `batch` times.
 fn target(config: &BenchConfig) -> Result<(Target, String)> {
     let remote = &config.remote;
-    let base = remote.url.trim_end_matches('/');
-    let uri: Uri = base
-        .parse()
-        .map_err(|e| anyhow!("{}: not a URL: {e}", remote.url))?;
-    let https = match uri.scheme_str() {
-        Some("http") => false,
-        Some("https") => true,
-        _ => bail!("{}: not an http:// or https:// URL", remote.url),
-    };
-    let host = uri
-        .host()
-        .ok_or_else(|| anyhow!("{}: no host", remote.url))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let authority = uri
-        .authority()
-        .map_or_else(|| host.clone(), |a| a.to_string());
+    let ServerUrl {
+        base,
+        https,
+        host,
+        port,
+        authority,
+    } = ServerUrl::parse(&remote.url)?;
     let tls = if https {
         let name =
             ServerName::try_from(host.clone()).map_err(|e| anyhow!("{}: {e}", remote.url))?;

@@ -10,6 +10,8 @@ use ureq::unversioned::transport::{Connector as _, TcpConnector};
 
 use super::config::RemoteConfig;
 use super::tls::UreqTls;
+use super::url::ServerUrl;
+use crate::protocol::names::HEADER_LENGTH;
 use crate::terminal::one_line;
 
 /// The largest answer read (here and by `maas bench`): an infer answer of 256 images is a few
@@ -48,10 +50,7 @@ pub struct Client {
 impl Client {
     /// A client for `config.url`, trusting `config.cacert` when given.
     pub fn new(config: &RemoteConfig) -> Result<Self> {
-        let base = config.url.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            bail!("{}: not an http:// or https:// URL", config.url);
-        }
+        let base = ServerUrl::parse(&config.url)?.base;
         let agent_config = ureq::Agent::config_builder()
             .timeout_global(Some(config.timeout))
             .user_agent(concat!("maas/", env!("CARGO_PKG_VERSION")))
@@ -121,7 +120,7 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let header_length = match header(crate::serve::HEADER_LENGTH) {
+        let header_length = match header(HEADER_LENGTH) {
             None => None,
             Some(v) => Some(v.trim().parse::<usize>().map_err(|_| {
                 anyhow!(

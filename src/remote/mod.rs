@@ -3,7 +3,8 @@
 //! ONNX export (Triton, KServe's Python model server) as well as with `maas serve`.
 //!
 //! [`client`] is HTTP (ureq, rustls) and turns every failure into one line naming the URL;
-//! [`tls`] the TLS both it and [`bench`] (the load generator, on hyper) use;
+//! [`url`] reads the server's URL and [`tls`] makes the TLS, for both it and [`bench`] (the load
+//! generator, on hyper);
 //! [`protocol`] the v2 messages as a client writes and reads them; [`model`] a deployed model
 //! that gives probabilities for a batch of inputs ([`crate::predict::Probabilities`]), as a model
 //! file does, and explanations through `/v1/explain`.
@@ -14,6 +15,7 @@ mod config;
 pub mod model;
 pub mod protocol;
 pub mod tls;
+pub mod url;
 
 pub use self::client::Client;
 pub use self::config::RemoteConfig;

@@ -1,147 +1,20 @@
 //! The Open Inference Protocol (KServe v2 REST) as a client writes and reads it: metadata, and
 //! infer requests of FP32 `[N,3,32,32]` in JSON or with the binary tensor data extension. The
-//! names and the reader of JSON tensor data are the server's own (`crate::serve`).
-
-use std::marker::PhantomData;
+//! names, the metadata messages and the reader of JSON tensor data are the server's own
+//! ([`crate::protocol`]).
 
 use anyhow::Result;
 use serde::Deserialize;
-use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde_json::json;
 
 use super::client::Answer;
 use crate::data::preprocess::{INPUT_LEN, SIDE};
-use crate::serve::FlatData;
-
-/// The extension that lets a request and its answer carry tensors as raw bytes.
-pub const BINARY_EXTENSION: &str = "binary_tensor_data";
-
-/// The most classes a deployed model may have: a full request's answer (256 rows of FP32) is
-/// then 64 MiB, the most a client reads. A server claiming more is refused before anything is
-/// sized by its claim.
-pub const MAX_CLASSES: usize = 1 << 16;
-/// The most tensors (inputs, outputs) a model's metadata or an answer may list.
-const MAX_TENSORS: usize = 1024;
-
-/// `GET /v2`.
-#[derive(Debug, Default, Deserialize)]
-pub struct ServerMetadata {
-    /// The server's name (`maas`, `triton`, ...).
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The protocol extensions it supports.
-    #[serde(default)]
-    pub extensions: Option<Vec<String>>,
-}
-
-impl ServerMetadata {
-    /// Whether the server takes and gives binary tensor data.
-    pub fn binary(&self) -> bool {
-        self.extensions
-            .iter()
-            .flatten()
-            .any(|e| e == BINARY_EXTENSION)
-    }
-}
-
-/// One tensor of a model's metadata.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TensorMetadata {
-    /// Its name.
-    pub name: String,
-    /// Its shape; -1 for a dimension of any size.
-    #[serde(default)]
-    pub shape: Option<Vec<i64>>,
-}
-
-/// `GET /v2/models/{name}[/versions/{v}]`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ModelMetadata {
-    /// The model's name.
-    pub name: String,
-    /// Its inputs.
-    #[serde(default, deserialize_with = "bounded_option::<_, _, MAX_TENSORS>")]
-    pub inputs: Option<Vec<TensorMetadata>>,
-    /// Its outputs.
-    #[serde(default, deserialize_with = "bounded_option::<_, _, MAX_TENSORS>")]
-    pub outputs: Option<Vec<TensorMetadata>>,
-    /// Class names, in index order (`maas serve` gives them; the protocol does not require it).
-    #[serde(default, deserialize_with = "bounded_option::<_, _, MAX_CLASSES>")]
-    pub classes: Option<Vec<String>>,
-}
-
-impl ModelMetadata {
-    /// How many classes the first output has, when its shape says; the server's mistake when it
-    /// says more than [`MAX_CLASSES`].
-    pub fn output_classes(&self) -> Result<Option<usize>, String> {
-        let Some(output) = self.outputs.as_ref().and_then(|o| o.first()) else {
-            return Ok(None);
-        };
-        match output.shape.as_deref() {
-            Some(shape @ [_, c]) if *c > 0 => class_count(&output.name, shape).map(Some),
-            _ => Ok(None),
-        }
-    }
-}
-
-/// The classes of an output of `shape` `[rows, C]`, C from 1 to [`MAX_CLASSES`]; else what is
-/// wrong with it.
-fn class_count(name: &str, shape: &[i64]) -> Result<usize, String> {
-    match shape {
-        [_, c] if (1..=MAX_CLASSES as i64).contains(c) => Ok(*c as usize),
-        [_, c] if *c > 0 => Err(format!(
-            "output '{name}' has shape {shape:?}: more than the {MAX_CLASSES} classes a client takes"
-        )),
-        _ => Err(format!(
-            "output '{name}' has shape {shape:?}, expected [rows, classes]"
-        )),
-    }
-}
-
-/// A JSON list of at most `MAX` entries, refused as soon as it holds more: a server's answer
-/// (up to 64 MiB) cannot make the client build millions of values.
-struct Bounded<T, const MAX: usize>(Vec<T>);
-
-impl<'de, T: Deserialize<'de>, const MAX: usize> Deserialize<'de> for Bounded<T, MAX> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Entries<T, const MAX: usize>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de>, const MAX: usize> Visitor<'de> for Entries<T, MAX> {
-            type Value = Bounded<T, MAX>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                write!(f, "a list of at most {MAX} entries")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(entry) = seq.next_element()? {
-                    if entries.len() == MAX {
-                        return Err(serde::de::Error::custom(format!(
-                            "a list of more than {MAX} entries"
-                        )));
-                    }
-                    entries.push(entry);
-                }
-                Ok(Bounded(entries))
-            }
-        }
-        deserializer.deserialize_seq(Entries(PhantomData))
-    }
-}
-
-fn bounded_option<'de, D, T, const MAX: usize>(d: D) -> Result<Option<Vec<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Ok(Option::<Bounded<T, MAX>>::deserialize(d)?.map(|b| b.0))
-}
-
-fn bounded<'de, D, T, const MAX: usize>(d: D) -> Result<Vec<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Ok(Bounded::<T, MAX>::deserialize(d)?.0)
-}
+pub use crate::protocol::metadata::{MAX_CLASSES, ModelMetadata, ServerMetadata, TensorMetadata};
+use crate::protocol::metadata::{MAX_TENSORS, bounded, class_count};
+use crate::protocol::names::{
+    BINARY_CONTENT, BINARY_DATA_OUTPUT, BINARY_DATA_SIZE, FP32, HEADER_LENGTH, JSON_CONTENT,
+};
+use crate::protocol::tensor_data::FlatData;
 
 /// KServe's `GET /v2/models`.
 #[derive(Debug, Deserialize)]
@@ -178,20 +51,20 @@ pub fn infer_request(input: &str, inputs: &[f32], binary: bool) -> Result<InferB
     let shape = [rows, 3, side, side];
     if !binary {
         let body = json!({
-            "inputs": [{ "name": input, "shape": shape, "datatype": "FP32", "data": inputs }]
+            "inputs": [{ "name": input, "shape": shape, "datatype": FP32, "data": inputs }]
         });
         return Ok(InferBody {
-            content_type: "application/json",
+            content_type: JSON_CONTENT,
             headers: Vec::new(),
             bytes: serde_json::to_vec(&body)?,
         });
     }
     let head = json!({
         "inputs": [{
-            "name": input, "shape": shape, "datatype": "FP32",
-            "parameters": { "binary_data_size": inputs.len() * 4 }
+            "name": input, "shape": shape, "datatype": FP32,
+            "parameters": { BINARY_DATA_SIZE: inputs.len() * 4 }
         }],
-        "parameters": { "binary_data_output": true }
+        "parameters": { BINARY_DATA_OUTPUT: true }
     });
     let mut bytes = serde_json::to_vec(&head)?;
     let json_len = bytes.len();
@@ -200,8 +73,8 @@ pub fn infer_request(input: &str, inputs: &[f32], binary: bool) -> Result<InferB
         bytes.extend_from_slice(&v.to_le_bytes());
     }
     Ok(InferBody {
-        content_type: "application/octet-stream",
-        headers: vec![(crate::serve::HEADER_LENGTH, json_len.to_string())],
+        content_type: BINARY_CONTENT,
+        headers: vec![(HEADER_LENGTH, json_len.to_string())],
         bytes,
     })
 }
@@ -244,7 +117,7 @@ pub fn infer_response(answer: &Answer, output: &str, rows: usize) -> Result<(Vec
         let size = o
             .parameters
             .as_ref()
-            .and_then(|p| p.get("binary_data_size"))
+            .and_then(|p| p.get(BINARY_DATA_SIZE))
             .and_then(serde_json::Value::as_u64)
             .map(|n| n as usize);
         if o.name == output || (chosen.is_none() && i + 1 == response.outputs.len()) {
@@ -259,7 +132,7 @@ pub fn infer_response(answer: &Answer, output: &str, rows: usize) -> Result<(Vec
     let Some((o, size)) = chosen else {
         return Err(answer.not_protocol("no outputs"));
     };
-    if o.datatype != "FP32" {
+    if o.datatype != FP32 {
         return Err(answer.not_protocol(format!(
             "output '{}' is {}, expected FP32",
             o.name, o.datatype

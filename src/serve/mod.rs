@@ -1,7 +1,9 @@
 //! `maas serve`: the model over HTTP.
 //!
 //! [`routes`] speaks the Open Inference Protocol (KServe v2) with its binary tensor extension
-//! ([`protocol`]), `/v1/predict` and `/metrics` ([`metrics`]); [`batcher`] gathers concurrent
+//! ([`protocol`], REST's wire format), `/v1/predict` and `/metrics` ([`metrics`]); [`grpc`] the
+//! same protocol over gRPC; both hand their requests to one infer path ([`v2`]), over the
+//! transport-neutral messages and checks of [`crate::protocol`]; [`batcher`] gathers concurrent
 //! requests into one forward pass on a thread of its own; [`auth`] checks API keys. This module
 //! puts them together: load the model, bind, serve until SIGTERM or Ctrl-C, then finish the
 //! requests in flight.
@@ -23,8 +25,8 @@ mod repository;
 mod routes;
 mod state;
 mod stats;
-mod tensor_data;
 mod tls;
+mod v2;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,12 +45,9 @@ pub use self::config::{ServeConfig, TlsFiles};
 pub use self::decode::DEFAULT_MAX_DECODE_PIXELS;
 use self::decode::Decoding;
 use self::metrics::Metrics;
-// The protocol's names and readers, shared with the client (`crate::remote`).
-pub(crate) use self::protocol::{HEADER_LENGTH, INPUT_NAME, OUTPUT_NAME, decode_base64};
 use self::registry::Registry;
 pub use self::repository::{Source, check_model_name, model_file};
 use self::state::AppState;
-pub(crate) use self::tensor_data::FlatData;
 use self::tls::TlsListener;
 use crate::device::Selected;
 use crate::progress::Reporter;
@@ -67,13 +66,12 @@ pub fn decode_infer_request(
         // A value that is not a valid header never reaches a route: the HTTP parser refuses it.
         let value = axum::http::HeaderValue::from_bytes(value)
             .map_err(|_| "not a valid HTTP header value".to_string())?;
-        headers.insert(protocol::HEADER_LENGTH, value);
+        headers.insert(crate::protocol::names::HEADER_LENGTH, value);
     }
     let decode = || {
         let length = protocol::header_length(&headers)?;
-        protocol::parse(body, length)?
-            .input
-            .into_values(&mut Decoding::unbounded())
+        let request = protocol::parse(body, length)?;
+        v2::input_values(request.input, &mut Decoding::unbounded())
     };
     decode().map_err(|e| e.message)
 }
