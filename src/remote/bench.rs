@@ -222,9 +222,9 @@ fn target(config: &BenchConfig) -> Result<(Target, String)> {
             )
         }
     };
-    let authorization = match &remote.api_key {
-        Some(key) => Some(
-            HeaderValue::from_str(&format!("Bearer {key}"))
+    let authorization = match remote.authorization() {
+        Some(value) => Some(
+            HeaderValue::from_str(&value)
                 .map_err(|_| anyhow!("the API key cannot stand in an HTTP header"))?,
         ),
         None => None,

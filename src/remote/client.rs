@@ -41,7 +41,8 @@ pub struct Answer {
 pub struct Client {
     agent: ureq::Agent,
     base: String,
-    api_key: Option<String>,
+    /// `Authorization`, when there is an API key.
+    authorization: Option<String>,
     timeout: Duration,
     /// What to do about a TLS failure.
     tls_hint: String,
@@ -66,7 +67,7 @@ impl Client {
         Ok(Self {
             agent,
             base,
-            api_key: config.api_key.clone(),
+            authorization: config.authorization(),
             timeout: config.timeout,
             tls_hint: super::tls::hint(config.cacert.as_deref()),
         })
@@ -81,8 +82,8 @@ impl Client {
     pub fn get(&self, path: &str) -> Result<Answer> {
         let url = format!("{}{path}", self.base);
         let mut request = self.agent.get(&url);
-        if let Some(key) = &self.api_key {
-            request = request.header("Authorization", format!("Bearer {key}"));
+        if let Some(value) = &self.authorization {
+            request = request.header("Authorization", value);
         }
         self.answer(url, request.call())
     }
@@ -100,8 +101,8 @@ impl Client {
         for (name, value) in headers {
             request = request.header(*name, value);
         }
-        if let Some(key) = &self.api_key {
-            request = request.header("Authorization", format!("Bearer {key}"));
+        if let Some(value) = &self.authorization {
+            request = request.header("Authorization", value);
         }
         self.answer(url, request.send(body))
     }

@@ -25,3 +25,10 @@ pub struct RemoteConfig {
     /// lists the extension (`None`).
     pub binary: Option<bool>,
 }
+
+impl RemoteConfig {
+    /// The `Authorization` value every request carries when there is an API key.
+    pub fn authorization(&self) -> Option<String> {
+        self.api_key.as_ref().map(|key| format!("Bearer {key}"))
+    }
+}
