@@ -5,15 +5,15 @@
 
 use anyhow::Result;
 use serde::Deserialize;
-use serde_json::json;
 
 use super::client::Answer;
 use crate::data::preprocess::{INPUT_LEN, SIDE};
 pub use crate::protocol::metadata::{MAX_CLASSES, ModelMetadata, ServerMetadata, TensorMetadata};
-use crate::protocol::metadata::{MAX_TENSORS, bounded, class_count};
+use crate::protocol::metadata::{class_count, dim};
 use crate::protocol::names::{
     BINARY_CONTENT, BINARY_DATA_OUTPUT, BINARY_DATA_SIZE, FP32, HEADER_LENGTH, JSON_CONTENT,
 };
+use crate::protocol::rest::{InferRequestJson, InferResponseJson, TensorJson, parameter};
 use crate::protocol::tensor_data::FlatData;
 
 /// KServe's `GET /v2/models`.
@@ -46,26 +46,27 @@ pub struct InferBody {
 /// The infer request for `inputs` (rows of [`INPUT_LEN`] values) under the input name `input`:
 /// a JSON header and the raw little-endian floats when `binary`, else JSON tensors.
 pub fn infer_request(input: &str, inputs: &[f32], binary: bool) -> Result<InferBody> {
-    let rows = inputs.len() / INPUT_LEN;
-    let side = SIDE as usize;
-    let shape = [rows, 3, side, side];
+    let side = i64::from(SIDE);
+    let tensor = TensorJson {
+        name: input.to_string(),
+        datatype: FP32.to_string(),
+        shape: vec![dim(inputs.len() / INPUT_LEN), 3, side, side],
+        parameters: binary.then(|| parameter(BINARY_DATA_SIZE, inputs.len() * 4)),
+        data: (!binary).then_some(inputs),
+    };
+    let head = InferRequestJson {
+        id: None,
+        parameters: binary.then(|| parameter(BINARY_DATA_OUTPUT, true)),
+        inputs: vec![tensor],
+        outputs: None,
+    };
     if !binary {
-        let body = json!({
-            "inputs": [{ "name": input, "shape": shape, "datatype": FP32, "data": inputs }]
-        });
         return Ok(InferBody {
             content_type: JSON_CONTENT,
             headers: Vec::new(),
-            bytes: serde_json::to_vec(&body)?,
+            bytes: serde_json::to_vec(&head)?,
         });
     }
-    let head = json!({
-        "inputs": [{
-            "name": input, "shape": shape, "datatype": FP32,
-            "parameters": { BINARY_DATA_SIZE: inputs.len() * 4 }
-        }],
-        "parameters": { BINARY_DATA_OUTPUT: true }
-    });
     let mut bytes = serde_json::to_vec(&head)?;
     let json_len = bytes.len();
     bytes.reserve(inputs.len() * 4);
@@ -77,23 +78,6 @@ pub fn infer_request(input: &str, inputs: &[f32], binary: bool) -> Result<InferB
         headers: vec![(HEADER_LENGTH, json_len.to_string())],
         bytes,
     })
-}
-
-#[derive(Debug, Deserialize)]
-struct ResponseJson {
-    #[serde(deserialize_with = "bounded::<_, _, MAX_TENSORS>")]
-    outputs: Vec<OutputJson>,
-}
-
-#[derive(Debug, Deserialize)]
-struct OutputJson {
-    name: String,
-    datatype: String,
-    shape: Vec<i64>,
-    #[serde(default)]
-    parameters: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(default)]
-    data: Option<FlatData>,
 }
 
 /// The probabilities of an infer answer for `rows` inputs: the output named `output` (else the
@@ -109,7 +93,7 @@ pub fn infer_response(answer: &Answer, output: &str, rows: usize) -> Result<(Vec
         }
         None => (answer.body.as_slice(), &[][..]),
     };
-    let response: ResponseJson =
+    let response: InferResponseJson<FlatData> =
         serde_json::from_slice(head).map_err(|e| answer.not_protocol(e))?;
     // Binary outputs come in the order of `outputs`: skip the bytes of those before ours.
     let mut chosen = None;
@@ -179,6 +163,7 @@ pub fn infer_response(answer: &Answer, output: &str, rows: usize) -> Result<(Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn answer(body: Vec<u8>, header_length: Option<usize>) -> Answer {
         Answer {

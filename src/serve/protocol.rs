@@ -9,7 +9,6 @@
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
@@ -21,37 +20,12 @@ use crate::protocol::names::{
     BINARY_CONTENT, BINARY_DATA, BINARY_DATA_OUTPUT, BINARY_DATA_SIZE, CLASSIFICATION, FP32,
     HEADER_LENGTH, JSON_CONTENT, OUTPUT_NAME, SHARED_MEMORY_REGION,
 };
+use crate::protocol::rest::{InferRequestJson, InferResponseJson, TensorJson, parameter};
 use crate::protocol::tensor_data::FlatData;
 use crate::protocol::{InferRequest, InferResponse, Input, Invalid, TensorData};
 
-#[derive(Debug, Deserialize)]
-struct RequestJson {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-    inputs: Vec<InputJson>,
-    #[serde(default)]
-    outputs: Option<Vec<OutputJson>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct InputJson {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-    #[serde(default)]
-    data: Option<FlatData>,
-}
-
-#[derive(Debug, Deserialize)]
-struct OutputJson {
-    name: String,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-}
+type RequestJson = InferRequestJson<FlatData>;
+type InputJson = TensorJson<FlatData>;
 
 /// The length of the JSON part when the request uses the binary extension.
 pub fn header_length(headers: &HeaderMap) -> Result<Option<usize>, Invalid> {
@@ -172,51 +146,24 @@ fn take_binary<'a>(
     Ok(Some(mine))
 }
 
-#[derive(Serialize)]
-struct ResponseJson<'a> {
-    model_name: &'a str,
-    model_version: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    outputs: [OutputTensor<'a>; 1],
-}
-
-#[derive(Serialize)]
-struct OutputTensor<'a> {
-    name: &'static str,
-    datatype: &'static str,
-    shape: [usize; 2],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<BinaryParameters>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a [f32]>,
-}
-
-#[derive(Serialize)]
-struct BinaryParameters {
-    binary_data_size: usize,
-}
-
 /// The infer response: JSON, or a JSON header followed by the raw probabilities when the request
 /// asked for binary.
 pub fn response(answer: &InferResponse) -> Result<Response, ApiError> {
     let binary = answer.binary_output;
     let probabilities = answer.probabilities.as_slice();
     let raw_size = probabilities.len() * 4;
-    let output = OutputTensor {
-        name: OUTPUT_NAME,
-        datatype: FP32,
-        shape: answer.shape(),
-        parameters: binary.then_some(BinaryParameters {
-            binary_data_size: raw_size,
-        }),
+    let output = TensorJson {
+        name: OUTPUT_NAME.to_string(),
+        datatype: FP32.to_string(),
+        shape: answer.dims(),
+        parameters: binary.then(|| parameter(BINARY_DATA_SIZE, raw_size)),
         data: (!binary).then_some(probabilities),
     };
-    let head = ResponseJson {
-        model_name: &answer.model_name,
-        model_version: &answer.model_version,
-        id: answer.id.as_deref(),
-        outputs: [output],
+    let head = InferResponseJson {
+        model_name: Some(answer.model_name.clone()),
+        model_version: Some(answer.model_version.clone()),
+        id: answer.id.clone(),
+        outputs: vec![output],
     };
     let mut body = serde_json::to_vec(&head)
         .map_err(|e| ApiError::internal(format!("cannot encode the response: {e}")))?;
