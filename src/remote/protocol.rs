@@ -4,7 +4,7 @@
 //! ([`crate::protocol`]).
 
 use anyhow::Result;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::client::Answer;
 use crate::data::preprocess::{INPUT_LEN, SIDE};
@@ -43,6 +43,17 @@ pub struct InferBody {
     pub bytes: Vec<u8>,
 }
 
+/// f32 values written as the f64 numbers they equal (`0.003921568859368563`, not `0.003921569`),
+/// as Python clients write them (tritonclient's `tolist()`): `bench --protocol v2-json` sends
+/// the server the JSON it usually gets. The server reads back the same f32 either way.
+struct AsF64<'a>(&'a [f32]);
+
+impl Serialize for AsF64<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|&v| f64::from(v)))
+    }
+}
+
 /// The infer request for `inputs` (rows of [`INPUT_LEN`] values) under the input name `input`:
 /// a JSON header and the raw little-endian floats when `binary`, else JSON tensors.
 pub fn infer_request(input: &str, inputs: &[f32], binary: bool) -> Result<InferBody> {
@@ -52,7 +63,7 @@ pub fn infer_request(input: &str, inputs: &[f32], binary: bool) -> Result<InferB
         datatype: FP32.to_string(),
         shape: vec![dim(inputs.len() / INPUT_LEN), 3, side, side],
         parameters: binary.then(|| parameter(BINARY_DATA_SIZE, inputs.len() * 4)),
-        data: (!binary).then_some(inputs),
+        data: (!binary).then_some(AsF64(inputs)),
     };
     let head = InferRequestJson {
         id: None,
@@ -173,6 +184,33 @@ mod tests {
             content_type: String::new(),
             body,
         }
+    }
+
+    #[test]
+    fn json_requests_write_floats_as_python_clients_do_and_read_back_the_same() {
+        let inputs: Vec<f32> = (0..2 * INPUT_LEN)
+            .map(|i| (i % 256) as f32 / 255.0)
+            .collect();
+        let body = infer_request("input", &inputs, false).unwrap();
+        let text = String::from_utf8(body.bytes).unwrap();
+        // 1/255 as the f64 it is, as numpy's tolist() gives it; not f32's shortest "0.003921569".
+        assert!(
+            text.contains(&format!("{},", f64::from(inputs[1]))),
+            "{}",
+            &text[..200]
+        );
+        let read: InferRequestJson<FlatData> = serde_json::from_str(&text).unwrap();
+        assert_eq!(read.inputs[0].shape, [2, 3, 32, 32]);
+        assert_eq!(read.inputs[0].data.as_ref().unwrap().numbers, inputs);
+        let binary = infer_request("input", &inputs, true).unwrap();
+        let (_, length) = &binary.headers[0];
+        let head: InferRequestJson<FlatData> =
+            serde_json::from_slice(&binary.bytes[..length.parse().unwrap()]).unwrap();
+        assert!(head.inputs[0].data.is_none());
+        assert_eq!(
+            head.inputs[0].parameters.as_ref().unwrap()["binary_data_size"],
+            2 * INPUT_LEN * 4
+        );
     }
 
     #[test]
