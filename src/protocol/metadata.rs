@@ -130,6 +130,31 @@ impl ModelMetadata {
     }
 }
 
+/// One entry of Triton's repository index (`POST /v2/repository/index`, gRPC's RepositoryIndex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// The model's name.
+    pub name: String,
+    /// The version; none for a model with no version loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// [`READY`](super::names::READY) when it serves; other servers may leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Why it is not ready, or what went wrong with its last load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl IndexEntry {
+    /// Whether it serves (a server that gives no state: taken as serving).
+    pub fn ready(&self) -> bool {
+        self.state
+            .as_deref()
+            .is_none_or(|s| s == super::names::READY)
+    }
+}
+
 /// A count as a tensor dimension.
 pub fn dim(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -197,6 +222,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::names::{READY, UNAVAILABLE};
     use serde_json::json;
 
     /// What the server sends is what the client reads: one schema, both ways.
@@ -230,5 +256,29 @@ mod tests {
         let bare: ModelMetadata = serde_json::from_value(json!({"name": "m"})).unwrap();
         assert_eq!(bare.output_classes(), Ok(None));
         assert!(!ServerMetadata::default().binary());
+    }
+
+    #[test]
+    fn index_entries_read_as_written_and_ready_only_when_they_say_so() {
+        let entry = IndexEntry {
+            name: "cifar".into(),
+            version: Some("2".into()),
+            state: Some(UNAVAILABLE.into()),
+            reason: Some(String::new()),
+        };
+        let json = serde_json::to_value(&entry).unwrap();
+        // Triton's clients read `reason` even when empty.
+        assert_eq!(
+            json,
+            json!({"name": "cifar", "version": "2", "state": "UNAVAILABLE", "reason": ""})
+        );
+        let read: IndexEntry = serde_json::from_value(json).unwrap();
+        assert_eq!(read, entry);
+        assert!(!read.ready());
+        let bare: IndexEntry = serde_json::from_value(json!({"name": "m"})).unwrap();
+        assert!(bare.ready());
+        let ready: IndexEntry =
+            serde_json::from_value(json!({"name": "m", "state": READY})).unwrap();
+        assert!(ready.ready());
     }
 }

@@ -36,6 +36,11 @@ pub const EXTENSIONS: [&str; 3] = [BINARY_EXTENSION, "model_repository", "statis
 /// The server's name and its models' platform, in the metadata.
 pub const SERVER_NAME: &str = "maas";
 
+/// A repository index entry's state when the version serves.
+pub const READY: &str = "READY";
+/// A repository index entry's state when it does not.
+pub const UNAVAILABLE: &str = "UNAVAILABLE";
+
 /// `GET` the server's metadata.
 pub const SERVER_PATH: &str = "/v2";
 

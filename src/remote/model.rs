@@ -244,7 +244,7 @@ fn only_model(client: &Client, server: &ServerMetadata, had_key: bool) -> Result
             names = index.json::<Vec<IndexEntry>>().ok().map(|entries| {
                 let mut ready: Vec<String> = entries
                     .into_iter()
-                    .filter(|e| e.state.as_deref().is_none_or(|s| s == "READY"))
+                    .filter(IndexEntry::ready)
                     .map(|e| e.name)
                     .collect();
                 ready.dedup();

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::client::Answer;
 use crate::data::preprocess::{INPUT_LEN, SIDE};
-pub use crate::protocol::metadata::{MAX_CLASSES, ModelMetadata, ServerMetadata, TensorMetadata};
+pub use crate::protocol::metadata::{
+    IndexEntry, MAX_CLASSES, ModelMetadata, ServerMetadata, TensorMetadata,
+};
 use crate::protocol::metadata::{class_count, dim};
 use crate::protocol::names::{
     BINARY_CONTENT, BINARY_DATA_OUTPUT, BINARY_DATA_SIZE, FP32, HEADER_LENGTH, JSON_CONTENT,
@@ -21,16 +23,6 @@ use crate::protocol::tensor_data::FlatData;
 pub struct ModelList {
     /// The names of the models served.
     pub models: Vec<String>,
-}
-
-/// One entry of Triton's `POST /v2/repository/index`.
-#[derive(Debug, Deserialize)]
-pub struct IndexEntry {
-    /// The model's name.
-    pub name: String,
-    /// `READY` when it is loaded.
-    #[serde(default)]
-    pub state: Option<String>,
 }
 
 /// An infer request's body: its content type, its extra headers and its bytes.

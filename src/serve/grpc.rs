@@ -343,12 +343,12 @@ impl GrpcInferenceService for Grpc {
             .map(|index| pb::RepositoryIndexResponse {
                 models: index
                     .into_iter()
-                    .filter(|entry| !ready_only || entry.state == "READY")
+                    .filter(|entry| !ready_only || entry.ready())
                     .map(|entry| pb::repository_index_response::ModelIndex {
                         name: entry.name,
                         version: entry.version.unwrap_or_default(),
-                        state: entry.state.into(),
-                        reason: entry.reason,
+                        state: entry.state.unwrap_or_default(),
+                        reason: entry.reason.unwrap_or_default(),
                     })
                     .collect(),
             });
