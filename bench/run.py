@@ -167,8 +167,9 @@ def start_server(model, grpc_port=0):
     """`maas serve` of `model` on a free port, once it answers ready: the process and its URL.
     gRPC on `grpc_port`, off when 0."""
     port = free_port()
-    server = subprocess.Popen([MAAS, "--device", "cpu", "-q", "serve", "--model", model, "--port", str(port),
-                               "--grpc-port", str(grpc_port)],
+    grpc = ["--grpc-port", str(grpc_port)] if grpc_port else ["--no-grpc"]
+    server = subprocess.Popen([MAAS, "--device", "cpu", "-q", "serve", "--model", model, "--port", str(port)]
+                              + grpc,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):

@@ -32,7 +32,7 @@ trap cleanup EXIT
 # 2. Deploy: a server on a free port, guarded by a key made for this run.
 key=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 : >"$work/serve.log" # before the server starts: the background job opens it in its own time
-MAAS_API_KEY=$key "$maas" --device cpu serve --model "$work/model.maas" --port 0 --grpc-port 0 \
+MAAS_API_KEY=$key "$maas" --device cpu serve --model "$work/model.maas" --port 0 --no-grpc \
     2>"$work/serve.log" &
 server=$!
 url=""

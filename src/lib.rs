@@ -12,7 +12,6 @@
 #![deny(unsafe_code)]
 
 pub mod artifact;
-pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod device;
@@ -21,6 +20,7 @@ pub mod infer;
 pub mod model;
 mod plots;
 pub mod progress;
+pub mod protocol;
 pub mod remote;
 pub mod serve;
 pub mod terminal;

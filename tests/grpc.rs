@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::server::{Server, agent, free_port};
+use common::server::{Server, agent};
 use common::{Look, make_certificate, save_image, workspace_with_repository};
 use maas::data::synthetic;
 use serde_json::{Value, json};
@@ -34,7 +34,6 @@ fn the_stock_triton_grpc_client_gets_what_rest_answers() {
     let ws = workspace_with_repository();
     let png = ws.path("image.png");
     save_image(&synthetic::sample_image(3, 7), &png, Look::Rgb, 32);
-    let port = free_port().to_string();
     // Room for the REST comparisons (3 images), not for 64 images in one message.
     let server = Server::start_serving(
         &ws,
@@ -46,18 +45,16 @@ fn the_stock_triton_grpc_client_gets_what_rest_answers() {
             "--api-key",
             KEY,
             "--grpc-port",
-            &port,
+            "0",
             "--max-body-bytes",
             "500000",
         ],
     );
-    let grpc = format!("127.0.0.1:{port}");
+    // Port 0: any free port, the one printed.
+    let grpc = server.grpc_addr();
     assert!(
-        server
-            .stderr()
-            .contains(&format!("gRPC listening on {grpc}")),
-        "{}",
-        server.stderr()
+        grpc.starts_with("127.0.0.1:") && !grpc.ends_with(":0"),
+        "{grpc}"
     );
     let seen = run_script(
         "triton_grpc.py",
@@ -267,7 +264,6 @@ fn grpc_over_tls_answers_as_https_and_refuses_plaintext() {
     ws.ok(&["train", "--epochs", "1", "--quiet"]);
     ws.ok(&["export", "-o", "model.maas", "--quiet"]);
     make_certificate(ws.dir.path());
-    let port = free_port().to_string();
     let server = Server::start(
         &ws,
         &[
@@ -278,9 +274,11 @@ fn grpc_over_tls_answers_as_https_and_refuses_plaintext() {
             "--api-key",
             KEY,
             "--grpc-port",
-            &port,
+            "0",
         ],
     );
+    let grpc = server.grpc_addr();
+    let port = grpc.trim_start_matches("127.0.0.1:");
     assert!(server.base.starts_with("https://"), "{}", server.base);
     // The certificate names localhost and 127.0.0.1; the client checks it against cert.pem.
     let seen = run_script(
@@ -313,7 +311,6 @@ fn grpc_over_tls_answers_as_https_and_refuses_plaintext() {
 #[test]
 fn reloads_under_steady_grpc_calls_fail_none() {
     let ws = workspace_with_repository();
-    let port = free_port().to_string();
     let server = Server::start_serving(
         &ws,
         &[
@@ -322,12 +319,13 @@ fn reloads_under_steady_grpc_calls_fail_none() {
             "--admin-key",
             ADMIN,
             "--grpc-port",
-            &port,
+            "0",
         ],
     );
+    let grpc = server.grpc_addr();
     let script = format!("{}/tests/python/triton_grpc.py", env!("CARGO_MANIFEST_DIR"));
     let clients = Command::new(python())
-        .args([&script, "steady", &format!("127.0.0.1:{port}"), "6", "8"])
+        .args([&script, "steady", &grpc, "6", "8"])
         .current_dir(ws.dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -410,4 +408,24 @@ fn the_vendored_protos_are_kserve_s_and_triton_s() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+}
+
+/// `--no-grpc` serves REST alone, on the port flags or not: no gRPC line, and the port given to
+/// --grpc-port stays free.
+#[test]
+fn no_grpc_turns_the_endpoint_off() {
+    let ws = common::Workspace::new(20, 50);
+    ws.ok(&["train", "--epochs", "1", "--quiet"]);
+    ws.ok(&["export", "-o", "model.maas", "--quiet"]);
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port().to_string();
+    drop(probe);
+    let server = Server::start(&ws, &["--grpc-port", &port, "--no-grpc"]);
+    assert!(!server.stderr().contains("gRPC"), "{}", server.stderr());
+    assert!(
+        std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err(),
+        "something listens on the gRPC port"
+    );
+    let live = agent().get(&server.url("/v2/health/live")).call().unwrap();
+    assert_eq!(live.status(), 200);
 }

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Workspace;
-use common::server::{Server, agent, free_port};
+use common::server::{Server, agent};
 use serde_json::Value;
 
 const KEY: &str = "inference-key";
@@ -34,11 +34,11 @@ fn workspace_with_model() -> Workspace {
 
 /// `maas serve` of the workspace's model with gRPC on a free port: (server, gRPC address).
 fn grpc_server(ws: &Workspace, extra: &[&str]) -> (Server, String) {
-    let port = free_port().to_string();
-    let mut args = vec!["--grpc-port", &port];
+    let mut args = vec!["--grpc-port", "0"];
     args.extend_from_slice(extra);
     let server = Server::start(ws, &args);
-    (server, format!("127.0.0.1:{port}"))
+    let grpc = server.grpc_addr();
+    (server, grpc)
 }
 
 /// Runs tests/python/grpc_hardening.py with `args`; what it saw, as JSON.

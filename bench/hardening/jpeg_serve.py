@@ -9,7 +9,7 @@ maas, model, bomb = sys.argv[1], sys.argv[2], sys.argv[3]
 n = int(sys.argv[4]) if len(sys.argv) > 4 else os.cpu_count()
 tmo = sys.argv[5] if len(sys.argv) > 5 else "3000"
 s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
-env = dict(os.environ, MAAS_DEVICE="cpu", MAAS_PROGRESS="never", MAAS_GRPC_PORT="0")
+env = dict(os.environ, MAAS_DEVICE="cpu", MAAS_PROGRESS="never", MAAS_NO_GRPC="1")
 p = subprocess.Popen([maas, "serve", "--quiet", "--model", model,
                       "--port", str(port), "--timeout-ms", tmo] + sys.argv[6:], env=env, stderr=subprocess.PIPE)
 base = f"http://127.0.0.1:{port}"

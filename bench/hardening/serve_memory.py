@@ -9,7 +9,7 @@ import os, socket, subprocess, sys, threading, time, json, struct
 binary, part = sys.argv[1], sys.argv[2]
 def start(args):
     p = subprocess.Popen([binary, "--device", "cpu", "serve", "--port", "0"] + args,
-                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, "MAAS_GRPC_PORT": "0"})
+                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, "MAAS_NO_GRPC": "1"})
     for line in p.stderr:
         if line.startswith("listening on http://"):
             return p, line.split()[2][len("http://"):]

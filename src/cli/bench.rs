@@ -8,8 +8,8 @@ use clap::{Args, CommandFactory, ValueEnum};
 
 use super::remote::ServerArgs;
 use super::{Cli, Context, print_json, print_stdout};
-use crate::bench::{self, BenchConfig, BenchProtocol, Until};
 use crate::data::preprocess::MAX_FILE_BYTES;
+use crate::remote::bench::{self, BenchConfig, BenchProtocol, Until};
 
 /// `--protocol`: what each request carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

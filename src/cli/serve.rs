@@ -45,7 +45,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8080, env = "MAAS_PORT")]
     port: u16,
     /// Port of the gRPC endpoint (KServe's v2 GRPCInferenceService, on --host, with the same
-    /// models, limits, keys and TLS); 0 turns it off.
+    /// models, limits, keys and TLS); 0: any free port, printed on stderr as --port's is.
     #[arg(
         long,
         value_name = "PORT",
@@ -53,6 +53,9 @@ pub struct ServeArgs {
         env = "MAAS_GRPC_PORT"
     )]
     grpc_port: u16,
+    /// Serve no gRPC endpoint (REST only); --grpc-port is then ignored.
+    #[arg(long, env = "MAAS_NO_GRPC", value_parser = clap::builder::FalseyValueParser::new())]
+    no_grpc: bool,
     /// The model's name in the v2 routes (/v2/models/NAME/...); with --repository, the model
     /// /v1/predict and /v1/explain use (else the repository's only model).
     #[arg(
@@ -112,7 +115,7 @@ impl ServeArgs {
             admin_key: self.admin_key,
             host: self.host,
             port: self.port,
-            grpc_port: (self.grpc_port != 0).then_some(self.grpc_port),
+            grpc_port: (!self.no_grpc).then_some(self.grpc_port),
             model_name: self.model_name,
             max_batch: self.max_batch as usize,
             max_wait: Duration::from_millis(self.max_wait_ms),

@@ -4,13 +4,14 @@
 use std::io::ErrorKind;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use ureq::tls::{Certificate, PemItem};
+use anyhow::{Result, anyhow, bail};
 use ureq::unversioned::resolver::DefaultResolver;
 use ureq::unversioned::transport::{Connector as _, TcpConnector};
 
-use super::RemoteConfig;
+use super::config::RemoteConfig;
 use super::tls::UreqTls;
+use super::url::ServerUrl;
+use crate::protocol::names::HEADER_LENGTH;
 use crate::terminal::one_line;
 
 /// The largest answer read (here and by `maas bench`): an infer answer of 256 images is a few
@@ -40,7 +41,8 @@ pub struct Answer {
 pub struct Client {
     agent: ureq::Agent,
     base: String,
-    api_key: Option<String>,
+    /// `Authorization`, when there is an API key.
+    authorization: Option<String>,
     timeout: Duration,
     /// What to do about a TLS failure.
     tls_hint: String,
@@ -49,10 +51,7 @@ pub struct Client {
 impl Client {
     /// A client for `config.url`, trusting `config.cacert` when given.
     pub fn new(config: &RemoteConfig) -> Result<Self> {
-        let base = config.url.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            bail!("{}: not an http:// or https:// URL", config.url);
-        }
+        let base = ServerUrl::parse(&config.url)?.base;
         let agent_config = ureq::Agent::config_builder()
             .timeout_global(Some(config.timeout))
             .user_agent(concat!("maas/", env!("CARGO_PKG_VERSION")))
@@ -68,7 +67,7 @@ impl Client {
         Ok(Self {
             agent,
             base,
-            api_key: config.api_key.clone(),
+            authorization: config.authorization(),
             timeout: config.timeout,
             tls_hint: super::tls::hint(config.cacert.as_deref()),
         })
@@ -83,8 +82,8 @@ impl Client {
     pub fn get(&self, path: &str) -> Result<Answer> {
         let url = format!("{}{path}", self.base);
         let mut request = self.agent.get(&url);
-        if let Some(key) = &self.api_key {
-            request = request.header("Authorization", format!("Bearer {key}"));
+        if let Some(value) = &self.authorization {
+            request = request.header("Authorization", value);
         }
         self.answer(url, request.call())
     }
@@ -102,8 +101,8 @@ impl Client {
         for (name, value) in headers {
             request = request.header(*name, value);
         }
-        if let Some(key) = &self.api_key {
-            request = request.header("Authorization", format!("Bearer {key}"));
+        if let Some(value) = &self.authorization {
+            request = request.header("Authorization", value);
         }
         self.answer(url, request.send(body))
     }
@@ -122,7 +121,7 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let header_length = match header(crate::serve::HEADER_LENGTH) {
+        let header_length = match header(HEADER_LENGTH) {
             None => None,
             Some(v) => Some(v.trim().parse::<usize>().map_err(|_| {
                 anyhow!(
@@ -232,22 +231,4 @@ impl Answer {
             one_line(&why.to_string(), MAX_SAID)
         )
     }
-}
-
-/// The certificates of a PEM file (`--cacert`).
-pub fn read_certificates(path: &std::path::Path) -> Result<Vec<Certificate<'static>>> {
-    let pem = crate::fsutil::read_regular(path, 16 << 20)
-        .with_context(|| format!("--cacert {}", path.display()))?;
-    let mut certs: Vec<Certificate<'static>> = Vec::new();
-    for item in ureq::tls::parse_pem(&pem) {
-        match item {
-            Ok(PemItem::Certificate(cert)) => certs.push(cert),
-            Ok(_) => {}
-            Err(e) => bail!("{}: not a PEM certificate: {e}", path.display()),
-        }
-    }
-    if certs.is_empty() {
-        bail!("{}: holds no PEM certificate", path.display());
-    }
-    Ok(certs)
 }

@@ -4,13 +4,18 @@
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Deserialize;
 
-use super::RemoteConfig;
 use super::client::Client;
+use super::config::RemoteConfig;
 use super::protocol::{
     IndexEntry, ModelList, ModelMetadata, ServerMetadata, infer_request, infer_response,
 };
 use crate::data::preprocess::INPUT_LEN;
 use crate::infer::predict::{Probabilities, Ranked};
+use crate::protocol::checks::decode_base64;
+use crate::protocol::names::{
+    INPUT_NAME, JSON_CONTENT, MODELS_PATH, OUTPUT_NAME, REPOSITORY_INDEX_PATH, SERVER_PATH,
+    infer_path, model_path,
+};
 
 /// Most images in one request: a 3 MiB body, well under servers' usual limits (maas: 16 MiB).
 pub const MAX_IMAGES_PER_REQUEST: usize = 256;
@@ -38,17 +43,16 @@ impl RemoteModel {
     pub fn connect(config: &RemoteConfig) -> Result<Self> {
         let client = Client::new(config)?;
         let had_key = config.api_key.is_some();
-        let server: ServerMetadata = client.get("/v2")?.ok(had_key)?.json()?;
+        let server: ServerMetadata = client.get(SERVER_PATH)?.ok(had_key)?.json()?;
         let name = match &config.model_name {
             Some(name) => name.clone(),
             None => only_model(&client, &server, had_key)?,
         };
         check_path_part("--model-name", &name)?;
-        let mut path = format!("/v2/models/{name}");
         if let Some(version) = &config.model_version {
             check_path_part("--model-version", version)?;
-            path.push_str(&format!("/versions/{version}"));
         }
+        let path = model_path(&name, config.model_version.as_deref());
         let answer = client.get(&path)?.ok(had_key)?;
         let metadata: ModelMetadata = answer.json()?;
         // Bounded before anything is sized by it (the class names below, each answer's rows).
@@ -63,8 +67,8 @@ impl RemoteModel {
         };
         let mut model = Self {
             had_key,
-            input: first_name(&metadata.inputs, crate::serve::INPUT_NAME),
-            output: first_name(&metadata.outputs, crate::serve::OUTPUT_NAME),
+            input: first_name(&metadata.inputs, INPUT_NAME),
+            output: first_name(&metadata.outputs, OUTPUT_NAME),
             binary: config.binary.unwrap_or_else(|| server.binary()),
             classes: Vec::new(),
             named: false,
@@ -113,7 +117,7 @@ impl RemoteModel {
 
     /// The path of the model's infer route.
     pub fn infer_path(&self) -> String {
-        format!("{}/infer", self.path)
+        infer_path(&self.path)
     }
 
     /// The name of the model's input tensor.
@@ -175,7 +179,7 @@ impl RemoteModel {
         }
         let answer = answer.ok(self.had_key)?;
         let explained: ExplainAnswer = answer.json()?;
-        let picture = crate::serve::decode_base64(&explained.picture_png)
+        let picture = decode_base64(&explained.picture_png)
             .map_err(|e| answer.not_protocol(format!("picture_png: {e}")))?;
         Ok((explained.top_k, picture))
     }
@@ -228,19 +232,19 @@ struct ExplainAnswer {
 /// one model, by default called `maas`.
 fn only_model(client: &Client, server: &ServerMetadata, had_key: bool) -> Result<String> {
     let mut names: Option<Vec<String>> = None;
-    let listed = client.get("/v2/models")?;
+    let listed = client.get(MODELS_PATH)?;
     if listed.status == 200 {
         names = listed.json::<ModelList>().ok().map(|l| l.models);
     } else if matches!(listed.status, 401 | 403) {
         listed.ok(had_key)?;
     }
     if names.is_none() {
-        let index = client.post("/v2/repository/index", "application/json", &[], b"{}")?;
+        let index = client.post(REPOSITORY_INDEX_PATH, JSON_CONTENT, &[], b"{}")?;
         if index.status == 200 {
             names = index.json::<Vec<IndexEntry>>().ok().map(|entries| {
                 let mut ready: Vec<String> = entries
                     .into_iter()
-                    .filter(|e| e.state.as_deref().is_none_or(|s| s == "READY"))
+                    .filter(IndexEntry::ready)
                     .map(|e| e.name)
                     .collect();
                 ready.dedup();

@@ -1,163 +1,28 @@
 //! The Open Inference Protocol (KServe v2 REST) as a client writes and reads it: metadata, and
 //! infer requests of FP32 `[N,3,32,32]` in JSON or with the binary tensor data extension. The
-//! names and the reader of JSON tensor data are the server's own (`crate::serve`).
-
-use std::marker::PhantomData;
+//! names, the metadata messages and the reader of JSON tensor data are the server's own
+//! ([`crate::protocol`]).
 
 use anyhow::Result;
-use serde::Deserialize;
-use serde::de::{Deserializer, SeqAccess, Visitor};
-use serde_json::json;
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::client::Answer;
 use crate::data::preprocess::{INPUT_LEN, SIDE};
-use crate::serve::FlatData;
-
-/// The extension that lets a request and its answer carry tensors as raw bytes.
-pub const BINARY_EXTENSION: &str = "binary_tensor_data";
-
-/// The most classes a deployed model may have: a full request's answer (256 rows of FP32) is
-/// then 64 MiB, the most a client reads. A server claiming more is refused before anything is
-/// sized by its claim.
-pub const MAX_CLASSES: usize = 1 << 16;
-/// The most tensors (inputs, outputs) a model's metadata or an answer may list.
-const MAX_TENSORS: usize = 1024;
-
-/// `GET /v2`.
-#[derive(Debug, Default, Deserialize)]
-pub struct ServerMetadata {
-    /// The server's name (`maas`, `triton`, ...).
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The protocol extensions it supports.
-    #[serde(default)]
-    pub extensions: Option<Vec<String>>,
-}
-
-impl ServerMetadata {
-    /// Whether the server takes and gives binary tensor data.
-    pub fn binary(&self) -> bool {
-        self.extensions
-            .iter()
-            .flatten()
-            .any(|e| e == BINARY_EXTENSION)
-    }
-}
-
-/// One tensor of a model's metadata.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TensorMetadata {
-    /// Its name.
-    pub name: String,
-    /// Its shape; -1 for a dimension of any size.
-    #[serde(default)]
-    pub shape: Option<Vec<i64>>,
-}
-
-/// `GET /v2/models/{name}[/versions/{v}]`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ModelMetadata {
-    /// The model's name.
-    pub name: String,
-    /// Its inputs.
-    #[serde(default, deserialize_with = "bounded_option::<_, _, MAX_TENSORS>")]
-    pub inputs: Option<Vec<TensorMetadata>>,
-    /// Its outputs.
-    #[serde(default, deserialize_with = "bounded_option::<_, _, MAX_TENSORS>")]
-    pub outputs: Option<Vec<TensorMetadata>>,
-    /// Class names, in index order (`maas serve` gives them; the protocol does not require it).
-    #[serde(default, deserialize_with = "bounded_option::<_, _, MAX_CLASSES>")]
-    pub classes: Option<Vec<String>>,
-}
-
-impl ModelMetadata {
-    /// How many classes the first output has, when its shape says; the server's mistake when it
-    /// says more than [`MAX_CLASSES`].
-    pub fn output_classes(&self) -> Result<Option<usize>, String> {
-        let Some(output) = self.outputs.as_ref().and_then(|o| o.first()) else {
-            return Ok(None);
-        };
-        match output.shape.as_deref() {
-            Some(shape @ [_, c]) if *c > 0 => class_count(&output.name, shape).map(Some),
-            _ => Ok(None),
-        }
-    }
-}
-
-/// The classes of an output of `shape` `[rows, C]`, C from 1 to [`MAX_CLASSES`]; else what is
-/// wrong with it.
-fn class_count(name: &str, shape: &[i64]) -> Result<usize, String> {
-    match shape {
-        [_, c] if (1..=MAX_CLASSES as i64).contains(c) => Ok(*c as usize),
-        [_, c] if *c > 0 => Err(format!(
-            "output '{name}' has shape {shape:?}: more than the {MAX_CLASSES} classes a client takes"
-        )),
-        _ => Err(format!(
-            "output '{name}' has shape {shape:?}, expected [rows, classes]"
-        )),
-    }
-}
-
-/// A JSON list of at most `MAX` entries, refused as soon as it holds more: a server's answer
-/// (up to 64 MiB) cannot make the client build millions of values.
-struct Bounded<T, const MAX: usize>(Vec<T>);
-
-impl<'de, T: Deserialize<'de>, const MAX: usize> Deserialize<'de> for Bounded<T, MAX> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Entries<T, const MAX: usize>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de>, const MAX: usize> Visitor<'de> for Entries<T, MAX> {
-            type Value = Bounded<T, MAX>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                write!(f, "a list of at most {MAX} entries")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(entry) = seq.next_element()? {
-                    if entries.len() == MAX {
-                        return Err(serde::de::Error::custom(format!(
-                            "a list of more than {MAX} entries"
-                        )));
-                    }
-                    entries.push(entry);
-                }
-                Ok(Bounded(entries))
-            }
-        }
-        deserializer.deserialize_seq(Entries(PhantomData))
-    }
-}
-
-fn bounded_option<'de, D, T, const MAX: usize>(d: D) -> Result<Option<Vec<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Ok(Option::<Bounded<T, MAX>>::deserialize(d)?.map(|b| b.0))
-}
-
-fn bounded<'de, D, T, const MAX: usize>(d: D) -> Result<Vec<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Ok(Bounded::<T, MAX>::deserialize(d)?.0)
-}
+pub use crate::protocol::metadata::{
+    IndexEntry, MAX_CLASSES, ModelMetadata, ServerMetadata, TensorMetadata,
+};
+use crate::protocol::metadata::{class_count, dim};
+use crate::protocol::names::{
+    BINARY_CONTENT, BINARY_DATA_OUTPUT, BINARY_DATA_SIZE, FP32, HEADER_LENGTH, JSON_CONTENT,
+};
+use crate::protocol::rest::{InferRequestJson, InferResponseJson, TensorJson, parameter};
+use crate::protocol::tensor_data::FlatData;
 
 /// KServe's `GET /v2/models`.
 #[derive(Debug, Deserialize)]
 pub struct ModelList {
     /// The names of the models served.
     pub models: Vec<String>,
-}
-
-/// One entry of Triton's `POST /v2/repository/index`.
-#[derive(Debug, Deserialize)]
-pub struct IndexEntry {
-    /// The model's name.
-    pub name: String,
-    /// `READY` when it is loaded.
-    #[serde(default)]
-    pub state: Option<String>,
 }
 
 /// An infer request's body: its content type, its extra headers and its bytes.
@@ -170,29 +35,41 @@ pub struct InferBody {
     pub bytes: Vec<u8>,
 }
 
+/// f32 values written as the f64 numbers they equal (`0.003921568859368563`, not `0.003921569`),
+/// as Python clients write them (tritonclient's `tolist()`): `bench --protocol v2-json` sends
+/// the server the JSON it usually gets. The server reads back the same f32 either way.
+struct AsF64<'a>(&'a [f32]);
+
+impl Serialize for AsF64<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|&v| f64::from(v)))
+    }
+}
+
 /// The infer request for `inputs` (rows of [`INPUT_LEN`] values) under the input name `input`:
 /// a JSON header and the raw little-endian floats when `binary`, else JSON tensors.
 pub fn infer_request(input: &str, inputs: &[f32], binary: bool) -> Result<InferBody> {
-    let rows = inputs.len() / INPUT_LEN;
-    let side = SIDE as usize;
-    let shape = [rows, 3, side, side];
+    let side = i64::from(SIDE);
+    let tensor = TensorJson {
+        name: input.to_string(),
+        datatype: FP32.to_string(),
+        shape: vec![dim(inputs.len() / INPUT_LEN), 3, side, side],
+        parameters: binary.then(|| parameter(BINARY_DATA_SIZE, inputs.len() * 4)),
+        data: (!binary).then_some(AsF64(inputs)),
+    };
+    let head = InferRequestJson {
+        id: None,
+        parameters: binary.then(|| parameter(BINARY_DATA_OUTPUT, true)),
+        inputs: vec![tensor],
+        outputs: None,
+    };
     if !binary {
-        let body = json!({
-            "inputs": [{ "name": input, "shape": shape, "datatype": "FP32", "data": inputs }]
-        });
         return Ok(InferBody {
-            content_type: "application/json",
+            content_type: JSON_CONTENT,
             headers: Vec::new(),
-            bytes: serde_json::to_vec(&body)?,
+            bytes: serde_json::to_vec(&head)?,
         });
     }
-    let head = json!({
-        "inputs": [{
-            "name": input, "shape": shape, "datatype": "FP32",
-            "parameters": { "binary_data_size": inputs.len() * 4 }
-        }],
-        "parameters": { "binary_data_output": true }
-    });
     let mut bytes = serde_json::to_vec(&head)?;
     let json_len = bytes.len();
     bytes.reserve(inputs.len() * 4);
@@ -200,27 +77,10 @@ pub fn infer_request(input: &str, inputs: &[f32], binary: bool) -> Result<InferB
         bytes.extend_from_slice(&v.to_le_bytes());
     }
     Ok(InferBody {
-        content_type: "application/octet-stream",
-        headers: vec![(crate::serve::HEADER_LENGTH, json_len.to_string())],
+        content_type: BINARY_CONTENT,
+        headers: vec![(HEADER_LENGTH, json_len.to_string())],
         bytes,
     })
-}
-
-#[derive(Debug, Deserialize)]
-struct ResponseJson {
-    #[serde(deserialize_with = "bounded::<_, _, MAX_TENSORS>")]
-    outputs: Vec<OutputJson>,
-}
-
-#[derive(Debug, Deserialize)]
-struct OutputJson {
-    name: String,
-    datatype: String,
-    shape: Vec<i64>,
-    #[serde(default)]
-    parameters: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(default)]
-    data: Option<FlatData>,
 }
 
 /// The probabilities of an infer answer for `rows` inputs: the output named `output` (else the
@@ -236,7 +96,7 @@ pub fn infer_response(answer: &Answer, output: &str, rows: usize) -> Result<(Vec
         }
         None => (answer.body.as_slice(), &[][..]),
     };
-    let response: ResponseJson =
+    let response: InferResponseJson<FlatData> =
         serde_json::from_slice(head).map_err(|e| answer.not_protocol(e))?;
     // Binary outputs come in the order of `outputs`: skip the bytes of those before ours.
     let mut chosen = None;
@@ -244,7 +104,7 @@ pub fn infer_response(answer: &Answer, output: &str, rows: usize) -> Result<(Vec
         let size = o
             .parameters
             .as_ref()
-            .and_then(|p| p.get("binary_data_size"))
+            .and_then(|p| p.get(BINARY_DATA_SIZE))
             .and_then(serde_json::Value::as_u64)
             .map(|n| n as usize);
         if o.name == output || (chosen.is_none() && i + 1 == response.outputs.len()) {
@@ -259,7 +119,7 @@ pub fn infer_response(answer: &Answer, output: &str, rows: usize) -> Result<(Vec
     let Some((o, size)) = chosen else {
         return Err(answer.not_protocol("no outputs"));
     };
-    if o.datatype != "FP32" {
+    if o.datatype != FP32 {
         return Err(answer.not_protocol(format!(
             "output '{}' is {}, expected FP32",
             o.name, o.datatype
@@ -306,6 +166,7 @@ pub fn infer_response(answer: &Answer, output: &str, rows: usize) -> Result<(Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn answer(body: Vec<u8>, header_length: Option<usize>) -> Answer {
         Answer {
@@ -315,6 +176,33 @@ mod tests {
             content_type: String::new(),
             body,
         }
+    }
+
+    #[test]
+    fn json_requests_write_floats_as_python_clients_do_and_read_back_the_same() {
+        let inputs: Vec<f32> = (0..2 * INPUT_LEN)
+            .map(|i| (i % 256) as f32 / 255.0)
+            .collect();
+        let body = infer_request("input", &inputs, false).unwrap();
+        let text = String::from_utf8(body.bytes).unwrap();
+        // 1/255 as the f64 it is, as numpy's tolist() gives it; not f32's shortest "0.003921569".
+        assert!(
+            text.contains(&format!("{},", f64::from(inputs[1]))),
+            "{}",
+            &text[..200]
+        );
+        let read: InferRequestJson<FlatData> = serde_json::from_str(&text).unwrap();
+        assert_eq!(read.inputs[0].shape, [2, 3, 32, 32]);
+        assert_eq!(read.inputs[0].data.as_ref().unwrap().numbers, inputs);
+        let binary = infer_request("input", &inputs, true).unwrap();
+        let (_, length) = &binary.headers[0];
+        let head: InferRequestJson<FlatData> =
+            serde_json::from_slice(&binary.bytes[..length.parse().unwrap()]).unwrap();
+        assert!(head.inputs[0].data.is_none());
+        assert_eq!(
+            head.inputs[0].parameters.as_ref().unwrap()["binary_data_size"],
+            2 * INPUT_LEN * 4
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
@@ -23,6 +23,7 @@ use tokio_rustls::rustls::{
     CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, Error, RootCertStore,
     SignatureScheme, StreamOwned,
 };
+use ureq::tls::{Certificate, PemItem};
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, Transport,
     TransportAdapter,
@@ -40,7 +41,7 @@ pub fn client_config(cacert: Option<&Path>) -> Result<Arc<ClientConfig>> {
             builder.with_root_certificates(roots)
         }
         Some(path) => {
-            let certs: Vec<CertificateDer<'static>> = super::client::read_certificates(path)?
+            let certs: Vec<CertificateDer<'static>> = read_certificates(path)?
                 .iter()
                 .map(|c| CertificateDer::from(c.der().to_vec()))
                 .collect();
@@ -59,6 +60,24 @@ pub fn client_config(cacert: Option<&Path>) -> Result<Arc<ClientConfig>> {
         }
     };
     Ok(Arc::new(config.with_no_client_auth()))
+}
+
+/// The certificates of a PEM file (`--cacert`).
+pub fn read_certificates(path: &std::path::Path) -> Result<Vec<Certificate<'static>>> {
+    let pem = crate::fsutil::read_regular(path, 16 << 20)
+        .with_context(|| format!("--cacert {}", path.display()))?;
+    let mut certs: Vec<Certificate<'static>> = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(PemItem::Certificate(cert)) => certs.push(cert),
+            Ok(_) => {}
+            Err(e) => bail!("{}: not a PEM certificate: {e}", path.display()),
+        }
+    }
+    if certs.is_empty() {
+        bail!("{}: holds no PEM certificate", path.display());
+    }
+    Ok(certs)
 }
 
 /// What to add to a TLS failure: what the user can do about it.

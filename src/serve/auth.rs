@@ -12,8 +12,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::{Choice, ConstantTimeEq};
 
+use super::body::refuse;
 use super::error::ApiError;
-use super::state::refuse;
 
 /// The largest key file read: far beyond any list of keys, and a bound on what a path such as
 /// /dev/zero could make the server read.

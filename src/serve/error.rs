@@ -43,6 +43,13 @@ impl ApiError {
     }
 }
 
+/// A request the protocol refuses is a bad request.
+impl From<crate::protocol::Invalid> for ApiError {
+    fn from(invalid: crate::protocol::Invalid) -> Self {
+        Self::bad_request(invalid.0)
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.status.as_u16(), self.message)

@@ -1,13 +1,17 @@
 //! `maas serve`: the model over HTTP.
 //!
 //! [`routes`] speaks the Open Inference Protocol (KServe v2) with its binary tensor extension
-//! ([`protocol`]), `/v1/predict` and `/metrics` ([`metrics`]); [`batcher`] gathers concurrent
+//! ([`protocol`], REST's wire format), `/v1/predict` and `/metrics` ([`metrics`]); [`grpc`] the
+//! same protocol over gRPC; both hand their requests to one infer path ([`v2`]), over the
+//! transport-neutral messages and checks of [`crate::protocol`]; [`batcher`] gathers concurrent
 //! requests into one forward pass on a thread of its own; [`auth`] checks API keys. This module
 //! puts them together: load the model, bind, serve until SIGTERM or Ctrl-C, then finish the
 //! requests in flight.
 
 mod auth;
 mod batcher;
+mod body;
+mod config;
 mod decode;
 mod error;
 mod grpc;
@@ -21,11 +25,10 @@ mod repository;
 mod routes;
 mod state;
 mod stats;
-mod tensor_data;
 mod tls;
+mod v2;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,15 +41,13 @@ use tokio_rustls::rustls::ServerConfig;
 
 use self::auth::Keys;
 use self::batcher::BatchConfig;
+pub use self::config::{ServeConfig, TlsFiles};
 pub use self::decode::DEFAULT_MAX_DECODE_PIXELS;
 use self::decode::Decoding;
 use self::metrics::Metrics;
-// The protocol's names and readers, shared with the client (`crate::remote`).
-pub(crate) use self::protocol::{HEADER_LENGTH, INPUT_NAME, OUTPUT_NAME, decode_base64};
 use self::registry::Registry;
 pub use self::repository::{Source, check_model_name, model_file};
 use self::state::AppState;
-pub(crate) use self::tensor_data::FlatData;
 use self::tls::TlsListener;
 use crate::device::Selected;
 use crate::progress::Reporter;
@@ -65,61 +66,14 @@ pub fn decode_infer_request(
         // A value that is not a valid header never reaches a route: the HTTP parser refuses it.
         let value = axum::http::HeaderValue::from_bytes(value)
             .map_err(|_| "not a valid HTTP header value".to_string())?;
-        headers.insert(protocol::HEADER_LENGTH, value);
+        headers.insert(crate::protocol::names::HEADER_LENGTH, value);
     }
     let decode = || {
         let length = protocol::header_length(&headers)?;
-        protocol::parse(body, length)?
-            .input
-            .into_values(&mut Decoding::unbounded())
+        let request = protocol::parse(body, length)?;
+        v2::input_values(request.input, &mut Decoding::unbounded())
     };
     decode().map_err(|e| e.message)
-}
-
-/// What `maas serve` serves, where, and within which limits: built once from the command line.
-#[derive(Debug, Clone)]
-pub struct ServeConfig {
-    /// The model file or the model repository.
-    pub source: Source,
-    /// Address to listen on.
-    pub host: String,
-    /// Port to listen on (0: any free port).
-    pub port: u16,
-    /// Port of the gRPC endpoint, on the same host; `None`: no gRPC.
-    pub grpc_port: Option<u16>,
-    /// The model `/v1/predict` and `/v1/explain` use (with a repository: when it holds one by
-    /// that name).
-    pub model_name: String,
-    /// Most images in one forward pass.
-    pub max_batch: usize,
-    /// Longest a request waits for others to fill a batch.
-    pub max_wait: Duration,
-    /// Most requests waiting for the model; beyond it 503.
-    pub max_queue: usize,
-    /// Largest request body in bytes; beyond it 413.
-    pub max_body_bytes: usize,
-    /// Most pixels one request may decode (as its images' headers declare them), beyond it 413;
-    /// also the most decoded at once across the server.
-    pub max_decode_pixels: u64,
-    /// Longest a request may take, reading its body included.
-    pub timeout: Duration,
-    /// An accepted API key.
-    pub api_key: Option<String>,
-    /// A file of accepted API keys, one per line.
-    pub api_key_file: Option<PathBuf>,
-    /// Serve HTTPS with these files.
-    pub tls: Option<TlsFiles>,
-    /// The key of the repository routes (load, unload, index); without one they answer 403.
-    pub admin_key: Option<String>,
-}
-
-/// The PEM files of an HTTPS server.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    /// The certificate chain.
-    pub cert: PathBuf,
-    /// Its private key.
-    pub key: PathBuf,
 }
 
 /// Extra time, beyond the request timeout, that shutdown waits for connections to finish.
@@ -195,6 +149,7 @@ pub fn run(config: &ServeConfig, selected: &Selected, reporter: &Reporter) -> Re
             );
         }
         // Before the `listening on` line, which scripts wait for: once it is out, both are.
+        // Printed even with --quiet: with --grpc-port 0 it is the only way to learn the port.
         if let Some(grpc) = grpc {
             eprintln!("gRPC listening on {grpc} (inference.GRPCInferenceService)");
         }

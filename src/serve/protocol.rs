@@ -1,5 +1,7 @@
-//! The infer request and response of the Open Inference Protocol (KServe v2), in JSON and with
-//! the binary tensor data extension that the Triton and KServe clients use by default.
+//! The infer request and response of the Open Inference Protocol (KServe v2) over REST: JSON,
+//! and the binary tensor data extension that the Triton and KServe clients use by default. This
+//! is the REST wire format alone: the body is read into the neutral request of
+//! [`crate::protocol`], checked there, and the neutral answer written back.
 //!
 //! With the extension, the `Inference-Header-Content-Length: L` header says that the body is L
 //! bytes of JSON followed by the raw bytes of every input whose `parameters.binary_data_size` is
@@ -7,102 +9,26 @@
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use base64::Engine as _;
-use base64::alphabet;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-
-use super::decode::Decoding;
 use super::error::ApiError;
-use super::tensor_data::FlatData;
-use crate::data::preprocess::{INPUT_LEN, SIDE};
+use crate::protocol::checks::{
+    RequestedOutput, check_input, check_name, check_outputs, no_data, one_input, shared_memory,
+    two_sources,
+};
+use crate::protocol::names::{
+    BINARY_CONTENT, BINARY_DATA, BINARY_DATA_OUTPUT, BINARY_DATA_SIZE, CLASSIFICATION, FP32,
+    HEADER_LENGTH, JSON_CONTENT, OUTPUT_NAME, SHARED_MEMORY_REGION,
+};
+use crate::protocol::rest::{InferRequestJson, InferResponseJson, TensorJson, parameter};
+use crate::protocol::tensor_data::FlatData;
+use crate::protocol::{InferRequest, InferResponse, Input, Invalid, TensorData};
 
-/// The model's one input.
-pub const INPUT_NAME: &str = "input";
-/// The model's one output.
-pub const OUTPUT_NAME: &str = "probabilities";
-/// The header of the binary tensor data extension.
-pub const HEADER_LENGTH: &str = "inference-header-content-length";
-/// Most images in one request: an encoded image of a few bytes becomes 3072 floats, so without a
-/// cap a small body could claim gigabytes.
-pub const MAX_IMAGES: usize = 4096;
-
-#[derive(Debug, Deserialize)]
-struct RequestJson {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-    inputs: Vec<InputJson>,
-    #[serde(default)]
-    outputs: Option<Vec<OutputJson>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct InputJson {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-    #[serde(default)]
-    data: Option<FlatData>,
-}
-
-#[derive(Debug, Deserialize)]
-struct OutputJson {
-    name: String,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-}
-
-/// The input as sent: preprocessed values, or encoded images still to decode.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Input {
-    /// `rows` images of [`INPUT_LEN`] values.
-    Fp32 { rows: usize, values: Vec<f32> },
-    /// Encoded image files.
-    Images(Vec<Vec<u8>>),
-}
-
-/// A checked infer request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InferRequest {
-    /// The client's request id, echoed back.
-    pub id: Option<String>,
-    /// The input tensor.
-    pub input: Input,
-    /// Whether the probabilities go back as raw bytes.
-    pub binary_output: bool,
-}
-
-impl Input {
-    /// Model input values and how many images they hold; encoded images are decoded here,
-    /// one after the other within the bounds of `decoding`, with the one preprocessing of
-    /// training and `predict`.
-    pub fn into_values(self, decoding: &mut Decoding) -> Result<(Vec<f32>, usize), ApiError> {
-        match self {
-            Input::Fp32 { rows, values } => Ok((values, rows)),
-            Input::Images(images) => {
-                let mut values = Vec::with_capacity(images.len() * INPUT_LEN);
-                for (i, bytes) in images.iter().enumerate() {
-                    decoding.image(bytes, &mut values).map_err(|e| {
-                        ApiError::new(
-                            e.status,
-                            format!("input '{INPUT_NAME}' element {i}: {}", e.message),
-                        )
-                    })?;
-                }
-                Ok((values, images.len()))
-            }
-        }
-    }
-}
+type RequestJson = InferRequestJson<FlatData>;
+type InputJson = TensorJson<FlatData>;
 
 /// The length of the JSON part when the request uses the binary extension.
-pub fn header_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+pub fn header_length(headers: &HeaderMap) -> Result<Option<usize>, Invalid> {
     let Some(value) = headers.get(HEADER_LENGTH) else {
         return Ok(None);
     };
@@ -111,15 +37,15 @@ pub fn header_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
         .map(Some)
-        .ok_or_else(|| ApiError::bad_request("Inference-Header-Content-Length is not a byte count"))
+        .ok_or_else(|| Invalid::new("Inference-Header-Content-Length is not a byte count"))
 }
 
 /// Parses and checks an infer request body.
-pub fn parse(body: &[u8], header_length: Option<usize>) -> Result<InferRequest, ApiError> {
+pub fn parse(body: &[u8], header_length: Option<usize>) -> Result<InferRequest, Invalid> {
     let (json, mut binary) = match header_length {
         None => (body, None),
         Some(len) if len > body.len() => {
-            return Err(ApiError::bad_request(format!(
+            return Err(Invalid::new(format!(
                 "Inference-Header-Content-Length is {len} but the body has only {} bytes",
                 body.len()
             )));
@@ -127,17 +53,11 @@ pub fn parse(body: &[u8], header_length: Option<usize>) -> Result<InferRequest, 
         Some(len) => (&body[..len], Some(&body[len..])),
     };
     let request: RequestJson = serde_json::from_slice(json)
-        .map_err(|e| ApiError::bad_request(format!("malformed infer request: {e}")))?;
+        .map_err(|e| Invalid::new(format!("malformed infer request: {e}")))?;
     let binary_output = binary_output(&request)?;
-    let [input] = <[InputJson; 1]>::try_from(request.inputs).map_err(|inputs| {
-        ApiError::bad_request(format!(
-            "expected exactly one input ('{INPUT_NAME}'), got {}",
-            inputs.len()
-        ))
-    })?;
-    let input = parse_input(input, &mut binary)?;
+    let input = parse_input(one_input(request.inputs)?, &mut binary)?;
     if let Some(rest) = binary.filter(|rest| !rest.is_empty()) {
-        return Err(ApiError::bad_request(format!(
+        return Err(Invalid::new(format!(
             "the body has {} bytes after the binary tensor data the header describes",
             rest.len()
         )));
@@ -152,172 +72,70 @@ pub fn parse(body: &[u8], header_length: Option<usize>) -> Result<InferRequest, 
 fn bool_parameter(
     parameters: Option<&Map<String, Value>>,
     key: &str,
-) -> Result<Option<bool>, ApiError> {
+) -> Result<Option<bool>, Invalid> {
     match parameters.and_then(|p| p.get(key)) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(ApiError::bad_request(format!(
+        Some(other) => Err(Invalid::new(format!(
             "parameter {key} must be true or false, not {other}"
         ))),
     }
 }
 
 /// Whether the client asked for the probabilities in binary: per output, else for all outputs.
-fn binary_output(request: &RequestJson) -> Result<bool, ApiError> {
-    let all = bool_parameter(request.parameters.as_ref(), "binary_data_output")?.unwrap_or(false);
-    let mut binary = all;
+fn binary_output(request: &RequestJson) -> Result<bool, Invalid> {
+    let all = bool_parameter(request.parameters.as_ref(), BINARY_DATA_OUTPUT)?.unwrap_or(false);
+    let mut outputs = Vec::new();
     for output in request.outputs.iter().flatten() {
-        if output.name != OUTPUT_NAME {
-            return Err(ApiError::bad_request(format!(
-                "unknown output '{}'; this model's output is '{OUTPUT_NAME}'",
-                output.name
-            )));
-        }
         let parameters = output.parameters.as_ref();
-        if parameters.is_some_and(|p| p.contains_key("classification")) {
-            return Err(ApiError::bad_request(
-                "the classification extension is not supported; read the probabilities",
-            ));
-        }
-        if parameters.is_some_and(|p| p.contains_key("shared_memory_region")) {
-            return Err(ApiError::bad_request("shared memory is not supported"));
-        }
-        binary = bool_parameter(parameters, "binary_data")?.unwrap_or(all);
+        let has = |key: &str| parameters.is_some_and(|p| p.contains_key(key));
+        outputs.push(RequestedOutput {
+            name: &output.name,
+            binary: bool_parameter(parameters, BINARY_DATA)?,
+            classification: has(CLASSIFICATION),
+            shared_memory: has(SHARED_MEMORY_REGION),
+        });
     }
-    Ok(binary)
+    check_outputs(outputs, all)
 }
 
-fn parse_input(input: InputJson, binary: &mut Option<&[u8]>) -> Result<Input, ApiError> {
+fn parse_input(input: InputJson, binary: &mut Option<&[u8]>) -> Result<Input, Invalid> {
     let parameters = input.parameters.as_ref();
-    if parameters.is_some_and(|p| p.contains_key("shared_memory_region")) {
-        return Err(ApiError::bad_request("shared memory is not supported"));
+    if parameters.is_some_and(|p| p.contains_key(SHARED_MEMORY_REGION)) {
+        return Err(shared_memory());
     }
     let raw = take_binary(parameters, binary)?;
     let data = match (raw, input.data) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(format!(
-                "input '{INPUT_NAME}' has both data and binary_data_size"
-            )));
+        (Some(_), Some(_)) => return Err(two_sources("data and binary_data_size")),
+        (Some(raw), None) => TensorData::Raw(raw),
+        (None, Some(json)) => TensorData::Json(json),
+        (None, None) => {
+            check_name(&input.name)?;
+            return Err(no_data("data nor parameters.binary_data_size"));
         }
-        (Some(raw), None) => Some(TensorData::Raw(raw)),
-        (None, Some(json)) => Some(TensorData::Json(json)),
-        (None, None) => None,
     };
     check_input(&input.name, &input.datatype, &input.shape, data)
-}
-
-/// An input tensor's contents, as a REST or gRPC request carries them.
-pub enum TensorData<'a> {
-    /// Raw bytes: the binary extension's part, or gRPC's `raw_input_contents`; FP32 as
-    /// little-endian floats, BYTES as elements each preceded by its 4-byte little-endian length.
-    Raw(&'a [u8]),
-    /// JSON `data`: numbers, or base64 strings for BYTES.
-    Json(FlatData),
-    /// gRPC's typed `fp32_contents`.
-    Fp32(Vec<f32>),
-    /// gRPC's typed `bytes_contents`: each element one encoded image.
-    Bytes(Vec<Vec<u8>>),
-}
-
-/// Checks an input tensor (its name, datatype, shape and contents) whatever the transport: the
-/// same rules and messages for REST and gRPC.
-pub fn check_input(
-    name: &str,
-    datatype: &str,
-    shape: &[i64],
-    data: Option<TensorData>,
-) -> Result<Input, ApiError> {
-    if name != INPUT_NAME {
-        return Err(ApiError::bad_request(format!(
-            "unknown input '{name}'; this model's input is '{INPUT_NAME}'"
-        )));
-    }
-    let Some(data) = data else {
-        return Err(missing_data());
-    };
-    match datatype {
-        "FP32" => {
-            let rows = fp32_rows(shape)?;
-            let values = match data {
-                TensorData::Raw(raw) => fp32_from_bytes(raw, rows)?,
-                TensorData::Json(json) => fp32_from_json(json, rows)?,
-                TensorData::Fp32(values) => fp32_from_json(
-                    FlatData {
-                        numbers: values,
-                        strings: Vec::new(),
-                    },
-                    rows,
-                )?,
-                TensorData::Bytes(_) => {
-                    return Err(ApiError::bad_request(format!(
-                        "FP32 input '{INPUT_NAME}' holds bytes; send numbers"
-                    )));
-                }
-            };
-            // The model only ever saw pixel bytes / 255: anything else (NaN, 1e30, a client's own
-            // mean/std normalisation) would get a confident but meaningless answer.
-            if let Some(at) = values.iter().position(|v| !(0.0..=1.0).contains(v)) {
-                return Err(ApiError::bad_request(format!(
-                    "input '{INPUT_NAME}' element {at} is {:?}; values must be in [0, 1] \
-                     (pixel bytes / 255, channel-major RGB)",
-                    values[at]
-                )));
-            }
-            Ok(Input::Fp32 { rows, values })
-        }
-        "BYTES" => {
-            let count = bytes_count(shape)?;
-            let images = match data {
-                TensorData::Raw(raw) => bytes_from_binary(raw, count)?,
-                TensorData::Json(json) => bytes_from_json(json, count)?,
-                TensorData::Bytes(images) if images.len() == count => images,
-                TensorData::Bytes(images) => return Err(bytes_mismatch(images.len(), count)),
-                TensorData::Fp32(_) => {
-                    return Err(ApiError::bad_request(format!(
-                        "BYTES input '{INPUT_NAME}' holds numbers; send encoded images"
-                    )));
-                }
-            };
-            Ok(Input::Images(images))
-        }
-        other => Err(ApiError::bad_request(format!(
-            "input '{INPUT_NAME}' has datatype {other}; expected FP32 (shape [N,3,{SIDE},{SIDE}], values in [0, 1]) \
-             or BYTES (encoded image files, shape [N])"
-        ))),
-    }
-}
-
-fn bytes_mismatch(got: usize, count: usize) -> ApiError {
-    ApiError::bad_request(format!(
-        "BYTES input '{INPUT_NAME}' has {got} elements but its shape says {count}"
-    ))
-}
-
-fn missing_data() -> ApiError {
-    ApiError::bad_request(format!(
-        "input '{INPUT_NAME}' has neither data nor parameters.binary_data_size"
-    ))
 }
 
 /// The input's bytes from the binary part, when its header says it has some.
 fn take_binary<'a>(
     parameters: Option<&Map<String, Value>>,
     binary: &mut Option<&'a [u8]>,
-) -> Result<Option<&'a [u8]>, ApiError> {
-    let Some(size) = parameters.and_then(|p| p.get("binary_data_size")) else {
+) -> Result<Option<&'a [u8]>, Invalid> {
+    let Some(size) = parameters.and_then(|p| p.get(BINARY_DATA_SIZE)) else {
         return Ok(None);
     };
     let size = size
         .as_u64()
         .and_then(|s| usize::try_from(s).ok())
-        .ok_or_else(|| ApiError::bad_request("binary_data_size must be a byte count"))?;
+        .ok_or_else(|| Invalid::new("binary_data_size must be a byte count"))?;
     let Some(rest) = binary.as_mut() else {
-        return Err(ApiError::bad_request(
+        return Err(Invalid::new(
             "binary_data_size is set but the request has no Inference-Header-Content-Length header",
         ));
     };
     if size > rest.len() {
-        return Err(ApiError::bad_request(format!(
+        return Err(Invalid::new(format!(
             "binary_data_size is {size} but only {} bytes of binary data follow the header",
             rest.len()
         )));
@@ -328,231 +146,30 @@ fn take_binary<'a>(
     Ok(Some(mine))
 }
 
-fn shape_text(shape: &[i64]) -> String {
-    format!("{shape:?}").replace(' ', "")
-}
-
-fn check_rows(rows: i64, shape: &[i64]) -> Result<usize, ApiError> {
-    match usize::try_from(rows) {
-        Ok(n) if (1..=MAX_IMAGES).contains(&n) => Ok(n),
-        _ => Err(ApiError::bad_request(format!(
-            "input '{INPUT_NAME}' has shape {}: the batch size must be 1 to {MAX_IMAGES}",
-            shape_text(shape)
-        ))),
-    }
-}
-
-fn fp32_rows(shape: &[i64]) -> Result<usize, ApiError> {
-    let side = i64::from(SIDE);
-    match shape {
-        [n, 3, h, w] if *h == side && *w == side => check_rows(*n, shape),
-        _ => Err(ApiError::bad_request(format!(
-            "input '{INPUT_NAME}' has shape {}; expected [N,3,{SIDE},{SIDE}]",
-            shape_text(shape)
-        ))),
-    }
-}
-
-fn bytes_count(shape: &[i64]) -> Result<usize, ApiError> {
-    match shape {
-        [n] | [n, 1] => check_rows(*n, shape),
-        _ => Err(ApiError::bad_request(format!(
-            "BYTES input '{INPUT_NAME}' has shape {}; expected [N] (one encoded image per element)",
-            shape_text(shape)
-        ))),
-    }
-}
-
-fn count_mismatch(what: &str, got: usize, rows: usize, expected: usize) -> ApiError {
-    ApiError::bad_request(format!(
-        "input '{INPUT_NAME}' has {got} {what} but its shape [{rows},3,{SIDE},{SIDE}] needs {expected}"
-    ))
-}
-
-fn fp32_from_bytes(raw: &[u8], rows: usize) -> Result<Vec<f32>, ApiError> {
-    let expected = rows * INPUT_LEN * 4;
-    if raw.len() != expected {
-        return Err(count_mismatch(
-            "bytes of FP32 data",
-            raw.len(),
-            rows,
-            expected,
-        ));
-    }
-    // The extension sends tensors in little-endian byte order, whatever the machines.
-    Ok(raw
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
-}
-
-fn fp32_from_json(data: FlatData, rows: usize) -> Result<Vec<f32>, ApiError> {
-    if !data.strings.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "FP32 input '{INPUT_NAME}' holds strings; send numbers"
-        )));
-    }
-    if data.numbers.len() != rows * INPUT_LEN {
-        return Err(count_mismatch(
-            "values",
-            data.numbers.len(),
-            rows,
-            rows * INPUT_LEN,
-        ));
-    }
-    Ok(data.numbers)
-}
-
-fn bytes_from_binary(mut raw: &[u8], count: usize) -> Result<Vec<Vec<u8>>, ApiError> {
-    // Each element: its length as 4 little-endian bytes, then the bytes.
-    let mut images = Vec::with_capacity(count);
-    while !raw.is_empty() {
-        let Some((len, rest)) = raw.split_first_chunk::<4>() else {
-            return Err(ApiError::bad_request(
-                "BYTES data is cut inside an element's 4-byte length",
-            ));
-        };
-        let len = u32::from_le_bytes(*len) as usize;
-        if len > rest.len() {
-            return Err(ApiError::bad_request(format!(
-                "BYTES element {} claims {len} bytes but only {} remain",
-                images.len(),
-                rest.len()
-            )));
-        }
-        let (element, after) = rest.split_at(len);
-        images.push(element.to_vec());
-        raw = after;
-        if images.len() > count {
-            break;
-        }
-    }
-    if images.len() != count {
-        return Err(bytes_mismatch(images.len(), count));
-    }
-    Ok(images)
-}
-
-fn bytes_from_json(data: FlatData, count: usize) -> Result<Vec<Vec<u8>>, ApiError> {
-    if !data.numbers.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "BYTES input '{INPUT_NAME}' holds numbers; send base64 strings of encoded images"
-        )));
-    }
-    if data.strings.len() != count {
-        return Err(bytes_mismatch(data.strings.len(), count));
-    }
-    data.strings
-        .iter()
-        .enumerate()
-        .map(|(i, text)| {
-            decode_base64(&text.0).map_err(|e| {
-                ApiError::bad_request(format!(
-                    "BYTES element {i}: base64: {e} (send images base64-encoded)"
-                ))
-            })
-        })
-        .collect()
-}
-
-/// Standard base64 (RFC 4648), the alphabet the protocol's JSON BYTES use, with or without
-/// padding and with any final bits.
-const BASE64: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new()
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-        .with_decode_allow_trailing_bits(true),
-);
-
-/// Decodes a BYTES element sent as a JSON string. Clients differ, so the URL-safe alphabet and
-/// line breaks (MIME wraps at 76) are accepted too: text that fails as it is is decoded again
-/// with those mapped to the standard alphabet.
-pub(crate) fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
-    BASE64.decode(text).or_else(|error| {
-        let lenient = text
-            .bytes()
-            .any(|b| matches!(b, b'-' | b'_') || b.is_ascii_whitespace());
-        if !lenient {
-            return Err(error);
-        }
-        let standard: Vec<u8> = text
-            .bytes()
-            .filter(|b| !b.is_ascii_whitespace())
-            .map(|b| match b {
-                b'-' => b'+',
-                b'_' => b'/',
-                b => b,
-            })
-            .collect();
-        BASE64.decode(standard)
-    })
-}
-
-/// Encodes `bytes` in standard base64, padded, as the protocol's JSON BYTES and
-/// `/v1/explain`'s `picture_png` carry them.
-pub(crate) fn encode_base64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-#[derive(Serialize)]
-struct ResponseJson<'a> {
-    model_name: &'a str,
-    model_version: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    outputs: [OutputTensor<'a>; 1],
-}
-
-#[derive(Serialize)]
-struct OutputTensor<'a> {
-    name: &'static str,
-    datatype: &'static str,
-    shape: [usize; 2],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<BinaryParameters>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a [f32]>,
-}
-
-#[derive(Serialize)]
-struct BinaryParameters {
-    binary_data_size: usize,
-}
-
-/// The infer response: JSON, or a JSON header followed by the raw probabilities.
-pub fn response(
-    model_name: &str,
-    model_version: &str,
-    id: Option<&str>,
-    binary: bool,
-    probabilities: &[f32],
-    classes: usize,
-) -> Result<Response, ApiError> {
-    let rows = probabilities.len() / classes.max(1);
+/// The infer response: JSON, or a JSON header followed by the raw probabilities when the request
+/// asked for binary.
+pub fn response(answer: &InferResponse) -> Result<Response, ApiError> {
+    let binary = answer.binary_output;
+    let probabilities = answer.probabilities.as_slice();
     let raw_size = probabilities.len() * 4;
-    let output = OutputTensor {
-        name: OUTPUT_NAME,
-        datatype: "FP32",
-        shape: [rows, classes],
-        parameters: binary.then_some(BinaryParameters {
-            binary_data_size: raw_size,
-        }),
+    let output = TensorJson {
+        name: OUTPUT_NAME.to_string(),
+        datatype: FP32.to_string(),
+        shape: answer.dims(),
+        parameters: binary.then(|| parameter(BINARY_DATA_SIZE, raw_size)),
         data: (!binary).then_some(probabilities),
     };
-    let head = ResponseJson {
-        model_name,
-        model_version,
-        id,
-        outputs: [output],
+    let head = InferResponseJson {
+        model_name: Some(answer.model_name.clone()),
+        model_version: Some(answer.model_version.clone()),
+        id: answer.id.clone(),
+        outputs: vec![output],
     };
     let mut body = serde_json::to_vec(&head)
         .map_err(|e| ApiError::internal(format!("cannot encode the response: {e}")))?;
     if !binary {
         return Ok((
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
+            [(header::CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT))],
             body,
         )
             .into_response());
@@ -566,7 +183,7 @@ pub fn response(
         [
             (
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
+                HeaderValue::from_static(BINARY_CONTENT),
             ),
             (
                 header::HeaderName::from_static(HEADER_LENGTH),
@@ -581,6 +198,7 @@ pub fn response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::preprocess::INPUT_LEN;
     use serde_json::json;
 
     fn values(rows: usize) -> Vec<f32> {
@@ -597,8 +215,8 @@ mod tests {
         (body, len)
     }
 
-    fn status(result: Result<InferRequest, ApiError>) -> (u16, String) {
-        let e = result.unwrap_err();
+    fn status(result: Result<InferRequest, Invalid>) -> (u16, String) {
+        let e = ApiError::from(result.unwrap_err());
         (e.status.as_u16(), e.message)
     }
 
@@ -677,43 +295,6 @@ mod tests {
         assert!(status(parse(&body, Some(len))).1.contains("3 elements"));
         let (body, len) = binary_body(&header, &raw[..5]);
         assert_eq!(status(parse(&body, Some(len))).0, 400);
-    }
-
-    #[test]
-    fn base64_rfc4648_vectors_both_alphabets_and_line_breaks() {
-        for (plain, encoded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(
-                decode_base64(encoded).unwrap(),
-                plain.as_bytes(),
-                "{encoded}"
-            );
-            assert_eq!(encode_base64(plain.as_bytes()), encoded);
-            let unpadded = encoded.trim_end_matches('=');
-            assert_eq!(
-                decode_base64(unpadded).unwrap(),
-                plain.as_bytes(),
-                "{unpadded}"
-            );
-        }
-        // 0xfb 0xff 0xbf encodes to "+/+/" (standard) or "-_-_" (URL-safe).
-        assert_eq!(decode_base64("+/+/").unwrap(), [0xfb, 0xff, 0xbf]);
-        assert_eq!(decode_base64("-_-_").unwrap(), [0xfb, 0xff, 0xbf]);
-        assert_eq!(decode_base64("Zm9v\r\nYmFy\n").unwrap(), b"foobar");
-        let all: Vec<u8> = (0..=255).collect();
-        assert_eq!(decode_base64(&encode_base64(&all)).unwrap(), all);
-        for bad in [
-            "Zg=a", "Z", "Zm9vY", "Zm9v!", "Zg===", "Z===", "é", "Zm 9v!",
-        ] {
-            assert!(decode_base64(bad).is_err(), "{bad:?} decoded");
-        }
     }
 
     #[test]
@@ -798,7 +379,15 @@ mod tests {
     async fn responses_in_json_and_binary() {
         use axum::body::to_bytes;
         let probs: Vec<f32> = (0..20).map(|i| i as f32 / 100.0).collect();
-        let r = response("maas", "1", Some("7"), false, &probs, 10).unwrap();
+        let answer = |id: Option<&str>, binary_output| InferResponse {
+            model_name: "maas".into(),
+            model_version: "1".into(),
+            id: id.map(str::to_string),
+            binary_output,
+            probabilities: probs.clone(),
+            classes: 10,
+        };
+        let r = response(&answer(Some("7"), false)).unwrap();
         assert!(r.headers().get(HEADER_LENGTH).is_none());
         let v: Value =
             serde_json::from_slice(&to_bytes(r.into_body(), usize::MAX).await.unwrap()).unwrap();
@@ -807,7 +396,7 @@ mod tests {
         assert_eq!(v["outputs"][0]["shape"], json!([2, 10]));
         assert_eq!(v["outputs"][0]["data"][3].as_f64().unwrap() as f32, 0.03);
 
-        let r = response("maas", "1", None, true, &probs, 10).unwrap();
+        let r = response(&answer(None, true)).unwrap();
         let len: usize = r.headers()[HEADER_LENGTH]
             .to_str()
             .unwrap()

@@ -15,7 +15,6 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use arc_swap::ArcSwap;
 use burn::tensor::Device;
-use serde::Serialize;
 
 use super::batcher::{BatchConfig, Batcher, Worker};
 use super::error::ApiError;
@@ -23,6 +22,8 @@ use super::metrics::Metrics;
 use super::repository::{self, Source};
 use super::stats::ModelStats;
 use crate::artifact::export::load_model;
+use crate::protocol::metadata::IndexEntry;
+use crate::protocol::names::{READY, UNAVAILABLE};
 
 /// One loaded version of a model.
 pub struct Version {
@@ -58,16 +59,6 @@ impl Model {
 #[derive(Clone, Default)]
 pub struct Models {
     pub models: BTreeMap<String, Model>,
-}
-
-/// One entry of the repository index (`POST /v2/repository/index`).
-#[derive(Debug, Serialize)]
-pub struct IndexEntry {
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    pub state: &'static str,
-    pub reason: String,
 }
 
 /// The models being served and how to (re)load them.
@@ -366,8 +357,8 @@ impl Registry {
                 entries.push(IndexEntry {
                     name,
                     version: None,
-                    state: "UNAVAILABLE",
-                    reason: "unloaded".into(),
+                    state: Some(UNAVAILABLE.into()),
+                    reason: Some("unloaded".into()),
                 });
                 continue;
             };
@@ -387,8 +378,8 @@ impl Registry {
                 entries.push(IndexEntry {
                     name: name.clone(),
                     version: Some(version.to_string()),
-                    state: if serving { "READY" } else { "UNAVAILABLE" },
-                    reason,
+                    state: Some(if serving { READY } else { UNAVAILABLE }.into()),
+                    reason: Some(reason),
                 });
             }
         }

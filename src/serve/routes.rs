@@ -20,13 +20,17 @@ use serde_json::{Value, json};
 
 use super::auth::{self, Keys};
 use super::batcher::{Answer, Want, wrong_kind};
+use super::body::refuse;
 use super::decode::SMALL_IMAGE_PIXELS;
 use super::error::ApiError;
-use super::protocol::{self, INPUT_NAME, OUTPUT_NAME};
+use super::protocol;
 use super::registry::Version;
-use super::state::{Admission, AppState, refuse};
+use super::state::{Admission, AppState};
 use super::stats;
-use crate::data::preprocess::{INPUT_LEN, SIDE, small_image_to_input};
+use super::v2;
+use crate::data::preprocess::{INPUT_LEN, small_image_to_input};
+use crate::protocol::checks::encode_base64;
+use crate::protocol::metadata::ServerMetadata;
 
 /// Every route; all but health and metrics need a key when `keys` is given.
 pub fn router(state: AppState, keys: Option<Keys>) -> Router {
@@ -114,36 +118,15 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-/// The protocol extensions the server offers, in `GET /v2` and gRPC's ServerMetadata.
-pub const EXTENSIONS: [&str; 3] = ["binary_tensor_data", "model_repository", "statistics"];
-
-async fn server_metadata() -> Json<Value> {
-    Json(json!({
-        "name": "maas",
-        "version": crate::VERSION,
-        "extensions": EXTENSIONS,
-    }))
+async fn server_metadata() -> Json<ServerMetadata> {
+    Json(ServerMetadata::maas())
 }
 
 async fn model_metadata(
     State(state): State<AppState>,
     ServedModel(model): ServedModel,
-) -> Json<Value> {
-    // Every loaded version of the model, as Triton lists them.
-    let snapshot = state.registry.snapshot();
-    let versions: Vec<String> = snapshot
-        .models
-        .get(&model.name)
-        .map(|m| m.versions.keys().map(u64::to_string).collect())
-        .unwrap_or_default();
-    Json(json!({
-        "name": model.name,
-        "versions": versions,
-        "platform": "maas",
-        "inputs": [{ "name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 3, SIDE, SIDE] }],
-        "outputs": [{ "name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, model.classes.len()] }],
-        "classes": model.classes,
-    }))
+) -> Json<crate::protocol::metadata::ModelMetadata> {
+    Json(v2::model_metadata(&state, &model))
 }
 
 async fn model_ready(ServedModel(model): ServedModel) -> Response {
@@ -162,7 +145,8 @@ async fn infer(
     let deadline = state.deadline();
     let checked = model.and_then(|model| {
         let place = state.admit()?;
-        Ok((model, place, protocol::header_length(request.headers())?))
+        let header_length = protocol::header_length(request.headers())?;
+        Ok((model, place, header_length))
     });
     let (ServedModel(model), _place, header_length) = match checked {
         Ok(ok) => ok,
@@ -173,7 +157,7 @@ async fn infer(
     answer
 }
 
-/// An admitted infer request on `model`: its body read, decoded, run and answered.
+/// An admitted infer request on `model`: its body read, then the v2 infer path, in REST's format.
 async fn infer_on(
     state: &AppState,
     model: &Version,
@@ -182,27 +166,11 @@ async fn infer_on(
     deadline: Deadline,
 ) -> Result<Response, ApiError> {
     let body = state.read_body(request, deadline).await?;
-    let decoding = Instant::now();
-    let (id, binary, values, rows) = state
-        .decode(deadline, move |decoding| {
-            let request = protocol::parse(&body, header_length)?;
-            let (values, rows) = request.input.into_values(decoding)?;
-            Ok((request.id, request.binary_output, values, rows))
-        })
-        .await?;
-    model.stats.compute_input.add(decoding.elapsed());
-    let probabilities = model.batcher.probabilities(values, rows, deadline).await?;
-    let encoding = Instant::now();
-    let response = protocol::response(
-        &model.name,
-        &model.version.to_string(),
-        id.as_deref(),
-        binary,
-        &probabilities,
-        model.classes.len(),
-    );
-    model.stats.compute_output.add(encoding.elapsed());
-    response
+    let read = move || Ok(protocol::parse(&body, header_length)?);
+    v2::infer(state, model, deadline, read, |answer| {
+        protocol::response(&answer)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,7 +233,7 @@ async fn explain(
     }
     let mut body = serde_json::to_value(&prediction)
         .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))?;
-    body["picture_png"] = Value::String(protocol::encode_base64(&picture));
+    body["picture_png"] = Value::String(encode_base64(&picture));
     Ok(Json(body).into_response())
 }
 

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes, HttpBody};
+use axum::body::{Bytes, HttpBody};
 use axum::extract::Request;
 use axum::http::{StatusCode, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout_at};
 
-use super::ServeConfig;
+use super::body::{discard, too_large};
+use super::config::ServeConfig;
 use super::decode::{DecoderSlots, Decoding, PixelLimits, StopOnDrop};
 use super::error::ApiError;
 use super::metrics::Metrics;
@@ -198,39 +199,4 @@ impl AppState {
             Ok(Ok(result)) => result,
         }
     }
-}
-
-fn too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("the request body is larger than the limit of {limit} bytes"),
-    )
-}
-
-/// Most bytes of a refused body read and thrown away.
-const DISCARD_LIMIT: usize = 64 << 20;
-/// Longest time spent doing so.
-const DISCARD_TIME: Duration = Duration::from_secs(5);
-
-/// Answers `error` to a request refused before its body was read, reading the body first: see
-/// [`discard`].
-pub async fn refuse(request: Request, error: ApiError) -> ApiError {
-    discard(&mut request.into_body()).await;
-    error
-}
-
-/// Reads and drops what is left of a refused body, up to a bound. Closing a connection that
-/// still has unread data makes the kernel reset it, and a client still sending then sees a broken
-/// pipe instead of the 413; draining first lets it finish and read the answer.
-async fn discard(body: &mut Body) {
-    let drain = async {
-        let mut seen = 0;
-        while seen < DISCARD_LIMIT {
-            match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
-                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
-                _ => break,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
 }

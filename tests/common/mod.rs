@@ -42,11 +42,13 @@ impl Workspace {
             .env_remove("MAAS_CHECKPOINTS")
             .env("MAAS_DEVICE", "cpu")
             .env("MAAS_PROGRESS", "never")
-            // gRPC's port is fixed (8081): servers run side by side here, so it is off unless
-            // a test asks for it (`--grpc-port`).
-            .env("MAAS_GRPC_PORT", "0")
             .env("XDG_RUNTIME_DIR", std::env::temp_dir())
             .args(args);
+        // gRPC's port is fixed (8081): servers run side by side here, so it is off unless a test
+        // asks for it (`--grpc-port`).
+        if !args.contains(&"--grpc-port") {
+            cmd.env("MAAS_NO_GRPC", "1");
+        }
         cmd
     }
 

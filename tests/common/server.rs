@@ -34,10 +34,12 @@ impl Server {
                 cmd.env_remove(key);
             }
         }
+        // gRPC's port is fixed (8081): off unless the test asks for it (`--grpc-port`).
+        if !args.contains(&"--grpc-port") {
+            cmd.env("MAAS_NO_GRPC", "1");
+        }
         cmd.current_dir(ws.dir.path())
             .env("MAAS_PROGRESS", "never")
-            // gRPC's port is fixed (8081): off unless the test asks for it (`--grpc-port`).
-            .env("MAAS_GRPC_PORT", "0")
             .args(["--device", "cpu", "serve", "--port", "0"])
             .args(args)
             .stdin(Stdio::null())
@@ -106,6 +108,18 @@ impl Server {
             .trim_start_matches("https://")
     }
 
+    /// `host:port` of the gRPC endpoint, from its `gRPC listening on` line (`--grpc-port 0`
+    /// takes any free port); the line comes before `listening on`, so it is there by now.
+    pub fn grpc_addr(&self) -> String {
+        let stderr = self.stderr();
+        stderr
+            .lines()
+            .find_map(|line| line.strip_prefix("gRPC listening on "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no `gRPC listening on` line; stderr:\n{stderr}"))
+            .to_string()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -160,8 +174,8 @@ pub fn agent() -> ureq::Agent {
     agent_with_timeout(Duration::from_secs(60))
 }
 
-/// A loopback port that was free a moment ago, for a server that must be told its port (gRPC's,
-/// where 0 turns it off rather than picking one).
+/// A loopback port that was free a moment ago, for a client that must be refused (nothing
+/// listens there) or a server that must be told its port in advance.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

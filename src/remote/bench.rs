@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
-use hyper::{Method, Request, Uri};
+use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -22,9 +22,12 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 
+use super::client::MAX_ANSWER_BYTES;
+use super::config::RemoteConfig;
+use super::model::RemoteModel;
+use super::protocol;
+use super::url::ServerUrl;
 use crate::data::preprocess::image_bytes_to_input;
-use crate::remote::client::MAX_ANSWER_BYTES;
-use crate::remote::{RemoteConfig, RemoteModel, protocol};
 
 /// What each request carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +153,7 @@ pub fn run(
             match why {
                 "tls" => anyhow!(
                     "{url}: TLS failed ({})",
-                    crate::remote::tls::hint(config.remote.cacert.as_deref())
+                    super::tls::hint(config.remote.cacert.as_deref())
                 ),
                 "timeout" => anyhow!("{url}: no connection within --timeout-ms"),
                 _ => anyhow!("{url}: cannot connect: is the server running, on that port?"),
@@ -181,29 +184,17 @@ pub fn run(
 /// The request to send, made once: the image preprocessed as `predict` does, `batch` times.
 fn target(config: &BenchConfig) -> Result<(Target, String)> {
     let remote = &config.remote;
-    let base = remote.url.trim_end_matches('/');
-    let uri: Uri = base
-        .parse()
-        .map_err(|e| anyhow!("{}: not a URL: {e}", remote.url))?;
-    let https = match uri.scheme_str() {
-        Some("http") => false,
-        Some("https") => true,
-        _ => bail!("{}: not an http:// or https:// URL", remote.url),
-    };
-    let host = uri
-        .host()
-        .ok_or_else(|| anyhow!("{}: no host", remote.url))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let authority = uri
-        .authority()
-        .map_or_else(|| host.clone(), |a| a.to_string());
+    let ServerUrl {
+        base,
+        https,
+        host,
+        port,
+        authority,
+    } = ServerUrl::parse(&remote.url)?;
     let tls = if https {
         let name =
             ServerName::try_from(host.clone()).map_err(|e| anyhow!("{}: {e}", remote.url))?;
-        let config = crate::remote::tls::client_config(remote.cacert.as_deref())?;
+        let config = super::tls::client_config(remote.cacert.as_deref())?;
         Some((TlsConnector::from(config), name))
     } else {
         None
@@ -231,9 +222,9 @@ fn target(config: &BenchConfig) -> Result<(Target, String)> {
             )
         }
     };
-    let authorization = match &remote.api_key {
-        Some(key) => Some(
-            HeaderValue::from_str(&format!("Bearer {key}"))
+    let authorization = match remote.authorization() {
+        Some(value) => Some(
+            HeaderValue::from_str(&value)
                 .map_err(|_| anyhow!("the API key cannot stand in an HTTP header"))?,
         ),
         None => None,
