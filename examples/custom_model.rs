@@ -8,8 +8,8 @@
 //! With arguments this program *is* `maas`, with `--arch resnet` added: registering an
 //! architecture is one call before [`maas::cli::entry::main`]. Without arguments it runs that
 //! round trip on itself in a temporary folder (train 2 epochs on the CPU, export, `predict`,
-//! `serve` and `predict --url` against it, which must answer as `predict` does), and exits
-//! non-zero if any step fails. Files it writes keep the architecture's name, so only a program
+//! `serve` and `predict --url` against it, which must answer as `predict` does; then an epoch on
+//! a GPU where there is one), and exits non-zero if any step fails. Files it writes keep the architecture's name, so only a program
 //! that registers it loads them; plain `maas` refuses them by that name.
 
 use std::io::{BufRead, BufReader};
@@ -141,10 +141,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// This program with `args`, as `maas` would be run.
+/// This program, as `maas` would be run.
+fn myself() -> Command {
+    Command::new(std::env::current_exe().unwrap_or_else(|_| PathBuf::from("custom_model")))
+}
+
+/// This program with `args` on the CPU, as `maas --device cpu ARGS` would be run.
 fn maas(args: &[&str]) -> Command {
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("custom_model"));
-    let mut command = Command::new(exe);
+    let mut command = myself();
     command.args(["--device", "cpu"]).args(args);
     command
 }
@@ -233,6 +237,42 @@ fn round_trip(dir: &Path) -> Result<()> {
         "custom_model: test accuracy {accuracy:.3}; local and served answers agree: {} ({:.3})",
         remote.0, remote.1
     );
+    on_a_gpu(&data, &path("gpu-checkpoints"))
+}
+
+/// One short epoch on a GPU where the machine has one (a software one included: llvmpipe's
+/// Vulkan runs it here), through the same autodiff; without any, says so.
+fn on_a_gpu(data: &str, checkpoints: &str) -> Result<()> {
+    let args = [
+        "--device",
+        "gpu",
+        "train",
+        "--arch",
+        "resnet",
+        "--epochs",
+        "1",
+        "--limit",
+        "256",
+        "--data",
+        data,
+        "--checkpoints",
+        checkpoints,
+        "--quiet",
+    ];
+    let out = myself().args(args).output().context("cannot run myself")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stderr.contains("no GPU adapter found") {
+        eprintln!("custom_model: no GPU here: the GPU leg is skipped");
+        return Ok(());
+    }
+    if !out.status.success() || !Path::new(checkpoints).join("best.ckpt").is_file() {
+        bail!(
+            "`maas --device gpu train` failed ({}): {}",
+            out.status,
+            stderr.trim()
+        );
+    }
+    eprintln!("custom_model: trained an epoch on the GPU too");
     Ok(())
 }
 
@@ -244,7 +284,7 @@ struct Serve {
 
 impl Serve {
     fn start(model: &str) -> Result<Self> {
-        let mut child = maas(&["serve", "--model", model, "--port", "0", "--grpc-port", "0"])
+        let mut child = maas(&["serve", "--model", model, "--port", "0", "--no-grpc"])
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
