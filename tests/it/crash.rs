@@ -2,7 +2,7 @@
 //! leaves the last complete checkpoint valid, and `--resume` ends where an uninterrupted run ends.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Instant;

@@ -2,7 +2,7 @@
 //! statistics; checked over HTTP and with the stock tritonclient.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::Path;

@@ -3,7 +3,7 @@
 // The helpers below are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -18,7 +18,7 @@ use maas::data::preprocess::image_bytes_to_input;
 use maas::data::synthetic;
 use serde_json::{Value, json};
 
-// `Server` (the running binary) is in tests/common/server.rs; these are its HTTP calls.
+// `Server` (the running binary) is in tests/it/common/server.rs; these are its HTTP calls.
 impl Server {
     fn get(&self, path: &str) -> Reply {
         send(agent().get(&self.url(path)).call())

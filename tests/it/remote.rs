@@ -4,7 +4,7 @@
 //! onnxruntime); and the failures a caller meets, each one line and exit 1.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

@@ -8,7 +8,7 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -38,7 +38,7 @@ const MEMORY_GROWTH_LIMIT_KB: u64 = 128 * 1024;
 /// Longest a client waits for an answer before the test calls the server hung.
 const READ_LIMIT: Duration = Duration::from_secs(60);
 
-// `Server` (the running binary) is in tests/common/server.rs; these read its state.
+// `Server` (the running binary) is in tests/it/common/server.rs; these read its state.
 impl Server {
     fn memory_kb(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();

@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: a scratch folder with a generated dataset, and the
 //! real `maas` binary run inside it.
-#![allow(dead_code)]
 
 pub mod server;
 

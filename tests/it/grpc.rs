@@ -2,7 +2,7 @@
 //! (tests/python/triton_grpc.py) and compared with the same server's REST answers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;
