@@ -52,13 +52,6 @@ impl Server {
         };
         (field("VmRSS:"), field("VmHWM:"))
     }
-
-    fn metric(&self, name: &str) -> f64 {
-        let text = get(&self.url("/metrics")).1;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-    }
 }
 
 fn agent() -> ureq::Agent {
