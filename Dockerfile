@@ -9,6 +9,11 @@
 # derived image with deploy/model.Dockerfile (what deploy/kubernetes.yaml runs). See deploy/README.md.
 
 ARG RUST_VERSION=1.95
+# Where the runtime stage takes the binary from: the build stage below, or an image holding a
+# binary built elsewhere at /usr/local/bin/maas. deploy/smoke.sh (CI) passes
+# --build-arg BINARY=localhost/maas-binary:smoke, the binary `cargo test` built, since the Rust
+# image cannot be pulled there; the runtime stage it tests is the one that ships.
+ARG BINARY=build
 
 # ---- build: compile the release binary -------------------------------------------------------
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
@@ -28,6 +33,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --features turbojpeg --bin maas \
     && install -m 0755 target/release/maas /usr/local/bin/maas
 
+# ---- binary: the build stage's binary, or the one given with --build-arg BINARY=IMAGE --------
+FROM ${BINARY} AS binary
+
 # ---- runtime: the binary, a non-root user, nothing else ---------------------------------------
 # maas links only glibc and libgcc (no OpenSSL: HTTPS goes through rustls with bundled roots), so
 # the plain slim image is enough and no package is installed.
@@ -35,7 +43,7 @@ FROM debian:bookworm-slim AS runtime
 RUN groupadd --system --gid 10001 maas \
     && useradd --system --uid 10001 --gid maas --no-create-home --home-dir /srv \
         --shell /usr/sbin/nologin maas
-COPY --from=build /usr/local/bin/maas /usr/local/bin/maas
+COPY --from=binary /usr/local/bin/maas /usr/local/bin/maas
 WORKDIR /srv
 # Listen on every interface of the container, on the CPU. maas warns when it listens beyond
 # loopback without an API key: pass MAAS_API_KEY (or MAAS_API_KEY_FILE, e.g. a mounted secret).

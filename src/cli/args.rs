@@ -22,7 +22,7 @@ pub enum DeviceFlag {
     Auto,
     /// The CPU (burn's flex backend).
     Cpu,
-    /// A GPU through wgpu (Vulkan, Metal or DX12); an error when there is none.
+    /// A GPU through wgpu: Vulkan, Metal or DX12 (OpenGL only where none exists, with a notice); an error when there is none.
     Gpu,
 }
 

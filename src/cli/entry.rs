@@ -32,6 +32,15 @@ pub fn main() -> ExitCode {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
+        // The graphics stack failing mid-run (GL's context lock, a lost device) is the GPU's
+        // failure, not a bug: one line naming the device, and exit 1.
+        if let Some(line) = info
+            .location()
+            .and_then(|at| crate::device::gpu_failure(at.file(), &message))
+        {
+            eprintln!("maas: error: {}", crate::terminal::escape(&line));
+            std::process::exit(1);
+        }
         eprintln!("maas: internal error: {message} (please report this)");
     }));
     let cli = Cli::parse();

@@ -11,16 +11,14 @@
 //! Parameters are named by their module path (`hidden.weight`), as burn's derive visits them:
 //! those names are what files hold ([`Weights`]).
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use burn::prelude::*;
 
 use crate::data::preprocess::INPUT_LEN;
-use crate::model::{
-    Array, Model, StepStats, Trainable, Weights, mean_cross_entropy, read_f32, stats,
-};
+use crate::model::{Model, StepStats, Trainable, Weights, mean_cross_entropy, read_f32, stats};
 use crate::train::adam::{AdamConfig, AdamState, Moments};
 use crate::train::cpu::fused;
-use crate::train::step::TrainStep;
+use crate::train::step::{AdamClock, ParamState, TrainStep};
 
 /// A model and its optimizer while training through autodiff.
 pub struct AutodiffTrainer {
@@ -28,8 +26,7 @@ pub struct AutodiffTrainer {
     model: Box<dyn Trainable>,
     /// Adam's moments of each parameter, flattened, in the module's visiting order.
     moments: Vec<Moments<1>>,
-    step: u64,
-    config: AdamConfig,
+    adam: AdamClock,
 }
 
 impl AutodiffTrainer {
@@ -44,23 +41,22 @@ impl AutodiffTrainer {
     ) -> Result<Self> {
         let inner = device.clone().inner();
         let model = model.to_device(&inner).load(weights)?.track();
-        let moments = model
+        let shapes: Vec<(String, Vec<usize>)> = model
             .parameters()
             .into_iter()
-            .map(|(name, _, flat)| {
-                let shape = [flat.dims()[0]];
-                let (m, v) = (state.m.get(&name)?, state.v.get(&name)?);
-                if m.values.len() != shape[0] || v.values.len() != shape[0] {
-                    bail!("Adam's moments of `{name}` do not match its shape");
-                }
-                Ok(Moments::upload(&m.values, &v.values, shape, &inner))
-            })
-            .collect::<Result<_>>()?;
+            .map(|(name, shape, _)| (name, shape))
+            .collect();
+        let moments = ParamState::load_all(&shapes, weights, state)?
+            .iter()
+            .map(|p| Moments::upload(&p.m, &p.v, [p.value.len()], &inner))
+            .collect();
         Ok(Self {
             model,
             moments,
-            step: state.step,
-            config,
+            adam: AdamClock {
+                config,
+                step: state.step,
+            },
         })
     }
 
@@ -72,15 +68,10 @@ impl AutodiffTrainer {
         targets: Tensor<2>,
         labels: Tensor<1, Int>,
     ) -> StepStats {
-        self.step += 1;
         let logits = self.model.logits(input.autodiff());
         let loss = mean_cross_entropy(logits.clone(), targets.clone().autodiff());
         let grads = loss.backward();
-        let (lr_t, config, moments) = (
-            self.config.step_size(self.step),
-            self.config,
-            &mut self.moments,
-        );
+        let (lr_t, config, moments) = (self.adam.tick(), self.adam.config, &mut self.moments);
         self.model = self.model.update(&grads, &mut |at, mut value, grad| {
             if let Some(moments) = moments.get_mut(at) {
                 fused::update_in_place(&mut value, grad, moments, lr_t, config);
@@ -97,28 +88,22 @@ impl AutodiffTrainer {
 
     /// The weights and Adam's state, copied to the host to be saved.
     pub fn state(&self) -> Result<(Weights, AdamState)> {
-        let weights = self.model.weights()?;
-        let moment = |part: fn(&Moments<1>) -> &Tensor<1>| -> Result<Weights> {
-            let arrays = weights
-                .arrays
-                .iter()
-                .zip(&self.moments)
-                .map(|(a, m)| {
-                    Ok(Array::new(
-                        &a.name,
-                        a.shape.clone(),
-                        read_f32(part(m).clone())?,
-                    ))
+        let params = self
+            .model
+            .parameters()
+            .into_iter()
+            .zip(&self.moments)
+            .map(|((name, shape, value), moments)| {
+                Ok(ParamState {
+                    name,
+                    shape,
+                    value: read_f32(value)?,
+                    m: read_f32(moments.m.clone())?,
+                    v: read_f32(moments.v.clone())?,
                 })
-                .collect::<Result<_>>()?;
-            Ok(Weights { arrays })
-        };
-        let adam = AdamState {
-            step: self.step,
-            m: moment(|m| &m.m)?,
-            v: moment(|m| &m.v)?,
-        };
-        Ok((weights, adam))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ParamState::save_all(&params, self.adam.step))
     }
 }
 

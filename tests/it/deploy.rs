@@ -359,10 +359,20 @@ fn dockerfile_builds_in_one_stage_and_runs_small_and_unprivileged_in_another() {
             .any(|r| r.contains("cargo build --release --locked --features turbojpeg --bin maas")),
         "{runs:?}"
     );
+    // The binary comes from the build stage unless deploy/smoke.sh gives a prebuilt one.
+    assert!(
+        froms.contains(&&"${BINARY} AS binary".to_string()),
+        "a `binary` stage chosen by ARG BINARY: {froms:?}"
+    );
+    let arg_default = file
+        .iter()
+        .take_while(|(i, _)| i != "FROM")
+        .any(|(i, rest)| i == "ARG" && rest == "BINARY=build");
+    assert!(arg_default, "ARG BINARY=build before the first FROM");
     let copies = runtime_stage(&file, "COPY");
     assert!(
-        copies.iter().any(|c| c.starts_with("--from=build ")),
-        "the runtime stage takes the binary from the build stage: {copies:?}"
+        copies.iter().any(|c| c.starts_with("--from=binary ")),
+        "the runtime stage takes the binary from the binary stage: {copies:?}"
     );
     image_uid(&file);
     image_port(&file);
@@ -690,6 +700,261 @@ fn kserve_manifests_validate_against_kserve_s_own_resource_types() {
             "{expected:?} not in {errors:#?}"
         );
     }
+}
+
+/// A strict walk of a CRD's `openAPIV3Schema` (type, enum, required, properties,
+/// additionalProperties, x-kubernetes-preserve-unknown-fields, x-kubernetes-int-or-string): a
+/// field the schema does not name is an error, as with `kubectl apply --validate=strict`.
+/// Prints {"crds": [...], "checked": [...], "errors": [...]}.
+const CRD_CHECK: &str = r#"
+import json, os, sys, yaml
+
+# libyaml when PyYAML has it: the CRDs are megabytes, which the pure-Python parser takes 10 s over.
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+def crd_schemas(folder):
+    """(group/version, kind) -> openAPIV3Schema, from every CRD file in folder."""
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".yaml"):
+            continue
+        for crd in yaml.load_all(open(os.path.join(folder, name)), Loader=LOADER):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for v in crd["spec"]["versions"]:
+                out[(f"{group}/{v['name']}", kind)] = v["schema"]["openAPIV3Schema"]
+    return out
+
+TYPES = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+}
+
+def walk(v, s, path, errors):
+    """Strict: a key the schema does not name is an error unless the schema keeps unknown fields."""
+    if v is None and s.get("nullable"):
+        return
+    if s.get("x-kubernetes-int-or-string"):
+        if not (TYPES["integer"](v) or isinstance(v, str)):
+            errors.append(f"{path}: expected an integer or a string")
+        return
+    t = s.get("type")
+    if t is None and "properties" in s:
+        t = "object"
+    if t is not None and not TYPES[t](v):
+        errors.append(f"{path}: expected {t}, found {type(v).__name__}")
+        return
+    if "enum" in s and v not in s["enum"]:
+        errors.append(f"{path}: {v!r} is not one of {s['enum']}")
+    if t == "array":
+        for i, item in enumerate(v):
+            walk(item, s.get("items", {}), f"{path}[{i}]", errors)
+    if t == "object":
+        props = s.get("properties", {})
+        extra = s.get("additionalProperties")
+        for key in s.get("required", []):
+            if key not in v:
+                errors.append(f"{path}: missing required field {key}")
+        for key, item in v.items():
+            if key in props:
+                walk(item, props[key], f"{path}.{key}", errors)
+            elif isinstance(extra, dict):
+                walk(item, extra, f"{path}.{key}", errors)
+            elif not (extra is True or s.get("x-kubernetes-preserve-unknown-fields")):
+                errors.append(f"{path}.{key}: unknown field")
+
+schemas = crd_schemas(sys.argv[1])
+checked, errors = [], []
+for file in sys.argv[2:]:
+    for obj in yaml.safe_load_all(open(file)):
+        key = (obj.get("apiVersion"), obj.get("kind"))
+        schema = schemas.get(key)
+        if schema is None:
+            errors.append(f"{os.path.basename(file)}: no KServe CRD for {key[1]} {key[0]}")
+            continue
+        # metadata is Kubernetes' ObjectMeta (the schema says only `type: object`): a name.
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+            errors.append(f"{key[1]}.metadata: missing name")
+        body = {k: x for k, x in obj.items() if k != "metadata"}
+        walk(body, {**schema, "properties": {k: x for k, x in schema["properties"].items() if k != "metadata"}}, key[1], errors)
+        checked.append(key[1])
+print(json.dumps({"crds": sorted(k for _, k in schemas), "checked": checked, "errors": errors}))
+"#;
+
+/// KServe's CustomResourceDefinitions, which CI keeps beside the repository
+/// (`../shared/kserve-crds`, KServe's `config/crd/full/`): read there, never copied in.
+fn kserve_crds() -> PathBuf {
+    let dir = repo("../shared/kserve-crds");
+    assert!(
+        dir.join("serving.kserve.io_inferenceservices.yaml")
+            .is_file(),
+        "KServe's CRDs are missing at {} (the checkout's ../shared/kserve-crds)",
+        dir.display()
+    );
+    dir
+}
+
+fn crd_check(files: &[&Path]) -> Value {
+    let out = Command::new("python3")
+        .args(["-c", CRD_CHECK])
+        .arg(kserve_crds())
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the CRD check failed to run:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// deploy/servingruntime.yaml and deploy/inferenceservice.yaml against the `openAPIV3Schema` of
+/// KServe's real CRDs, strictly; and a broken copy of each (an unknown field, a misspelled one, a
+/// string for a list and for a number, a container without its required name) is refused.
+#[test]
+fn kserve_manifests_validate_against_kserve_s_crd_schemas() {
+    let runtime = repo("deploy/servingruntime.yaml");
+    let service = repo("deploy/inferenceservice.yaml");
+    let report = crd_check(&[&runtime, &service]);
+    assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+    assert_eq!(
+        report["checked"],
+        serde_json::json!(["ClusterServingRuntime", "InferenceService"]),
+        "{report}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken_runtime = dir.path().join("runtime.yaml");
+    std::fs::write(
+        &broken_runtime,
+        read("deploy/servingruntime.yaml")
+            .replace("supportedModelFormats:", "supportedModelFormat:")
+            .replace("    - name: kserve-container\n", "    -\n")
+            .replace("containerPort: 8080", "containerPort: \"8080\"")
+            .replace(
+                "protocolVersions:\n    - v2\n    - grpc-v2",
+                "protocolVersions: v2",
+            ),
+    )
+    .unwrap();
+    let broken_service = dir.path().join("service.yaml");
+    std::fs::write(
+        &broken_service,
+        read("deploy/inferenceservice.yaml")
+            .replace(
+                "    minReplicas: 1\n",
+                "    minReplicas: 1\n    replicaCount: 3\n",
+            )
+            .replace("storageUri:", "storageURI:"),
+    )
+    .unwrap();
+    let report = crd_check(&[&broken_runtime, &broken_service]);
+    let errors: Vec<String> = strings(&report["errors"]);
+    for expected in [
+        "ClusterServingRuntime.spec.supportedModelFormat: unknown field",
+        "ClusterServingRuntime.spec.protocolVersions: expected array",
+        "ClusterServingRuntime.spec.containers[0].ports[0].containerPort: expected integer",
+        "ClusterServingRuntime.spec.containers[0]: missing required field name",
+        "InferenceService.spec.predictor.replicaCount: unknown field",
+        "InferenceService.spec.predictor.model.storageURI: unknown field",
+    ] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e == expected || e.starts_with(&format!("{expected},"))),
+            "{expected:?} not in {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), 6, "{errors:#?}");
+}
+
+/// `promtool` (Debian's `prometheus` package, which `.ci/run` installs) on `args`, run in
+/// `dir`: (success, stdout and stderr). Fails, never skips, when promtool is missing.
+fn promtool(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run promtool ({e}): apt-get install prometheus (.ci/run does)")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// deploy/prometheus-rules.yaml (request rate, error ratio, p99 latency from the histogram,
+/// queue full) passes `promtool check rules` and its own unit tests
+/// (deploy/prometheus-rules.test.yaml); a rule that does not parse fails the first, and a rule
+/// whose threshold is wrong fails the second.
+#[test]
+fn prometheus_rules_pass_promtool_and_their_unit_tests_and_wrong_ones_fail() {
+    let deploy = repo("deploy");
+    let (ok, text) = promtool(&deploy, &["check", "rules", "prometheus-rules.yaml"]);
+    assert!(ok && text.contains("SUCCESS: 7 rules found"), "{text}");
+    let (ok, text) = promtool(&deploy, &["test", "rules", "prometheus-rules.test.yaml"]);
+    assert!(ok && text.contains("SUCCESS"), "{text}");
+
+    // Every metric the rules read is one maas exports.
+    let rules = read("deploy/prometheus-rules.yaml");
+    for metric in [
+        "maas_requests_total",
+        "maas_request_duration_seconds_bucket",
+    ] {
+        assert!(rules.contains(metric), "{metric}");
+        let family = metric.trim_end_matches("_bucket");
+        assert!(
+            read("src/serve/metrics.rs").contains(&format!("# TYPE {family} ")),
+            "{family} is not a metric of src/serve/metrics.rs"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        deploy.join("prometheus-rules.test.yaml"),
+        dir.path().join("prometheus-rules.test.yaml"),
+    )
+    .unwrap();
+    let wrong = |from: &str, to: &str| {
+        assert!(rules.contains(from), "{from}");
+        std::fs::write(
+            dir.path().join("prometheus-rules.yaml"),
+            rules.replace(from, to),
+        )
+        .unwrap();
+    };
+    // A parenthesis short: promtool check rules refuses it.
+    wrong(
+        "sum by (route, le) (rate(maas_request_duration_seconds_bucket[5m])))",
+        "sum by (route, le) (rate(maas_request_duration_seconds_bucket[5m]))",
+    );
+    let (ok, text) = promtool(dir.path(), &["check", "rules", "prometheus-rules.yaml"]);
+    assert!(
+        !ok && text.contains("FAILED"),
+        "a broken rule passed:\n{text}"
+    );
+    // Valid, but pages at 50% errors instead of 5%: the unit tests catch it.
+    wrong(
+        "maas:request_errors:ratio_rate5m > 0.05",
+        "maas:request_errors:ratio_rate5m > 0.5",
+    );
+    let (ok, _) = promtool(dir.path(), &["check", "rules", "prometheus-rules.yaml"]);
+    assert!(ok);
+    let (ok, text) = promtool(dir.path(), &["test", "rules", "prometheus-rules.test.yaml"]);
+    assert!(
+        !ok && text.contains("MaasHighErrorRate"),
+        "a wrong threshold passed the unit tests:\n{text}"
+    );
 }
 
 /// Runs the image's command (ENTRYPOINT + CMD, with its ENV) the way the container would, on a

@@ -96,3 +96,88 @@ fn assert_cpu_and_gpu_agree(model: &maas::artifact::export::LoadedModel, images:
         assert!((c - g).abs() < 1e-5, "probability {i}: cpu {c} vs gpu {g}");
     }
 }
+
+/// A workspace with a trained model (on the CPU) and `bad.png`, which is no image: `predict` on
+/// it selects the device, says which, then fails on the file, without running the model.
+fn workspace_to_select_in() -> Workspace {
+    let ws = Workspace::new(4, 10);
+    ws.ok(&["train", "--epochs", "1", "--quiet"]);
+    ws.ok(&["export", "-o", "model.maas", "--quiet"]);
+    std::fs::write(ws.path("bad.png"), b"not an image").unwrap();
+    ws
+}
+
+/// `--device gpu` through the CLI with `env` set: (stderr lines, exit code).
+fn select_gpu_with(ws: &Workspace, env: &[(&str, &str)]) -> (Vec<String>, i32) {
+    let out = ws
+        .maas(&[
+            "--device",
+            "gpu",
+            "predict",
+            "--model",
+            "model.maas",
+            "bad.png",
+        ])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    (
+        err.lines().map(str::to_string).collect(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+/// Vulkan is preferred where it exists (here llvmpipe's, which mesa-vulkan-drivers installs),
+/// though OpenGL offers the same llvmpipe: wgpu's GL backend deadlocks under load.
+#[test]
+fn the_gpu_is_reached_through_vulkan_where_vulkan_exists() {
+    let gpu = select(DeviceChoice::Gpu).expect("a wgpu adapter: run .ci/run to install llvmpipe");
+    assert!(
+        gpu.description.contains(", Vulkan, "),
+        "{}",
+        gpu.description
+    );
+    let ws = workspace_to_select_in();
+    let (lines, code) = select_gpu_with(&ws, &[]);
+    assert_eq!(code, 1, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("device: gpu (") && lines[0].contains(", Vulkan, "),
+        "{lines:#?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("notice")), "{lines:#?}");
+}
+
+/// Without Vulkan (its loader pointed at no driver), the machine's OpenGL is used, with a notice
+/// on stderr that says so.
+#[test]
+fn opengl_is_used_only_without_vulkan_and_with_a_notice() {
+    let ws = workspace_to_select_in();
+    let (lines, code) = select_gpu_with(&ws, &[("VK_ICD_FILENAMES", "/nonexistent/icd.json")]);
+    assert_eq!(code, 1, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("maas: notice: no Vulkan, Metal or DX12 adapter found; using OpenGL"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].starts_with("device: gpu (") && lines[1].contains(", OpenGL, "),
+        "{lines:#?}"
+    );
+}
+
+/// A backend that fails to start (here wgpu's runtime refusing its settings) is one line naming
+/// the device and the way out, exit 1: no panic, no "internal error".
+#[test]
+fn a_gpu_that_fails_to_start_is_one_line_naming_the_device() {
+    let ws = workspace_to_select_in();
+    let (lines, code) = select_gpu_with(&ws, &[("CUBECL_WGPU_MAX_TASKS", "0")]);
+    assert_eq!(code, 1, "{lines:#?}");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("maas: error: --device gpu: gpu (")
+            && lines[0].contains(", Vulkan, ")
+            && lines[0].contains("failed to start")
+            && lines[0].ends_with("use --device cpu"),
+        "{lines:#?}"
+    );
+}

@@ -15,19 +15,18 @@
 //! unchanged, and the step is tested against the autodiff one. Only sums are taken in another
 //! order. On a GPU the CNN still trains through autodiff.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
 use crate::data::preprocess::INPUT_LEN;
-use crate::model::Array;
 use crate::model::cnn::{self, Cnn};
 use crate::model::load_weights;
 use crate::model::{Model, StepStats, Weights, read_f32};
 use crate::train::adam::{AdamConfig, AdamState};
 use crate::train::cpu::fused::{self, Strided, product};
-use crate::train::step::TrainStep;
+use crate::train::step::{AdamClock, ParamState, TrainStep};
 
 /// Side of the input pictures.
 const SIZE: usize = 32;
@@ -51,24 +50,14 @@ const DENSE_B: usize = 5;
 const OUTPUT_W: usize = 6;
 const OUTPUT_B: usize = 7;
 
-/// One parameter with its Adam moments, on the host.
-struct Param {
-    name: String,
-    shape: Vec<usize>,
-    value: Vec<f32>,
-    m: Vec<f32>,
-    v: Vec<f32>,
-}
-
 /// The CNN and its optimizer while training on the CPU.
 pub struct CnnCpuTrainer {
-    params: Vec<Param>,
+    params: Vec<ParamState>,
     /// One per chunk of the batch, kept from step to step: buffers of several MiB that would
     /// otherwise be mapped, faulted in and zeroed again at every step.
     workspaces: Vec<Workspace>,
     classes: usize,
-    step: u64,
-    config: AdamConfig,
+    adam: AdamClock,
     /// Where the model and the step's statistics are handed out.
     device: Device,
 }
@@ -84,33 +73,15 @@ impl CnnCpuTrainer {
         config: AdamConfig,
         device: &Device,
     ) -> Result<Self> {
-        let params = cnn::parameter_shapes(classes)
-            .into_iter()
-            .map(|(name, shape)| {
-                let value = weights.get_shaped(&name, &shape)?;
-                let moment = |w: &Weights, which| -> Result<Vec<f32>> {
-                    let array = w.get_shaped(&name, &shape);
-                    Ok(array
-                        .with_context(|| format!("Adam's {which} moment"))?
-                        .values
-                        .clone())
-                };
-                let (m, v) = (moment(&state.m, "first")?, moment(&state.v, "second")?);
-                Ok(Param {
-                    name,
-                    shape,
-                    value: value.values.clone(),
-                    m,
-                    v,
-                })
-            })
-            .collect::<Result<_>>()?;
+        let params = ParamState::load_all(&cnn::parameter_shapes(classes), weights, state)?;
         Ok(Self {
             params,
             workspaces: Vec::new(),
             classes,
-            step: state.step,
-            config,
+            adam: AdamClock {
+                config,
+                step: state.step,
+            },
             device: device.clone(),
         })
     }
@@ -121,9 +92,8 @@ impl CnnCpuTrainer {
         let x = read_f32(input)?;
         let targets = read_f32(targets)?;
         let (grads, loss_sum, correct) = self.gradients(&x, &targets, n);
-        self.step += 1;
-        let lr_t = self.config.step_size(self.step);
-        let config = self.config;
+        let lr_t = self.adam.tick();
+        let config = self.adam.config;
         for (p, g) in self.params.iter_mut().zip(&grads) {
             // Blocks of a parameter are updated on all cores; Adam is elementwise.
             const BLOCK: usize = 1 << 14;
@@ -198,27 +168,12 @@ impl CnnCpuTrainer {
     /// The model as it stands, on the trainer's device.
     pub fn model(&self) -> Result<Cnn> {
         let cnn = Cnn::new(self.classes, &self.device);
-        load_weights(cnn, &self.weights(|p| &p.value))
-    }
-
-    /// One of the values or the moments of every parameter, as named arrays.
-    fn weights(&self, part: fn(&Param) -> &Vec<f32>) -> Weights {
-        let arrays = self
-            .params
-            .iter()
-            .map(|p| Array::new(&p.name, p.shape.clone(), part(p).clone()))
-            .collect();
-        Weights { arrays }
+        load_weights(cnn, &self.state().0)
     }
 
     /// The weights and Adam's state, to be saved.
     pub fn state(&self) -> (Weights, AdamState) {
-        let adam = AdamState {
-            step: self.step,
-            m: self.weights(|p| &p.m),
-            v: self.weights(|p| &p.v),
-        };
-        (self.weights(|p| &p.value), adam)
+        ParamState::save_all(&self.params, self.adam.step)
     }
 }
 

@@ -28,13 +28,15 @@ use rayon::prelude::*;
 
 use crate::data::preprocess::INPUT_LEN;
 use crate::device::DeviceKind;
+use crate::model::Architecture;
+use crate::model::mlp::MlpArchitecture;
 use crate::model::{
-    Mlp, MlpWeights, Model, StepStats, Weights, beyond_first_product, first_layer_gradient,
+    MLP_PARAMETERS, Mlp, Model, StepStats, Weights, beyond_first_product, first_layer_gradient,
     read_f32,
 };
 use crate::train::adam::{AdamConfig, AdamState, Moments};
 use crate::train::cpu::fused;
-use crate::train::step::TrainStep;
+use crate::train::step::{AdamClock, ParamState, TrainStep};
 
 /// A parameter and its Adam moments.
 struct Trained<const D: usize> {
@@ -102,14 +104,17 @@ struct Head {
 }
 
 impl Head {
-    fn new(w: &MlpWeights, m: &MlpWeights, v: &MlpWeights, device: &Device) -> Self {
-        let join = |w: &MlpWeights| [w.b1.as_slice(), &w.w2, &w.b2].concat();
-        let values = join(w);
+    /// `b1`, `w2` and `b2`, in that order.
+    fn new(parts: &[ParamState], device: &Device) -> Self {
+        let join = |of: fn(&ParamState) -> &Vec<f32>| -> Vec<f32> {
+            parts.iter().flat_map(|p| of(p).iter().copied()).collect()
+        };
+        let values = join(|p| &p.value);
         let shape = [values.len()];
         Self {
-            flat: Trained::upload(&values, &join(m), &join(v), shape, device),
-            hidden: w.hidden,
-            classes: w.b2.len(),
+            flat: Trained::upload(&values, &join(|p| &p.m), &join(|p| &p.v), shape, device),
+            hidden: parts[0].value.len(),
+            classes: parts[2].value.len(),
         }
     }
 
@@ -141,25 +146,30 @@ impl Head {
             .update(Tensor::cat(vec![d_b1, d_w2, d_b2], 0), lr_t, c);
     }
 
-    /// The values and moments on the host as `MlpWeights` with an empty `w1`.
-    fn host(&self) -> Result<[MlpWeights; 3]> {
-        let [b1, w2, b2] = self.ranges();
-        let part = |flat: Vec<f32>| MlpWeights {
-            hidden: self.hidden,
-            w1: Vec::new(),
-            b1: flat[b1.clone()].to_vec(),
-            w2: flat[w2.clone()].to_vec(),
-            b2: flat[b2.clone()].to_vec(),
-        };
+    /// `b1`, `w2` and `b2` with their moments, on the host.
+    fn host(&self) -> Result<[ParamState; 3]> {
         let [value, m, v] = self.flat.host()?;
-        Ok([part(value), part(m), part(v)])
+        let (h, c) = (self.hidden, self.classes);
+        let part = |name: &str, shape: Vec<usize>, at: Range<usize>| ParamState {
+            name: name.to_string(),
+            shape,
+            value: value[at.clone()].to_vec(),
+            m: m[at.clone()].to_vec(),
+            v: v[at].to_vec(),
+        };
+        let [b1, w2, b2] = self.ranges();
+        let [_, b1_name, w2_name, b2_name] = MLP_PARAMETERS;
+        Ok([
+            part(b1_name, vec![h], b1),
+            part(w2_name, vec![h, c], w2),
+            part(b2_name, vec![c], b2),
+        ])
     }
 }
 
 /// The model and its optimizer while training.
 pub struct ShardedTrainer {
-    config: AdamConfig,
-    step: u64,
+    adam: AdamClock,
     shards: Vec<Shard>,
     head: Head,
 }
@@ -174,28 +184,28 @@ impl ShardedTrainer {
         shards: usize,
         device: &Device,
     ) -> Result<Self> {
-        let weights = &MlpWeights::from_weights(weights)?;
-        let (m, v) = (
-            &MlpWeights::from_weights(&state.m)?,
-            &MlpWeights::from_weights(&state.v)?,
-        );
+        let hidden = weights.get(MLP_PARAMETERS[1])?.values.len();
+        let shapes = MlpArchitecture.parameter_shapes(hidden, weights.classes());
+        let params = ParamState::load_all(&shapes, weights, state)?;
+        let (w1, head) = (&params[0], &params[1..]);
         let count = shards.clamp(1, INPUT_LEN);
-        let hidden = weights.hidden;
         let shards = (0..count)
             .map(|k| {
                 let rows = k * INPUT_LEN / count..(k + 1) * INPUT_LEN / count;
                 let flat = rows.start * hidden..rows.end * hidden;
                 let shape = [rows.len(), hidden];
-                let (w, m, v) = (&weights.w1[flat.clone()], &m.w1[flat.clone()], &v.w1[flat]);
+                let (w, m, v) = (&w1.value[flat.clone()], &w1.m[flat.clone()], &w1.v[flat]);
                 let w1 = Trained::upload(w, m, v, shape, device);
                 Shard { rows, w1 }
             })
             .collect();
         Ok(Self {
-            config,
-            step: state.step,
+            adam: AdamClock {
+                config,
+                step: state.step,
+            },
             shards,
-            head: Head::new(weights, m, v, device),
+            head: Head::new(head, device),
         })
     }
 
@@ -212,9 +222,8 @@ impl ShardedTrainer {
         targets: Tensor<2>,
         labels: Tensor<1, Int>,
     ) -> StepStats {
-        self.step += 1;
-        let lr_t = self.config.step_size(self.step);
-        let config = self.config;
+        let lr_t = self.adam.tick();
+        let config = self.adam.config;
         let columns = |rows: &Range<usize>| input.clone().slice_dim(1, rows.clone());
         let products: Vec<Tensor<2>> = self
             .shards
@@ -255,19 +264,15 @@ impl ShardedTrainer {
 
     /// The weights and Adam's state, copied to the host to be saved.
     pub fn state(&self) -> Result<(Weights, AdamState)> {
-        let w1 = read_f32(self.whole_w1(|t| &t.value))?;
-        let w1m = read_f32(self.whole_w1(|t| &t.moments.m))?;
-        let w1v = read_f32(self.whole_w1(|t| &t.moments.v))?;
-        let [mut weights, mut m, mut v] = self.head.host()?;
-        (weights.w1, m.w1, v.w1) = (w1, w1m, w1v);
-        Ok((
-            weights.into_weights(),
-            AdamState {
-                step: self.step,
-                m: m.into_weights(),
-                v: v.into_weights(),
-            },
-        ))
+        let w1 = ParamState {
+            name: MLP_PARAMETERS[0].to_string(),
+            shape: vec![INPUT_LEN, self.head.hidden],
+            value: read_f32(self.whole_w1(|t| &t.value))?,
+            m: read_f32(self.whole_w1(|t| &t.moments.m))?,
+            v: read_f32(self.whole_w1(|t| &t.moments.v))?,
+        };
+        let [b1, w2, b2] = self.head.host()?;
+        Ok(ParamState::save_all(&[w1, b1, w2, b2], self.adam.step))
     }
 }
 
