@@ -1,5 +1,5 @@
 """KServe's Python model server (the `kserve` package) serving maas's ONNX export through
-onnxruntime: an Open Inference Protocol server that maas did not write, for tests/remote.rs.
+onnxruntime: an Open Inference Protocol server that maas did not write, for tests/it/remote.rs.
 
     python3 tests/kserve_onnx_model.py MODEL.onnx PORT [NAME]
 

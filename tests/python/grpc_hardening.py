@@ -1,6 +1,6 @@
 """Sends `maas serve --grpc-port` what issue 28 found the gRPC endpoint mishandled, with grpcio and
 the stock tritonclient, and prints one JSON document of what came back; the Rust test
-(tests/hardening_grpc.rs) judges it.
+(tests/it/hardening_grpc.rs) judges it.
 
     grpc_hardening.py flood GRPC_ADDR API_KEY      # 16 MB of empty `inputs` / `outputs` entries
     grpc_hardening.py refusals GRPC_ADDR MAX_BODY  # malformed, oversize, compressed, two messages,

@@ -6,7 +6,7 @@ Run in a process of its own: kserve and tritonclient[grpc] register messages of 
 
     kserve_grpc.py GRPC_ADDR API_KEY ADMIN_KEY
 
-Prints one JSON document of what it saw; the Rust test (tests/grpc.rs) judges it."""
+Prints one JSON document of what it saw; the Rust test (tests/it/grpc.rs) judges it."""
 import asyncio
 import json
 import sys

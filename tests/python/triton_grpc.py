@@ -7,7 +7,7 @@ codes, the repository calls (load, a corrupt file refused, unload) and statistic
     triton_grpc.py tls GRPC_ADDR HTTPS_URL API_KEY CACERT
     triton_grpc.py steady GRPC_ADDR SECONDS CLIENTS   # calls without pause; counts failures
 
-Prints one JSON document of what it saw; the Rust test (tests/grpc.rs) judges it."""
+Prints one JSON document of what it saw; the Rust test (tests/it/grpc.rs) judges it."""
 import json
 import os
 import shutil

@@ -3,7 +3,7 @@ each version answering as its own file, a load after replacing a file, a corrupt
 while the old version keeps answering, unload, statistics, and the admin key (403 without one).
 
 Arguments: URL REPO FILE_A FILE_B ADMIN_KEY URL_WITHOUT_ADMIN_KEY. Prints one JSON document of
-what it saw; the Rust test (tests/repository.rs) judges it."""
+what it saw; the Rust test (tests/it/repository.rs) judges it."""
 import json
 import os
 import shutil

@@ -1,7 +1,7 @@
 //! The commands as users and scripts run them: train, export, predict, and their errors.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
+use crate::common;
 
 use common::{Look, Workspace, save_image};
 use maas::artifact::checkpoint::Checkpoint;

@@ -7,7 +7,7 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::io::{Cursor, Read, Write};
 use std::net::TcpStream;
@@ -111,6 +111,7 @@ fn decoding_stops_once_its_request_is_answered() {
     );
     // A second for the image being decoded at the answer to finish, then two more seconds: the
     // server, idle, must not have worked through them (before the fix: seconds of decoding).
+    // Fixed sleeps on purpose: what is measured is the work done in a span of time.
     std::thread::sleep(Duration::from_secs(1));
     let before = cpu_seconds(&server);
     std::thread::sleep(Duration::from_secs(2));

@@ -2,7 +2,7 @@
 //! generated archive, never from the network.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
+use crate::common;
 
 use std::thread;
 

@@ -124,6 +124,36 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// The sum of `/metrics`' samples of `name`: a metric's name (all its samples, whatever their
+    /// labels) or one sample's name and labels (`maas_requests_total{route="/x",status="200"}`);
+    /// 0 when it has none yet, but the metric itself must be one the server declares.
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = agent()
+            .get(&self.url("/metrics"))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        let metric = name.split('{').next().unwrap_or(name);
+        assert!(
+            text.contains(&format!("# TYPE {metric} ")),
+            "no {metric} in /metrics:\n{text}"
+        );
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .filter_map(|rest| match rest.strip_prefix(' ') {
+                Some(value) => Some(value),
+                // Any labels, when `name` names none.
+                None if !name.contains('{') && rest.starts_with('{') => {
+                    rest.rsplit_once("} ").map(|(_, value)| value)
+                }
+                None => None,
+            })
+            .map(|value| value.trim().parse::<f64>().unwrap())
+            .sum()
+    }
+
     pub fn stderr(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }

@@ -3,7 +3,7 @@
 // The helpers below are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::server::{Server, agent};
-use common::{Look, Workspace, save_image, write_class_folder};
+use common::{Look, Workspace, save_image, wait_until, write_class_folder};
 use image::RgbImage;
 use maas::data::preprocess::image_bytes_to_input;
 use maas::data::synthetic;
 use serde_json::{Value, json};
 
-// `Server` (the running binary) is in tests/common/server.rs; these are its HTTP calls.
+// `Server` (the running binary) is in tests/it/common/server.rs; these are its HTTP calls.
 impl Server {
     fn get(&self, path: &str) -> Reply {
         send(agent().get(&self.url(path)).call())
@@ -753,7 +753,13 @@ fn slow_clients_time_out_and_a_full_server_answers_503() {
         b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789",
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            server.metric("maas_requests_in_progress") >= 1.0
+        }),
+        "the slow request never started:\n{}",
+        server.stderr()
+    );
     let busy = server.post("/v1/predict", &imgs[0].1).assert_error(503);
     assert!(busy.contains("busy"), "{busy}");
     // Others are not blocked meanwhile.
@@ -800,7 +806,14 @@ fn sigterm_finishes_requests_in_flight_then_exits_0() {
     let in_flight: Vec<_> = (0..3)
         .map(|_| start_slow_request(&addr, "/v1/predict", png))
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // The server must have read the heads before the signal for them to count as in flight.
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            server.metric("maas_requests_in_progress") >= 3.0
+        }),
+        "the requests never started:\n{}",
+        server.stderr()
+    );
     server.terminate();
     // New connections are refused while the requests in flight go on.
     let refused = Instant::now();

@@ -2,7 +2,7 @@
 //! `tests/fixtures/format-v1` were written by the maas of format 1 (see their README).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! leaves the last complete checkpoint valid, and `--resume` ends where an uninterrupted run ends.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -38,7 +38,7 @@ fn sigkill_at_any_moment_then_resume_ends_with_the_uninterrupted_weights() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(delay);
+        std::thread::sleep(delay); // the moment of the kill: the point of the test
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
 

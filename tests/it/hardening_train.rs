@@ -3,7 +3,7 @@
 //! run, a class named twice, a folder with one image per class.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
+use crate::common;
 
 use common::{Workspace, write_class_folder};
 use maas::artifact::checkpoint::{Checkpoint, RunFiles};

@@ -3,7 +3,7 @@
 //! exactly, refuses another architecture, and every command runs its model.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! the machine has no GPU. `.ci/run` installs it. Kept to a handful of steps: llvmpipe is slow.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
+use crate::common;
 
 use common::{Look, Workspace, save_image};
 use maas::artifact::export::load_model;

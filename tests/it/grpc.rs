@@ -2,13 +2,13 @@
 //! (tests/python/triton_grpc.py) and compared with the same server's REST answers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;
 
 use common::server::{Server, agent};
-use common::{Look, make_certificate, save_image, workspace_with_repository};
+use common::{Look, make_certificate, save_image, wait_until, workspace_with_repository};
 use maas::data::synthetic;
 use serde_json::{Value, json};
 
@@ -306,6 +306,10 @@ fn grpc_over_tls_answers_as_https_and_refuses_plaintext() {
     assert_eq!(code(&seen["plaintext"]), "StatusCode.UNAVAILABLE", "{seen}");
 }
 
+/// `/metrics`' count of gRPC infer calls answered OK.
+const GRPC_INFER_ANSWERED: &str =
+    r#"maas_requests_total{route="/inference.GRPCInferenceService/ModelInfer",status="200"}"#;
+
 /// gRPC calls without pause (8 tritonclient threads) while version 2 of the model they call is
 /// replaced and loaded again and again: not one call may fail.
 #[test]
@@ -331,9 +335,17 @@ fn reloads_under_steady_grpc_calls_fail_none() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("python3 runs (.ci/run installs tritonclient[grpc])");
-    std::thread::sleep(Duration::from_secs(1));
+    // Each reload once calls are being answered, the first one included.
+    let calls = || server.metric(GRPC_INFER_ANSWERED);
+    let mut answered = 0.0;
     let target = ws.path("repo/cifar/2/model.maas");
     for round in 0..6 {
+        assert!(
+            wait_until(Duration::from_secs(60), || calls() > answered),
+            "no gRPC call answered before reload {round}:\n{}",
+            server.stderr()
+        );
+        answered = calls();
         // A new file renamed into place, then the load route.
         let source = ws.path(if round % 2 == 0 { "a.maas" } else { "b.maas" });
         std::fs::copy(&source, target.with_extension("new")).unwrap();
@@ -344,7 +356,6 @@ fn reloads_under_steady_grpc_calls_fail_none() {
             .send_empty()
             .unwrap();
         assert_eq!(loaded.status().as_u16(), 200);
-        std::thread::sleep(Duration::from_millis(500));
     }
     let out = clients.wait_with_output().unwrap();
     assert!(

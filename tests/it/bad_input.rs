@@ -2,7 +2,7 @@
 //! the file and the problem, never a panic.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
+use crate::common;
 
 use common::{Look, Workspace, save_image};
 use maas::artifact::container::{self, Kind};

@@ -1,14 +1,29 @@
 //! Helpers shared by the integration tests: a scratch folder with a generated dataset, and the
 //! real `maas` binary run inside it.
-#![allow(dead_code)]
 
 pub mod server;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use image::{DynamicImage, ImageFormat, RgbImage};
 use maas::data::synthetic;
+
+/// Polls `condition` every 20 ms until it holds, for at most `limit`; whether it held. For what a
+/// test would otherwise sleep a fixed time for: the wait is as long as the machine needs.
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if condition() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// A scratch folder holding `data/cifar-10-batches-bin` of a learnable synthetic dataset.
 pub struct Workspace {

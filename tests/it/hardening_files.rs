@@ -6,7 +6,7 @@
 //! device (/dev/null...), which a regression would destroy.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;

@@ -4,14 +4,14 @@
 //! onnxruntime); and the failures a caller meets, each one line and exit 1.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::server::{Server, free_port};
-use common::{Look, Workspace, save_image};
+use common::{Look, Workspace, save_image, wait_until};
 use maas::data::synthetic;
 use serde_json::Value;
 
@@ -353,6 +353,9 @@ fn a_server_that_is_down_or_silent_is_one_line_and_exit_1() {
     assert!(err.contains("not an http:// or https:// URL"), "{err}");
 }
 
+/// `/metrics`' count of v2 infer requests answered 200.
+const INFER_ANSWERED: &str = r#"maas_requests_total{route="/v2/models/{name}/infer",status="200"}"#;
+
 #[test]
 fn bench_reports_each_concurrency_level_as_json() {
     let ws = workspace_with_model();
@@ -410,6 +413,8 @@ fn bench_reports_each_concurrency_level_as_json() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("errors at concurrency 2: 401: 6"), "{out}");
     // Ctrl-C ends the level in progress, prints it and skips the rest (exit 130).
+    let answered = || server.metric(INFER_ANSWERED);
+    let before = answered();
     let child = Command::new(env!("CARGO_BIN_EXE_maas"))
         .args([
             "bench",
@@ -426,7 +431,12 @@ fn bench_reports_each_concurrency_level_as_json() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The first level (10 s) is under way once the server has answered one of its requests.
+    assert!(
+        wait_until(Duration::from_secs(60), || answered() > before),
+        "bench sent no request:\n{}",
+        server.stderr()
+    );
     let interrupted = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -436,10 +446,11 @@ fn bench_reports_each_concurrency_level_as_json() {
     assert_eq!(out.status.code(), Some(130));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["interrupted"], true);
-    // The first level, cut short (none yet if the machine was too slow to begin it).
+    // The first level, cut short, and no other.
     let levels = report["results"].as_array().unwrap();
-    assert!(levels.len() <= 1, "{report}");
-    assert!(levels.iter().all(|l| l["concurrency"] == 1), "{report}");
+    assert_eq!(levels.len(), 1, "{report}");
+    assert_eq!(levels[0]["concurrency"], 1, "{report}");
+    assert!(levels[0]["requests"].as_u64().unwrap() > 0, "{report}");
     // A server that is down is one line.
     drop(server);
     let (code, _, err) = ws.run(&["bench", "--url", &url, "--protocol", "v1-image"]);

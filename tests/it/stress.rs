@@ -8,7 +8,7 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -38,7 +38,7 @@ const MEMORY_GROWTH_LIMIT_KB: u64 = 128 * 1024;
 /// Longest a client waits for an answer before the test calls the server hung.
 const READ_LIMIT: Duration = Duration::from_secs(60);
 
-// `Server` (the running binary) is in tests/common/server.rs; these read its state.
+// `Server` (the running binary) is in tests/it/common/server.rs; these read its state.
 impl Server {
     fn memory_kb(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
@@ -51,13 +51,6 @@ impl Server {
                 .unwrap_or_else(|| panic!("no {name} in /proc status:\n{status}"))
         };
         (field("VmRSS:"), field("VmHWM:"))
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        let text = get(&self.url("/metrics")).1;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
     }
 }
 

@@ -11,15 +11,15 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Workspace;
 use common::server::{Server, agent};
+use common::{Workspace, wait_until};
 use serde_json::Value;
 
 const KEY: &str = "inference-key";
@@ -316,8 +316,20 @@ fn accept_errors_back_off_instead_of_spinning() {
     let clients: Vec<TcpStream> = (0..40)
         .map(|i| TcpStream::connect(if i % 2 == 0 { &grpc } else { &rest }).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_secs(1));
+    // Once the server holds every descriptor it may, accept fails on what is left.
+    let held = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count() as u64
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || held() >= open + 4),
+        "the server holds {} descriptors, not {}",
+        held(),
+        open + 4
+    );
     let before = cpu_seconds(&server);
+    // The point: two seconds out of descriptors, measured.
     std::thread::sleep(Duration::from_secs(2));
     let spent = cpu_seconds(&server) - before;
     drop(clients);
@@ -407,6 +419,8 @@ fn grpc_health_answers_while_uploads_stall() {
         3,
         "/inference.GRPCInferenceService/ModelInfer",
     );
+    // Time for the server to read the two heads and give them the places: nothing outside the
+    // server shows when it has (the gate's places are not in /metrics).
     std::thread::sleep(Duration::from_millis(500));
     let seen = run_script(&["live", &grpc], &server);
     assert_eq!(outcome(&seen, "live").0, "OK", "{seen}");

@@ -3,7 +3,7 @@
 //! architecture.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

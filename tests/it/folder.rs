@@ -2,7 +2,7 @@
 //! exported, then predicted, evaluated and explained with the folder's class names.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 
