@@ -410,7 +410,7 @@ mod tests {
         client.await.unwrap()
     }
 
-    // Found by tests/stress.rs: axum::serve dropped a whole request whose client then shut down
+    // Found by tests/it/stress.rs: axum::serve dropped a whole request whose client then shut down
     // its write side, and let a client trickling header lines hold its connection for ever.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn half_closed_requests_are_answered_and_slow_heads_cut_off() {
