@@ -5,6 +5,7 @@ use anyhow::Result;
 use burn::prelude::*;
 
 use super::module_io::Trainable;
+use super::onnx_graph::GraphProto;
 use super::weights::Weights;
 
 /// An architecture maas can train, save and run.
@@ -35,6 +36,17 @@ pub trait Architecture: Sync {
     /// The burn module of this shape on `device`, with whatever weights its constructor gives
     /// (they are replaced by name: [`Trainable::load`]).
     fn module(&self, hidden: usize, classes: usize, device: &Device) -> Box<dyn Trainable>;
+
+    /// The model holding `weights` as an ONNX graph (input [`INPUT`](super::onnx_graph::INPUT)
+    /// `[N, C, H, W]`, output probabilities), for `maas export --format onnx`; `None` for an
+    /// architecture that describes none (export then says so).
+    fn onnx_graph(
+        &self,
+        _input_shape: [usize; 3],
+        _weights: &Weights,
+    ) -> Result<Option<GraphProto>> {
+        Ok(None)
+    }
 
     /// The module holding `weights` on `device`; an error names an array that is missing or of
     /// the wrong shape.

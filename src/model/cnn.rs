@@ -7,6 +7,7 @@
 //! through a step derived by hand ([`crate::train::cpu::cnn`]), tested against burn's autodiff
 //! ([`crate::train::autodiff`]), which trains it on a GPU.
 
+use anyhow::Result;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
@@ -15,6 +16,7 @@ use burn::tensor::activation::relu;
 
 use super::arch::Architecture;
 use super::module_io::{Network, Trainable};
+use super::onnx_graph::{GraphBuilder, GraphProto, INPUT, OUTPUT, attribute};
 use super::weights::{Weights, glorot_uniform};
 
 /// Channels of the two convolutions.
@@ -102,6 +104,9 @@ impl Architecture for CnnArchitecture {
     fn module(&self, _hidden: usize, classes: usize, device: &Device) -> Box<dyn Trainable> {
         Box::new(Cnn::new(classes, device))
     }
+    fn onnx_graph(&self, input_shape: [usize; 3], weights: &Weights) -> Result<Option<GraphProto>> {
+        Ok(Some(onnx_graph(input_shape, weights)))
+    }
 }
 
 /// The CNN's parameters, names and shapes in the module's order.
@@ -126,6 +131,53 @@ pub fn parameter_shapes(classes: usize) -> Vec<(String, Vec<usize>)> {
 /// on the host from `seed` so that every device starts from the same numbers.
 pub fn init_weights(classes: usize, seed: u64) -> Weights {
     glorot_uniform(parameter_shapes(classes), seed)
+}
+
+/// The CNN as an ONNX graph: `Conv -> Relu -> MaxPool -> Conv -> Relu -> MaxPool -> Flatten ->
+/// Gemm -> Relu -> Gemm -> Softmax`; the parameters are the initializers of their own names.
+pub fn onnx_graph(input_shape: [usize; 3], weights: &Weights) -> GraphProto {
+    let mut graph = GraphBuilder::classifier(input_shape, weights.classes());
+    let conv = |graph: &mut GraphBuilder, input: &str, layer: &str| {
+        let (weight, bias) = (format!("{layer}.weight"), format!("{layer}.bias"));
+        let attributes = vec![
+            attribute("kernel_shape", [3, 3]),
+            attribute("pads", [1, 1, 1, 1]),
+        ];
+        graph.node("Conv", &[input, &weight, &bias], layer, attributes);
+    };
+    let pool = |graph: &mut GraphBuilder, input: &str, output: &str| {
+        let attributes = vec![
+            attribute("kernel_shape", [2, 2]),
+            attribute("strides", [2, 2]),
+        ];
+        graph.node("MaxPool", &[input], output, attributes);
+    };
+    conv(&mut graph, INPUT, "conv1");
+    graph.node("Relu", &["conv1"], "relu1", vec![]);
+    pool(&mut graph, "relu1", "pool1");
+    conv(&mut graph, "pool1", "conv2");
+    graph.node("Relu", &["conv2"], "relu2", vec![]);
+    pool(&mut graph, "relu2", "pool2");
+    graph
+        .node("Flatten", &["pool2"], "flat", vec![attribute("axis", 1)])
+        .node(
+            "Gemm",
+            &["flat", "dense.weight", "dense.bias"],
+            "dense_linear",
+            vec![],
+        )
+        .node("Relu", &["dense_linear"], "dense", vec![])
+        .node(
+            "Gemm",
+            &["dense", "output.weight", "output.bias"],
+            "logits",
+            vec![],
+        )
+        .node("Softmax", &["logits"], OUTPUT, vec![attribute("axis", 1)]);
+    for array in &weights.arrays {
+        graph.initializer(&array.name, &array.shape, &array.values);
+    }
+    graph.build()
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use super::arch::Architecture;
 use super::loss::StepStats;
 use super::module_io::Trainable;
+use super::onnx_graph::{GraphBuilder, GraphProto, INPUT, OUTPUT, attribute};
 use super::weights::{Array, Weights, read_f32};
 use crate::data::preprocess::INPUT_LEN;
 
@@ -362,6 +363,27 @@ fn bias(layer: &Linear) -> Tensor<1> {
         // Every layer built here has a bias; a zero one keeps the arithmetic right regardless.
         None => Tensor::zeros([layer.weight.dims()[1]], &layer.weight.device()),
     }
+}
+
+/// The MLP ([`crate::model::Mlp`]): `input -> Flatten -> Gemm -> Relu -> Gemm -> Softmax ->
+/// probabilities`.
+pub fn onnx_graph(input_shape: [usize; 3], weights: &Weights) -> Result<GraphProto> {
+    let weights = MlpWeights::from_weights(weights)?;
+    let (h, classes) = (weights.hidden, weights.classes());
+    let [c, height, width] = input_shape;
+    let [w1, b1, w2, b2] = MLP_PARAMETERS;
+    let mut graph = GraphBuilder::classifier(input_shape, classes);
+    graph
+        .node("Flatten", &[INPUT], "flat", vec![attribute("axis", 1)])
+        .node("Gemm", &["flat", w1, b1], "hidden_linear", vec![])
+        .node("Relu", &["hidden_linear"], "hidden", vec![])
+        .node("Gemm", &["hidden", w2, b2], "logits", vec![])
+        .node("Softmax", &["logits"], OUTPUT, vec![attribute("axis", 1)])
+        .initializer(w1, &[c * height * width, h], &weights.w1)
+        .initializer(b1, &[h], &weights.b1)
+        .initializer(w2, &[h, classes], &weights.w2)
+        .initializer(b2, &[classes], &weights.b2);
+    Ok(graph.build())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod config;
 mod loss;
 pub mod mlp;
 mod module_io;
+pub mod onnx_graph;
 mod registry;
 mod weights;
 
