@@ -69,8 +69,11 @@ pub fn curves_png(history: &[EpochMetrics]) -> Result<Vec<u8>> {
     }
     render(1400, 560, |root| {
         let last = history.len();
+        let final_val = history[last - 1]
+            .val_accuracy
+            .map_or(String::new(), |v| format!("validation accuracy {v:.4}, "));
         let title = format!(
-            "maas training: {last} epoch{}, final test accuracy {:.4}",
+            "maas training: {last} epoch{}, final {final_val}test accuracy {:.4}",
             if last == 1 { "" } else { "s" },
             history[last - 1].test_accuracy
         );

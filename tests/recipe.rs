@@ -30,18 +30,17 @@ fn load(path: &Path) -> Checkpoint {
 
 #[test]
 fn the_test_split_never_chooses_the_best_checkpoint() {
-    // The same training images (written first, from the same seed); other test images, some
-    // labelled at random, so that the test accuracy moves differently from epoch to epoch.
+    // The same training images (written first, from the same seed); other test images, all
+    // mislabelled, so that the test accuracy peaks at another epoch than the validation one.
     let a = Workspace::new(20, 40);
     let b = Workspace::new(20, 40);
     let other = tempfile::tempdir().unwrap();
     synthetic::write_cifar10_dir(other.path(), 1, 60, 99).unwrap();
     let test = b.path("data/cifar-10-batches-bin/test_batch.bin");
     let mut bytes = std::fs::read(other.path().join("test_batch.bin")).unwrap();
-    for (i, record) in bytes.chunks_mut(3073).enumerate() {
-        if i % 2 == 0 {
-            record[0] = (record[0] + 3) % 10;
-        }
+    // Every label wrong: the better the model, the lower its test accuracy.
+    for record in bytes.chunks_mut(3073) {
+        record[0] = (record[0] + 3) % 10;
     }
     std::fs::write(&test, bytes).unwrap();
     assert_ne!(
@@ -72,9 +71,27 @@ fn the_test_split_never_chooses_the_best_checkpoint() {
     assert_eq!(ra["best_epoch"], first_top.epoch);
     assert_eq!(history.len(), first_top.epoch);
     assert_eq!(ra["best_chosen_by"], "validation accuracy");
+    // Choosing by test accuracy would have taken another epoch in one workspace at least: the
+    // agreement above is the validation split's doing.
+    let first_best_test = |dir: &Workspace| {
+        let history = load(&dir.path("ck/last.ckpt")).meta.history;
+        let top = history
+            .iter()
+            .map(|m| m.test_accuracy)
+            .fold(f64::MIN, f64::max);
+        history
+            .iter()
+            .find(|m| m.test_accuracy == top)
+            .unwrap()
+            .epoch
+    };
+    let (test_a, test_b) = (first_best_test(&a), first_best_test(&b));
+    assert!(
+        test_a != test_b || test_a != first_top.epoch,
+        "test accuracy peaks at epochs {test_a} and {test_b}, validation at {}",
+        first_top.epoch
+    );
     assert_eq!(ra["config"]["validation_split"], 0.2);
-    // 100 training images: 20 of them validate, stratified (2 of each class).
-    assert_eq!(ra["history"][0]["samples_per_second"].is_number(), true);
     let csv = std::fs::read_to_string(a.path("ck/metrics.csv")).unwrap();
     assert!(
         csv.starts_with(

@@ -371,9 +371,11 @@ pub fn train(
             state.meta.epoch
         ));
     }
+    // Fewer than asked when --patience stopped the run.
+    let epochs_this_run = (state.meta.epoch + 1).saturating_sub(first_epoch);
     summarize(
         state.meta,
-        opts.epochs.saturating_sub(first_epoch - 1),
+        epochs_this_run,
         throughput,
         selected.description.clone(),
         &files,
