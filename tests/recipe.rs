@@ -354,7 +354,7 @@ fn a_folder_run_keeps_test_and_validation_shares_and_its_old_run_json_resumes() 
         "{err}"
     );
     assert!(
-        err.contains("training on 24 images, validating on 6 (20% of each class"),
+        err.contains("training on 24 images, testing on 10, validating on 6 (20% of each class"),
         "{err}"
     );
     // A run.json of before the validation split named the test share `val_split`.

@@ -325,8 +325,9 @@ pub fn train(
         .map(|v| Batches::new(v, classes.len()))
         .transpose()?;
     reporter.info(format!(
-        "training on {} images, validating on {}, testing on {} ({:.2} s to load), {} classes: {}",
+        "training on {} images, testing on {}, validating on {} ({:.2} s to load), {} classes: {}",
         train_data.len(),
+        test_data.len(),
         match (&validation_data, cfg.validation_split) {
             (Some(v), Some(share)) => format!(
                 "{} ({}% of each class, drawn with seed {}: they choose best.ckpt)",
@@ -336,7 +337,6 @@ pub fn train(
             ),
             _ => "none (best.ckpt is the last epoch)".to_string(),
         },
-        test_data.len(),
         loading.elapsed().as_secs_f64(),
         classes.len(),
         crate::terminal::escape(&classes.join(", "))
