@@ -43,8 +43,8 @@ pub struct TrainArgs {
     /// Start a new run even where --checkpoints already holds one, replacing its files.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
-    /// Hold out this share of the training images for validation, per class, drawn with the
-    /// seed: the validation accuracy then chooses best.ckpt (and drives --patience). Without
+    /// Hold out this share of the training images (after --limit) for validation, per class
+    /// (stratified), drawn with the seed: the validation accuracy then chooses best.ckpt (and drives --patience). Without
     /// it, best.ckpt is the last epoch; the test split is never used to choose.
     #[arg(long, value_name = "SHARE", value_parser = open_unit_interval)]
     val_split: Option<f64>,
@@ -52,7 +52,7 @@ pub struct TrainArgs {
     /// images, drawn from the seed and the epoch.
     #[arg(long)]
     augment: bool,
-    /// The learning rate over the run's steps: constant; cosine (from --lr to 0); onecycle
+    /// The learning rate over the run's steps (all the --epochs it starts with): constant; cosine (from --lr to 0); onecycle
     /// (PyTorch's OneCycleLR: up from --lr/25 to --lr in 30% of the steps, then down to
     /// --lr/2.5e5) [default: constant].
     #[arg(long, value_name = "SCHEDULE", value_enum)]
