@@ -59,16 +59,21 @@ fn drawing<T, E: std::error::Error + Send + Sync + 'static>(result: Result<T, E>
 
 const TRAIN_COLOUR: RGBColor = RGBColor(31, 119, 180);
 const TEST_COLOUR: RGBColor = RGBColor(255, 127, 14);
+const VALIDATION_COLOUR: RGBColor = RGBColor(44, 160, 44);
 
-/// `curves.png`: loss (left) and accuracy (right) per epoch, train and test, as PNG bytes.
+/// `curves.png`: loss (left) and accuracy (right) per epoch, train, validation (where the run
+/// has it) and test, as PNG bytes.
 pub fn curves_png(history: &[EpochMetrics]) -> Result<Vec<u8>> {
     if history.is_empty() {
         bail!("no epoch to plot");
     }
     render(1400, 560, |root| {
         let last = history.len();
+        let final_val = history[last - 1]
+            .val_accuracy
+            .map_or(String::new(), |v| format!("validation accuracy {v:.4}, "));
         let title = format!(
-            "maas training: {last} epoch{}, final test accuracy {:.4}",
+            "maas training: {last} epoch{}, final {final_val}test accuracy {:.4}",
             if last == 1 { "" } else { "s" },
             history[last - 1].test_accuracy
         );
@@ -76,7 +81,7 @@ pub fn curves_png(history: &[EpochMetrics]) -> Result<Vec<u8>> {
         let (left, right) = body.split_horizontally(700);
         let max_loss = history
             .iter()
-            .flat_map(|m| [m.train_loss, m.test_loss])
+            .flat_map(|m| [m.train_loss, m.test_loss, m.val_loss.unwrap_or(0.0)])
             .filter(|v| v.is_finite())
             .fold(0f64, f64::max);
         let loss_top = if max_loss > 0.0 { max_loss * 1.1 } else { 1.0 };
@@ -88,7 +93,7 @@ pub fn curves_png(history: &[EpochMetrics]) -> Result<Vec<u8>> {
             0.0..loss_top,
             // Losses fall and accuracies rise: the legend goes where the lines are not.
             SeriesLabelPosition::UpperRight,
-            |m| (m.train_loss, m.test_loss),
+            |m| [Some(m.train_loss), m.val_loss, Some(m.test_loss)],
         )?;
         panel(
             &right,
@@ -97,12 +102,18 @@ pub fn curves_png(history: &[EpochMetrics]) -> Result<Vec<u8>> {
             "accuracy",
             0.0..1.0,
             SeriesLabelPosition::LowerRight,
-            |m| (m.train_accuracy, m.test_accuracy),
+            |m| {
+                [
+                    Some(m.train_accuracy),
+                    m.val_accuracy,
+                    Some(m.test_accuracy),
+                ]
+            },
         )
     })
 }
 
-/// One panel of [`curves_png`]: train and test of one figure against the epoch.
+/// One panel of [`curves_png`]: train, validation and test of one figure against the epoch.
 fn panel(
     area: &DrawingArea<BitMapBackend<'_>, Shift>,
     history: &[EpochMetrics],
@@ -110,7 +121,7 @@ fn panel(
     y_label: &str,
     y_range: std::ops::Range<f64>,
     legend: SeriesLabelPosition,
-    figure: impl Fn(&EpochMetrics) -> (f64, f64),
+    figure: impl Fn(&EpochMetrics) -> [Option<f64>; 3],
 ) -> Result<()> {
     let last = history.iter().map(|m| m.epoch).max().unwrap_or(1) as f64;
     let first = history.iter().map(|m| m.epoch).min().unwrap_or(1) as f64;
@@ -147,15 +158,17 @@ fn panel(
     )?;
     for (name, colour, pick) in [
         ("train", TRAIN_COLOUR, 0usize),
-        ("test", TEST_COLOUR, 1usize),
+        ("validation", VALIDATION_COLOUR, 1usize),
+        ("test", TEST_COLOUR, 2usize),
     ] {
         let points: Vec<(f64, f64)> = history
             .iter()
-            .map(|m| {
-                let (train, test) = figure(m);
-                (m.epoch as f64, if pick == 0 { train } else { test })
-            })
+            .filter_map(|m| Some((m.epoch as f64, figure(m)[pick]?)))
             .collect();
+        // A run without validation has no such line, nor its legend entry.
+        if points.is_empty() {
+            continue;
+        }
         drawing(chart.draw_series(LineSeries::new(
             points.iter().copied(),
             colour.stroke_width(3),
@@ -377,6 +390,8 @@ mod tests {
             train_accuracy: acc,
             test_loss: loss * 1.2,
             test_accuracy: acc * 0.9,
+            val_loss: None,
+            val_accuracy: None,
             seconds: 1.0,
             samples_per_second: 100.0,
         }
@@ -398,6 +413,18 @@ mod tests {
         assert!(ink(&image) > 5_000, "hardly anything was drawn");
         let has = |c: RGBColor| image.pixels().any(|p| p.0 == [c.0, c.1, c.2]);
         assert!(has(TRAIN_COLOUR) && has(TEST_COLOUR));
+        assert!(!has(VALIDATION_COLOUR), "no validation, no line");
+        let validated: Vec<_> = history
+            .iter()
+            .map(|m| EpochMetrics {
+                val_loss: Some(m.test_loss * 0.9),
+                val_accuracy: Some(m.test_accuracy * 1.05),
+                ..m.clone()
+            })
+            .collect();
+        let image = decoded(&curves_png(&validated).unwrap());
+        let has = |c: RGBColor| image.pixels().any(|p| p.0 == [c.0, c.1, c.2]);
+        assert!(has(VALIDATION_COLOUR) && has(TEST_COLOUR) && has(TRAIN_COLOUR));
         // A single epoch still gives a picture.
         assert!(curves_png(&history[..1]).is_ok());
         assert!(curves_png(&[]).is_err());

@@ -46,9 +46,83 @@ pub struct TrainConfig {
     /// Trained on the first N training images only.
     pub limit: Option<usize>,
     /// For an image folder without `test/`: the share of each class held out for testing
-    /// (drawn with `seed`), so that `eval` can hold out the same images.
+    /// (drawn with `seed`), so that `eval` can hold out the same images. Runs before the
+    /// validation split called it `val_split` (`--val-split` then meant this share).
+    #[serde(default, alias = "val_split", skip_serializing_if = "Option::is_none")]
+    pub test_split: Option<f64>,
+    /// The share of the training images held out for validation (`--val-split`), drawn with
+    /// `seed` per class: it chooses `best.ckpt` and drives `patience`. `None`: no validation,
+    /// and `best.ckpt` is the last epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub val_split: Option<f64>,
+    pub validation_split: Option<f64>,
+    /// Random crops (after 4 pixels of zero padding) and horizontal flips of training images.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub augment: bool,
+    /// How the learning rate moves over the run's steps.
+    #[serde(default, skip_serializing_if = "LrSchedule::is_constant")]
+    pub lr_schedule: LrSchedule,
+    /// The epochs a schedule other than `constant` spans (the run's --epochs when it started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_epochs: Option<usize>,
+    /// Decoupled weight decay (AdamW): each step, `value -= lr(t) * weight_decay * value`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub weight_decay: f64,
+    /// Stop when the validation accuracy has not improved for this many epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+/// `--lr-schedule`: the learning rate of each step, a function of the step alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// `--lr` at every step (Keras' default, and the card's).
+    #[default]
+    Constant,
+    /// Cosine annealing from `--lr` to 0 over all the run's steps.
+    Cosine,
+    /// PyTorch's OneCycleLR with its defaults: up from `--lr`/25 to `--lr` over 30% of the
+    /// steps, then down to `--lr`/25/1e4, both halves cosine.
+    OneCycle,
+}
+
+impl LrSchedule {
+    /// Whether the rate never moves.
+    pub fn is_constant(&self) -> bool {
+        *self == LrSchedule::Constant
+    }
+
+    /// The flag's value.
+    pub fn flag(self) -> &'static str {
+        match self {
+            LrSchedule::Constant => "constant",
+            LrSchedule::Cosine => "cosine",
+            LrSchedule::OneCycle => "onecycle",
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The card's recipe: no validation, augmentation, schedule, decay or patience.
+    pub fn new(batch_size: usize, lr: f64, seed: u64) -> Self {
+        Self {
+            batch_size,
+            lr,
+            seed,
+            limit: None,
+            test_split: None,
+            validation_split: None,
+            augment: false,
+            lr_schedule: LrSchedule::Constant,
+            schedule_epochs: None,
+            weight_decay: 0.0,
+            patience: None,
+        }
+    }
 }
 
 /// What one epoch measured.
@@ -64,6 +138,12 @@ pub struct EpochMetrics {
     pub test_loss: f64,
     /// Accuracy on the test split after the epoch.
     pub test_accuracy: f64,
+    /// Mean cross-entropy on the validation split after the epoch (none without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    /// Accuracy on the validation split after the epoch: what chooses `best.ckpt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_accuracy: Option<f64>,
     /// Wall time of the epoch's training steps.
     pub seconds: f64,
     /// Training samples per second.
@@ -83,7 +163,8 @@ pub struct CheckpointMeta {
     pub epoch: usize,
     /// Metrics of every completed epoch.
     pub history: Vec<EpochMetrics>,
-    /// The epoch with the best test accuracy so far.
+    /// The epoch `best.ckpt` holds: the best validation accuracy so far, or the last epoch when
+    /// the run has no validation split (runs before it: the best test accuracy).
     pub best_epoch: usize,
 }
 
@@ -96,6 +177,8 @@ impl EpochMetrics {
             ("training accuracy", self.train_accuracy),
             ("test loss", self.test_loss),
             ("test accuracy", self.test_accuracy),
+            ("validation loss", self.val_loss.unwrap_or(0.0)),
+            ("validation accuracy", self.val_accuracy.unwrap_or(0.0)),
             ("seconds", self.seconds),
             ("samples per second", self.samples_per_second),
         ]
@@ -170,10 +253,12 @@ impl Checkpoint {
     /// The first value that is not a finite number (a diverged run's), described.
     pub fn non_finite(&self) -> Option<String> {
         let lr = self.meta.train.lr;
-        let val_split = self.meta.train.val_split.unwrap_or(0.0);
-        if !(lr.is_finite() && val_split.is_finite()) {
+        let t = &self.meta.train;
+        let shares = t.test_split.unwrap_or(0.0) + t.validation_split.unwrap_or(0.0);
+        if !(lr.is_finite() && shares.is_finite() && t.weight_decay.is_finite()) {
             return Some(format!(
-                "the learning rate is {lr}, --val-split {val_split}"
+                "the learning rate is {lr}, --weight-decay {}, --test-split {:?}, --val-split {:?}",
+                t.weight_decay, t.test_split, t.validation_split
             ));
         }
         self.meta
@@ -257,7 +342,7 @@ impl RunFiles {
     pub fn epoch(&self, n: usize) -> PathBuf {
         self.dir.join(format!("epoch-{n:03}.ckpt"))
     }
-    /// The checkpoint with the best test accuracy.
+    /// The checkpoint of the best validation accuracy (the last epoch without validation).
     pub fn best(&self) -> PathBuf {
         self.dir.join("best.ckpt")
     }
@@ -423,19 +508,23 @@ pub struct RunRecord {
     pub train: TrainConfig,
 }
 
-/// The metrics history as CSV.
+/// The metrics history as CSV (the validation columns after the test ones, so that readers of
+/// the older columns still find them); the validation columns are empty for epochs without validation.
 pub fn metrics_csv(history: &[EpochMetrics]) -> String {
     let mut out = String::from(
-        "epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds,samples_per_second\n",
+        "epoch,train_loss,train_accuracy,test_loss,test_accuracy,val_loss,val_accuracy,seconds,samples_per_second\n",
     );
+    let optional = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
     for m in history {
         out.push_str(&format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.3},{:.1}\n",
+            "{},{:.6},{:.6},{:.6},{:.6},{},{},{:.3},{:.1}\n",
             m.epoch,
             m.train_loss,
             m.train_accuracy,
             m.test_loss,
             m.test_accuracy,
+            optional(m.val_loss),
+            optional(m.val_accuracy),
             m.seconds,
             m.samples_per_second
         ));
@@ -457,13 +546,7 @@ mod tests {
             meta: CheckpointMeta {
                 maas_version: crate::VERSION.into(),
                 model: ModelConfig::new(3, classes),
-                train: TrainConfig {
-                    batch_size: 32,
-                    lr: 0.001,
-                    seed: 42,
-                    limit: None,
-                    val_split: None,
-                },
+                train: TrainConfig::new(32, 0.001, 42),
                 epoch: 1,
                 history: vec![],
                 best_epoch: 1,
@@ -471,6 +554,27 @@ mod tests {
             weights,
             adam,
         }
+    }
+
+    #[test]
+    fn an_old_train_config_reads_with_the_card_recipe_and_its_test_share() {
+        // As maas wrote it before the validation split: `val_split` was the test share.
+        let old = r#"{"batch_size":16,"lr":0.01,"seed":3,"limit":null,"val_split":0.2}"#;
+        let config: TrainConfig = serde_json::from_str(old).unwrap();
+        let expected = TrainConfig {
+            test_split: Some(0.2),
+            ..TrainConfig::new(16, 0.01, 3)
+        };
+        assert_eq!(config, expected);
+        // Written back, it says what the share is, and nothing of the recipe's defaults.
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(
+            json,
+            r#"{"batch_size":16,"lr":0.01,"seed":3,"limit":null,"test_split":0.2}"#
+        );
+        let history = r#"{"epoch":1,"train_loss":1,"train_accuracy":0.5,"test_loss":1,"test_accuracy":0.5,"seconds":1,"samples_per_second":1}"#;
+        let m: EpochMetrics = serde_json::from_str(history).unwrap();
+        assert_eq!((m.val_loss, m.val_accuracy), (None, None));
     }
 
     #[test]
@@ -493,6 +597,8 @@ mod tests {
             train_accuracy: 0.1,
             test_loss: 2.0,
             test_accuracy: 0.1,
+            val_loss: None,
+            val_accuracy: None,
             seconds: 1.0,
             samples_per_second: 10.0,
         });

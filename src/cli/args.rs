@@ -95,13 +95,14 @@ pub struct CheckpointsArg {
 pub struct DataArgs {
     /// Folder holding cifar-10-batches-bin/ (downloaded there when missing), or your own images
     /// in class folders: DIR/train/<class>/* and DIR/test/<class>/*, or DIR/<class>/* divided by
-    /// --val-split.
+    /// --test-split.
     #[arg(long, value_name = "DIR", default_value = "data", env = "MAAS_DATA")]
     pub data: PathBuf,
     /// For an image folder without test/: the share of each class held out for testing, drawn
-    /// with the seed [default: 0.1; eval: the model's].
+    /// with the seed [default: 0.1; eval: the model's]. (Before maas had a validation split,
+    /// this was --val-split.)
     #[arg(long, value_name = "SHARE", value_parser = open_unit_interval)]
-    pub val_split: Option<f64>,
+    pub test_split: Option<f64>,
     /// Stop at the first unreadable image of an image folder instead of skipping it.
     #[arg(long)]
     pub strict: bool,
@@ -120,9 +121,9 @@ impl DataArgs {
         if let Some(folder) = ImageFolder::detect(&self.data)? {
             return Ok(DataSource::Folder(folder));
         }
-        if self.val_split.is_some() {
+        if self.test_split.is_some() {
             bail!(
-                "{}: --val-split applies to an image folder, and this is CIFAR-10 (which has its own test split)",
+                "{}: --test-split applies to an image folder, and this is CIFAR-10 (which has its own test split)",
                 self.data.display()
             );
         }

@@ -8,7 +8,7 @@ use clap::Args;
 use super::args::{DataArgs, ModelArgs, unit_interval};
 use super::remote::RemoteArgs;
 use super::{Context, print_json, print_stdout};
-use crate::data::source::{DEFAULT_VAL_SPLIT, DataSource, LoadOptions};
+use crate::data::source::{DEFAULT_TEST_SPLIT, DataSource, LoadOptions};
 use crate::fsutil::write_atomic;
 use crate::infer::eval;
 use crate::infer::predict::{Classifier, Probabilities};
@@ -107,11 +107,11 @@ fn local_model(args: &EvalArgs, cx: &Context) -> Result<(Evaluated, DataSource)>
     let trained = loaded.train.as_ref();
     let load = LoadOptions {
         seed: trained.map_or(DEFAULT_SEED, |t| t.seed),
-        val_split: args
+        test_split: args
             .data
-            .val_split
-            .or(trained.and_then(|t| t.val_split))
-            .unwrap_or(DEFAULT_VAL_SPLIT),
+            .test_split
+            .or(trained.and_then(|t| t.test_split))
+            .unwrap_or(DEFAULT_TEST_SPLIT),
         limit: None,
         strict: args.data.strict,
     };
@@ -155,7 +155,7 @@ fn remote_model(
     }
     let load = LoadOptions {
         seed: DEFAULT_SEED,
-        val_split: args.data.val_split.unwrap_or(DEFAULT_VAL_SPLIT),
+        test_split: args.data.test_split.unwrap_or(DEFAULT_TEST_SPLIT),
         limit: None,
         strict: args.data.strict,
     };

@@ -4,8 +4,9 @@ use anyhow::Result;
 use clap::builder::TypedValueParser;
 use clap::{Args, CommandFactory};
 
-use super::args::{CheckpointsArg, DataArgs, positive_float};
+use super::args::{CheckpointsArg, DataArgs, open_unit_interval, positive_float};
 use super::{Cli, Context, print_json, print_stdout};
+use crate::artifact::checkpoint::LrSchedule;
 use crate::model::Arch;
 use crate::train::{self, TrainOptions};
 
@@ -42,12 +43,61 @@ pub struct TrainArgs {
     /// Start a new run even where --checkpoints already holds one, replacing its files.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
+    /// Hold out this share of the training images (after --limit) for validation, per class
+    /// (stratified), drawn with the seed: the validation accuracy then chooses best.ckpt (and drives --patience). Without
+    /// it, best.ckpt is the last epoch; the test split is never used to choose.
+    #[arg(long, value_name = "SHARE", value_parser = open_unit_interval)]
+    val_split: Option<f64>,
+    /// Random crops (after 4 pixels of black padding) and horizontal flips of the training
+    /// images, drawn from the seed and the epoch.
+    #[arg(long)]
+    augment: bool,
+    /// The learning rate over the run's steps (all the --epochs it starts with): constant; cosine (from --lr to 0); onecycle
+    /// (PyTorch's OneCycleLR: up from --lr/25 to --lr in 30% of the steps, then down to
+    /// --lr/2.5e5) [default: constant].
+    #[arg(long, value_name = "SCHEDULE", value_enum)]
+    lr_schedule: Option<ScheduleFlag>,
+    /// Decoupled weight decay, as AdamW: each step, value -= lr(t) * W * value [default: 0].
+    #[arg(long, value_name = "W", value_parser = non_negative_float)]
+    weight_decay: Option<f64>,
+    /// Stop when the validation accuracy has not improved for N epochs (needs --val-split).
+    #[arg(long, value_name = "N", requires = "val_split", value_parser = clap::value_parser!(u32).range(1..))]
+    patience: Option<u32>,
     /// Train on the first N training images only (smoke runs, CI).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     limit: Option<u64>,
     /// Print the run's summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// `--lr-schedule`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ScheduleFlag {
+    /// --lr at every step.
+    Constant,
+    /// Cosine annealing from --lr to 0.
+    Cosine,
+    /// PyTorch's OneCycleLR defaults, peaking at --lr.
+    Onecycle,
+}
+
+impl From<ScheduleFlag> for LrSchedule {
+    fn from(flag: ScheduleFlag) -> Self {
+        match flag {
+            ScheduleFlag::Constant => LrSchedule::Constant,
+            ScheduleFlag::Cosine => LrSchedule::Cosine,
+            ScheduleFlag::Onecycle => LrSchedule::OneCycle,
+        }
+    }
+}
+
+/// `--weight-decay`: a finite number, 0 or more.
+fn non_negative_float(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of 0 or more")),
+    }
 }
 
 /// `--arch`: the flags of the registered architectures, each with its line of help.
@@ -87,7 +137,12 @@ pub(super) fn run(args: TrainArgs, cx: &Context) -> Result<u8> {
         seed: args.seed,
         limit: args.limit.map(|l| l as usize),
         data,
-        val_split: args.data.val_split,
+        test_split: args.data.test_split,
+        val_split: args.val_split,
+        augment: args.augment,
+        lr_schedule: args.lr_schedule.map(LrSchedule::from),
+        weight_decay: args.weight_decay,
+        patience: args.patience.map(|p| p as usize),
         strict: args.data.strict,
         checkpoints: args.run.checkpoints,
         resume: args.resume,
@@ -99,13 +154,26 @@ pub(super) fn run(args: TrainArgs, cx: &Context) -> Result<u8> {
     if args.json {
         print_json(&summary)?;
     } else {
+        let chosen = match summary.best_val_accuracy {
+            Some(val) => format!(
+                "best.ckpt: epoch {} by validation accuracy {val:.4}, its test accuracy {:.4}",
+                summary.best_epoch, summary.best_test_accuracy
+            ),
+            None => "best.ckpt: the last epoch (no --val-split)".to_string(),
+        };
         print_stdout(format!(
-            "trained {} epoch{}: test accuracy {:.4} (best {:.4} at epoch {}); checkpoints in {}\n",
+            "trained {} epoch{}{}: test accuracy {:.4}{}; {chosen}; checkpoints in {}\n",
             summary.epochs,
             if summary.epochs == 1 { "" } else { "s" },
+            if summary.stopped_early {
+                " (stopped early by --patience)"
+            } else {
+                ""
+            },
             summary.final_test_accuracy,
-            summary.best_test_accuracy,
-            summary.best_epoch,
+            summary
+                .final_val_accuracy
+                .map_or(String::new(), |v| format!(", validation accuracy {v:.4}")),
             summary.checkpoints.dir.display()
         ))?;
     }

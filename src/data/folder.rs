@@ -2,7 +2,7 @@
 //!
 //! Two layouts are read: `DIR/train/<class>/...` beside `DIR/test/<class>/...`, or the class
 //! folders directly in `DIR`, divided per class into training and test images by a share
-//! (`--val-split`) drawn with the run's seed. The classes are the folder names, sorted. Images
+//! (`--test-split`; before the validation split, `--val-split`) drawn with the run's seed. The classes are the folder names, sorted. Images
 //! go through THE preprocessing ([`super::preprocess`]) into the same 32x32 channel-major bytes
 //! as CIFAR-10 records, so that everything downstream is the same.
 
@@ -20,7 +20,7 @@ use super::labelled::LabelledImages;
 use super::preprocess::{MAX_FILE_BYTES, image_bytes_to_chw};
 
 /// The share of each class held out for testing when the folder has no `test/`.
-pub const DEFAULT_VAL_SPLIT: f64 = 0.1;
+pub const DEFAULT_TEST_SPLIT: f64 = 0.1;
 
 /// An image folder: its classes and the image files of each.
 #[derive(Debug, Clone)]
@@ -193,8 +193,8 @@ impl ImageFolder {
         Ok(folder)
     }
 
-    /// Whether the test images are a share of the folder (`--val-split` applies).
-    pub fn uses_val_split(&self) -> bool {
+    /// Whether the test images are a share of the folder (`--test-split` applies).
+    pub fn uses_test_split(&self) -> bool {
         matches!(self.layout, Layout::Single { .. })
     }
 
@@ -206,9 +206,9 @@ impl ImageFolder {
     }
 
     /// Divides the images into training and test: the test folders, or per class the share
-    /// `val_split` (at least one image, and never all of them when there are two or more) drawn
+    /// `test_split` (at least one image, and never all of them when there are two or more) drawn
     /// with `seed`, so that training and a later `eval` with the same seed agree.
-    pub fn plan(&self, val_split: f64, seed: u64) -> Plan {
+    pub fn plan(&self, test_split: f64, seed: u64) -> Plan {
         let mut plan = Plan::default();
         match &self.layout {
             Layout::Divided { train, test } => {
@@ -231,7 +231,7 @@ impl ImageFolder {
                     let held = if n < 2 {
                         0
                     } else {
-                        ((n as f64 * val_split).round() as usize).clamp(1, n - 1)
+                        ((n as f64 * test_split).round() as usize).clamp(1, n - 1)
                     };
                     let (test, train) = order.split_at(held);
                     let mut test = test.to_vec();
@@ -351,7 +351,7 @@ mod tests {
         touch(tmp.path(), ".hidden/1.png");
         let folder = ImageFolder::detect(tmp.path()).unwrap().unwrap();
         assert_eq!(folder.classes, ["ant", "zebra"]);
-        assert!(folder.uses_val_split());
+        assert!(folder.uses_test_split());
         let plan = folder.plan(0.2, 7);
         assert_eq!((plan.train.len(), plan.test.len()), (16, 4));
         for k in 0..2u8 {
@@ -372,7 +372,7 @@ mod tests {
         touch(tmp.path(), "train/b/2.png");
         touch(tmp.path(), "test/b/9.png");
         let folder = ImageFolder::detect(tmp.path()).unwrap().unwrap();
-        assert!(!folder.uses_val_split());
+        assert!(!folder.uses_test_split());
         let plan = folder.plan(0.5, 1);
         assert_eq!(plan.train.len(), 3);
         assert_eq!(plan.test, vec![(tmp.path().join("test/b/9.png"), 1)]);

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, rngs::StdRng};
 
 use super::cifar10::{self, Split};
 use super::folder::{self, ImageFolder};
@@ -24,8 +26,8 @@ pub enum DataSource {
 pub struct LoadOptions {
     /// Seed of the division of a single image folder (the run's seed).
     pub seed: u64,
-    /// Share of each class held out for testing, for a single image folder.
-    pub val_split: f64,
+    /// Share of each class held out for testing, for a single image folder (`--test-split`).
+    pub test_split: f64,
     /// Only the first N training images.
     pub limit: Option<usize>,
     /// Stop at the first unreadable image instead of skipping it.
@@ -49,9 +51,9 @@ impl DataSource {
         }
     }
 
-    /// Whether `--val-split` decides the test images.
-    pub fn uses_val_split(&self) -> bool {
-        matches!(self, DataSource::Folder(f) if f.uses_val_split())
+    /// Whether `--test-split` decides the test images.
+    pub fn uses_test_split(&self) -> bool {
+        matches!(self, DataSource::Folder(f) if f.uses_test_split())
     }
 
     /// The training and test splits. For an image folder, says how many images each class has
@@ -67,7 +69,7 @@ impl DataSource {
                 cifar10::load_split(dir, Split::Test, None)?,
             )),
             DataSource::Folder(f) => {
-                let mut plan = f.plan(opts.val_split, opts.seed);
+                let mut plan = f.plan(opts.test_split, opts.seed);
                 if let Some(limit) = opts.limit {
                     plan.train.truncate(limit);
                 }
@@ -84,7 +86,7 @@ impl DataSource {
         match self {
             DataSource::Cifar10(dir) => cifar10::load_split(dir, Split::Test, None),
             DataSource::Folder(f) => {
-                let plan = f.plan(opts.val_split, opts.seed);
+                let plan = f.plan(opts.test_split, opts.seed);
                 describe(f, &plan, opts, false, reporter);
                 load_checked(&plan.test, opts, reporter)
             }
@@ -100,10 +102,10 @@ fn describe(
     train: bool,
     reporter: &Reporter,
 ) {
-    let how = if f.uses_val_split() {
+    let how = if f.uses_test_split() {
         format!(
             "test images: {:.0}% of each class, drawn with seed {}",
-            100.0 * opts.val_split,
+            100.0 * opts.test_split,
             opts.seed
         )
     } else {
@@ -161,5 +163,101 @@ fn load_checked(
     Ok(split)
 }
 
-/// The default share of `--val-split`.
-pub use folder::DEFAULT_VAL_SPLIT;
+/// The default share of `--test-split`.
+pub use folder::DEFAULT_TEST_SPLIT;
+
+/// Divides `train` into training and validation images: per class, the share `share` of its
+/// images (rounded; at least one of a class of two or more, never all), drawn with `seed`.
+/// Stratified, so that each class is validated in its own proportion; both parts keep the
+/// order the images had.
+pub fn carve_validation(
+    train: &LabelledImages,
+    share: f64,
+    seed: u64,
+) -> (LabelledImages, LabelledImages) {
+    let classes = train
+        .labels
+        .iter()
+        .map(|&l| usize::from(l) + 1)
+        .max()
+        .unwrap_or(0);
+    let mut held = vec![false; train.len()];
+    for class in 0..classes {
+        let mut members: Vec<usize> = (0..train.len())
+            .filter(|&i| usize::from(train.labels[i]) == class)
+            .collect();
+        let n = members.len();
+        if n < 2 {
+            continue;
+        }
+        let take = ((n as f64 * share).round() as usize).clamp(1, n - 1);
+        // Another constant than the test share's draw: the two are independent.
+        let mut rng =
+            StdRng::seed_from_u64(seed ^ (class as u64 + 1).wrapping_mul(0x6C8E_9CF5_7093_2BD5));
+        members.shuffle(&mut rng);
+        for &i in &members[..take] {
+            held[i] = true;
+        }
+    }
+    let (mut kept, mut validation) = (LabelledImages::default(), LabelledImages::default());
+    for (i, &is_held) in held.iter().enumerate() {
+        let to = if is_held { &mut validation } else { &mut kept };
+        to.images.extend_from_slice(train.image(i));
+        to.labels.push(train.labels[i]);
+    }
+    (kept, validation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn images(labels: &[u8]) -> LabelledImages {
+        let mut split = LabelledImages::default();
+        for (i, &l) in labels.iter().enumerate() {
+            split.images.extend(std::iter::repeat_n(
+                i as u8,
+                crate::data::labelled::IMAGE_BYTES,
+            ));
+            split.labels.push(l);
+        }
+        split
+    }
+
+    #[test]
+    fn validation_is_a_stratified_share_drawn_with_the_seed() {
+        // 100 images of class 0, 50 of class 1, 1 of class 2.
+        let labels: Vec<u8> = (0..151)
+            .map(|i| {
+                if i < 100 {
+                    0
+                } else if i < 150 {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
+        let all = images(&labels);
+        let (train, val) = carve_validation(&all, 0.1, 42);
+        let count = |s: &LabelledImages, c: u8| s.labels.iter().filter(|&&l| l == c).count();
+        assert_eq!((count(&val, 0), count(&val, 1), count(&val, 2)), (10, 5, 0));
+        assert_eq!(train.len() + val.len(), 151);
+        // Every image is in one part only, with its label.
+        let firsts =
+            |s: &LabelledImages| -> Vec<u8> { (0..s.len()).map(|i| s.image(i)[0]).collect() };
+        let mut seen: Vec<u8> = firsts(&train).into_iter().chain(firsts(&val)).collect();
+        seen.sort();
+        assert_eq!(seen, (0..151).map(|i| i as u8).collect::<Vec<_>>());
+        assert!(firsts(&train).windows(2).all(|w| w[0] < w[1]), "order kept");
+        assert_eq!(
+            carve_validation(&all, 0.1, 42),
+            (train.clone(), val.clone())
+        );
+        assert_ne!(
+            carve_validation(&all, 0.1, 43).1,
+            val,
+            "another seed, another draw"
+        );
+    }
+}

@@ -7,6 +7,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 pub use crate::artifact::checkpoint::AdamState;
+use crate::artifact::checkpoint::LrSchedule;
 
 /// Adam's hyper-parameters (Keras defaults but for the learning rate, which is the user's).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,6 +20,33 @@ pub struct AdamConfig {
     pub beta2: f64,
     /// Added to the root of the second moment, as Keras does (epsilon-hat).
     pub epsilon: f64,
+    /// The learning rate's schedule over the run, and its decoupled weight decay.
+    pub recipe: Recipe,
+    /// This step's decoupled weight decay, `lr(t) * weight_decay` (AdamW): every value is first
+    /// reduced by this share of itself. Set by [`crate::train::step::AdamClock::tick`] for the
+    /// step it counts; 0 without weight decay, and then no value is touched.
+    pub decay: f64,
+}
+
+/// What moves Adam's step over a run: the schedule of the rate and the weight decay.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recipe {
+    /// The schedule.
+    pub schedule: LrSchedule,
+    /// The run's steps, over which the schedule runs (0 for `constant`).
+    pub total_steps: u64,
+    /// Decoupled weight decay (`--weight-decay`).
+    pub weight_decay: f64,
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Self {
+            schedule: LrSchedule::Constant,
+            total_steps: 0,
+            weight_decay: 0.0,
+        }
+    }
 }
 
 impl AdamConfig {
@@ -29,6 +57,8 @@ impl AdamConfig {
             beta1: 0.9,
             beta2: 0.999,
             epsilon: 1e-7,
+            recipe: Recipe::default(),
+            decay: 0.0,
         }
     }
 }
@@ -58,9 +88,9 @@ impl<const D: usize> Moments<D> {
     }
 }
 
-/// One Adam update of `param` from `grad` with step size `lr_t` ([`AdamConfig::step_size`]), in
-/// burn's tensor operations: the reference arithmetic, and the update on devices other than the
-/// CPU.
+/// One Adam update of `param` from `grad` with step size `lr_t` ([`AdamConfig::step_size`]), after
+/// the step's decoupled weight decay (`c.decay`), in burn's tensor operations: the reference
+/// arithmetic, and the update on devices other than the CPU.
 pub(crate) fn update<const D: usize>(
     param: Tensor<D>,
     grad: Tensor<D>,
@@ -70,6 +100,11 @@ pub(crate) fn update<const D: usize>(
 ) -> Tensor<D> {
     let m = moments.m.clone().mul_scalar(c.beta1) + grad.clone().mul_scalar(1.0 - c.beta1);
     let v = moments.v.clone().mul_scalar(c.beta2) + grad.square().mul_scalar(1.0 - c.beta2);
+    let param = if c.decay != 0.0 {
+        param.clone() - param.mul_scalar(c.decay)
+    } else {
+        param
+    };
     let next = param
         - m.clone()
             .mul_scalar(lr_t)

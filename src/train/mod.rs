@@ -1,10 +1,13 @@
-//! The training loop: shuffled mini-batches, Adam, a test evaluation and a checkpoint per epoch.
+//! The training loop: shuffled (and, with --augment, cropped and flipped) mini-batches, Adam on
+//! a schedule, a validation and a test evaluation and a checkpoint per epoch. The validation
+//! split alone chooses `best.ckpt` and stops early; the test split is only measured.
 
 pub mod adam;
 pub mod autodiff;
 pub mod cpu;
 mod options;
 mod resume;
+pub mod schedule;
 pub mod step;
 pub mod trainer;
 
@@ -25,13 +28,13 @@ use crate::artifact::checkpoint::{
 };
 use crate::data::LabelledImages;
 use crate::data::preprocess::{INPUT_LEN, normalize};
-use crate::data::source::{DEFAULT_VAL_SPLIT, LoadOptions};
+use crate::data::source::{DEFAULT_TEST_SPLIT, LoadOptions, carve_validation};
 use crate::device::Selected;
 use crate::fsutil::write_atomic;
 use crate::model::{Model, batch_tensors, stats};
 use crate::plots;
 use crate::progress::Reporter;
-use crate::train::adam::AdamConfig;
+use crate::train::adam::{AdamConfig, Recipe};
 use crate::train::cpu::sharded::shards_for;
 use crate::train::step::TrainStep;
 use crate::train::trainer::{Start, trainer};
@@ -52,7 +55,7 @@ pub struct Interrupted {
 pub struct RunPaths {
     /// The checkpoints folder.
     pub dir: PathBuf,
-    /// The best checkpoint (by test accuracy).
+    /// The best checkpoint (by validation accuracy; the last epoch without validation).
     pub best: PathBuf,
     /// The last complete checkpoint.
     pub last: PathBuf,
@@ -71,10 +74,18 @@ pub struct TrainSummary {
     pub epochs_this_run: usize,
     /// Test accuracy after the last epoch.
     pub final_test_accuracy: f64,
-    /// Best test accuracy of any epoch.
+    /// Test accuracy of the epoch `best.ckpt` holds (measured, never used to choose it).
     pub best_test_accuracy: f64,
-    /// The epoch that reached it.
+    /// The epoch `best.ckpt` holds: the best validation accuracy, or the last epoch.
     pub best_epoch: usize,
+    /// Validation accuracy of that epoch (none without a validation split).
+    pub best_val_accuracy: Option<f64>,
+    /// What chose `best.ckpt`: `validation accuracy` or `last epoch`.
+    pub best_chosen_by: String,
+    /// Validation accuracy after the last epoch (none without a validation split).
+    pub final_val_accuracy: Option<f64>,
+    /// Whether --patience ended the run before --epochs.
+    pub stopped_early: bool,
     /// Mean training loss of the last epoch.
     pub final_train_loss: f64,
     /// Test loss after the last epoch.
@@ -126,8 +137,13 @@ impl<'a> Batches<'a> {
     }
 
     /// Inputs `[B, ROW_STRIDE]`, one-hot targets `[B, classes]` and labels `[B]` of the images
-    /// `index`.
-    fn rows(&self, index: &[i64], device: &Device) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
+    /// `index`, each cropped and flipped as `augment` draws it when given.
+    fn rows(
+        &self,
+        index: &[i64],
+        augment: Option<Augment>,
+        device: &Device,
+    ) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
         // Indices come from `epoch_order` or a range of the split: always in bounds.
         let image = |i: i64| {
             let start = i as usize * INPUT_LEN;
@@ -135,8 +151,16 @@ impl<'a> Batches<'a> {
         };
         let n = index.len();
         let mut inputs = Vec::with_capacity(n * ROW_STRIDE);
+        let mut plain = Vec::with_capacity(INPUT_LEN);
         for &i in index {
-            normalize(image(i), &mut inputs);
+            match augment {
+                Some(a) => {
+                    plain.clear();
+                    normalize(image(i), &mut plain);
+                    a.apply(i, &plain, &mut inputs);
+                }
+                None => normalize(image(i), &mut inputs),
+            }
             inputs.extend([0.0; ROW_STRIDE - INPUT_LEN]);
         }
         let labels = index
@@ -144,6 +168,61 @@ impl<'a> Batches<'a> {
             .map(|&i| i64::from(self.split.labels[i as usize]))
             .collect();
         batch_tensors(inputs, labels, self.classes, device)
+    }
+}
+
+/// `--augment`: a random crop of 32x32 after 4 pixels of zero padding (zero in model input,
+/// which is black: the same as torchvision's zero padding before its scaling), then a
+/// horizontal flip half the time. Drawn from the seed, the epoch and the image alone, so that a
+/// resumed run sees the same images, whatever the batches or threads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Augment {
+    seed: u64,
+    epoch: usize,
+}
+
+impl Augment {
+    const PAD: usize = 4;
+    const SIDE: usize = 32;
+
+    /// The crop's offsets in the padded image (0..=8 each) and whether to flip, of image `i`.
+    fn draw(self, i: i64) -> (usize, usize, bool) {
+        // splitmix64's finaliser of the seed, epoch and image mixed.
+        let mut z = self.seed
+            ^ (self.epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let span = 2 * Self::PAD as u64 + 1;
+        (
+            (z % span) as usize,
+            ((z >> 16) % span) as usize,
+            (z >> 32) & 1 == 1,
+        )
+    }
+
+    /// Appends image `i`, `plain` (channel-major model input), cropped and flipped, to `out`.
+    fn apply(self, i: i64, plain: &[f32], out: &mut Vec<f32>) {
+        let (dy, dx, flip) = self.draw(i);
+        let side = Self::SIDE;
+        for plane in plain.chunks_exact(side * side) {
+            for y in 0..side {
+                for x in 0..side {
+                    let x = if flip { side - 1 - x } else { x };
+                    // The pixel of the padded image at (y + dy, x + dx), in the original's terms.
+                    let (sy, sx) = (
+                        (y + dy).wrapping_sub(Self::PAD),
+                        (x + dx).wrapping_sub(Self::PAD),
+                    );
+                    out.push(if sy < side && sx < side {
+                        plane[sy * side + sx]
+                    } else {
+                        0.0
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -170,7 +249,7 @@ fn evaluate(model: &Model, data: &Batches, device: &Device) -> Result<(f64, f64)
     for start in (0..len).step_by(CHUNK) {
         let end = (start + CHUNK).min(len);
         let index: Vec<i64> = (start as i64..end as i64).collect();
-        let (x, y, l) = data.rows(&index, device);
+        let (x, y, l) = data.rows(&index, None, device);
         let batch = stats(model.forward(x.slice_dim(1, 0..INPUT_LEN)), y, l);
         loss = loss + batch.loss_sum;
         correct = correct + batch.correct;
@@ -205,18 +284,32 @@ pub fn train(
     let loading = Instant::now();
     let load = LoadOptions {
         seed: cfg.seed,
-        val_split: cfg.val_split.unwrap_or(DEFAULT_VAL_SPLIT),
+        test_split: cfg.test_split.unwrap_or(DEFAULT_TEST_SPLIT),
         limit: cfg.limit,
         strict: opts.strict,
     };
-    let (train_split, test_split) = opts.data.load(&load, reporter)?;
+    let (mut train_split, test_split) = opts.data.load(&load, reporter)?;
+    let validation_split = match cfg.validation_split {
+        Some(share) => {
+            let (kept, validation) = carve_validation(&train_split, share, cfg.seed);
+            train_split = kept;
+            if validation.is_empty() {
+                bail!(
+                    "{}: --val-split {share} holds out no image (a class needs two images or more)",
+                    opts.data.path().display()
+                );
+            }
+            Some(validation)
+        }
+        None => None,
+    };
     if train_split.is_empty() {
         bail!("{}: no training images", opts.data.path().display());
     }
     // An empty test split would make every epoch "best" at accuracy 0: refused instead.
     if test_split.is_empty() {
-        let hint = if opts.data.uses_val_split() {
-            "--val-split holds out images only from classes of two images or more; add images, or a test/ folder beside train/"
+        let hint = if opts.data.uses_test_split() {
+            "--test-split holds out images only from classes of two images or more; add images, or a test/ folder beside train/"
         } else {
             "add test images"
         };
@@ -227,10 +320,23 @@ pub fn train(
     }
     let train_data = Batches::new(&train_split, classes.len())?;
     let test_data = Batches::new(&test_split, classes.len())?;
+    let validation_data = validation_split
+        .as_ref()
+        .map(|v| Batches::new(v, classes.len()))
+        .transpose()?;
     reporter.info(format!(
-        "training on {} images, testing on {} ({:.2} s to load), {} classes: {}",
+        "training on {} images, testing on {}, validating on {} ({:.2} s to load), {} classes: {}",
         train_data.len(),
         test_data.len(),
+        match (&validation_data, cfg.validation_split) {
+            (Some(v), Some(share)) => format!(
+                "{} ({}% of each class, drawn with seed {}: they choose best.ckpt)",
+                v.len(),
+                100.0 * share,
+                cfg.seed
+            ),
+            _ => "none (best.ckpt is the last epoch)".to_string(),
+        },
         loading.elapsed().as_secs_f64(),
         classes.len(),
         crate::terminal::escape(&classes.join(", "))
@@ -242,13 +348,14 @@ pub fn train(
         config: &state.meta.model,
         weights: &state.weights,
         state: &state.adam,
-        adam: AdamConfig::new(cfg.lr),
+        adam: adam_config(&cfg, train_data.len()),
         shards: shards_for(selected.kind),
         device,
     })?;
     let first_epoch = state.meta.epoch + 1;
     let epochs = EpochLoop {
         train: &train_data,
+        validation: validation_data.as_ref(),
         test: &test_data,
         files: &files,
         epochs: opts.epochs,
@@ -264,13 +371,38 @@ pub fn train(
             state.meta.epoch
         ));
     }
+    // Fewer than asked when --patience stopped the run.
+    let epochs_this_run = (state.meta.epoch + 1).saturating_sub(first_epoch);
     summarize(
         state.meta,
-        opts.epochs.saturating_sub(first_epoch - 1),
+        epochs_this_run,
         throughput,
         selected.description.clone(),
         &files,
     )
+}
+
+/// Adam's configuration for the run of `cfg` on `train_len` images: its rate, and the schedule
+/// over all the steps its schedule's epochs take, with its weight decay.
+fn adam_config(cfg: &TrainConfig, train_len: usize) -> AdamConfig {
+    let steps_per_epoch = train_len.div_ceil(cfg.batch_size) as u64;
+    AdamConfig {
+        recipe: Recipe {
+            schedule: cfg.lr_schedule,
+            total_steps: cfg.schedule_epochs.unwrap_or(0) as u64 * steps_per_epoch,
+            weight_decay: cfg.weight_decay,
+        },
+        ..AdamConfig::new(cfg.lr)
+    }
+}
+
+/// Whether `meta`'s run has ended by --patience: its validation accuracy has not improved for
+/// that many epochs.
+fn stopped_early(meta: &CheckpointMeta) -> bool {
+    let t = &meta.train;
+    t.validation_split.is_some()
+        && t.patience
+            .is_some_and(|p| meta.epoch > 0 && meta.epoch >= meta.best_epoch + p)
 }
 
 /// Clears what an earlier killed run left half-written and, for a run that starts at epoch 0,
@@ -330,6 +462,8 @@ struct EpochTraining {
 /// The epochs of a run: what they train and test on, where they checkpoint, how far they go.
 struct EpochLoop<'a> {
     train: &'a Batches<'a>,
+    /// Chooses `best.ckpt` and drives --patience; none: the last epoch is best.
+    validation: Option<&'a Batches<'a>>,
     test: &'a Batches<'a>,
     files: &'a RunFiles,
     /// Train until this many epochs are complete.
@@ -346,8 +480,17 @@ impl EpochLoop<'_> {
     fn run(&self, state: &mut Checkpoint, trainer: &mut dyn TrainStep) -> Result<Throughput> {
         let (batch_size, seed) = (state.meta.train.batch_size, state.meta.train.seed);
         let mut throughput = Throughput::default();
+        if stopped_early(&state.meta) {
+            self.reporter.info(format!(
+                "this run stopped early at epoch {} (--patience): nothing to train",
+                state.meta.epoch
+            ));
+            return Ok(throughput);
+        }
+        let augment = state.meta.train.augment;
         for epoch in state.meta.epoch + 1..=self.epochs {
-            let Some(trained) = self.train_epoch(trainer, epoch, batch_size, seed)? else {
+            let augment = augment.then_some(Augment { seed, epoch });
+            let Some(trained) = self.train_epoch(trainer, epoch, batch_size, seed, augment)? else {
                 let mut saved = self.kept(state);
                 if state.meta.epoch > 0 {
                     saved += &format!(
@@ -357,13 +500,20 @@ impl EpochLoop<'_> {
                 }
                 return Err(Interrupted { epoch, saved }.into());
             };
-            let (test_loss, test_accuracy) = evaluate(&trainer.model()?, self.test, self.device)?;
+            let model = trainer.model()?;
+            let (test_loss, test_accuracy) = evaluate(&model, self.test, self.device)?;
+            let validated = self
+                .validation
+                .map(|v| evaluate(&model, v, self.device))
+                .transpose()?;
             let metrics = EpochMetrics {
                 epoch,
                 train_loss: trained.loss,
                 train_accuracy: trained.accuracy,
                 test_loss,
                 test_accuracy,
+                val_loss: validated.map(|v| v.0),
+                val_accuracy: validated.map(|v| v.1),
                 seconds: trained.seconds,
                 samples_per_second: self.train.len() as f64 / trained.seconds.max(1e-9),
             };
@@ -383,14 +533,30 @@ impl EpochLoop<'_> {
             let improved = record_epoch(&mut state.meta, metrics.clone());
             (state.weights, state.adam) = trainer.state()?;
             write_checkpoint(self.files, state, improved)?;
+            let val = validated.map_or(String::new(), |(loss, acc)| {
+                format!(" | val loss {loss:.4} acc {acc:.4}")
+            });
             self.reporter.info(format!(
-                "epoch {epoch}/{}: train loss {:.4} acc {:.4} | test loss {test_loss:.4} acc {test_accuracy:.4} | {:.0} samples/s{}",
+                "epoch {epoch}/{}: train loss {:.4} acc {:.4}{val} | test loss {test_loss:.4} acc {test_accuracy:.4} | {:.0} samples/s{}",
                 self.epochs,
                 trained.loss,
                 trained.accuracy,
                 metrics.samples_per_second,
-                if improved { " | best" } else { "" }
+                if improved && self.validation.is_some() { " | best" } else { "" }
             ));
+            if stopped_early(&state.meta) {
+                let best = state
+                    .meta
+                    .best()
+                    .and_then(|b| b.val_accuracy)
+                    .unwrap_or(0.0);
+                self.reporter.info(format!(
+                    "stopping early: the validation accuracy has not improved for {} epochs (--patience); best {best:.4} at epoch {}",
+                    epoch - state.meta.best_epoch,
+                    state.meta.best_epoch
+                ));
+                break;
+            }
         }
         Ok(throughput)
     }
@@ -417,6 +583,7 @@ impl EpochLoop<'_> {
         epoch: usize,
         batch_size: usize,
         seed: u64,
+        augment: Option<Augment>,
     ) -> Result<Option<EpochTraining>> {
         let (data, device) = (self.train, self.device);
         let bar = self.reporter.bar(
@@ -431,7 +598,9 @@ impl EpochLoop<'_> {
         let mut loss_sum = Tensor::<1>::zeros([1], device);
         let mut correct = Tensor::<1, Int>::zeros([1], device);
         let mut indices = order.chunks(batch_size);
-        let mut next = indices.next().map(|index| data.rows(index, device));
+        let mut next = indices
+            .next()
+            .map(|index| data.rows(index, augment, device));
         for step in 0.. {
             let Some((x, y, labels)) = next.take() else {
                 break;
@@ -444,7 +613,7 @@ impl EpochLoop<'_> {
             let following = indices.next();
             let (stats, following) = rayon::join(
                 || trainer.step(x, y, labels),
-                || following.map(|index| data.rows(index, device)),
+                || following.map(|index| data.rows(index, augment, device)),
             );
             next = following;
             let stats = stats?;
@@ -480,12 +649,17 @@ impl EpochLoop<'_> {
     }
 }
 
-/// Adds `metrics` to `meta` as its newest complete epoch; whether it beat the best test accuracy
-/// so far (the first epoch always does), which makes it the best epoch.
+/// Adds `metrics` to `meta` as its newest complete epoch; whether it becomes the best epoch:
+/// it beat the best validation accuracy so far (the first epoch always does), or, without a
+/// validation split, it is the last. The test accuracy never chooses.
 fn record_epoch(meta: &mut CheckpointMeta, metrics: EpochMetrics) -> bool {
-    let improved = meta
-        .best()
-        .is_none_or(|b| metrics.test_accuracy > b.test_accuracy);
+    let improved = match metrics.val_accuracy {
+        Some(val) => meta
+            .best()
+            .and_then(|b| b.val_accuracy)
+            .is_none_or(|best| val > best),
+        None => true,
+    };
     meta.epoch = metrics.epoch;
     meta.history.push(metrics);
     if improved {
@@ -536,6 +710,15 @@ fn summarize(
         final_test_accuracy: last.test_accuracy,
         best_test_accuracy: best.test_accuracy,
         best_epoch: best.epoch,
+        best_val_accuracy: best.val_accuracy,
+        best_chosen_by: if best.val_accuracy.is_some() {
+            "validation accuracy"
+        } else {
+            "last epoch"
+        }
+        .into(),
+        final_val_accuracy: last.val_accuracy,
+        stopped_early: stopped_early(&meta),
         final_train_loss: last.train_loss,
         final_test_loss: last.test_loss,
         samples_per_second: if throughput.seconds > 0.0 {
@@ -584,7 +767,12 @@ mod tests {
             seed: None,
             limit: None,
             data: DataSource::Cifar10(dir.join("data")),
+            test_split: None,
             val_split: None,
+            augment: false,
+            lr_schedule: None,
+            weight_decay: None,
+            patience: None,
             strict: false,
             checkpoints: dir.join("checkpoints"),
             resume: false,
@@ -648,9 +836,51 @@ mod tests {
             train_accuracy: 0.5,
             test_loss: 2.1,
             test_accuracy,
+            // The test accuracy doubles as the validation one: it is what these tests vary.
+            val_loss: Some(2.1),
+            val_accuracy: Some(test_accuracy),
             seconds: 1.0,
             samples_per_second: 100.0,
         }
+    }
+
+    #[test]
+    fn augment_crops_with_black_padding_and_flips_as_drawn_from_seed_epoch_and_image() {
+        let plain: Vec<f32> = (0..INPUT_LEN).map(|i| 1.0 + i as f32).collect();
+        let a = Augment { seed: 42, epoch: 3 };
+        let mut draws = std::collections::HashSet::new();
+        for i in 0..200 {
+            let (dy, dx, flip) = a.draw(i);
+            assert!(dy <= 8 && dx <= 8);
+            draws.insert((dy, dx, flip));
+            let mut out = Vec::new();
+            a.apply(i, &plain, &mut out);
+            assert_eq!(out.len(), INPUT_LEN);
+            // Each output pixel is the source's at the drawn offset, or black padding.
+            for c in 0..3 {
+                for y in 0..32 {
+                    for x in 0..32 {
+                        let sx = if flip { 31 - x } else { x } + dx;
+                        let (sy, sx) = (y + dy, sx);
+                        let want = if (4..36).contains(&sy) && (4..36).contains(&sx) {
+                            plain[c * 1024 + (sy - 4) * 32 + (sx - 4)]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(out[c * 1024 + y * 32 + x], want);
+                    }
+                }
+            }
+        }
+        assert!(draws.len() > 100, "offsets and flips vary: {}", draws.len());
+        assert_eq!(a.draw(7), Augment { seed: 42, epoch: 3 }.draw(7));
+        assert_ne!(
+            (0..20).map(|i| a.draw(i)).collect::<Vec<_>>(),
+            (0..20)
+                .map(|i| Augment { seed: 42, epoch: 4 }.draw(i))
+                .collect::<Vec<_>>(),
+            "another epoch, other crops"
+        );
     }
 
     #[test]
@@ -681,7 +911,11 @@ mod tests {
             (train.batch_size, train.lr, train.seed, train.limit),
             (DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_SEED, None)
         );
-        assert_eq!(train.val_split, None, "CIFAR-10 has its own test split");
+        assert_eq!(train.test_split, None, "CIFAR-10 has its own test split");
+        assert_eq!(
+            train,
+            &TrainConfig::new(DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_SEED)
+        );
 
         let state = small_run(tmp.path());
         assert_eq!(state.meta.model.hidden, 8);
@@ -832,7 +1066,7 @@ mod tests {
             batch_size: Some(8),
             lr: Some(0.01),
             seed: Some(7),
-            val_split: Some(0.3),
+            test_split: Some(0.3),
             ..same.clone()
         };
         check_resume(&given, meta, &classes(), path).unwrap();
@@ -901,18 +1135,18 @@ mod tests {
 
         // A run divided by --val-split refuses another share.
         let mut folder = saved.meta.clone();
-        folder.train.val_split = Some(0.2);
+        folder.train.test_split = Some(0.2);
         check_resume(&same, &folder, &classes(), path).unwrap();
         let msg = message(check_resume(
             &TrainOptions {
-                val_split: Some(0.3),
+                test_split: Some(0.3),
                 ..same.clone()
             },
             &folder,
             &classes(),
             path,
         ));
-        assert!(msg.contains("--val-split 0.2, not 0.3"), "{msg}");
+        assert!(msg.contains("--test-split 0.2, not 0.3"), "{msg}");
     }
 
     #[test]
@@ -994,11 +1228,14 @@ mod tests {
         let (train_split, test_split) = (images(20, 1), images(10, 1000));
         let train = Batches::new(&train_split, 10)?;
         let test = Batches::new(&test_split, 10)?;
+        let validation_split = images(10, 500);
+        let validation = Batches::new(&validation_split, 10)?;
         let files = RunFiles::new(dir);
         std::fs::create_dir_all(dir)?;
         let stop = AtomicBool::new(stop);
         let epoch_loop = EpochLoop {
             train: &train,
+            validation: state.meta.train.validation_split.map(|_| &validation),
             test: &test,
             files: &files,
             epochs,
@@ -1010,7 +1247,7 @@ mod tests {
             config: &state.meta.model,
             weights: &state.weights,
             state: &state.adam,
-            adam: AdamConfig::new(state.meta.train.lr),
+            adam: adam_config(&state.meta.train, train.len()),
             shards: 1,
             device: &device,
         })?;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::artifact::checkpoint::LrSchedule;
 use crate::data::source::DataSource;
 use crate::model::Arch;
 
@@ -25,7 +26,17 @@ pub struct TrainOptions {
     /// The dataset: CIFAR-10 or an image folder.
     pub data: DataSource,
     /// For a single image folder: the share of each class held out for testing.
+    pub test_split: Option<f64>,
+    /// The share of the training images held out for validation (none: no validation).
     pub val_split: Option<f64>,
+    /// Random crops and flips of training images (given: on).
+    pub augment: bool,
+    /// The learning rate's schedule.
+    pub lr_schedule: Option<LrSchedule>,
+    /// Decoupled weight decay.
+    pub weight_decay: Option<f64>,
+    /// Stop after this many epochs without a better validation accuracy.
+    pub patience: Option<usize>,
     /// Stop at the first unreadable image instead of skipping it.
     pub strict: bool,
     /// Where checkpoints go.

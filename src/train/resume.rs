@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use super::options::{DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_SEED, TrainOptions};
-use crate::artifact::checkpoint::{Checkpoint, CheckpointMeta, RunFiles, TrainConfig};
-use crate::data::source::DEFAULT_VAL_SPLIT;
+use crate::artifact::checkpoint::{Checkpoint, CheckpointMeta, LrSchedule, RunFiles, TrainConfig};
+use crate::data::source::DEFAULT_TEST_SPLIT;
 use crate::model::{Arch, DEFAULT_HIDDEN, ModelConfig};
 use crate::progress::Reporter;
 use crate::train::adam::AdamState;
@@ -139,9 +139,40 @@ pub(super) fn check_run_json(files: &RunFiles, meta: &CheckpointMeta, path: &Pat
             format!("{:?}", theirs.limit),
         ),
         (
+            "--test-split",
+            format!("{:?}", mine.test_split),
+            format!("{:?}", theirs.test_split),
+        ),
+        (
             "--val-split",
-            format!("{:?}", mine.val_split),
-            format!("{:?}", theirs.val_split),
+            format!("{:?}", mine.validation_split),
+            format!("{:?}", theirs.validation_split),
+        ),
+        (
+            "--augment",
+            mine.augment.to_string(),
+            theirs.augment.to_string(),
+        ),
+        (
+            "--lr-schedule",
+            format!(
+                "{:?} over {:?} epochs",
+                mine.lr_schedule, mine.schedule_epochs
+            ),
+            format!(
+                "{:?} over {:?} epochs",
+                theirs.lr_schedule, theirs.schedule_epochs
+            ),
+        ),
+        (
+            "--weight-decay",
+            mine.weight_decay.to_string(),
+            theirs.weight_decay.to_string(),
+        ),
+        (
+            "--patience",
+            format!("{:?}", mine.patience),
+            format!("{:?}", theirs.patience),
         ),
     ];
     if let Some((what, ckpt, recorded)) = differences.into_iter().find(|(_, a, b)| a != b) {
@@ -176,13 +207,54 @@ pub(super) fn check_resume(
     check_same("--batch-size", opts.batch_size, meta.train.batch_size, path)?;
     check_same("--lr", opts.lr, meta.train.lr, path)?;
     check_same("--seed", opts.seed, meta.train.seed, path)?;
-    if let Some(given) = opts.val_split
-        && meta.train.val_split.is_some_and(|saved| saved != given)
+    let t = &meta.train;
+    if let Some(given) = opts.test_split
+        && t.test_split.is_some_and(|saved| saved != given)
     {
         bail!(
-            "{}: this run was trained with --val-split {}, not {given}",
+            "{}: this run was trained with --test-split {}, not {given}",
             path.display(),
-            meta.train.val_split.unwrap_or_default()
+            t.test_split.unwrap_or_default()
+        );
+    }
+    // The recipe's flags: each may repeat the run's value, none may change it.
+    if opts.val_split.is_some() && opts.val_split != t.validation_split {
+        bail!(
+            "{}: this run was trained with --val-split {}, not {}; drop --val-split to resume it, or start a new run in another --checkpoints folder",
+            path.display(),
+            t.validation_split.map_or("none".into(), |v| v.to_string()),
+            opts.val_split.unwrap_or_default()
+        );
+    }
+    if opts.augment && !t.augment {
+        bail!(
+            "{}: this run was trained without --augment; drop --augment to resume it, or start a new run in another --checkpoints folder",
+            path.display()
+        );
+    }
+    check_same(
+        "--lr-schedule",
+        opts.lr_schedule.map(LrSchedule::flag),
+        t.lr_schedule.flag(),
+        path,
+    )?;
+    check_same("--weight-decay", opts.weight_decay, t.weight_decay, path)?;
+    if opts.patience.is_some() && opts.patience != t.patience {
+        bail!(
+            "{}: this run was trained with --patience {}, not {}; drop --patience to resume it, or start a new run in another --checkpoints folder",
+            path.display(),
+            t.patience.map_or("none".into(), |p| p.to_string()),
+            opts.patience.unwrap_or_default()
+        );
+    }
+    // A schedule spans the epochs the run started with: more would run it past its end.
+    if let Some(span) = t.schedule_epochs
+        && opts.epochs > span
+    {
+        bail!(
+            "{}: this run's {} schedule spans {span} epochs; resume with --epochs {span} at most, or start a new run in another --checkpoints folder",
+            path.display(),
+            t.lr_schedule.flag()
         );
     }
     if opts.limit != meta.train.limit {
@@ -208,16 +280,28 @@ pub(super) fn check_resume(
 /// the defaults.
 pub(super) fn fresh_start(opts: &TrainOptions, classes: &[String]) -> Result<Checkpoint> {
     let hidden = opts.hidden.unwrap_or(DEFAULT_HIDDEN);
+    let lr_schedule = opts.lr_schedule.unwrap_or_default();
     let train = TrainConfig {
-        batch_size: opts.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
-        lr: opts.lr.unwrap_or(DEFAULT_LR),
-        seed: opts.seed.unwrap_or(DEFAULT_SEED),
         limit: opts.limit,
-        val_split: opts
+        test_split: opts
             .data
-            .uses_val_split()
-            .then(|| opts.val_split.unwrap_or(DEFAULT_VAL_SPLIT)),
+            .uses_test_split()
+            .then(|| opts.test_split.unwrap_or(DEFAULT_TEST_SPLIT)),
+        validation_split: opts.val_split,
+        augment: opts.augment,
+        lr_schedule,
+        schedule_epochs: (!lr_schedule.is_constant()).then_some(opts.epochs),
+        weight_decay: opts.weight_decay.unwrap_or(0.0),
+        patience: opts.patience,
+        ..TrainConfig::new(
+            opts.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
+            opts.lr.unwrap_or(DEFAULT_LR),
+            opts.seed.unwrap_or(DEFAULT_SEED),
+        )
     };
+    if train.patience.is_some() && train.validation_split.is_none() {
+        bail!("--patience watches the validation accuracy: give --val-split too");
+    }
     let arch = opts.arch.unwrap_or_else(Arch::default_arch);
     at_epoch_zero(ModelConfig::of(arch, hidden, classes.to_vec()), train)
 }

@@ -6,6 +6,7 @@ use burn::prelude::*;
 
 use crate::model::{Array, Model, StepStats, Weights};
 use crate::train::adam::{AdamConfig, AdamState};
+use crate::train::schedule;
 
 /// A model and its optimizer while training.
 pub trait TrainStep: Send {
@@ -97,9 +98,98 @@ pub struct AdamClock {
 }
 
 impl AdamClock {
-    /// Counts one more step and returns its step size ([`AdamConfig::step_size`]).
+    /// Counts one more step and returns its step size: [`AdamConfig::step_size`] at the rate the
+    /// schedule gives the step ([`crate::train::schedule::rate`]). Sets `config.decay` to the
+    /// step's weight decay, for the update that follows. A pure function of the step count, so
+    /// a resumed run takes the same steps.
     pub fn tick(&mut self) -> f64 {
         self.step += 1;
-        self.config.step_size(self.step)
+        let recipe = self.config.recipe;
+        let lr = schedule::rate(
+            recipe.schedule,
+            self.config.lr,
+            self.step - 1,
+            recipe.total_steps,
+        );
+        self.config.decay = lr * recipe.weight_decay;
+        AdamConfig { lr, ..self.config }.step_size(self.step)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::artifact::checkpoint::LrSchedule;
+    use crate::model::read_f32;
+    use crate::train::adam::{Moments, Recipe, update};
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn the_clock_follows_the_schedule_and_sets_each_steps_decay() {
+        let recipe = Recipe {
+            schedule: LrSchedule::Cosine,
+            total_steps: 4,
+            weight_decay: 0.5,
+        };
+        let mut clock = AdamClock {
+            config: AdamConfig {
+                recipe,
+                ..AdamConfig::new(0.1)
+            },
+            step: 0,
+        };
+        let base = AdamConfig::new(0.1);
+        // Step 1 is at the schedule's start: the full rate.
+        assert_eq!(clock.tick(), base.step_size(1));
+        assert_eq!(clock.config.decay, 0.1 * 0.5);
+        // Step 3 (index 2 of 4) is halfway: half the rate.
+        clock.tick();
+        let lr_t = clock.tick();
+        let half = AdamConfig { lr: 0.05, ..base };
+        assert!((lr_t - half.step_size(3)).abs() < 1e-15);
+        assert!((clock.config.decay - 0.05 * 0.5).abs() < 1e-15);
+        // Without a recipe, nothing moves: the card's Adam.
+        let mut plain = AdamClock {
+            config: base,
+            step: 0,
+        };
+        assert_eq!(plain.tick(), base.step_size(1));
+        assert_eq!(plain.config.decay, 0.0);
+    }
+
+    #[test]
+    fn weight_decay_matches_a_hand_computation_of_one_step() {
+        let device = Device::flex();
+        let mut clock = AdamClock {
+            config: AdamConfig {
+                recipe: Recipe {
+                    weight_decay: 0.1,
+                    ..Recipe::default()
+                },
+                ..AdamConfig::new(0.01)
+            },
+            step: 0,
+        };
+        let lr_t = clock.tick();
+        let tensor = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [2]), &device);
+        let mut moments = Moments::upload(&[0.0; 2], &[0.0; 2], [2], &device);
+        let after = read_f32(update(
+            tensor(vec![2.0, -1.0]),
+            tensor(vec![1.0, 0.0]),
+            &mut moments,
+            lr_t,
+            clock.config,
+        ))
+        .unwrap();
+        // By hand: decay 0.01 * 0.1 = 0.001 takes 0.002 off 2; Adam's first step then moves by
+        // lr * m_hat / (sqrt(v_hat) + eps) = 0.01 * 1 / (1 + eps') (Keras' epsilon-hat); the
+        // second value, gradient 0, is only decayed: -1 + 0.001.
+        let eps_hat = 1e-7 / (1.0f64 - 0.999).sqrt();
+        let expected = 2.0 - 0.002 - 0.01 / (1.0 + eps_hat);
+        assert!(
+            (f64::from(after[0]) - expected).abs() < 1e-6,
+            "{after:?} {expected}"
+        );
+        assert!((f64::from(after[1]) + 0.999).abs() < 1e-7, "{after:?}");
     }
 }

@@ -247,6 +247,7 @@ struct AdamStep {
     keep2: f32,
     lr_t: f32,
     epsilon: f32,
+    decay: f32,
 }
 
 impl AdamStep {
@@ -258,6 +259,7 @@ impl AdamStep {
             keep2: (1.0 - c.beta2) as f32,
             lr_t: lr_t as f32,
             epsilon: c.epsilon as f32,
+            decay: c.decay as f32,
         }
     }
 
@@ -284,6 +286,13 @@ impl AdamStep {
 
     #[inline(always)]
     fn apply_portable(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        // Decoupled weight decay (AdamW) first, as `adam::update` does it; skipped at 0, where
+        // it would change nothing.
+        if self.decay != 0.0 {
+            for p in p.iter_mut() {
+                *p -= *p * self.decay;
+            }
+        }
         for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
             // Operation for operation what `adam::update` does (no fused multiply-add: Rust
             // does not contract `a * b + c`), so the two agree to the bit.
@@ -439,7 +448,7 @@ mod tests {
     #[test]
     fn fused_adam_gives_the_bits_of_the_composed_operations() {
         let device = Device::flex();
-        let config = AdamConfig::new(0.003);
+        let mut config = AdamConfig::new(0.003);
         // Lengths around the 8-lane width, so the loop's tail is covered too.
         for n in [1, 7, 8, 9, 1003] {
             let start = pseudo_random(n, 1, 0.2);
@@ -457,6 +466,12 @@ mod tests {
                 let scale = if step % 2 == 0 { 1e-4 } else { 3.0 };
                 let grad = pseudo_random(n, 10 + step, scale);
                 let lr_t = config.step_size(step);
+                // Decoupled weight decay on most steps (none on every third): both ways.
+                config.decay = if step % 3 == 0 {
+                    0.0
+                } else {
+                    0.07 * step as f64
+                };
                 update_in_place(
                     &mut fused_p,
                     tensor(grad.clone(), &device),
