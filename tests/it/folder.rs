@@ -126,7 +126,10 @@ fn a_folder_with_train_and_test_is_learnt_and_answers_with_its_class_names() {
 fn one_folder_of_classes_is_divided_by_val_split_with_the_seed() {
     let ws = workspace();
     write_class_folder(&ws.path("mine"), &CLASSES, 20, 3);
-    let (code, _, err) = ws.run(&train_args("mine", &["--val-split", "0.25", "--seed", "5"]));
+    let (code, _, err) = ws.run(&train_args(
+        "mine",
+        &["--test-split", "0.25", "--seed", "5"],
+    ));
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("45 training and 15 test image files (test images: 25% of each class, drawn with seed 5)"),
@@ -169,11 +172,11 @@ fn one_folder_of_classes_is_divided_by_val_split_with_the_seed() {
         "--resume",
         "--epochs",
         "5",
-        "--val-split",
+        "--test-split",
         "0.5",
     ]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("--val-split 0.25, not 0.5"), "{err}");
+    assert!(err.contains("--test-split 0.25, not 0.5"), "{err}");
 }
 
 #[test]
@@ -187,11 +190,11 @@ fn folder_problems_are_one_clear_error() {
     let (code, _, err) = ws.run(&["train", "--data", "one"]);
     assert_eq!(code, 1);
     assert!(err.contains("one/empty: no image files"), "{err}");
-    // --val-split means nothing for CIFAR-10.
-    let (code, _, err) = ws.run(&["train", "--val-split", "0.2"]);
+    // --test-split means nothing for CIFAR-10.
+    let (code, _, err) = ws.run(&["train", "--test-split", "0.2"]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("--val-split applies to an image folder"),
+        err.contains("--test-split applies to an image folder"),
         "{err}"
     );
     // A model of other classes is not evaluated on this folder.

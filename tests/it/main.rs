@@ -24,6 +24,7 @@ mod hardening_serve;
 mod hardening_train;
 mod migration;
 mod onnx;
+mod recipe;
 mod remote;
 mod repository;
 mod serve;

@@ -3,7 +3,7 @@
 //! run.json and honoured by --resume to the bit.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
