@@ -4,7 +4,8 @@
     PEER_PYTHON=/tmp/peers/bin/python bench/run.py            # everything (a few minutes)
     PEER_PYTHON=/tmp/peers/bin/python bench/run.py train      # only some parts:
                                                               # train load predict serve call
-                                                              # grpc
+                                                              # grpc cnn real
+    PEER_PYTHON=/tmp/peers/bin/python bench/run.py real --data /tmp/cifar [--cnn-epochs 15]
 
 PEER_PYTHON is a Python with torch, numpy and pillow (see bench/README.md). The script builds maas
 (`cargo build`), writes its data into a temporary folder, runs the peer and maas one after the
@@ -311,6 +312,59 @@ def bench_cnn(py, work, args, results):
     results["cnn_train_batch_32"] = {"torch": t, "maas": m, "ratio": ratio}
 
 
+def bench_real(py, work, args, results):
+    """Real CIFAR-10 (--data: the folder holding cifar-10-batches-bin): the card's MLP with the
+    constant rate and with --lr-schedule cosine over --seeds, beside PyTorch's same MLP (constant,
+    the same seeds); with --cnn-epochs N, the cnn with --augment --lr-schedule onecycle beside
+    PyTorch with the same recipe (bench/peers/torch_recipe.py). Runs are interleaved."""
+    if not args.data:
+        sys.exit("bench/run.py real needs --data DIR (a folder holding cifar-10-batches-bin)")
+    bin_dir = os.path.join(args.data, "cifar-10-batches-bin")
+    peer = os.path.join(HERE, "peers", "torch_recipe.py")
+    epochs = args.real_epochs
+
+    def ours(seed, extra):
+        res = run([MAAS, "--device", "cpu", "-q", "train", "--data", args.data, "--epochs", str(epochs),
+                   "--seed", str(seed), "--checkpoints", os.path.join(work, "ckreal"), "--overwrite",
+                   "--json", *extra])
+        s = json.loads(res.stdout)
+        return {"acc": [h["test_accuracy"] for h in s["history"]], "train_loss": s["final_train_loss"],
+                "samples_per_s": s["history"][-1]["samples_per_second"]}
+
+    def theirs(seed, extra):
+        res = run([py, peer, "--data", bin_dir, "--epochs", str(epochs), "--seed", str(seed), *extra])
+        p = json.loads(res.stdout.strip().splitlines()[-1])
+        return {"acc": p["test_acc_per_epoch"], "samples_per_s": p["samples_per_s_last_epoch"]}
+
+    def summary(name, runs):
+        final = [r["acc"][-1] for r in runs]
+        mean = statistics.mean(final)
+        spread = max(final) - min(final)
+        sd = statistics.stdev(final) if len(final) > 1 else 0.0
+        speed = statistics.median(r["samples_per_s"] for r in runs)
+        per_epoch = [round(statistics.mean(r["acc"][e] for r in runs), 4) for e in range(epochs)]
+        print(f"{name:<34} final test acc {', '.join(f'{f:.3f}' for f in final)}: mean {mean:.4f}, "
+              f"spread {spread:.4f}, sd {sd:.4f}; {speed:,.0f} samples/s")
+        print(f"{'':<34} mean per epoch {per_epoch}")
+        return {"final": final, "mean": mean, "spread": spread, "sd": sd, "samples_per_s": speed,
+                "mean_per_epoch": per_epoch, "runs": runs}
+
+    print(f"\nreal CIFAR-10 ({args.data}): {epochs} epochs at batch 32, seeds {args.seeds}")
+    mlp = {"maas constant": [], "maas cosine": [], "torch constant": []}
+    for seed in args.seeds:
+        mlp["torch constant"].append(theirs(seed, ["--arch", "mlp"]))
+        mlp["maas constant"].append(ours(seed, []))
+        mlp["maas cosine"].append(ours(seed, ["--lr-schedule", "cosine"]))
+    results["real_mlp"] = {name: summary(f"MLP, {name}", runs) for name, runs in mlp.items()}
+    if args.cnn_epochs:
+        epochs = args.cnn_epochs
+        cnn = {"maas": [], "torch": []}
+        for seed in args.seeds[: args.cnn_seeds]:
+            cnn["torch"].append(theirs(seed, ["--arch", "cnn", "--augment", "--schedule", "onecycle"]))
+            cnn["maas"].append(ours(seed, ["--arch", "cnn", "--augment", "--lr-schedule", "onecycle"]))
+        results["real_cnn_recipe"] = {n: summary(f"cnn, augment + onecycle, {n}", r) for n, r in cnn.items()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("parts", nargs="*", default=["train", "load", "predict", "serve"])
@@ -323,6 +377,11 @@ def main():
     ap.add_argument("--call-seconds", type=int, default=5, help="seconds per maas bench / wrk level")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--cnn-n", type=int, default=2000, help="generated training images for `cnn`")
+    ap.add_argument("--data", help="`real`: a folder holding real CIFAR-10's cifar-10-batches-bin")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4], help="`real`: seeds of each run")
+    ap.add_argument("--real-epochs", type=int, default=10, help="`real`: the MLP's epochs")
+    ap.add_argument("--cnn-epochs", type=int, default=0, help="`real`: the cnn recipe's epochs (0: skip)")
+    ap.add_argument("--cnn-seeds", type=int, default=1, help="`real`: seeds of the cnn recipe")
     args = ap.parse_args()
     py = os.environ.get("PEER_PYTHON", "python3")
     run(["cargo", "build", "--quiet", "--features", "turbojpeg"], cwd=REPO)
@@ -334,6 +393,8 @@ def main():
             bench_train(py, work, args, results)
         if "cnn" in args.parts:
             bench_cnn(py, work, args, results)
+        if "real" in args.parts:
+            bench_real(py, work, args, results)
         if "load" in args.parts:
             bench_load(work, results)
         model = one = None
