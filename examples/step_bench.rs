@@ -10,16 +10,15 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use maas::device::DeviceKind;
-use maas::model::{Arch, ModelConfig, batch_tensors};
+use maas::model::{Arch, ModelConfig};
 use maas::train::adam::{AdamConfig, AdamState};
 use maas::train::cpu::sharded::shards_for;
-use maas::train::step::TrainStep;
+use maas::train::step::{Batch, TrainStep};
 use maas::train::trainer::{Start, autodiff_trainer, trainer};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 const CLASSES: usize = 10;
 const HIDDEN: usize = 64;
-const STRIDE: usize = 3072 + 16;
 
 /// The `n`th command-line argument as a number, or `default` when it is absent.
 fn arg(n: usize, default: usize) -> usize {
@@ -68,13 +67,15 @@ fn main() {
     });
     // A few distinct batches, cycled, so the caches see fresh inputs as in training.
     let mut rng = StdRng::seed_from_u64(7);
-    let batches: Vec<(Vec<f32>, Vec<i64>)> = (0..16)
-        .map(|_| {
-            let x = (0..batch * STRIDE).map(|_| rng.random()).collect();
-            let labels = (0..batch)
+    let stride = trainer.row_stride();
+    let batches: Vec<Batch> = (0..16)
+        .map(|_| Batch {
+            inputs: (0..batch * stride).map(|_| rng.random()).collect(),
+            stride,
+            labels: (0..batch)
                 .map(|_| rng.random_range(0..CLASSES as i64))
-                .collect();
-            (x, labels)
+                .collect(),
+            classes: CLASSES,
         })
         .collect();
     let mut times = Vec::new();
@@ -82,12 +83,12 @@ fn main() {
         for round in 0..rounds + 1 {
             let started = Instant::now();
             for s in 0..steps {
-                let (x, labels) = &batches[s % batches.len()];
-                let (x, y, l) = batch_tensors(x.clone(), labels.clone(), CLASSES, &device);
-                let stats = trainer.step(x, y, l).unwrap_or_else(|e| {
-                    eprintln!("step_bench: {e:#}");
-                    std::process::exit(1)
-                });
+                let stats = trainer
+                    .step(batches[s % batches.len()].clone())
+                    .unwrap_or_else(|e| {
+                        eprintln!("step_bench: {e:#}");
+                        std::process::exit(1)
+                    });
                 std::hint::black_box(stats);
             }
             // The first round warms up.

@@ -14,11 +14,10 @@
 use anyhow::Result;
 use burn::prelude::*;
 
-use crate::data::preprocess::INPUT_LEN;
 use crate::model::{Model, StepStats, Trainable, Weights, mean_cross_entropy, read_f32, stats};
 use crate::train::adam::{AdamConfig, AdamState, Moments};
 use crate::train::cpu::fused;
-use crate::train::step::{AdamClock, ParamState, TrainStep};
+use crate::train::step::{AdamClock, Batch, ParamState, TrainStep};
 
 /// A model and its optimizer while training through autodiff.
 pub struct AutodiffTrainer {
@@ -27,6 +26,8 @@ pub struct AutodiffTrainer {
     /// Adam's moments of each parameter, flattened, in the module's visiting order.
     moments: Vec<Moments<1>>,
     adam: AdamClock,
+    /// The plain device under autodiff, where batches go.
+    device: Device,
 }
 
 impl AutodiffTrainer {
@@ -51,6 +52,7 @@ impl AutodiffTrainer {
             .map(|p| Moments::upload(&p.m, &p.v, [p.value.len()], &inner))
             .collect();
         Ok(Self {
+            device: inner,
             model,
             moments,
             adam: AdamClock {
@@ -108,13 +110,8 @@ impl AutodiffTrainer {
 }
 
 impl TrainStep for AutodiffTrainer {
-    fn step(
-        &mut self,
-        input: Tensor<2>,
-        targets: Tensor<2>,
-        labels: Tensor<1, Int>,
-    ) -> Result<StepStats> {
-        let input = input.slice_dim(1, 0..INPUT_LEN);
+    fn step(&mut self, batch: Batch) -> Result<StepStats> {
+        let (input, targets, labels) = batch.tensors(&self.device);
         Ok(AutodiffTrainer::step(self, input, targets, labels))
     }
     fn model(&self) -> Result<Model> {

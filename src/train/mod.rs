@@ -31,12 +31,12 @@ use crate::data::preprocess::{INPUT_LEN, normalize};
 use crate::data::source::{DEFAULT_TEST_SPLIT, LoadOptions, carve_validation};
 use crate::device::Selected;
 use crate::fsutil::write_atomic;
-use crate::model::{Model, batch_tensors, stats};
+use crate::model::{Model, stats};
 use crate::plots;
 use crate::progress::Reporter;
 use crate::train::adam::{AdamConfig, Recipe};
 use crate::train::cpu::sharded::shards_for;
-use crate::train::step::TrainStep;
+use crate::train::step::{Batch, TrainStep};
 use crate::train::trainer::{Start, trainer};
 use resume::starting_point;
 
@@ -106,13 +106,6 @@ pub struct TrainSummary {
     pub history: Vec<EpochMetrics>,
 }
 
-/// The distance, in floats, from one image's row to the next in the training tensors: the image
-/// and 16 zeros. Why: with rows exactly 3072 floats (12 KiB, a multiple of 4 KiB) apart, the
-/// strided reads of the first layer's gradient (`input^T @ d_pre`) fall into the same few cache
-/// sets, and that product takes twice as long. Nothing reads the padding: every use takes the
-/// first 3072 columns.
-const ROW_STRIDE: usize = INPUT_LEN + 16;
-
 /// A split kept on the host as bytes and turned into model input one batch at a time.
 ///
 /// Why not the whole split on the device as floats: that is four bytes a pixel (740 MB for
@@ -136,21 +129,16 @@ impl<'a> Batches<'a> {
         self.split.labels.len()
     }
 
-    /// Inputs `[B, ROW_STRIDE]`, one-hot targets `[B, classes]` and labels `[B]` of the images
-    /// `index`, each cropped and flipped as `augment` draws it when given.
-    fn rows(
-        &self,
-        index: &[i64],
-        augment: Option<Augment>,
-        device: &Device,
-    ) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
+    /// The batch of the images `index` in rows of `stride` floats, each cropped and flipped as
+    /// `augment` draws it when given.
+    fn rows(&self, index: &[i64], augment: Option<Augment>, stride: usize) -> Batch {
         // Indices come from `epoch_order` or a range of the split: always in bounds.
         let image = |i: i64| {
             let start = i as usize * INPUT_LEN;
             &self.split.images[start..start + INPUT_LEN]
         };
         let n = index.len();
-        let mut inputs = Vec::with_capacity(n * ROW_STRIDE);
+        let mut inputs = Vec::with_capacity(n * stride);
         let mut plain = Vec::with_capacity(INPUT_LEN);
         for &i in index {
             match augment {
@@ -161,13 +149,18 @@ impl<'a> Batches<'a> {
                 }
                 None => normalize(image(i), &mut inputs),
             }
-            inputs.extend([0.0; ROW_STRIDE - INPUT_LEN]);
+            inputs.resize(inputs.len() + stride.saturating_sub(INPUT_LEN), 0.0);
         }
         let labels = index
             .iter()
             .map(|&i| i64::from(self.split.labels[i as usize]))
             .collect();
-        batch_tensors(inputs, labels, self.classes, device)
+        Batch {
+            inputs,
+            stride: stride.max(INPUT_LEN),
+            labels,
+            classes: self.classes,
+        }
     }
 }
 
@@ -249,7 +242,7 @@ fn evaluate(model: &Model, data: &Batches, device: &Device) -> Result<(f64, f64)
     for start in (0..len).step_by(CHUNK) {
         let end = (start + CHUNK).min(len);
         let index: Vec<i64> = (start as i64..end as i64).collect();
-        let (x, y, l) = data.rows(&index, None, device);
+        let (x, y, l) = data.rows(&index, None, INPUT_LEN).tensors(device);
         let batch = stats(model.forward(x.slice_dim(1, 0..INPUT_LEN)), y, l);
         loss = loss + batch.loss_sum;
         correct = correct + batch.correct;
@@ -598,11 +591,12 @@ impl EpochLoop<'_> {
         let mut loss_sum = Tensor::<1>::zeros([1], device);
         let mut correct = Tensor::<1, Int>::zeros([1], device);
         let mut indices = order.chunks(batch_size);
+        let stride = trainer.row_stride();
         let mut next = indices
             .next()
-            .map(|index| data.rows(index, augment, device));
+            .map(|index| data.rows(index, augment, stride));
         for step in 0.. {
-            let Some((x, y, labels)) = next.take() else {
+            let Some(batch) = next.take() else {
                 break;
             };
             if self.stop.load(Ordering::Relaxed) {
@@ -612,8 +606,8 @@ impl EpochLoop<'_> {
             // The next batch is assembled while this one trains, on whichever core is free.
             let following = indices.next();
             let (stats, following) = rayon::join(
-                || trainer.step(x, y, labels),
-                || following.map(|index| data.rows(index, augment, device)),
+                || trainer.step(batch),
+                || following.map(|index| data.rows(index, augment, stride)),
             );
             next = following;
             let stats = stats?;

@@ -4,26 +4,68 @@
 use anyhow::{Context, Result};
 use burn::prelude::*;
 
-use crate::model::{Array, Model, StepStats, Weights};
+use crate::data::preprocess::INPUT_LEN;
+use crate::model::{Array, Model, StepStats, Weights, batch_tensors};
 use crate::train::adam::{AdamConfig, AdamState};
 use crate::train::schedule;
 
 /// A model and its optimizer while training.
 pub trait TrainStep: Send {
-    /// One step of Adam on the batch `input` `[N, >= 3072]` (columns past 3072 are ignored)
-    /// with one-hot `targets` `[N, classes]` and `labels` `[N]`.
-    fn step(
-        &mut self,
-        input: Tensor<2>,
-        targets: Tensor<2>,
-        labels: Tensor<1, Int>,
-    ) -> Result<StepStats>;
+    /// Floats from one image's row to the next in the batches it takes: the 3072 of an image, or
+    /// more where padding speeds its kernel up (the padding is never read).
+    fn row_stride(&self) -> usize {
+        INPUT_LEN
+    }
+
+    /// One step of Adam on `batch` (rows of [`TrainStep::row_stride`]).
+    fn step(&mut self, batch: Batch) -> Result<StepStats>;
 
     /// The model as it stands, on the plain device.
     fn model(&self) -> Result<Model>;
 
     /// The weights and Adam's state, copied to the host to be saved.
     fn state(&self) -> Result<(Weights, AdamState)>;
+}
+
+/// A batch as the epoch loop builds it, on the host: each image's normalised input
+/// (channel-major) at the start of a row of `stride` floats, and its label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// `len() * stride` floats.
+    pub inputs: Vec<f32>,
+    /// Floats from one row to the next, at least 3072.
+    pub stride: usize,
+    /// The images' labels, each below `classes`.
+    pub labels: Vec<i64>,
+    /// The number of classes (the width of the one-hot targets).
+    pub classes: usize,
+}
+
+impl Batch {
+    /// The number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether it holds no image.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The labels as one-hot rows `[len, classes]`.
+    pub fn one_hot(&self) -> Vec<f32> {
+        let mut targets = vec![0f32; self.len() * self.classes];
+        for (row, &label) in targets.chunks_mut(self.classes).zip(&self.labels) {
+            row[label as usize] = 1.0;
+        }
+        targets
+    }
+
+    /// On `device`: the inputs `[len, stride]` (on the CPU without a copy), the one-hot targets
+    /// `[len, classes]` and the labels `[len]`.
+    pub fn tensors(self, device: &Device) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
+        batch_tensors(self.inputs, self.labels, self.classes, device)
+    }
 }
 
 /// One parameter and its Adam moments on the host: what every trainer starts from and hands back

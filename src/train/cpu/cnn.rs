@@ -26,7 +26,7 @@ use crate::model::load_weights;
 use crate::model::{Model, StepStats, Weights, read_f32};
 use crate::train::adam::{AdamConfig, AdamState};
 use crate::train::cpu::fused::{self, Strided, product};
-use crate::train::step::{AdamClock, ParamState, TrainStep};
+use crate::train::step::{AdamClock, Batch, ParamState, TrainStep};
 
 /// Side of the input pictures.
 const SIZE: usize = 32;
@@ -89,9 +89,12 @@ impl CnnCpuTrainer {
     /// One step of Adam on the batch `input` `[N, 3072]` with one-hot `targets` `[N, classes]`.
     pub fn step(&mut self, input: Tensor<2>, targets: Tensor<2>) -> Result<StepStats> {
         let n = input.dims()[0];
-        let x = read_f32(input)?;
-        let targets = read_f32(targets)?;
-        let (grads, loss_sum, correct) = self.gradients(&x, &targets, n);
+        Ok(self.step_host(&read_f32(input)?, &read_f32(targets)?, n))
+    }
+
+    /// One step of Adam on `n` images `x` (rows of 3072) with one-hot `targets`, on the host.
+    fn step_host(&mut self, x: &[f32], targets: &[f32], n: usize) -> StepStats {
+        let (grads, loss_sum, correct) = self.gradients(x, targets, n);
         let lr_t = self.adam.tick();
         let config = self.adam.config;
         for (p, g) in self.params.iter_mut().zip(&grads) {
@@ -105,10 +108,10 @@ impl CnnCpuTrainer {
                 .for_each(|(((p, g), m), v)| fused::adam_apply(p, g, m, v, lr_t, config));
         }
         let device = &self.device;
-        Ok(StepStats {
+        StepStats {
             loss_sum: Tensor::from_data(TensorData::new(vec![loss_sum], [1]), device),
             correct: Tensor::from_data(TensorData::new(vec![correct as i64], [1]), device),
-        })
+        }
     }
 
     /// The gradient of the batch's mean cross-entropy for every parameter (in the parameters'
@@ -178,13 +181,9 @@ impl CnnCpuTrainer {
 }
 
 impl TrainStep for CnnCpuTrainer {
-    fn step(
-        &mut self,
-        input: Tensor<2>,
-        targets: Tensor<2>,
-        _labels: Tensor<1, Int>,
-    ) -> Result<StepStats> {
-        CnnCpuTrainer::step(self, input.slice_dim(1, 0..INPUT_LEN), targets)
+    fn step(&mut self, batch: Batch) -> Result<StepStats> {
+        // Straight from the host's rows (of 3072: this step's stride): no tensor in between.
+        Ok(self.step_host(&batch.inputs, &batch.one_hot(), batch.len()))
     }
     fn model(&self) -> Result<Model> {
         Ok(Model::from_module(Box::new(CnnCpuTrainer::model(self)?)))
