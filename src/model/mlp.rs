@@ -45,6 +45,9 @@ impl Architecture for MlpArchitecture {
     fn module(&self, hidden: usize, classes: usize, device: &Device) -> Box<dyn Trainable> {
         Box::new(Mlp::init(hidden, classes, 0, device))
     }
+    fn onnx_graph(&self, input_shape: [usize; 3], weights: &Weights) -> Result<Option<GraphProto>> {
+        onnx_graph(input_shape, weights).map(Some)
+    }
     fn load(
         &self,
         _hidden: usize,
