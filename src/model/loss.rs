@@ -46,15 +46,21 @@ pub fn batch_tensors(
 ) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
     let n = labels.len();
     let width = inputs.len() / n.max(1);
-    let mut targets = vec![0f32; n * classes];
-    for (row, &label) in targets.chunks_mut(classes).zip(&labels) {
-        row[label as usize] = 1.0;
-    }
+    let targets = one_hot(&labels, classes);
     (
         Tensor::from_data(TensorData::new(inputs, [n, width]), device),
         Tensor::from_data(TensorData::new(targets, [n, classes]), device),
         Tensor::from_data(TensorData::new(labels, [n]), device),
     )
+}
+
+/// The labels as one-hot rows `[len, classes]`.
+pub fn one_hot(labels: &[i64], classes: usize) -> Vec<f32> {
+    let mut targets = vec![0f32; labels.len() * classes];
+    for (row, &label) in targets.chunks_mut(classes).zip(labels) {
+        row[label as usize] = 1.0;
+    }
+    targets
 }
 
 /// `n` random inputs in [0, 1) with random labels of `classes`: inputs, one-hot targets, labels.

@@ -7,13 +7,12 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{log_softmax, relu, softmax};
-use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 use super::arch::Architecture;
 use super::loss::StepStats;
 use super::module_io::Trainable;
 use super::onnx_graph::{GraphBuilder, GraphProto, INPUT, OUTPUT, attribute};
-use super::weights::{Array, Weights, read_f32};
+use super::weights::{Array, Weights, glorot_uniform, read_f32};
 use crate::data::preprocess::INPUT_LEN;
 
 /// The MLP's name in every file (the card's model).
@@ -95,19 +94,16 @@ impl MlpWeights {
     /// Fresh weights as Keras initialises Dense layers (Glorot uniform, zero bias), drawn on the
     /// host from `seed` so that every device starts from the same numbers.
     pub fn init(hidden: usize, classes: usize, seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut glorot = |fan_in: usize, fan_out: usize| -> Vec<f32> {
-            let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
-            (0..fan_in * fan_out)
-                .map(|_| rng.random_range(-limit..limit))
-                .collect()
-        };
+        let shapes = MlpArchitecture.parameter_shapes(hidden, classes);
+        let mut arrays = glorot_uniform(shapes, seed).arrays.into_iter();
+        let mut next = || arrays.next().map(|a| a.values).unwrap_or_default();
+        let (w1, b1, w2, b2) = (next(), next(), next(), next());
         Self {
             hidden,
-            w1: glorot(INPUT_LEN, hidden),
-            b1: vec![0.0; hidden],
-            w2: glorot(hidden, classes),
-            b2: vec![0.0; classes],
+            w1,
+            b1,
+            w2,
+            b2,
         }
     }
 

@@ -21,7 +21,7 @@ mod weights;
 
 pub use arch::Architecture;
 pub use config::{DEFAULT_HIDDEN, ModelConfig};
-pub use loss::{StepStats, batch_tensors, mean_cross_entropy, stats};
+pub use loss::{StepStats, batch_tensors, mean_cross_entropy, one_hot, stats};
 pub use mlp::{ARCHITECTURE, MLP_PARAMETERS, Mlp, MlpWeights};
 pub use module_io::{Network, Trainable, load_weights, weights_of};
 pub use registry::{Arch, register};

@@ -27,6 +27,11 @@ fn check_same<T: PartialEq + std::fmt::Display>(
     }
 }
 
+/// A setting a run may lack, as [`check_same`] compares and prints it (`none` when absent).
+fn shown<T: std::fmt::Display>(saved: Option<T>) -> String {
+    saved.map_or_else(|| "none".into(), |v| v.to_string())
+}
+
 /// Where training starts: a fresh model, or the last complete checkpoint.
 ///
 /// A folder holding any file of a run (see [`RunFiles::run_files`]) is refused unless --resume
@@ -218,14 +223,12 @@ pub(super) fn check_resume(
         );
     }
     // The recipe's flags: each may repeat the run's value, none may change it.
-    if opts.val_split.is_some() && opts.val_split != t.validation_split {
-        bail!(
-            "{}: this run was trained with --val-split {}, not {}; drop --val-split to resume it, or start a new run in another --checkpoints folder",
-            path.display(),
-            t.validation_split.map_or("none".into(), |v| v.to_string()),
-            opts.val_split.unwrap_or_default()
-        );
-    }
+    check_same(
+        "--val-split",
+        opts.val_split.map(|v| v.to_string()),
+        shown(t.validation_split),
+        path,
+    )?;
     if opts.augment && !t.augment {
         bail!(
             "{}: this run was trained without --augment; drop --augment to resume it, or start a new run in another --checkpoints folder",
@@ -239,14 +242,12 @@ pub(super) fn check_resume(
         path,
     )?;
     check_same("--weight-decay", opts.weight_decay, t.weight_decay, path)?;
-    if opts.patience.is_some() && opts.patience != t.patience {
-        bail!(
-            "{}: this run was trained with --patience {}, not {}; drop --patience to resume it, or start a new run in another --checkpoints folder",
-            path.display(),
-            t.patience.map_or("none".into(), |p| p.to_string()),
-            opts.patience.unwrap_or_default()
-        );
-    }
+    check_same(
+        "--patience",
+        opts.patience.map(|p| p.to_string()),
+        shown(t.patience),
+        path,
+    )?;
     // A schedule spans the epochs the run started with: more would run it past its end.
     if let Some(span) = t.schedule_epochs
         && opts.epochs > span

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use burn::prelude::*;
 
 use crate::data::preprocess::INPUT_LEN;
-use crate::model::{Array, Model, StepStats, Weights, batch_tensors};
+use crate::model::{Array, Model, StepStats, Weights, batch_tensors, one_hot};
 use crate::train::adam::{AdamConfig, AdamState};
 use crate::train::schedule;
 
@@ -54,11 +54,7 @@ impl Batch {
 
     /// The labels as one-hot rows `[len, classes]`.
     pub fn one_hot(&self) -> Vec<f32> {
-        let mut targets = vec![0f32; self.len() * self.classes];
-        for (row, &label) in targets.chunks_mut(self.classes).zip(&self.labels) {
-            row[label as usize] = 1.0;
-        }
-        targets
+        one_hot(&self.labels, self.classes)
     }
 
     /// On `device`: the inputs `[len, stride]` (on the CPU without a copy), the one-hot targets
