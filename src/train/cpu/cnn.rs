@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use crate::data::preprocess::INPUT_LEN;
 use crate::model::cnn::{self, Cnn};
 use crate::model::load_weights;
-use crate::model::{Model, StepStats, Weights, read_f32};
+use crate::model::{Model, StepStats, Weights};
 use crate::train::adam::{AdamConfig, AdamState};
 use crate::train::cpu::fused::{self, Strided, product};
 use crate::train::step::{AdamClock, Batch, ParamState, TrainStep};
@@ -84,12 +84,6 @@ impl CnnCpuTrainer {
             },
             device: device.clone(),
         })
-    }
-
-    /// One step of Adam on the batch `input` `[N, 3072]` with one-hot `targets` `[N, classes]`.
-    pub fn step(&mut self, input: Tensor<2>, targets: Tensor<2>) -> Result<StepStats> {
-        let n = input.dims()[0];
-        Ok(self.step_host(&read_f32(input)?, &read_f32(targets)?, n))
     }
 
     /// One step of Adam on `n` images `x` (rows of 3072) with one-hot `targets`, on the host.
@@ -580,7 +574,7 @@ impl Dense {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{max_difference, random_batch};
+    use crate::model::{max_difference, random_batch, read_f32};
     use crate::train::autodiff::AutodiffTrainer;
 
     const CLASSES: usize = 10;
@@ -596,7 +590,8 @@ mod tests {
         let mut losses = Vec::new();
         for step in steps {
             let (x, y, _) = random_batch(6, CLASSES, step, &device);
-            let stats = trainer.step(x, y).unwrap();
+            let (x, y) = (read_f32(x).unwrap(), read_f32(y).unwrap());
+            let stats = trainer.step_host(&x, &y, 6);
             losses.push(read_f32(stats.loss_sum).unwrap()[0]);
         }
         let (w, s) = trainer.state();
