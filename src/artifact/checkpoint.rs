@@ -67,6 +67,10 @@ pub struct TrainConfig {
     /// Decoupled weight decay (AdamW): each step, `value -= lr(t) * weight_decay * value`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub weight_decay: f64,
+    /// The epochs (fractions allowed) over which the rate first rises linearly to the schedule's
+    /// start; the schedule then spans the steps that remain.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warmup_epochs: f64,
     /// Stop when the validation accuracy has not improved for this many epochs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patience: Option<usize>,
@@ -120,6 +124,7 @@ impl TrainConfig {
             lr_schedule: LrSchedule::Constant,
             schedule_epochs: None,
             weight_decay: 0.0,
+            warmup_epochs: 0.0,
             patience: None,
         }
     }

@@ -60,6 +60,11 @@ pub struct TrainArgs {
     /// Decoupled weight decay, as AdamW: each step, value -= lr(t) * W * value [default: 0].
     #[arg(long, value_name = "W", value_parser = non_negative_float)]
     weight_decay: Option<f64>,
+    /// Raise the rate linearly from near 0 to --lr over the first E epochs (fractions allowed),
+    /// then follow --lr-schedule over the rest; not with onecycle, which warms up by itself
+    /// [default: 0].
+    #[arg(long, value_name = "E", value_parser = non_negative_float)]
+    warmup_epochs: Option<f64>,
     /// Stop when the validation accuracy has not improved for N epochs (needs --val-split).
     #[arg(long, value_name = "N", requires = "val_split", value_parser = clap::value_parser!(u32).range(1..))]
     patience: Option<u32>,
@@ -142,6 +147,7 @@ pub(super) fn run(args: TrainArgs, cx: &Context) -> Result<u8> {
         augment: args.augment,
         lr_schedule: args.lr_schedule.map(LrSchedule::from),
         weight_decay: args.weight_decay,
+        warmup_epochs: args.warmup_epochs,
         patience: args.patience.map(|p| p as usize),
         strict: args.data.strict,
         checkpoints: args.run.checkpoints,

@@ -37,6 +37,9 @@ pub struct Recipe {
     pub total_steps: u64,
     /// Decoupled weight decay (`--weight-decay`).
     pub weight_decay: f64,
+    /// The first steps, over which the rate rises linearly to the schedule's start
+    /// (`--warmup-epochs`).
+    pub warmup_steps: u64,
 }
 
 impl Default for Recipe {
@@ -45,6 +48,7 @@ impl Default for Recipe {
             schedule: LrSchedule::Constant,
             total_steps: 0,
             weight_decay: 0.0,
+            warmup_steps: 0,
         }
     }
 }

@@ -384,6 +384,7 @@ fn adam_config(cfg: &TrainConfig, train_len: usize) -> AdamConfig {
             schedule: cfg.lr_schedule,
             total_steps: cfg.schedule_epochs.unwrap_or(0) as u64 * steps_per_epoch,
             weight_decay: cfg.weight_decay,
+            warmup_steps: (cfg.warmup_epochs * steps_per_epoch as f64).round() as u64,
         },
         ..AdamConfig::new(cfg.lr)
     }
@@ -766,6 +767,7 @@ mod tests {
             augment: false,
             lr_schedule: None,
             weight_decay: None,
+            warmup_epochs: None,
             patience: None,
             strict: false,
             checkpoints: dir.join("checkpoints"),

@@ -35,6 +35,8 @@ pub struct TrainOptions {
     pub lr_schedule: Option<LrSchedule>,
     /// Decoupled weight decay.
     pub weight_decay: Option<f64>,
+    /// Epochs of linear warmup before the schedule.
+    pub warmup_epochs: Option<f64>,
     /// Stop after this many epochs without a better validation accuracy.
     pub patience: Option<usize>,
     /// Stop at the first unreadable image instead of skipping it.

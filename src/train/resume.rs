@@ -175,6 +175,11 @@ pub(super) fn check_run_json(files: &RunFiles, meta: &CheckpointMeta, path: &Pat
             theirs.weight_decay.to_string(),
         ),
         (
+            "--warmup-epochs",
+            mine.warmup_epochs.to_string(),
+            theirs.warmup_epochs.to_string(),
+        ),
+        (
             "--patience",
             format!("{:?}", mine.patience),
             format!("{:?}", theirs.patience),
@@ -242,6 +247,7 @@ pub(super) fn check_resume(
         path,
     )?;
     check_same("--weight-decay", opts.weight_decay, t.weight_decay, path)?;
+    check_same("--warmup-epochs", opts.warmup_epochs, t.warmup_epochs, path)?;
     check_same(
         "--patience",
         opts.patience.map(|p| p.to_string()),
@@ -293,6 +299,7 @@ pub(super) fn fresh_start(opts: &TrainOptions, classes: &[String]) -> Result<Che
         lr_schedule,
         schedule_epochs: (!lr_schedule.is_constant()).then_some(opts.epochs),
         weight_decay: opts.weight_decay.unwrap_or(0.0),
+        warmup_epochs: opts.warmup_epochs.unwrap_or(0.0),
         patience: opts.patience,
         ..TrainConfig::new(
             opts.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
@@ -302,6 +309,21 @@ pub(super) fn fresh_start(opts: &TrainOptions, classes: &[String]) -> Result<Che
     };
     if train.patience.is_some() && train.validation_split.is_none() {
         bail!("--patience watches the validation accuracy: give --val-split too");
+    }
+    if train.warmup_epochs > 0.0 {
+        if lr_schedule == LrSchedule::OneCycle {
+            bail!(
+                "--warmup-epochs: onecycle warms up by itself (its first 30% of the steps); drop --warmup-epochs, or choose --lr-schedule constant or cosine"
+            );
+        }
+        if !lr_schedule.is_constant() && train.warmup_epochs >= opts.epochs as f64 {
+            bail!(
+                "--warmup-epochs {} would take all the --epochs {} the {} schedule spans: give fewer warmup epochs",
+                train.warmup_epochs,
+                opts.epochs,
+                lr_schedule.flag()
+            );
+        }
     }
     let arch = opts.arch.unwrap_or_else(Arch::default_arch);
     at_epoch_zero(ModelConfig::of(arch, hidden, classes.to_vec()), train)

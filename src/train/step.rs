@@ -148,6 +148,7 @@ impl AdamClock {
             self.config.lr,
             self.step - 1,
             recipe.total_steps,
+            recipe.warmup_steps,
         );
         self.config.decay = lr * recipe.weight_decay;
         AdamConfig { lr, ..self.config }.step_size(self.step)
@@ -168,6 +169,7 @@ mod tests {
             schedule: LrSchedule::Cosine,
             total_steps: 4,
             weight_decay: 0.5,
+            warmup_steps: 0,
         };
         let mut clock = AdamClock {
             config: AdamConfig {

@@ -246,6 +246,63 @@ fn a_run_with_every_new_flag_resumes_to_the_bit() {
 }
 
 #[test]
+fn a_warmup_cut_in_the_middle_resumes_to_the_bit_and_is_refused_where_it_cannot_apply() {
+    let ws = Workspace::new(20, 40);
+    // 2.5 epochs of warmup in 4: the cut after epoch 2 falls inside it.
+    let flags = [
+        "--epochs",
+        "4",
+        "--lr-schedule",
+        "cosine",
+        "--warmup-epochs",
+        "2.5",
+        "--lr",
+        "0.01",
+    ];
+    train(&ws, "whole", &flags);
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.path("whole/run.json")).unwrap()).unwrap();
+    assert_eq!(run["train"]["warmup_epochs"], serde_json::json!(2.5));
+    train(&ws, "cut", &flags);
+    for n in [3, 4] {
+        std::fs::remove_file(ws.path(&format!("cut/epoch-00{n}.ckpt"))).unwrap();
+    }
+    std::fs::copy(ws.path("cut/epoch-002.ckpt"), ws.path("cut/last.ckpt")).unwrap();
+    train(&ws, "cut", &["--resume", "--epochs", "4"]);
+    let (a, b) = (
+        load(&ws.path("whole/last.ckpt")),
+        load(&ws.path("cut/last.ckpt")),
+    );
+    assert_eq!(a.weights, b.weights, "the same weights");
+    assert_eq!(a.adam, b.adam, "the same optimizer state");
+
+    // Another warmup on resume, a warmup beside onecycle, and one as long as the schedule.
+    for (args, says) in [
+        (
+            &["--resume", "--epochs", "4", "--warmup-epochs", "1"][..],
+            "--warmup-epochs 2.5, not 1",
+        ),
+        (
+            &["--epochs", "2", "--lr-schedule", "onecycle", "--warmup-epochs", "1"][..],
+            "onecycle warms up by itself",
+        ),
+        (
+            &["--epochs", "2", "--lr-schedule", "cosine", "--warmup-epochs", "2"][..],
+            "would take all the --epochs 2",
+        ),
+    ] {
+        let mut all = vec!["train", "--checkpoints", "cut"];
+        if !args.contains(&"--resume") {
+            all.push("--overwrite");
+        }
+        all.extend_from_slice(args);
+        let (code, _, err) = ws.run(&all);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn no_new_flag_trains_as_before_and_the_recipe_changes_the_weights() {
     let ws = Workspace::new(20, 40);
     train(&ws, "plain", &["--epochs", "1"]);
@@ -256,6 +313,7 @@ fn no_new_flag_trains_as_before_and_the_recipe_changes_the_weights() {
         "augment",
         "lr_schedule",
         "weight_decay",
+        "warmup_epochs",
         "patience",
     ] {
         assert!(!run.contains(field), "{field} in {run}");
@@ -264,6 +322,7 @@ fn no_new_flag_trains_as_before_and_the_recipe_changes_the_weights() {
         ("aug", &["--augment"][..]),
         ("cos", &["--lr-schedule", "cosine"][..]),
         ("wd", &["--weight-decay", "0.5"][..]),
+        ("warm", &["--warmup-epochs", "0.5"][..]),
     ] {
         let mut args = vec!["--epochs", "1"];
         args.extend_from_slice(flags);
@@ -284,6 +343,8 @@ fn no_new_flag_trains_as_before_and_the_recipe_changes_the_weights() {
             "--lr-schedule",
             "constant",
             "--weight-decay",
+            "0",
+            "--warmup-epochs",
             "0",
         ],
     );
