@@ -28,7 +28,8 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 PEERS = os.environ.get("PEERS", os.path.join(REPO, "..", "shared", "peers"))
-MAAS = os.path.join(REPO, "target", "debug", "maas")
+# MAAS_BIN: a binary built before (a long run then cannot pick up a build made while it runs).
+MAAS = os.environ.get("MAAS_BIN") or os.path.join(REPO, "target", "debug", "maas")
 
 
 def run(cmd, **kw):
@@ -345,16 +346,26 @@ def bench_real(py, work, args, results):
         per_epoch = [round(statistics.mean(r["acc"][e] for r in runs), 4) for e in range(epochs)]
         print(f"{name:<34} final test acc {', '.join(f'{f:.3f}' for f in final)}: mean {mean:.4f}, "
               f"spread {spread:.4f}, sd {sd:.4f}; {speed:,.0f} samples/s")
-        print(f"{'':<34} mean per epoch {per_epoch}")
+        print(f"{'':<34} mean per epoch {per_epoch}", flush=True)
         return {"final": final, "mean": mean, "spread": spread, "sd": sd, "samples_per_s": speed,
                 "mean_per_epoch": per_epoch, "runs": runs}
 
-    print(f"\nreal CIFAR-10 ({args.data}): {epochs} epochs at batch 32, seeds {args.seeds}")
-    mlp = {"maas constant": [], "maas cosine": [], "torch constant": []}
+    print(f"\nreal CIFAR-10 ({args.data}): {epochs} epochs at batch 32, seeds {args.seeds}", flush=True)
+    # Each seed's runs side by side: PyTorch as its users run it and with the card's (Keras')
+    # initialisation and epsilon, maas with the card's recipe and with each schedule.
+    variants = {
+        "torch constant": (theirs, ["--arch", "mlp"]),
+        "torch constant, Keras init": (theirs, ["--arch", "mlp", "--keras-init"]),
+        "torch onecycle": (theirs, ["--arch", "mlp", "--schedule", "onecycle"]),
+        "maas constant": (ours, []),
+        "maas cosine": (ours, ["--lr-schedule", "cosine"]),
+        "maas cosine, warmup 1": (ours, ["--lr-schedule", "cosine", "--warmup-epochs", "1"]),
+        "maas onecycle": (ours, ["--lr-schedule", "onecycle"]),
+    }
+    mlp = {name: [] for name in variants}
     for seed in args.seeds:
-        mlp["torch constant"].append(theirs(seed, ["--arch", "mlp"]))
-        mlp["maas constant"].append(ours(seed, []))
-        mlp["maas cosine"].append(ours(seed, ["--lr-schedule", "cosine"]))
+        for name, (how, extra) in variants.items():
+            mlp[name].append(how(seed, extra))
     results["real_mlp"] = {name: summary(f"MLP, {name}", runs) for name, runs in mlp.items()}
     if args.cnn_epochs:
         epochs = args.cnn_epochs
@@ -384,7 +395,8 @@ def main():
     ap.add_argument("--cnn-seeds", type=int, default=1, help="`real`: seeds of the cnn recipe")
     args = ap.parse_args()
     py = os.environ.get("PEER_PYTHON", "python3")
-    run(["cargo", "build", "--quiet", "--features", "turbojpeg"], cwd=REPO)
+    if not os.environ.get("MAAS_BIN"):
+        run(["cargo", "build", "--quiet", "--features", "turbojpeg"], cwd=REPO)
     print(f"machine: {os.cpu_count()} cores; {run(['uname', '-srm']).stdout.strip()}")
     results = {"cores": os.cpu_count()}
     work = tempfile.mkdtemp(prefix="maas-bench-")

@@ -2,9 +2,11 @@
 batch 32, cross-entropy), with the training recipe of `maas train`: --augment (torchvision-style:
 4-pixel zero padding, random 32x32 crop, horizontal flip), --schedule constant|cosine|onecycle
 (CosineAnnealingLR to 0 / OneCycleLR with PyTorch's defaults, stepped every batch, max_lr = --lr)
-and --seed. Prints one JSON line with the test accuracy after every epoch.
+and --seed; --keras-init starts from Keras' initialisation (Glorot uniform weights, zero biases)
+with Keras' Adam epsilon 1e-7, as maas does (PyTorch adds it after the bias correction, Keras
+before: the one difference left). Prints one JSON line with the test accuracy after every epoch.
 Usage: torch_recipe.py --data DIR/cifar-10-batches-bin [--arch mlp|cnn] [--epochs N] [--seed S]
-       [--augment] [--schedule S]"""
+       [--augment] [--schedule S] [--keras-init]"""
 import argparse, glob, json, os, time
 import numpy as np, torch
 
@@ -12,7 +14,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--data", required=True); ap.add_argument("--arch", default="mlp", choices=["mlp", "cnn"])
 ap.add_argument("--epochs", type=int, default=10); ap.add_argument("--batch", type=int, default=32)
 ap.add_argument("--lr", type=float, default=1e-3); ap.add_argument("--seed", type=int, default=0)
-ap.add_argument("--augment", action="store_true")
+ap.add_argument("--augment", action="store_true"); ap.add_argument("--keras-init", action="store_true")
 ap.add_argument("--schedule", default="constant", choices=["constant", "cosine", "onecycle"])
 a = ap.parse_args()
 
@@ -30,7 +32,11 @@ else:
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                           nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                           nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10))
-opt = torch.optim.Adam(model.parameters(), a.lr)
+if a.keras_init:
+    for layer in model:
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(layer.weight); nn.init.zeros_(layer.bias)
+opt = torch.optim.Adam(model.parameters(), a.lr, eps=1e-7 if a.keras_init else 1e-8)
 steps = a.epochs * ((len(xtr) + a.batch - 1) // a.batch)
 sched = {"constant": None,
          "cosine": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
@@ -60,5 +66,6 @@ for e in range(a.epochs):
     with torch.no_grad():
         accs.append((model(xte).argmax(1) == yte).float().mean().item())
 print(json.dumps({"peer": f"torch_{a.arch}", "seed": a.seed, "augment": a.augment, "schedule": a.schedule,
+                  "keras_init": a.keras_init,
                   "epochs": a.epochs, "test_acc_per_epoch": accs, "test_acc": accs[-1],
                   "samples_per_s_last_epoch": len(xtr) / epoch_s[-1], "wall_s": sum(epoch_s)}))
