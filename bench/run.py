@@ -362,17 +362,23 @@ def bench_real(py, work, args, results):
         "maas cosine, warmup 1": (ours, ["--lr-schedule", "cosine", "--warmup-epochs", "1"]),
         "maas onecycle": (ours, ["--lr-schedule", "onecycle"]),
     }
+    if args.real_only:
+        variants = {n: v for n, v in variants.items() if any(o in n for o in args.real_only)}
     mlp = {name: [] for name in variants}
-    for seed in args.seeds:
+    for seed in args.seeds if epochs else []:
         for name, (how, extra) in variants.items():
             mlp[name].append(how(seed, extra))
-    results["real_mlp"] = {name: summary(f"MLP, {name}", runs) for name, runs in mlp.items()}
+            print(json.dumps({"run": name, "seed": seed, **mlp[name][-1]}), flush=True)
+    if epochs:
+        results["real_mlp"] = {name: summary(f"MLP, {name}", runs) for name, runs in mlp.items()}
     if args.cnn_epochs:
         epochs = args.cnn_epochs
         cnn = {"maas": [], "torch": []}
         for seed in args.seeds[: args.cnn_seeds]:
             cnn["torch"].append(theirs(seed, ["--arch", "cnn", "--augment", "--schedule", "onecycle"]))
             cnn["maas"].append(ours(seed, ["--arch", "cnn", "--augment", "--lr-schedule", "onecycle"]))
+            for name in ("torch", "maas"):
+                print(json.dumps({"run": f"cnn {name}", "seed": seed, **cnn[name][-1]}), flush=True)
         results["real_cnn_recipe"] = {n: summary(f"cnn, augment + onecycle, {n}", r) for n, r in cnn.items()}
 
 
@@ -390,7 +396,8 @@ def main():
     ap.add_argument("--cnn-n", type=int, default=2000, help="generated training images for `cnn`")
     ap.add_argument("--data", help="`real`: a folder holding real CIFAR-10's cifar-10-batches-bin")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4], help="`real`: seeds of each run")
-    ap.add_argument("--real-epochs", type=int, default=10, help="`real`: the MLP's epochs")
+    ap.add_argument("--real-epochs", type=int, default=10, help="`real`: the MLP's epochs (0: skip)")
+    ap.add_argument("--real-only", nargs="+", help="`real`: only the MLP runs whose name holds one of these")
     ap.add_argument("--cnn-epochs", type=int, default=0, help="`real`: the cnn recipe's epochs (0: skip)")
     ap.add_argument("--cnn-seeds", type=int, default=1, help="`real`: seeds of the cnn recipe")
     args = ap.parse_args()
