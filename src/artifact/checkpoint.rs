@@ -87,7 +87,8 @@ pub enum LrSchedule {
     /// `--lr` at every step (Keras' default, and the card's).
     #[default]
     Constant,
-    /// Cosine annealing from `--lr` to 0 over all the run's steps.
+    /// Cosine annealing from `--lr` to 0 over the run's steps after its warmup
+    /// (`warmup_epochs`).
     Cosine,
     /// PyTorch's OneCycleLR with its defaults: up from `--lr`/25 to `--lr` over 30% of the
     /// steps, then down to `--lr`/25/1e4, both halves cosine.

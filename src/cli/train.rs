@@ -52,7 +52,8 @@ pub struct TrainArgs {
     /// images, drawn from the seed and the epoch.
     #[arg(long)]
     augment: bool,
-    /// The learning rate over the run's steps (all the --epochs it starts with): constant; cosine (from --lr to 0); onecycle
+    /// The learning rate over the run's steps (all the --epochs it starts with): constant; cosine
+    /// (after a warmup over the first tenth of the steps, from --lr to 0); onecycle
     /// (PyTorch's OneCycleLR: up from --lr/25 to --lr in 30% of the steps, then down to
     /// --lr/2.5e5) [default: constant].
     #[arg(long, value_name = "SCHEDULE", value_enum)]
@@ -62,7 +63,7 @@ pub struct TrainArgs {
     weight_decay: Option<f64>,
     /// Raise the rate linearly from near 0 to --lr over the first E epochs (fractions allowed),
     /// then follow --lr-schedule over the rest; not with onecycle, which warms up by itself
-    /// [default: 0].
+    /// [default: a tenth of --epochs with cosine, else 0].
     #[arg(long, value_name = "E", value_parser = non_negative_float)]
     warmup_epochs: Option<f64>,
     /// Stop when the validation accuracy has not improved for N epochs (needs --val-split).
@@ -81,7 +82,7 @@ pub struct TrainArgs {
 enum ScheduleFlag {
     /// --lr at every step.
     Constant,
-    /// Cosine annealing from --lr to 0.
+    /// A warmup over a tenth of the steps, then cosine annealing from --lr to 0.
     Cosine,
     /// PyTorch's OneCycleLR defaults, peaking at --lr.
     Onecycle,

@@ -276,6 +276,12 @@ fn a_warmup_cut_in_the_middle_resumes_to_the_bit_and_is_refused_where_it_cannot_
     assert_eq!(a.weights, b.weights, "the same weights");
     assert_eq!(a.adam, b.adam, "the same optimizer state");
 
+    // Cosine without the flag warms up over a tenth of the run; the constant rate does not.
+    train(&ws, "dflt", &["--epochs", "4", "--lr-schedule", "cosine"]);
+    let run = std::fs::read_to_string(ws.path("dflt/run.json")).unwrap();
+    let run: serde_json::Value = serde_json::from_str(&run).unwrap();
+    assert_eq!(run["train"]["warmup_epochs"], serde_json::json!(0.4));
+
     // Another warmup on resume, a warmup beside onecycle, and one as long as the schedule.
     for (args, says) in [
         (
