@@ -21,19 +21,21 @@ use burn::tensor::TensorData;
 use rayon::prelude::*;
 
 use crate::data::preprocess::INPUT_LEN;
+use crate::kernels::conv::{TAPS, affine_relu, patches, unpatch};
+use crate::kernels::layout::{Toward, column_sums, relayout_kernel, transpose_images};
+use crate::kernels::matmul::{Strided, product};
+use crate::kernels::pool::{max_pool, unpool};
 use crate::model::cnn::{self, Cnn};
 use crate::model::load_weights;
 use crate::model::{Model, StepStats, Weights};
 use crate::train::adam::{AdamConfig, AdamState};
-use crate::train::cpu::fused::{self, Strided, product};
+use crate::train::cpu::fused;
 use crate::train::step::{AdamClock, Batch, ParamState, TrainStep};
 
 /// Side of the input pictures.
 const SIZE: usize = 32;
 /// Colour channels of the input.
 const COLOURS: usize = 3;
-/// Taps of a 3x3 kernel.
-const TAPS: usize = 9;
 /// Channels of the two convolutions (as [`cnn`]'s).
 const C1: usize = 32;
 const C2: usize = 64;
@@ -185,168 +187,6 @@ impl TrainStep for CnnCpuTrainer {
     fn state(&self) -> Result<(Weights, AdamState)> {
         Ok(CnnCpuTrainer::state(self))
     }
-}
-
-/// Which way [`relayout_kernel`] goes.
-#[derive(Clone, Copy, PartialEq)]
-enum Toward {
-    /// From the module's `[out, in, 3, 3]` to the matrix that multiplies patches,
-    /// `[(ky * 3 + kx) * in + ci, out]`.
-    Patches,
-    /// Back.
-    Kernel,
-}
-
-/// A convolution's weights (or their gradient) with `out` and `inp` channels, laid out the
-/// other way ([`Toward`]).
-fn relayout_kernel(w: &[f32], out: usize, inp: usize, toward: Toward) -> Vec<f32> {
-    let mut to = vec![0.0; w.len()];
-    for o in 0..out {
-        for ci in 0..inp {
-            for tap in 0..TAPS {
-                let (kernel, patch) = ((o * inp + ci) * TAPS + tap, (tap * inp + ci) * out + o);
-                match toward {
-                    Toward::Patches => to[patch] = w[kernel],
-                    Toward::Kernel => to[kernel] = w[patch],
-                }
-            }
-        }
-    }
-    to
-}
-
-/// The runs of patch row `pixel` (of images `[n, size, size, ch]`) that come from inside the
-/// image, one per kernel row: the run's start in the row, its start in the images, its length.
-/// The three taps of a kernel row are neighbours in the image, so each is one run.
-fn patch_runs(pixel: usize, size: usize, ch: usize) -> impl Iterator<Item = (usize, usize, usize)> {
-    let (s, y, x) = (pixel / (size * size), pixel / size % size, pixel % size);
-    // The taps `first..last` of each kernel row lie inside the image.
-    let (first, last) = (usize::from(x == 0), if x + 1 == size { 2 } else { 3 });
-    (0..3).filter_map(move |ky| {
-        let iy = (y + ky).checked_sub(1).filter(|&iy| iy < size)?;
-        let at = ((s * size + iy) * size + x + first - 1) * ch;
-        Some(((ky * 3 + first) * ch, at, (last - first) * ch))
-    })
-}
-
-/// The 3x3 patches (padding 1) of `n` channels-last images `[n, size, size, ch]`: one row
-/// `[(ky * 3 + kx) * ch + c]` per output pixel, `[n * size * size, 9 * ch]`, copied a run at a
-/// time ([`patch_runs`]).
-///
-/// Into `cols`, which keeps the zeros of the padding from call to call: the padding is at the
-/// same places in every image, and nothing else writes there.
-fn patches(x: &[f32], n: usize, size: usize, ch: usize, cols: &mut Vec<f32>) {
-    cols.resize(n * size * size * TAPS * ch, 0.0);
-    for (pixel, row) in cols.chunks_exact_mut(TAPS * ch).enumerate() {
-        for (start, at, len) in patch_runs(pixel, size, ch) {
-            row[start..start + len].copy_from_slice(&x[at..at + len]);
-        }
-    }
-}
-
-/// The gradient of the images from the gradient of their [`patches`]: each patch value added
-/// back to the pixel it was copied from. Into `dx`.
-fn unpatch(d_cols: &[f32], n: usize, size: usize, ch: usize, dx: &mut Vec<f32>) {
-    dx.clear();
-    dx.resize(n * size * size * ch, 0.0);
-    for (pixel, row) in d_cols.chunks_exact(TAPS * ch).enumerate() {
-        for (start, at, len) in patch_runs(pixel, size, ch) {
-            for (d, s) in dx[at..at + len].iter_mut().zip(&row[start..start + len]) {
-                *d += s;
-            }
-        }
-    }
-}
-
-/// `rows @ weight + bias`, then ReLU, into `out`: a convolution over its patches, or a dense
-/// layer.
-fn affine_relu(rows: &[f32], weight: &[f32], bias: &[f32], parallel: bool, out: &mut Vec<f32>) {
-    let (inputs, outputs) = (weight.len() / bias.len(), bias.len());
-    out.resize(rows.len() / inputs * outputs, 0.0);
-    product(
-        Strided::dense(rows, inputs),
-        Strided::dense(weight, outputs),
-        out,
-        parallel,
-    );
-    for row in out.chunks_exact_mut(outputs) {
-        for (v, b) in row.iter_mut().zip(bias) {
-            *v = (*v + b).max(0.0);
-        }
-    }
-}
-
-/// Where the four inputs of pooled cell `cell` start in channels-last images
-/// `[n, size, size, ch]`, row-major.
-fn pool_inputs(cell: usize, size: usize, ch: usize) -> [usize; 4] {
-    let half = size / 2;
-    let (s, py, px) = (cell / (half * half), cell / half % half, cell % half);
-    [0, 1, 2, 3].map(|q| ((s * size + 2 * py + q / 2) * size + 2 * px + q % 2) * ch)
-}
-
-/// Max-pool 2x2 of channels-last `a` `[n, size, size, ch]`: the maxima `[n, size/2, size/2, ch]`
-/// and, for each, which of its four inputs it was (row-major; the first on ties); into `out` and
-/// `from`.
-fn max_pool(a: &[f32], size: usize, ch: usize, out: &mut Vec<f32>, from: &mut Vec<u8>) {
-    out.resize(a.len() / 4, 0.0);
-    from.resize(out.len(), 0);
-    let cells = out.chunks_exact_mut(ch).zip(from.chunks_exact_mut(ch));
-    for (cell, (o, f)) in cells.enumerate() {
-        let quad = pool_inputs(cell, size, ch).map(|at| &a[at..at + ch]);
-        o.copy_from_slice(quad[0]);
-        f.fill(0);
-        for (q, input) in quad.iter().enumerate().skip(1) {
-            for ((o, f), &v) in o.iter_mut().zip(f.iter_mut()).zip(*input) {
-                if v > *o {
-                    *o = v;
-                    *f = q as u8;
-                }
-            }
-        }
-    }
-}
-
-/// The gradient before the ReLU under a [`max_pool`]: each pooled gradient goes to the input it
-/// came from, where that input (`a`, after the ReLU) was positive; every value of `d` written.
-fn unpool(d_out: &[f32], from: &[u8], a: &[f32], size: usize, ch: usize, d: &mut Vec<f32>) {
-    d.resize(a.len(), 0.0);
-    let cells = d_out.chunks_exact(ch).zip(from.chunks_exact(ch));
-    for (cell, (g, f)) in cells.enumerate() {
-        for (q, at) in pool_inputs(cell, size, ch).into_iter().enumerate() {
-            let (d, a) = (&mut d[at..at + ch], &a[at..at + ch]);
-            for (((d, &a), &g), &f) in d.iter_mut().zip(a).zip(g).zip(f) {
-                *d = if usize::from(f) == q && a > 0.0 {
-                    g
-                } else {
-                    0.0
-                };
-            }
-        }
-    }
-}
-
-/// Each image of `src`, a `[rows, cols]` matrix, transposed into `dst`: channel-major to
-/// channels-last (rows are channels) or back (rows are pixels).
-fn transpose_images(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    let len = rows * cols;
-    for (img, out) in src.chunks_exact(len).zip(dst.chunks_exact_mut(len)) {
-        for r in 0..rows {
-            for c in 0..cols {
-                out[c * rows + r] = img[r * cols + c];
-            }
-        }
-    }
-}
-
-/// Column sums of a row-major matrix of `cols` columns.
-fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
-    let mut sums = vec![0.0; cols];
-    for row in m.chunks_exact(cols) {
-        for (s, v) in sums.iter_mut().zip(row) {
-            *s += v;
-        }
-    }
-    sums
 }
 
 /// One chunk's convolutions: what the forward pass computed, kept for the backward pass, and the
@@ -672,15 +512,6 @@ mod tests {
         let (half_w, half_s, _) = hand_steps(&start, &zeros, 1..3);
         let (again_w, again_s, _) = hand_steps(&half_w, &half_s, 3..5);
         assert_eq!((again_w, again_s), (w, s));
-    }
-
-    #[test]
-    fn kernels_round_trip_through_the_patch_layout() {
-        let w: Vec<f32> = (0..C2 * C1 * TAPS).map(|i| i as f32).collect();
-        let for_patches = relayout_kernel(&w, C2, C1, Toward::Patches);
-        assert_eq!(relayout_kernel(&for_patches, C2, C1, Toward::Kernel), w);
-        // Output 1, input channel 2, tap (0, 1) is row (1 * 32 + 2) of the patch matrix.
-        assert_eq!(for_patches[(C1 + 2) * C2 + 1], w[(C1 + 2) * TAPS + 1]);
     }
 
     #[test]
