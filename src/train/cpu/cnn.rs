@@ -182,7 +182,10 @@ impl TrainStep for CnnCpuTrainer {
         Ok(self.step_host(&batch.inputs, &batch.one_hot(), batch.len()))
     }
     fn model(&self) -> Result<Model> {
-        Ok(Model::from_module(Box::new(CnnCpuTrainer::model(self)?)))
+        // With its host forward on the CPU: the test pass of every epoch runs through it.
+        let weights = self.state().0;
+        let module = load_weights(Cnn::new(self.classes, &self.device), &weights)?;
+        Ok(Model::from_module(cnn::for_inference(module, &weights)?))
     }
     fn state(&self) -> Result<(Weights, AdamState)> {
         Ok(CnnCpuTrainer::state(self))
@@ -512,6 +515,26 @@ mod tests {
         let (half_w, half_s, _) = hand_steps(&start, &zeros, 1..3);
         let (again_w, again_s, _) = hand_steps(&half_w, &half_s, 3..5);
         assert_eq!((again_w, again_s), (w, s));
+    }
+
+    #[test]
+    fn the_test_pass_answers_through_the_host_forward() {
+        let device = Device::flex();
+        let w = cnn::init_weights(CLASSES, 5);
+        let zeros = AdamState::zeros_like(&w);
+        let mut trainer =
+            CnnCpuTrainer::new(CLASSES, &w, &zeros, AdamConfig::new(0.01), &device).unwrap();
+        let (x, y, _) = random_batch(4, CLASSES, 1, &device);
+        trainer.step_host(&read_f32(x.clone()).unwrap(), &read_f32(y).unwrap(), 4);
+        let model = TrainStep::model(&trainer).unwrap();
+        assert!(format!("{model:?}").contains("HostCnn"), "{model:?}");
+        // The weights after the step, through burn's forward.
+        let burn = read_f32(CnnCpuTrainer::model(&trainer).unwrap().forward(x.clone())).unwrap();
+        let host = read_f32(model.forward(x)).unwrap();
+        let scale = burn.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (b, h) in burn.iter().zip(&host) {
+            assert!((b - h).abs() <= 1e-4 * scale, "logits {b} and {h}");
+        }
     }
 
     #[test]
