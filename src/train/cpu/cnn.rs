@@ -58,6 +58,8 @@ pub struct CnnCpuTrainer {
     /// One per chunk of the batch, kept from step to step: buffers of several MiB that would
     /// otherwise be mapped, faulted in and zeroed again at every step.
     workspaces: Vec<Workspace>,
+    /// The dense layers' values and gradients, kept from step to step as well.
+    dense: Dense,
     classes: usize,
     adam: AdamClock,
     /// Where the model and the step's statistics are handed out.
@@ -79,6 +81,7 @@ impl CnnCpuTrainer {
         Ok(Self {
             params,
             workspaces: Vec::new(),
+            dense: Dense::default(),
             classes,
             adam: AdamClock {
                 config,
@@ -90,10 +93,21 @@ impl CnnCpuTrainer {
 
     /// One step of Adam on `n` images `x` (rows of 3072) with one-hot `targets`, on the host.
     fn step_host(&mut self, x: &[f32], targets: &[f32], n: usize) -> StepStats {
-        let (grads, loss_sum, correct) = self.gradients(x, targets, n);
+        let conv = self.gradients(x, targets, n);
         let lr_t = self.adam.tick();
         let config = self.adam.config;
-        for (p, g) in self.params.iter_mut().zip(&grads) {
+        let d = &self.dense;
+        let grads: [&[f32]; 8] = [
+            &conv.w1,
+            &conv.b1,
+            &conv.w2,
+            &conv.b2,
+            &d.d_dense_w,
+            &d.d_dense_b,
+            &d.d_output_w,
+            &d.d_output_b,
+        ];
+        for (p, g) in self.params.iter_mut().zip(grads) {
             // Blocks of a parameter are updated on all cores; Adam is elementwise.
             const BLOCK: usize = 1 << 14;
             p.value
@@ -105,15 +119,16 @@ impl CnnCpuTrainer {
         }
         let device = &self.device;
         StepStats {
-            loss_sum: Tensor::from_data(TensorData::new(vec![loss_sum], [1]), device),
-            correct: Tensor::from_data(TensorData::new(vec![correct as i64], [1]), device),
+            loss_sum: Tensor::from_data(TensorData::new(vec![d.loss_sum], [1]), device),
+            correct: Tensor::from_data(TensorData::new(vec![d.correct as i64], [1]), device),
         }
     }
 
-    /// The gradient of the batch's mean cross-entropy for every parameter (in the parameters'
-    /// order and layouts), the summed loss and the count classified right, for `n` images `x`
-    /// (channel-major rows of 3072) and one-hot `targets`.
-    fn gradients(&mut self, x: &[f32], targets: &[f32], n: usize) -> (Vec<Vec<f32>>, f32, usize) {
+    /// The gradient of the batch's mean cross-entropy for every parameter, the summed loss and
+    /// the count classified right, for `n` images `x` (channel-major rows of 3072) and one-hot
+    /// `targets`: the convolutions' gradients returned (in the module's layouts), the rest in
+    /// [`Self::dense`].
+    fn gradients(&mut self, x: &[f32], targets: &[f32], n: usize) -> ConvGradients {
         let params = &self.params;
         let p = |i: usize| params[i].value.as_slice();
         let w1 = relayout_kernel(p(CONV1_W), C1, COLOURS, Toward::Patches);
@@ -130,14 +145,14 @@ impl CnnCpuTrainer {
             let x = &x[r.start * INPUT_LEN..r.end * INPUT_LEN];
             w.forward(x, &w1, p(CONV1_B), &w2, p(CONV2_B));
         });
-        let mut flat = vec![0.0; n * FLAT];
+        let dense = &mut self.dense;
+        dense.flat.resize(n * FLAT, 0.0);
         for (w, r) in workspaces.iter().zip(&chunks) {
-            w.flat(&mut flat[r.start * FLAT..r.end * FLAT]);
+            w.flat(&mut dense.flat[r.start * FLAT..r.end * FLAT]);
         }
 
         // The dense layers on the whole batch.
-        let dense = Dense::run(
-            &flat,
+        dense.run(
             targets,
             self.classes,
             [p(DENSE_W), p(DENSE_B), p(OUTPUT_W), p(OUTPUT_B)],
@@ -151,17 +166,11 @@ impl CnnCpuTrainer {
         for w in workspaces.iter() {
             conv.add(&w.grads);
         }
-        let grads = vec![
-            relayout_kernel(&conv.w1, C1, COLOURS, Toward::Kernel),
-            conv.b1,
-            relayout_kernel(&conv.w2, C2, C1, Toward::Kernel),
-            conv.b2,
-            dense.d_dense_w,
-            dense.d_dense_b,
-            dense.d_output_w,
-            dense.d_output_b,
-        ];
-        (grads, dense.loss_sum, dense.correct)
+        ConvGradients {
+            w1: relayout_kernel(&conv.w1, C1, COLOURS, Toward::Kernel),
+            w2: relayout_kernel(&conv.w2, C2, C1, Toward::Kernel),
+            ..conv
+        }
     }
 
     /// The model as it stands, on the trainer's device.
@@ -317,8 +326,16 @@ impl ConvGradients {
     }
 }
 
-/// The dense layers forward and back on the whole batch, with the loss.
+/// The dense layers forward and back on the whole batch, with the loss: their inputs, values
+/// and gradients, in buffers kept from step to step.
+#[derive(Default)]
 struct Dense {
+    /// The flattened features, `[N, 4096]` (written by the convolutions' chunks).
+    flat: Vec<f32>,
+    hidden: Vec<f32>,
+    logits: Vec<f32>,
+    d_logits: Vec<f32>,
+    d_hidden: Vec<f32>,
     d_dense_w: Vec<f32>,
     d_dense_b: Vec<f32>,
     d_output_w: Vec<f32>,
@@ -330,27 +347,29 @@ struct Dense {
 }
 
 impl Dense {
-    /// `flat` `[N, 4096]`, one-hot `targets` `[N, classes]`, and the dense layers' weight,
-    /// bias, output weight and output bias.
-    fn run(flat: &[f32], targets: &[f32], classes: usize, [wd, bd, wo, bo]: [&[f32]; 4]) -> Self {
-        let n = flat.len() / FLAT;
+    /// From [`Self::flat`] and one-hot `targets` `[N, classes]`, with the dense layers' weight,
+    /// bias, output weight and output bias: every value above.
+    fn run(&mut self, targets: &[f32], classes: usize, [wd, bd, wo, bo]: [&[f32]; 4]) {
+        let n = self.flat.len() / FLAT;
         let width = bd.len();
-        let mut hidden = Vec::new();
-        affine_relu(flat, wd, bd, true, &mut hidden);
-        let mut logits = vec![0.0; n * classes];
+        let flat = &self.flat;
+        affine_relu(flat, wd, bd, true, &mut self.hidden);
+        let hidden = &self.hidden;
+        self.logits.resize(n * classes, 0.0);
         product(
-            Strided::dense(&hidden, width),
+            Strided::dense(hidden, width),
             Strided::dense(wo, classes),
-            &mut logits,
+            &mut self.logits,
             false,
         );
         // Softmax cross-entropy, mean over the batch: d logits = (softmax - target) / N.
         let (mut loss_sum, mut correct) = (0.0f32, 0);
-        let mut d_logits = vec![0.0; logits.len()];
-        for ((z, t), d) in logits
+        self.d_logits.resize(self.logits.len(), 0.0);
+        for ((z, t), d) in self
+            .logits
             .chunks_exact_mut(classes)
             .zip(targets.chunks_exact(classes))
-            .zip(d_logits.chunks_exact_mut(classes))
+            .zip(self.d_logits.chunks_exact_mut(classes))
         {
             for (z, b) in z.iter_mut().zip(bo) {
                 *z += b;
@@ -369,48 +388,44 @@ impl Dense {
                 *d = (log_p.exp() * total - t) / n as f32;
             }
         }
-        let mut d_output_w = vec![0.0; width * classes];
+        let d_logits = &self.d_logits;
+        self.d_output_w.resize(width * classes, 0.0);
         product(
-            Strided::dense(&hidden, width).t(),
-            Strided::dense(&d_logits, classes),
-            &mut d_output_w,
+            Strided::dense(hidden, width).t(),
+            Strided::dense(d_logits, classes),
+            &mut self.d_output_w,
             false,
         );
-        let mut d_hidden = vec![0.0; n * width];
+        self.d_hidden.resize(n * width, 0.0);
         product(
-            Strided::dense(&d_logits, classes),
+            Strided::dense(d_logits, classes),
             Strided::dense(wo, classes).t(),
-            &mut d_hidden,
+            &mut self.d_hidden,
             false,
         );
-        for (d, h) in d_hidden.iter_mut().zip(&hidden) {
+        for (d, h) in self.d_hidden.iter_mut().zip(hidden) {
             if *h <= 0.0 {
                 *d = 0.0;
             }
         }
-        let mut d_dense_w = vec![0.0; FLAT * width];
+        let d_hidden = &self.d_hidden;
+        self.d_dense_w.resize(FLAT * width, 0.0);
         product(
             Strided::dense(flat, FLAT).t(),
-            Strided::dense(&d_hidden, width),
-            &mut d_dense_w,
+            Strided::dense(d_hidden, width),
+            &mut self.d_dense_w,
             true,
         );
-        let mut d_flat = vec![0.0; n * FLAT];
+        self.d_flat.resize(n * FLAT, 0.0);
         product(
-            Strided::dense(&d_hidden, width),
+            Strided::dense(d_hidden, width),
             Strided::dense(wd, width).t(),
-            &mut d_flat,
+            &mut self.d_flat,
             true,
         );
-        Self {
-            d_dense_w,
-            d_dense_b: column_sums(&d_hidden, width),
-            d_output_w,
-            d_output_b: column_sums(&d_logits, classes),
-            d_flat,
-            loss_sum,
-            correct,
-        }
+        self.d_dense_b = column_sums(d_hidden, width);
+        self.d_output_b = column_sums(d_logits, classes);
+        (self.loss_sum, self.correct) = (loss_sum, correct);
     }
 }
 
