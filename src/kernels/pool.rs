@@ -21,11 +21,14 @@ pub(crate) fn max_pool(a: &[f32], size: usize, ch: usize, out: &mut Vec<f32>, fr
         o.copy_from_slice(quad[0]);
         f.fill(0);
         for (q, input) in quad.iter().enumerate().skip(1) {
-            for ((o, f), &v) in o.iter_mut().zip(f.iter_mut()).zip(*input) {
-                if v > *o {
-                    *o = v;
-                    *f = q as u8;
-                }
+            let q = q as u8;
+            // Which input each maximum came from, then the maxima: two loops of selects, each of
+            // one width, so that both run in vector lanes.
+            for ((f, &o), &v) in f.iter_mut().zip(o.iter()).zip(*input) {
+                *f = if v > o { q } else { *f };
+            }
+            for (o, &v) in o.iter_mut().zip(*input) {
+                *o = if v > *o { v } else { *o };
             }
         }
     }
@@ -54,5 +57,32 @@ pub(crate) fn unpool(
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_pool_takes_each_channels_maximum_and_the_first_on_ties() {
+        // One 2x2 image of 3 channels, pixels row-major: the maxima of channel 0 at pixel 2,
+        // of channel 1 tied at pixels 1 and 3, of channel 2 at pixel 0 (all negative).
+        let a = [
+            0.0, 1.0, -1.0, //
+            2.0, 5.0, -3.0, //
+            7.0, 4.0, -2.0, //
+            3.0, 5.0, -4.0,
+        ];
+        let (mut out, mut from) = (Vec::new(), Vec::new());
+        max_pool(&a, 2, 3, &mut out, &mut from);
+        assert_eq!(out, [7.0, 5.0, -1.0]);
+        assert_eq!(from, [2, 1, 0]);
+        // The gradient goes back to those inputs, where they were positive.
+        let mut d = Vec::new();
+        unpool(&[1.0, 2.0, 3.0], &from, &a, 2, 3, &mut d);
+        let mut expected = [0.0; 12];
+        (expected[6], expected[4]) = (1.0, 2.0);
+        assert_eq!(d, expected);
     }
 }
