@@ -53,7 +53,8 @@ fn main() -> anyhow::Result<()> {
     let burn = load_weights(Cnn::new(CLASSES, &device), &weights)?;
     let host = HostCnn::new(&weights)?;
     let names = (0..CLASSES).map(|c| c.to_string()).collect();
-    let config = ModelConfig::of(Arch::from_flag("cnn").expect("the cnn"), DENSE, names);
+    let arch = Arch::from_flag("cnn").ok_or_else(|| anyhow::anyhow!("no cnn architecture"))?;
+    let config = ModelConfig::of(arch, DENSE, names);
     let model = Model::from_weights(&config, &weights, &device)?;
     let mut rng = StdRng::seed_from_u64(7);
     println!(
