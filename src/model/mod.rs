@@ -72,6 +72,11 @@ impl Model {
         self.0.logits(input)
     }
 
+    /// Whether its logits come from host kernels of its own ([`Trainable::answers_on_host`]).
+    pub fn answers_on_host(&self) -> bool {
+        self.0.answers_on_host()
+    }
+
     /// Class probabilities `[N, classes]` (softmax of the logits).
     pub fn probabilities(&self, input: Tensor<2>) -> Tensor<2> {
         softmax(self.forward(input), 1)

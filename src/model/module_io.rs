@@ -168,6 +168,11 @@ pub trait Trainable: Send + std::fmt::Debug {
     fn to_device(&self, device: &Device) -> Box<dyn Trainable>;
     /// The module for inference: off autodiff, on the plain device.
     fn valid(&self) -> Box<dyn Trainable>;
+    /// Whether the logits are computed by host kernels of the model's own, where a lone row
+    /// costs what a row does (burn's product takes a slow path for a single row).
+    fn answers_on_host(&self) -> bool {
+        false
+    }
 }
 
 impl<M: Network + 'static> Trainable for M {

@@ -81,7 +81,10 @@ mod tests {
     #[test]
     fn onecycle_rises_to_the_rate_at_thirty_percent_and_ends_near_zero() {
         let (lr, total) = (0.01, 1000);
-        assert!(close(rate(LrSchedule::OneCycle, lr, 0, total, 0), lr / 25.0));
+        assert!(close(
+            rate(LrSchedule::OneCycle, lr, 0, total, 0),
+            lr / 25.0
+        ));
         // PyTorch's peak: step 0.3 * 1000 - 1 = 299.
         assert!(close(rate(LrSchedule::OneCycle, lr, 299, total, 0), lr));
         assert!(rate(LrSchedule::OneCycle, lr, 298, total, 0) < lr);
@@ -99,13 +102,25 @@ mod tests {
     fn warmup_rises_linearly_to_the_rate_then_the_schedule_runs_over_the_rest() {
         let lr = 0.01;
         // Constant: lr/4, lr/2, 3lr/4, lr, then lr.
-        for (step, want) in [(0, lr / 4.0), (1, lr / 2.0), (2, 0.75 * lr), (3, lr), (9, lr)] {
-            assert!(close(rate(LrSchedule::Constant, lr, step, 0, 4), want), "{step}");
+        for (step, want) in [
+            (0, lr / 4.0),
+            (1, lr / 2.0),
+            (2, 0.75 * lr),
+            (3, lr),
+            (9, lr),
+        ] {
+            assert!(
+                close(rate(LrSchedule::Constant, lr, step, 0, 4), want),
+                "{step}"
+            );
         }
         // Cosine over 1000 steps with 100 of warmup: the cosine spans the 900 after it.
         assert!(close(rate(LrSchedule::Cosine, lr, 49, 1000, 100), lr / 2.0));
         assert_eq!(rate(LrSchedule::Cosine, lr, 100, 1000, 100), lr);
-        assert!(close(rate(LrSchedule::Cosine, lr, 550, 1000, 100), lr / 2.0));
+        assert!(close(
+            rate(LrSchedule::Cosine, lr, 550, 1000, 100),
+            lr / 2.0
+        ));
         assert!(rate(LrSchedule::Cosine, lr, 1000, 1000, 100).abs() < 1e-18);
     }
 }

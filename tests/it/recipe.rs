@@ -289,11 +289,25 @@ fn a_warmup_cut_in_the_middle_resumes_to_the_bit_and_is_refused_where_it_cannot_
             "--warmup-epochs 2.5, not 1",
         ),
         (
-            &["--epochs", "2", "--lr-schedule", "onecycle", "--warmup-epochs", "1"][..],
+            &[
+                "--epochs",
+                "2",
+                "--lr-schedule",
+                "onecycle",
+                "--warmup-epochs",
+                "1",
+            ][..],
             "onecycle warms up by itself",
         ),
         (
-            &["--epochs", "2", "--lr-schedule", "cosine", "--warmup-epochs", "2"][..],
+            &[
+                "--epochs",
+                "2",
+                "--lr-schedule",
+                "cosine",
+                "--warmup-epochs",
+                "2",
+            ][..],
             "would take all the --epochs 2",
         ),
     ] {
