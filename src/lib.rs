@@ -17,6 +17,7 @@ pub mod data;
 pub mod device;
 mod fsutil;
 pub mod infer;
+pub(crate) mod kernels;
 pub mod model;
 mod plots;
 pub mod progress;
