@@ -23,73 +23,131 @@ const POINTS: usize = 16;
 const LANES: usize = 8;
 type Lane = [f32; LANES];
 
-fn add(a: Lane, b: Lane) -> Lane {
-    std::array::from_fn(|i| a[i] + b[i])
+#[inline(always)]
+fn add(mut a: Lane, b: Lane) -> Lane {
+    for (a, b) in a.iter_mut().zip(b) {
+        *a += b;
+    }
+    a
 }
-fn sub(a: Lane, b: Lane) -> Lane {
-    std::array::from_fn(|i| a[i] - b[i])
+#[inline(always)]
+fn sub(mut a: Lane, b: Lane) -> Lane {
+    for (a, b) in a.iter_mut().zip(b) {
+        *a -= b;
+    }
+    a
 }
-fn half(a: Lane) -> Lane {
-    a.map(|v| v * 0.5)
+#[inline(always)]
+fn half(mut a: Lane) -> Lane {
+    for a in &mut a {
+        *a *= 0.5;
+    }
+    a
 }
-fn neg(a: Lane) -> Lane {
-    a.map(|v| -v)
+#[inline(always)]
+fn neg(mut a: Lane) -> Lane {
+    for a in &mut a {
+        *a = -*a;
+    }
+    a
 }
+#[inline(always)]
+fn relu(mut a: Lane) -> Lane {
+    for a in &mut a {
+        *a = a.max(0.0);
+    }
+    a
+}
+const ZERO: Lane = [0.0; LANES];
 
 /// `Bᵀ`: the input window's transform, along one side.
+#[inline(always)]
 fn b_t([d0, d1, d2, d3]: [Lane; 4]) -> [Lane; 4] {
     [sub(d0, d2), add(d1, d2), sub(d2, d1), sub(d1, d3)]
 }
 /// `B`: back from the transformed window's gradient to the window's.
+#[inline(always)]
 fn b([v0, v1, v2, v3]: [Lane; 4]) -> [Lane; 4] {
     [v0, add(sub(v1, v2), v3), add(sub(v1, v0), v2), neg(v3)]
 }
 /// `G`: the kernel's transform.
+#[inline(always)]
 fn g([g0, g1, g2]: [Lane; 3]) -> [Lane; 4] {
     let outer = add(g0, g2);
     [g0, half(add(outer, g1)), half(sub(outer, g1)), g2]
 }
 /// `Gᵀ`: back from the transformed kernel's gradient to the kernel's.
+#[inline(always)]
 fn g_t([u0, u1, u2, u3]: [Lane; 4]) -> [Lane; 3] {
     let (s, d) = (half(add(u1, u2)), half(sub(u1, u2)));
     [add(u0, s), d, add(s, u3)]
 }
 /// `Aᵀ`: the output tile from its transformed products.
+#[inline(always)]
 fn a_t([m0, m1, m2, m3]: [Lane; 4]) -> [Lane; 2] {
     [add(add(m0, m1), m2), sub(sub(m1, m2), m3)]
 }
 /// `A`: back from the output tile's gradient to the products'.
+#[inline(always)]
 fn a([y0, y1]: [Lane; 2]) -> [Lane; 4] {
     [y0, add(y0, y1), sub(y0, y1), neg(y1)]
 }
 
 /// `F tile Fᵀ` for the one-sided transform `f`: `f` down each column, then along each row.
+#[inline(always)]
+// (Loops, not `array::from_fn`, whose closures the compiler left as calls.)
 fn both_sides<const I: usize, const O: usize>(
     tile: [[Lane; I]; I],
     f: impl Fn([Lane; I]) -> [Lane; O],
 ) -> [[Lane; O]; O] {
-    let columns: [[Lane; O]; I] =
-        std::array::from_fn(|c| f(std::array::from_fn(|r| tile[r][c])));
-    std::array::from_fn(|r| f(std::array::from_fn(|c| columns[c][r])))
+    let mut columns = [[ZERO; O]; I];
+    for (c, column) in columns.iter_mut().enumerate() {
+        let mut input = [ZERO; I];
+        for (r, v) in input.iter_mut().enumerate() {
+            *v = tile[r][c];
+        }
+        *column = f(input);
+    }
+    let mut out = [[ZERO; O]; O];
+    for (r, row) in out.iter_mut().enumerate() {
+        let mut input = [ZERO; I];
+        for (c, v) in input.iter_mut().enumerate() {
+            *v = columns[c][r];
+        }
+        *row = f(input);
+    }
+    out
 }
 
 /// The first `s.len()` (at most [`LANES`]) lanes from `s`, the rest zero.
+#[inline(always)]
 fn load(s: &[f32]) -> Lane {
-    let mut lane = [0.0; LANES];
-    lane[..s.len()].copy_from_slice(s);
+    // A whole lane without a call to `memcpy` (a slice of unknown length is copied by one).
+    if let Ok(lane) = Lane::try_from(s) {
+        return lane;
+    }
+    let mut lane = ZERO;
+    for (l, v) in lane.iter_mut().zip(s) {
+        *l = *v;
+    }
     lane
 }
 
 /// The first `s.len()` lanes of `lane` into `s`.
+#[inline(always)]
 fn store(lane: &Lane, s: &mut [f32]) {
-    s.copy_from_slice(&lane[..s.len()]);
+    if let Ok(whole) = <&mut Lane>::try_from(&mut *s) {
+        *whole = *lane;
+        return;
+    }
+    for (d, v) in s.iter_mut().zip(lane) {
+        *d = *v;
+    }
 }
 
 /// The blocks of [`LANES`] channels of `ch`: start and length.
 fn blocks(ch: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..ch)
-        .step_by(LANES)
-        .map(move |c| (c, LANES.min(ch - c)))
+    (0..ch).step_by(LANES).map(move |c| (c, LANES.min(ch - c)))
 }
 
 /// Where tiles lie in `n` images of side `size`.
@@ -107,33 +165,42 @@ impl Tiling {
     fn count(self) -> usize {
         self.n * self.side() * self.side()
     }
-    /// The pixel index (image, row, column) of row `r`, column `c` of tile `t`'s window that
-    /// starts `offset` pixels up and left of the tile, if inside the image.
-    fn pixel(self, t: usize, r: usize, c: usize, offset: usize) -> Option<usize> {
+    /// Where tile `t` lies: its image, and its first row and column of pixels.
+    fn corner(self, t: usize) -> [usize; 3] {
         let side = self.side();
-        let (img, ty, tx) = (t / (side * side), t / side % side, t % side);
-        let y = (2 * ty + r).checked_sub(offset).filter(|&y| y < self.size)?;
-        let x = (2 * tx + c).checked_sub(offset).filter(|&x| x < self.size)?;
+        [t / (side * side), 2 * (t / side % side), 2 * (t % side)]
+    }
+    /// The pixel index (image, row, column) of row `r`, column `c` of the window at `corner`
+    /// ([`Self::corner`]) that starts `offset` pixels up and left of it, if inside the image.
+    #[inline(always)]
+    fn pixel(self, [img, y0, x0]: [usize; 3], r: usize, c: usize, offset: usize) -> Option<usize> {
+        let y = (y0 + r).checked_sub(offset).filter(|&y| y < self.size)?;
+        let x = (x0 + c).checked_sub(offset).filter(|&x| x < self.size)?;
         Some((img * self.size + y) * self.size + x)
     }
 }
 
 /// `V = Bᵀ d B` of every tile's 4x4 window (zeros outside the images) of channels-last `x`:
 /// `v` `[16][tiles][ch]`.
+#[inline(always)]
 fn transform_input(x: &[f32], tiling: Tiling, ch: usize, v: &mut Vec<f32>) {
     let tiles = tiling.count();
-    v.resize(POINTS * tiles * ch, 0.0);
+    let stride = plane_stride(tiles * ch);
+    v.resize(POINTS * stride, 0.0);
     for t in 0..tiles {
+        let corner = tiling.corner(t);
         for (c0, len) in blocks(ch) {
-            let window: [[Lane; 4]; 4] = std::array::from_fn(|r| {
-                std::array::from_fn(|c| match tiling.pixel(t, r, c, 1) {
-                    Some(p) => load(&x[p * ch + c0..][..len]),
-                    None => [0.0; LANES],
-                })
-            });
+            let mut window = [[ZERO; 4]; 4];
+            for (r, row) in window.iter_mut().enumerate() {
+                for (c, lane) in row.iter_mut().enumerate() {
+                    if let Some(p) = tiling.pixel(corner, r, c, 1) {
+                        *lane = load(&x[p * ch + c0..][..len]);
+                    }
+                }
+            }
             let out = both_sides(window, b_t);
             for (point, lane) in out.iter().flatten().enumerate() {
-                store(lane, &mut v[(point * tiles + t) * ch + c0..][..len]);
+                store(lane, &mut v[point * stride + t * ch + c0..][..len]);
             }
         }
     }
@@ -141,19 +208,25 @@ fn transform_input(x: &[f32], tiling: Tiling, ch: usize, v: &mut Vec<f32>) {
 
 /// `Σ B dV Bᵀ` over the windows that cover each pixel, from `dv` `[16][tiles][ch]`: the
 /// gradient of the images that [`transform_input`] read, into `dx`.
+#[inline(always)]
 fn transform_input_gradient(dv: &[f32], tiling: Tiling, ch: usize, dx: &mut Vec<f32>) {
     let tiles = tiling.count();
+    let stride = plane_stride(tiles * ch);
     dx.clear();
     dx.resize(tiling.n * tiling.size * tiling.size * ch, 0.0);
     for t in 0..tiles {
+        let corner = tiling.corner(t);
         for (c0, len) in blocks(ch) {
-            let grad: [[Lane; 4]; 4] = std::array::from_fn(|r| {
-                std::array::from_fn(|c| load(&dv[((r * 4 + c) * tiles + t) * ch + c0..][..len]))
-            });
+            let mut grad = [[ZERO; 4]; 4];
+            for (r, row) in grad.iter_mut().enumerate() {
+                for (c, lane) in row.iter_mut().enumerate() {
+                    *lane = load(&dv[(r * 4 + c) * stride + t * ch + c0..][..len]);
+                }
+            }
             let window = both_sides(grad, b);
             for (r, row) in window.iter().enumerate() {
                 for (c, lane) in row.iter().enumerate() {
-                    if let Some(p) = tiling.pixel(t, r, c, 1) {
+                    if let Some(p) = tiling.pixel(corner, r, c, 1) {
                         let to = &mut dx[p * ch + c0..][..len];
                         for (d, s) in to.iter_mut().zip(lane) {
                             *d += s;
@@ -168,7 +241,8 @@ fn transform_input_gradient(dv: &[f32], tiling: Tiling, ch: usize, dx: &mut Vec<
 /// `U = G g Gᵀ` of the kernel `w` `[cout, cin, 3, 3]` (the module's layout): `u`
 /// `[16][cin][cout]`.
 fn transform_kernel(w: &[f32], cout: usize, cin: usize, u: &mut Vec<f32>) {
-    u.resize(POINTS * cin * cout, 0.0);
+    let stride = plane_stride(cin * cout);
+    u.resize(POINTS * stride, 0.0);
     for ci in 0..cin {
         for (o0, len) in blocks(cout) {
             let kernel: [[Lane; 3]; 3] = std::array::from_fn(|ky| {
@@ -181,7 +255,7 @@ fn transform_kernel(w: &[f32], cout: usize, cin: usize, u: &mut Vec<f32>) {
             });
             let out = both_sides(kernel, g);
             for (point, lane) in out.iter().flatten().enumerate() {
-                store(lane, &mut u[(point * cin + ci) * cout + o0..][..len]);
+                store(lane, &mut u[point * stride + ci * cout + o0..][..len]);
             }
         }
     }
@@ -190,11 +264,12 @@ fn transform_kernel(w: &[f32], cout: usize, cin: usize, u: &mut Vec<f32>) {
 /// `dg = Gᵀ dU G` from `du` `[16][cin][cout]`: the kernel's gradient `[cout, cin, 3, 3]`, into
 /// `dw`.
 fn kernel_gradient(du: &[f32], cout: usize, cin: usize, dw: &mut Vec<f32>) {
+    let stride = plane_stride(cin * cout);
     dw.resize(cout * cin * 9, 0.0);
     for ci in 0..cin {
         for (o0, len) in blocks(cout) {
             let grad: [[Lane; 4]; 4] = std::array::from_fn(|r| {
-                std::array::from_fn(|c| load(&du[((r * 4 + c) * cin + ci) * cout + o0..][..len]))
+                std::array::from_fn(|c| load(&du[(r * 4 + c) * stride + ci * cout + o0..][..len]))
             });
             let kernel = both_sides(grad, g_t);
             for (tap, lane) in kernel.iter().flatten().enumerate() {
@@ -206,12 +281,131 @@ fn kernel_gradient(du: &[f32], cout: usize, cin: usize, dw: &mut Vec<f32>) {
     }
 }
 
+/// `relu(Aᵀ M A + bias)` of every tile's products `m` `[16][tiles][cout]`: the output pixels,
+/// channels-last, into `out`.
+#[inline(always)]
+fn transform_output(m: &[f32], tiling: Tiling, cout: usize, bias: &[f32], out: &mut [f32]) {
+    let tiles = tiling.count();
+    let stride = plane_stride(tiles * cout);
+    for t in 0..tiles {
+        let corner = tiling.corner(t);
+        for (o0, len) in blocks(cout) {
+            let mut products = [[ZERO; 4]; 4];
+            for (r, row) in products.iter_mut().enumerate() {
+                for (c, lane) in row.iter_mut().enumerate() {
+                    *lane = load(&m[(r * 4 + c) * stride + t * cout + o0..][..len]);
+                }
+            }
+            let bias = load(&bias[o0..o0 + len]);
+            let y = both_sides(products, a_t);
+            for (r, row) in y.iter().enumerate() {
+                for (c, lane) in row.iter().enumerate() {
+                    if let Some(p) = tiling.pixel(corner, r, c, 0) {
+                        let lane = relu(add(*lane, bias));
+                        store(&lane, &mut out[p * cout + o0..][..len]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dM = A dY Aᵀ` of every tile of the output's gradient `dy` (channels-last): `dm`
+/// `[16][tiles][cout]`.
+#[inline(always)]
+fn transform_output_gradient(dy: &[f32], tiling: Tiling, cout: usize, dm: &mut [f32]) {
+    let tiles = tiling.count();
+    let stride = plane_stride(tiles * cout);
+    for t in 0..tiles {
+        let corner = tiling.corner(t);
+        for (o0, len) in blocks(cout) {
+            let mut grad = [[ZERO; 2]; 2];
+            for (r, row) in grad.iter_mut().enumerate() {
+                for (c, lane) in row.iter_mut().enumerate() {
+                    if let Some(p) = tiling.pixel(corner, r, c, 0) {
+                        *lane = load(&dy[p * cout + o0..][..len]);
+                    }
+                }
+            }
+            let products = both_sides(grad, a);
+            for (point, lane) in products.iter().flatten().enumerate() {
+                store(lane, &mut dm[point * stride + t * cout + o0..][..len]);
+            }
+        }
+    }
+}
+
+/// The tile transforms compiled for AVX2, where a lane is one register: the same functions, so
+/// the same arithmetic (they have no multiply-add to fuse).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::Tiling;
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn transform_input(x: &[f32], tiling: Tiling, ch: usize, v: &mut Vec<f32>) {
+        super::transform_input(x, tiling, ch, v)
+    }
+    #[target_feature(enable = "avx2")]
+    pub(super) fn transform_input_gradient(
+        dv: &[f32],
+        tiling: Tiling,
+        ch: usize,
+        dx: &mut Vec<f32>,
+    ) {
+        super::transform_input_gradient(dv, tiling, ch, dx)
+    }
+    #[target_feature(enable = "avx2")]
+    pub(super) fn transform_output(
+        m: &[f32],
+        tiling: Tiling,
+        cout: usize,
+        bias: &[f32],
+        out: &mut [f32],
+    ) {
+        super::transform_output(m, tiling, cout, bias, out)
+    }
+    #[target_feature(enable = "avx2")]
+    pub(super) fn transform_output_gradient(
+        dy: &[f32],
+        tiling: Tiling,
+        cout: usize,
+        dm: &mut [f32],
+    ) {
+        super::transform_output_gradient(dy, tiling, cout, dm)
+    }
+}
+
+/// Calls a tile transform: its [`avx2`] build where the CPU has AVX2, else the portable one.
+macro_rules! fast {
+    ($name:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            unsafe { avx2::$name($($arg),*) }
+        } else {
+            $name($($arg),*)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        $name($($arg),*)
+    }};
+}
+
+/// Where each point's plane of `len` values starts after the previous one's: a few cache lines
+/// apart from a multiple of the page, because a tile transform reads or writes all 16 planes at
+/// once, and 16 addresses a multiple of 4 KiB apart compete for the same few ways of the L1
+/// cache (the planes are 8 KiB to 256 KiB long here): without the gap, the transforms took
+/// three times as long as the products.
+fn plane_stride(len: usize) -> usize {
+    const GAP: usize = 48;
+    len + GAP
+}
+
 /// The slice of point `point` of a `[16][rows][cols]` array.
 fn plane(a: &[f32], point: usize, len: usize) -> &[f32] {
-    &a[point * len..][..len]
+    &a[point * plane_stride(len)..][..len]
 }
 fn plane_mut(a: &mut [f32], point: usize, len: usize) -> &mut [f32] {
-    &mut a[point * len..][..len]
+    &mut a[point * plane_stride(len)..][..len]
 }
 
 /// A 3x3 convolution (stride 1, padding 1) with bias and ReLU by F(2x2, 3x3), and its
@@ -251,9 +445,9 @@ impl Conv3x3 {
         let tiling = Tiling { n, size };
         (self.tiling, self.cin, self.cout) = (tiling, cin, cout);
         let tiles = tiling.count();
-        transform_input(x, tiling, cin, &mut self.v);
+        fast!(transform_input(x, tiling, cin, &mut self.v));
         transform_kernel(w, cout, cin, &mut self.u);
-        self.m.resize(POINTS * tiles * cout, 0.0);
+        self.m.resize(POINTS * plane_stride(tiles * cout), 0.0);
         for point in 0..POINTS {
             product(
                 Strided::dense(plane(&self.v, point, tiles * cin), cin),
@@ -263,25 +457,7 @@ impl Conv3x3 {
             );
         }
         out.resize(n * size * size * cout, 0.0);
-        for t in 0..tiles {
-            for (o0, len) in blocks(cout) {
-                let products: [[Lane; 4]; 4] = std::array::from_fn(|r| {
-                    std::array::from_fn(|c| {
-                        load(&self.m[((r * 4 + c) * tiles + t) * cout + o0..][..len])
-                    })
-                });
-                let bias = load(&bias[o0..o0 + len]);
-                let y = both_sides(products, a_t);
-                for (r, row) in y.iter().enumerate() {
-                    for (c, lane) in row.iter().enumerate() {
-                        if let Some(p) = tiling.pixel(t, r, c, 0) {
-                            let lane = add(*lane, bias).map(|v| v.max(0.0));
-                            store(&lane, &mut out[p * cout + o0..][..len]);
-                        }
-                    }
-                }
-            }
-        }
+        fast!(transform_output(&self.m, tiling, cout, bias, out));
     }
 
     /// From `dy`, the gradient before the ReLU of the last [`Self::forward_relu`]'s output
@@ -291,21 +467,8 @@ impl Conv3x3 {
         let (tiling, cin, cout) = (self.tiling, self.cin, self.cout);
         let tiles = tiling.count();
         // dM = A dY Aᵀ, into `m`, whose products are no longer needed.
-        for t in 0..tiles {
-            for (o0, len) in blocks(cout) {
-                let grad: [[Lane; 2]; 2] = std::array::from_fn(|r| {
-                    std::array::from_fn(|c| match tiling.pixel(t, r, c, 0) {
-                        Some(p) => load(&dy[p * cout + o0..][..len]),
-                        None => [0.0; LANES],
-                    })
-                });
-                let dm = both_sides(grad, a);
-                for (point, lane) in dm.iter().flatten().enumerate() {
-                    store(lane, &mut self.m[(point * tiles + t) * cout + o0..][..len]);
-                }
-            }
-        }
-        self.du.resize(POINTS * cin * cout, 0.0);
+        fast!(transform_output_gradient(dy, tiling, cout, &mut self.m));
+        self.du.resize(POINTS * plane_stride(cin * cout), 0.0);
         for point in 0..POINTS {
             product(
                 Strided::dense(plane(&self.v, point, tiles * cin), cin).t(),
@@ -316,7 +479,7 @@ impl Conv3x3 {
         }
         kernel_gradient(&self.du, cout, cin, dw);
         let Some(dx) = dx else { return };
-        self.dv.resize(POINTS * tiles * cin, 0.0);
+        self.dv.resize(POINTS * plane_stride(tiles * cin), 0.0);
         for point in 0..POINTS {
             product(
                 Strided::dense(plane(&self.m, point, tiles * cout), cout),
@@ -325,7 +488,7 @@ impl Conv3x3 {
                 false,
             );
         }
-        transform_input_gradient(&self.dv, tiling, cin, dx);
+        fast!(transform_input_gradient(&self.dv, tiling, cin, dx));
     }
 }
 
@@ -360,7 +523,8 @@ mod tests {
                             };
                             for ci in 0..cin {
                                 let v = x[((img * size + iy) * size + ix) * cin + ci];
-                                sum += f64::from(v) * f64::from(w[(o * cin + ci) * 9 + ky * 3 + kx]);
+                                sum +=
+                                    f64::from(v) * f64::from(w[(o * cin + ci) * 9 + ky * 3 + kx]);
                             }
                         }
                         out[((img * size + y) * size + xx) * cout + o] = sum;
@@ -438,8 +602,14 @@ mod tests {
         let (mut dw, mut dx) = (Vec::new(), Vec::new());
         conv.backward(&dy, &mut dw, Some(&mut dx));
         let (want_dw, want_dx) = direct_gradients(&x, &dy, n, size, cin, cout, &w);
-        assert!(relative_error(&dw, &want_dw) < 1e-5, "kernel gradient, {shape}");
-        assert!(relative_error(&dx, &want_dx) < 1e-5, "input gradient, {shape}");
+        assert!(
+            relative_error(&dw, &want_dw) < 1e-5,
+            "kernel gradient, {shape}"
+        );
+        assert!(
+            relative_error(&dx, &want_dx) < 1e-5,
+            "input gradient, {shape}"
+        );
         // Without the input's gradient, the kernel's is the same.
         let mut dw_alone = Vec::new();
         conv.backward(&dy, &mut dw_alone, None);

@@ -21,6 +21,7 @@ use burn::tensor::TensorData;
 use rayon::prelude::*;
 
 use crate::data::preprocess::INPUT_LEN;
+use crate::kernels::winograd::Conv3x3;
 use crate::model::cnn::{self, Cnn};
 use crate::model::load_weights;
 use crate::model::{Model, StepStats, Weights};
@@ -115,7 +116,6 @@ impl CnnCpuTrainer {
         let params = &self.params;
         let p = |i: usize| params[i].value.as_slice();
         let w1 = relayout_kernel(p(CONV1_W), C1, COLOURS, Toward::Patches);
-        let w2 = relayout_kernel(p(CONV2_W), C2, C1, Toward::Patches);
 
         // The convolutions, one chunk of images per core.
         let count = rayon::current_num_threads().clamp(1, n.max(1));
@@ -126,7 +126,7 @@ impl CnnCpuTrainer {
         let workspaces = &mut self.workspaces;
         workspaces.par_iter_mut().zip(&chunks).for_each(|(w, r)| {
             let x = &x[r.start * INPUT_LEN..r.end * INPUT_LEN];
-            w.forward(x, &w1, p(CONV1_B), &w2, p(CONV2_B));
+            w.forward(x, &w1, p(CONV1_B), p(CONV2_W), p(CONV2_B));
         });
         let mut flat = vec![0.0; n * FLAT];
         for (w, r) in workspaces.iter().zip(&chunks) {
@@ -143,7 +143,7 @@ impl CnnCpuTrainer {
 
         // Back through the convolutions, chunk by chunk; their gradients summed in chunk order.
         workspaces.par_iter_mut().zip(&chunks).for_each(|(w, r)| {
-            w.backward(&dense.d_flat[r.start * FLAT..r.end * FLAT], &w2);
+            w.backward(&dense.d_flat[r.start * FLAT..r.end * FLAT]);
         });
         let mut conv = ConvGradients::zeros();
         for w in workspaces.iter() {
@@ -152,7 +152,7 @@ impl CnnCpuTrainer {
         let grads = vec![
             relayout_kernel(&conv.w1, C1, COLOURS, Toward::Kernel),
             conv.b1,
-            relayout_kernel(&conv.w2, C2, C1, Toward::Kernel),
+            conv.w2,
             conv.b2,
             dense.d_dense_w,
             dense.d_dense_b,
@@ -240,20 +240,6 @@ fn patches(x: &[f32], n: usize, size: usize, ch: usize, cols: &mut Vec<f32>) {
     for (pixel, row) in cols.chunks_exact_mut(TAPS * ch).enumerate() {
         for (start, at, len) in patch_runs(pixel, size, ch) {
             row[start..start + len].copy_from_slice(&x[at..at + len]);
-        }
-    }
-}
-
-/// The gradient of the images from the gradient of their [`patches`]: each patch value added
-/// back to the pixel it was copied from. Into `dx`.
-fn unpatch(d_cols: &[f32], n: usize, size: usize, ch: usize, dx: &mut Vec<f32>) {
-    dx.clear();
-    dx.resize(n * size * size * ch, 0.0);
-    for (pixel, row) in d_cols.chunks_exact(TAPS * ch).enumerate() {
-        for (start, at, len) in patch_runs(pixel, size, ch) {
-            for (d, s) in dx[at..at + len].iter_mut().zip(&row[start..start + len]) {
-                *d += s;
-            }
         }
     }
 }
@@ -361,8 +347,8 @@ struct Workspace {
     a1: Vec<f32>,
     from1: Vec<u8>,
     pooled1: Vec<f32>,
-    /// Patches of the first pooling `[n * 256, 288]`.
-    cols2: Vec<f32>,
+    /// The second convolution (by Winograd's F(2x2, 3x3)), with what its backward pass needs.
+    conv2: Conv3x3,
     /// Second convolution after ReLU, `[n, 16, 16, 64]`.
     a2: Vec<f32>,
     from2: Vec<u8>,
@@ -371,14 +357,15 @@ struct Workspace {
     /// Gradients of the values above, in the backward pass.
     d_pooled2: Vec<f32>,
     d2: Vec<f32>,
-    d_cols2: Vec<f32>,
     d_pooled1: Vec<f32>,
     d1: Vec<f32>,
     grads: ConvGradients,
 }
 
 impl Workspace {
-    /// Both convolutions and poolings of the images `x` (rows of 3072, channel-major).
+    /// Both convolutions and poolings of the images `x` (rows of 3072, channel-major); `w1` is
+    /// the first kernel as [`relayout_kernel`] lays it out for patches, `w2` the second as the
+    /// module holds it.
     fn forward(&mut self, x: &[f32], w1: &[f32], b1: &[f32], w2: &[f32], b2: &[f32]) {
         let n = x.len() / INPUT_LEN;
         self.input.resize(x.len(), 0.0);
@@ -386,8 +373,8 @@ impl Workspace {
         patches(&self.input, n, SIZE, COLOURS, &mut self.cols1);
         affine_relu(&self.cols1, w1, b1, false, &mut self.a1);
         max_pool(&self.a1, SIZE, C1, &mut self.pooled1, &mut self.from1);
-        patches(&self.pooled1, n, SIZE / 2, C1, &mut self.cols2);
-        affine_relu(&self.cols2, w2, b2, false, &mut self.a2);
+        self.conv2
+            .forward_relu(&self.pooled1, SIZE / 2, w2, b2, &mut self.a2);
         max_pool(&self.a2, SIZE / 2, C2, &mut self.pooled2, &mut self.from2);
     }
 
@@ -398,29 +385,15 @@ impl Workspace {
     }
 
     /// The convolutions' gradients ([`Self::grads`]) from the gradient of [`Self::flat`]
-    /// `d_flat`; `w2` is the second kernel as [`relayout_kernel`] lays it out for patches.
-    fn backward(&mut self, d_flat: &[f32], w2: &[f32]) {
-        let n = self.input.len() / INPUT_LEN;
+    /// `d_flat`.
+    fn backward(&mut self, d_flat: &[f32]) {
         self.d_pooled2.resize(d_flat.len(), 0.0);
         transpose_images(d_flat, C2, 64, &mut self.d_pooled2);
         let (from2, a2) = (&self.from2, &self.a2);
         unpool(&self.d_pooled2, from2, a2, SIZE / 2, C2, &mut self.d2);
         let grads = &mut self.grads;
-        grads.w2.resize(TAPS * C1 * C2, 0.0);
-        product(
-            Strided::dense(&self.cols2, TAPS * C1).t(),
-            Strided::dense(&self.d2, C2),
-            &mut grads.w2,
-            false,
-        );
-        self.d_cols2.resize(self.cols2.len(), 0.0);
-        product(
-            Strided::dense(&self.d2, C2),
-            Strided::dense(w2, C2).t(),
-            &mut self.d_cols2,
-            false,
-        );
-        unpatch(&self.d_cols2, n, SIZE / 2, C1, &mut self.d_pooled1);
+        let (d2, d_pooled1) = (&self.d2, &mut self.d_pooled1);
+        self.conv2.backward(d2, &mut grads.w2, Some(d_pooled1));
         unpool(
             &self.d_pooled1,
             &self.from1,
@@ -441,7 +414,8 @@ impl Workspace {
     }
 }
 
-/// The convolutions' gradients, kernels laid out for patches ([`relayout_kernel`]).
+/// The convolutions' gradients: the first kernel's laid out for patches ([`relayout_kernel`]),
+/// the second's as the module holds it.
 #[derive(Default)]
 struct ConvGradients {
     w1: Vec<f32>,
