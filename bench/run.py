@@ -294,22 +294,103 @@ def bench_grpc(work, args, results):
 
 
 def bench_cnn(py, work, args, results):
-    """The small CNN (`--arch cnn`) against torch_cnn.py, the same network, at batch 32."""
+    """The small CNN (`--arch cnn`) against torch_cnn.py, the same network: training at batch 32
+    and 128; then the trained model's test pass (`maas eval`), and `maas serve` of it against the
+    FastAPI peer serving the same network (needs `ab`, and fastapi + uvicorn in PEER_PYTHON)."""
     data = os.path.join(work, "cnn")
-    run([sys.executable, os.path.join(HERE, "make_data.py"), data, str(args.cnn_n)])
+    run([sys.executable, os.path.join(HERE, "make_data.py"), data, str(args.cnn_n), str(args.cnn_test_n)])
     bin_dir = os.path.join(data, "cifar-10-batches-bin")
-    print(f"\ncnn training: {args.cnn_n} generated images, 2 epochs at batch 32, samples/s of the "
-          f"last epoch, best of {args.repeat}")
-    t_runs, m_runs = [], []
-    for _ in range(args.repeat):  # interleaved, so both see the same machine
-        t_runs.append(peer_train(py, "torch_cnn.py", bin_dir, 32, 2))
-        m_runs.append(maas_train(data, 32, 2, os.path.join(work, "ckcnn"), ["--arch", "cnn"]))
-    t = max(t_runs, key=lambda r: r["samples_per_s"])
-    m = max(m_runs, key=lambda r: r["samples_per_s"])
-    ratio = m["samples_per_s"] / t["samples_per_s"]
-    print(f"torch {t['samples_per_s']:.0f}, maas {m['samples_per_s']:.0f} samples/s: {ratio:.2f}x"
-          f"   test acc torch / maas {t['test_acc']:.4f} / {m['test_acc']:.4f}")
-    results["cnn_train_batch_32"] = {"torch": t, "maas": m, "ratio": ratio}
+    print(f"\ncnn training: {args.cnn_n} generated images, 2 epochs, samples/s of the last epoch, "
+          f"best of {args.repeat}")
+    checkpoints = os.path.join(work, "ckcnn")
+    for batch in (32, 128):
+        t_runs, m_runs = [], []
+        for _ in range(args.repeat):  # interleaved, so both see the same machine
+            t_runs.append(peer_train(py, "torch_cnn.py", bin_dir, batch, 2))
+            m_runs.append(maas_train(data, batch, 2, checkpoints, ["--arch", "cnn"]))
+        t = max(t_runs, key=lambda r: r["samples_per_s"])
+        m = max(m_runs, key=lambda r: r["samples_per_s"])
+        ratio = m["samples_per_s"] / t["samples_per_s"]
+        print(f"  batch {batch:>3}: torch {t['samples_per_s']:.0f}, maas {m['samples_per_s']:.0f} samples/s: "
+              f"{ratio:.2f}x   test acc torch / maas {t['test_acc']:.4f} / {m['test_acc']:.4f}")
+        results[f"cnn_train_batch_{batch}"] = {"torch": t, "maas": m, "ratio": ratio}
+    model = os.path.join(work, "cnn.maas")
+    run([MAAS, "-q", "export", "--checkpoints", checkpoints, "-o", model])
+    s = wall([MAAS, "--device", "cpu", "-q", "eval", "--model", model, "--data", data, "--json"], 3)
+    print(f"  maas eval of the cnn on {args.cnn_test_n} test images (whole process, best of 3): {s:.3f} s, "
+          f"{args.cnn_test_n / s:.0f} images/s")
+    results["cnn_eval"] = {"images": args.cnn_test_n, "seconds": s}
+    bench_cnn_serve(py, work, args, results, model)
+
+
+def torch_cnn_serve(folder):
+    """The FastAPI peer (torch_serve.py) with the cnn's layers in place of its MLP, written into
+    `folder` under the peer's own name (uvicorn imports it by that name)."""
+    with open(os.path.join(PEERS, "torch_serve.py")) as f:
+        source = f.read()
+    mlp = ("model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 64), torch.nn.ReLU(), "
+           "torch.nn.Linear(64, 10)).eval()")
+    cnn = ("nn = torch.nn\n"
+           "model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), "
+           "nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), "
+           "nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10)).eval()")
+    if mlp not in source:
+        raise SystemExit("bench: torch_serve.py's model line changed; update torch_cnn_serve")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "torch_serve.py"), "w") as f:
+        f.write(source.replace(mlp, cnn))
+
+
+def ab_rps(url, one, clients, requests):
+    out = run(["ab", "-q", "-k", "-n", str(requests), "-c", str(clients), "-p", one, "-T", "image/png",
+               url + "/v1/predict"]).stdout
+    non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
+    if non2xx:
+        raise SystemExit(f"bench: {non2xx.group(1)} non-2xx answers from {url}")
+    return float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))
+
+
+def bench_cnn_serve(py, work, args, results, model):
+    """`maas serve` of the cnn against the FastAPI peer serving the same network (2 workers, as
+    the peer runs by default), one PNG per request, 64 keep-alive clients of ab."""
+    if shutil.which("ab") is None:
+        print("  cnn serve: skipped, `ab` (apache2-utils) is not installed")
+        return
+    if subprocess.run([py, "-c", "import fastapi, uvicorn"], capture_output=True).returncode != 0:
+        print(f"  cnn serve: skipped, {py} lacks fastapi or uvicorn")
+        return
+    images = os.path.join(work, "cnn-images")
+    write_images(py, images, 1)
+    one = os.path.join(images, "00000.png")
+    clients, requests = 64, args.cnn_requests
+    server, url = start_server(model)
+    try:
+        ab_rps(url, one, clients, requests // 10)  # warm up
+        ours = ab_rps(url, one, clients, requests)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    folder = os.path.join(work, "torch-cnn-serve")
+    torch_cnn_serve(folder)
+    port = free_port()
+    peer = subprocess.Popen([py, "torch_serve.py", "--port", str(port)], cwd=folder,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peer_url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                ab_rps(peer_url, one, 1, 1)
+                break
+            except (subprocess.CalledProcessError, SystemExit):
+                time.sleep(0.1)
+        ab_rps(peer_url, one, clients, requests // 10)
+        theirs = ab_rps(peer_url, one, clients, requests)
+    finally:
+        peer.terminate()
+        peer.wait(timeout=30)
+    print(f"  cnn serve, /v1/predict, {clients} keep-alive clients of ab, {requests} requests: maas "
+          f"{ours:.0f}, FastAPI + torch {theirs:.0f} requests/s: {ours / theirs:.2f}x")
+    results["cnn_serve_64_clients_keepalive_rps"] = {"maas": ours, "torch": theirs, "ratio": ours / theirs}
 
 
 def bench_real(py, work, args, results):
@@ -377,6 +458,8 @@ def main():
     ap.add_argument("--call-seconds", type=int, default=5, help="seconds per maas bench / wrk level")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--cnn-n", type=int, default=2000, help="generated training images for `cnn`")
+    ap.add_argument("--cnn-test-n", type=int, default=10000, help="generated test images for `cnn` (its eval)")
+    ap.add_argument("--cnn-requests", type=int, default=5000, help="requests per cnn serve measurement")
     ap.add_argument("--data", help="`real`: a folder holding real CIFAR-10's cifar-10-batches-bin")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4], help="`real`: seeds of each run")
     ap.add_argument("--real-epochs", type=int, default=10, help="`real`: the MLP's epochs")

@@ -6,9 +6,10 @@
 //!
 //! Public is what the binary, the tests, `examples/` and `fuzz/` use; the rest is the crate's own.
 
-// `unsafe` is a visible decision: allowed only where it is needed (SIMD in `train::cpu::fused`,
-// the CPU's float mode in `train::cpu::subnormals`, libjpeg-turbo's C API in `data::jpeg`, the
-// allocator's trim in `serve::memory`, one environment variable in `cli::entry`).
+// `unsafe` is a visible decision: allowed only where it is needed (`gemm` in `kernels::matmul`,
+// SIMD in `train::cpu::fused`, the CPU's float mode in `train::cpu::subnormals`, libjpeg-turbo's
+// C API in `data::jpeg`, the allocator's trim in `serve::memory`, one environment variable in
+// `cli::entry`).
 #![deny(unsafe_code)]
 
 pub mod artifact;

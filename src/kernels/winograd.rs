@@ -15,7 +15,7 @@
 //! The transforms run on lanes of [`LANES`] channels (contiguous in channels-last images), which
 //! the compiler keeps in vector registers.
 
-use crate::train::cpu::fused::{Strided, product};
+use crate::kernels::matmul::{Strided, product};
 
 /// Points of a transformed tile (4x4).
 const POINTS: usize = 16;

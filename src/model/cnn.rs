@@ -5,7 +5,8 @@
 //! Where the MLP sees pixels at fixed places, the convolutions see the same small patterns
 //! anywhere in the picture: what a shape drawn at a random position needs. On the CPU it trains
 //! through a step derived by hand ([`crate::train::cpu::cnn`]), tested against burn's autodiff
-//! ([`crate::train::autodiff`]), which trains it on a GPU.
+//! ([`crate::train::autodiff`]), which trains it on a GPU. On the CPU it also answers through the
+//! host kernels ([`super::cnn_host`]), burn's [`Cnn::forward`] running elsewhere.
 
 use anyhow::Result;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -15,7 +16,8 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use super::arch::Architecture;
-use super::module_io::{Network, Trainable};
+use super::cnn_host::{CnnModel, plain_cpu};
+use super::module_io::{Network, Trainable, load_weights};
 use super::onnx_graph::{GraphBuilder, GraphProto, INPUT, OUTPUT, attribute};
 use super::weights::{Weights, glorot_uniform};
 
@@ -106,6 +108,28 @@ impl Architecture for CnnArchitecture {
     }
     fn onnx_graph(&self, input_shape: [usize; 3], weights: &Weights) -> Result<Option<GraphProto>> {
         Ok(Some(onnx_graph(input_shape, weights)))
+    }
+    /// On the plain CPU device, the module with its host forward ([`CnnModel`]), the weights laid
+    /// out for it once here; the module alone elsewhere.
+    fn load(
+        &self,
+        _hidden: usize,
+        weights: &Weights,
+        device: &Device,
+    ) -> Result<Box<dyn Trainable>> {
+        let module = load_weights(Cnn::new(weights.classes(), device), weights)?;
+        for_inference(module, weights)
+    }
+}
+
+/// `module`, on `device` and holding `weights`, as inference runs it: with its host forward
+/// ([`CnnModel`]) on the plain CPU device, alone elsewhere. The weights are laid out for the
+/// host here, once.
+pub fn for_inference(module: Cnn, weights: &Weights) -> Result<Box<dyn Trainable>> {
+    if plain_cpu(&module.conv1.weight.val().device()) {
+        Ok(Box::new(CnnModel::new(Box::new(module), weights)?))
+    } else {
+        Ok(Box::new(module))
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod arch;
 pub mod cnn;
+pub mod cnn_host;
 mod config;
 mod loss;
 pub mod mlp;

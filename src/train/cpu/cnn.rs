@@ -2,10 +2,12 @@
 //!
 //! Why: through burn's autodiff the CNN trained at a fifth of PyTorch's speed on the CPU
 //! (`bench/README.md`): most of a step went to burn-flex rearranging patches for its
-//! convolutions, forward and backward, one operation and one core at a time. Here each
+//! convolutions, forward and backward, one operation and one core at a time. Here the first
 //! convolution is one matrix product over a whole chunk of the batch (`im2col`, images kept
-//! channels-last so that a patch is a few contiguous runs), max-pooling remembers where each
-//! maximum came from, and the backward pass reuses the forward's patches. The batch is cut into
+//! channels-last so that a patch is a few contiguous runs), and the second, eleven times its
+//! arithmetic, Winograd's F(2x2, 3x3) ([`Conv3x3`]: 16 products of a quarter of the size);
+//! max-pooling remembers where each maximum came from, and the backward passes reuse the
+//! forward's patches and transformed tiles. The batch is cut into
 //! one chunk per core for the convolutions; the dense layers, whose products are large enough to
 //! share, run on the whole batch; then Adam ([`fused::adam_apply`], the arithmetic of
 //! [`crate::train::adam::update`]).
@@ -21,20 +23,22 @@ use burn::tensor::TensorData;
 use rayon::prelude::*;
 
 use crate::data::preprocess::INPUT_LEN;
+use crate::kernels::conv::{TAPS, affine_relu, patches};
+use crate::kernels::layout::{Toward, column_sums, relayout_kernel, transpose_images};
+use crate::kernels::matmul::{Strided, product};
+use crate::kernels::pool::{max_pool, unpool};
 use crate::kernels::winograd::Conv3x3;
 use crate::model::cnn::{self, Cnn};
 use crate::model::load_weights;
 use crate::model::{Model, StepStats, Weights};
 use crate::train::adam::{AdamConfig, AdamState};
-use crate::train::cpu::fused::{self, Strided, product};
+use crate::train::cpu::fused;
 use crate::train::step::{AdamClock, Batch, ParamState, TrainStep};
 
 /// Side of the input pictures.
 const SIZE: usize = 32;
 /// Colour channels of the input.
 const COLOURS: usize = 3;
-/// Taps of a 3x3 kernel.
-const TAPS: usize = 9;
 /// Channels of the two convolutions (as [`cnn`]'s).
 const C1: usize = 32;
 const C2: usize = 64;
@@ -57,6 +61,8 @@ pub struct CnnCpuTrainer {
     /// One per chunk of the batch, kept from step to step: buffers of several MiB that would
     /// otherwise be mapped, faulted in and zeroed again at every step.
     workspaces: Vec<Workspace>,
+    /// The dense layers' values and gradients, kept from step to step as well.
+    dense: Dense,
     classes: usize,
     adam: AdamClock,
     /// Where the model and the step's statistics are handed out.
@@ -78,6 +84,7 @@ impl CnnCpuTrainer {
         Ok(Self {
             params,
             workspaces: Vec::new(),
+            dense: Dense::default(),
             classes,
             adam: AdamClock {
                 config,
@@ -89,10 +96,21 @@ impl CnnCpuTrainer {
 
     /// One step of Adam on `n` images `x` (rows of 3072) with one-hot `targets`, on the host.
     fn step_host(&mut self, x: &[f32], targets: &[f32], n: usize) -> StepStats {
-        let (grads, loss_sum, correct) = self.gradients(x, targets, n);
+        let conv = self.gradients(x, targets, n);
         let lr_t = self.adam.tick();
         let config = self.adam.config;
-        for (p, g) in self.params.iter_mut().zip(&grads) {
+        let d = &self.dense;
+        let grads: [&[f32]; 8] = [
+            &conv.w1,
+            &conv.b1,
+            &conv.w2,
+            &conv.b2,
+            &d.d_dense_w,
+            &d.d_dense_b,
+            &d.d_output_w,
+            &d.d_output_b,
+        ];
+        for (p, g) in self.params.iter_mut().zip(grads) {
             // Blocks of a parameter are updated on all cores; Adam is elementwise.
             const BLOCK: usize = 1 << 14;
             p.value
@@ -104,15 +122,16 @@ impl CnnCpuTrainer {
         }
         let device = &self.device;
         StepStats {
-            loss_sum: Tensor::from_data(TensorData::new(vec![loss_sum], [1]), device),
-            correct: Tensor::from_data(TensorData::new(vec![correct as i64], [1]), device),
+            loss_sum: Tensor::from_data(TensorData::new(vec![d.loss_sum], [1]), device),
+            correct: Tensor::from_data(TensorData::new(vec![d.correct as i64], [1]), device),
         }
     }
 
-    /// The gradient of the batch's mean cross-entropy for every parameter (in the parameters'
-    /// order and layouts), the summed loss and the count classified right, for `n` images `x`
-    /// (channel-major rows of 3072) and one-hot `targets`.
-    fn gradients(&mut self, x: &[f32], targets: &[f32], n: usize) -> (Vec<Vec<f32>>, f32, usize) {
+    /// The gradient of the batch's mean cross-entropy for every parameter, the summed loss and
+    /// the count classified right, for `n` images `x` (channel-major rows of 3072) and one-hot
+    /// `targets`: the convolutions' gradients returned (in the module's layouts), the rest in
+    /// [`Self::dense`].
+    fn gradients(&mut self, x: &[f32], targets: &[f32], n: usize) -> ConvGradients {
         let params = &self.params;
         let p = |i: usize| params[i].value.as_slice();
         let w1 = relayout_kernel(p(CONV1_W), C1, COLOURS, Toward::Patches);
@@ -128,14 +147,14 @@ impl CnnCpuTrainer {
             let x = &x[r.start * INPUT_LEN..r.end * INPUT_LEN];
             w.forward(x, &w1, p(CONV1_B), p(CONV2_W), p(CONV2_B));
         });
-        let mut flat = vec![0.0; n * FLAT];
+        let dense = &mut self.dense;
+        dense.flat.resize(n * FLAT, 0.0);
         for (w, r) in workspaces.iter().zip(&chunks) {
-            w.flat(&mut flat[r.start * FLAT..r.end * FLAT]);
+            w.flat(&mut dense.flat[r.start * FLAT..r.end * FLAT]);
         }
 
         // The dense layers on the whole batch.
-        let dense = Dense::run(
-            &flat,
+        dense.run(
             targets,
             self.classes,
             [p(DENSE_W), p(DENSE_B), p(OUTPUT_W), p(OUTPUT_B)],
@@ -149,17 +168,10 @@ impl CnnCpuTrainer {
         for w in workspaces.iter() {
             conv.add(&w.grads);
         }
-        let grads = vec![
-            relayout_kernel(&conv.w1, C1, COLOURS, Toward::Kernel),
-            conv.b1,
-            conv.w2,
-            conv.b2,
-            dense.d_dense_w,
-            dense.d_dense_b,
-            dense.d_output_w,
-            dense.d_output_b,
-        ];
-        (grads, dense.loss_sum, dense.correct)
+        ConvGradients {
+            w1: relayout_kernel(&conv.w1, C1, COLOURS, Toward::Kernel),
+            ..conv
+        }
     }
 
     /// The model as it stands, on the trainer's device.
@@ -180,159 +192,14 @@ impl TrainStep for CnnCpuTrainer {
         Ok(self.step_host(&batch.inputs, &batch.one_hot(), batch.len()))
     }
     fn model(&self) -> Result<Model> {
-        Ok(Model::from_module(Box::new(CnnCpuTrainer::model(self)?)))
+        // With its host forward on the CPU: the test pass of every epoch runs through it.
+        let weights = self.state().0;
+        let module = load_weights(Cnn::new(self.classes, &self.device), &weights)?;
+        Ok(Model::from_module(cnn::for_inference(module, &weights)?))
     }
     fn state(&self) -> Result<(Weights, AdamState)> {
         Ok(CnnCpuTrainer::state(self))
     }
-}
-
-/// Which way [`relayout_kernel`] goes.
-#[derive(Clone, Copy, PartialEq)]
-enum Toward {
-    /// From the module's `[out, in, 3, 3]` to the matrix that multiplies patches,
-    /// `[(ky * 3 + kx) * in + ci, out]`.
-    Patches,
-    /// Back.
-    Kernel,
-}
-
-/// A convolution's weights (or their gradient) with `out` and `inp` channels, laid out the
-/// other way ([`Toward`]).
-fn relayout_kernel(w: &[f32], out: usize, inp: usize, toward: Toward) -> Vec<f32> {
-    let mut to = vec![0.0; w.len()];
-    for o in 0..out {
-        for ci in 0..inp {
-            for tap in 0..TAPS {
-                let (kernel, patch) = ((o * inp + ci) * TAPS + tap, (tap * inp + ci) * out + o);
-                match toward {
-                    Toward::Patches => to[patch] = w[kernel],
-                    Toward::Kernel => to[kernel] = w[patch],
-                }
-            }
-        }
-    }
-    to
-}
-
-/// The runs of patch row `pixel` (of images `[n, size, size, ch]`) that come from inside the
-/// image, one per kernel row: the run's start in the row, its start in the images, its length.
-/// The three taps of a kernel row are neighbours in the image, so each is one run.
-fn patch_runs(pixel: usize, size: usize, ch: usize) -> impl Iterator<Item = (usize, usize, usize)> {
-    let (s, y, x) = (pixel / (size * size), pixel / size % size, pixel % size);
-    // The taps `first..last` of each kernel row lie inside the image.
-    let (first, last) = (usize::from(x == 0), if x + 1 == size { 2 } else { 3 });
-    (0..3).filter_map(move |ky| {
-        let iy = (y + ky).checked_sub(1).filter(|&iy| iy < size)?;
-        let at = ((s * size + iy) * size + x + first - 1) * ch;
-        Some(((ky * 3 + first) * ch, at, (last - first) * ch))
-    })
-}
-
-/// The 3x3 patches (padding 1) of `n` channels-last images `[n, size, size, ch]`: one row
-/// `[(ky * 3 + kx) * ch + c]` per output pixel, `[n * size * size, 9 * ch]`, copied a run at a
-/// time ([`patch_runs`]).
-///
-/// Into `cols`, which keeps the zeros of the padding from call to call: the padding is at the
-/// same places in every image, and nothing else writes there.
-fn patches(x: &[f32], n: usize, size: usize, ch: usize, cols: &mut Vec<f32>) {
-    cols.resize(n * size * size * TAPS * ch, 0.0);
-    for (pixel, row) in cols.chunks_exact_mut(TAPS * ch).enumerate() {
-        for (start, at, len) in patch_runs(pixel, size, ch) {
-            row[start..start + len].copy_from_slice(&x[at..at + len]);
-        }
-    }
-}
-
-/// `rows @ weight + bias`, then ReLU, into `out`: a convolution over its patches, or a dense
-/// layer.
-fn affine_relu(rows: &[f32], weight: &[f32], bias: &[f32], parallel: bool, out: &mut Vec<f32>) {
-    let (inputs, outputs) = (weight.len() / bias.len(), bias.len());
-    out.resize(rows.len() / inputs * outputs, 0.0);
-    product(
-        Strided::dense(rows, inputs),
-        Strided::dense(weight, outputs),
-        out,
-        parallel,
-    );
-    for row in out.chunks_exact_mut(outputs) {
-        for (v, b) in row.iter_mut().zip(bias) {
-            *v = (*v + b).max(0.0);
-        }
-    }
-}
-
-/// Where the four inputs of pooled cell `cell` start in channels-last images
-/// `[n, size, size, ch]`, row-major.
-fn pool_inputs(cell: usize, size: usize, ch: usize) -> [usize; 4] {
-    let half = size / 2;
-    let (s, py, px) = (cell / (half * half), cell / half % half, cell % half);
-    [0, 1, 2, 3].map(|q| ((s * size + 2 * py + q / 2) * size + 2 * px + q % 2) * ch)
-}
-
-/// Max-pool 2x2 of channels-last `a` `[n, size, size, ch]`: the maxima `[n, size/2, size/2, ch]`
-/// and, for each, which of its four inputs it was (row-major; the first on ties); into `out` and
-/// `from`.
-fn max_pool(a: &[f32], size: usize, ch: usize, out: &mut Vec<f32>, from: &mut Vec<u8>) {
-    out.resize(a.len() / 4, 0.0);
-    from.resize(out.len(), 0);
-    let cells = out.chunks_exact_mut(ch).zip(from.chunks_exact_mut(ch));
-    for (cell, (o, f)) in cells.enumerate() {
-        let quad = pool_inputs(cell, size, ch).map(|at| &a[at..at + ch]);
-        o.copy_from_slice(quad[0]);
-        f.fill(0);
-        for (q, input) in quad.iter().enumerate().skip(1) {
-            for ((o, f), &v) in o.iter_mut().zip(f.iter_mut()).zip(*input) {
-                if v > *o {
-                    *o = v;
-                    *f = q as u8;
-                }
-            }
-        }
-    }
-}
-
-/// The gradient before the ReLU under a [`max_pool`]: each pooled gradient goes to the input it
-/// came from, where that input (`a`, after the ReLU) was positive; every value of `d` written.
-fn unpool(d_out: &[f32], from: &[u8], a: &[f32], size: usize, ch: usize, d: &mut Vec<f32>) {
-    d.resize(a.len(), 0.0);
-    let cells = d_out.chunks_exact(ch).zip(from.chunks_exact(ch));
-    for (cell, (g, f)) in cells.enumerate() {
-        for (q, at) in pool_inputs(cell, size, ch).into_iter().enumerate() {
-            let (d, a) = (&mut d[at..at + ch], &a[at..at + ch]);
-            for (((d, &a), &g), &f) in d.iter_mut().zip(a).zip(g).zip(f) {
-                *d = if usize::from(f) == q && a > 0.0 {
-                    g
-                } else {
-                    0.0
-                };
-            }
-        }
-    }
-}
-
-/// Each image of `src`, a `[rows, cols]` matrix, transposed into `dst`: channel-major to
-/// channels-last (rows are channels) or back (rows are pixels).
-fn transpose_images(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    let len = rows * cols;
-    for (img, out) in src.chunks_exact(len).zip(dst.chunks_exact_mut(len)) {
-        for r in 0..rows {
-            for c in 0..cols {
-                out[c * rows + r] = img[r * cols + c];
-            }
-        }
-    }
-}
-
-/// Column sums of a row-major matrix of `cols` columns.
-fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
-    let mut sums = vec![0.0; cols];
-    for row in m.chunks_exact(cols) {
-        for (s, v) in sums.iter_mut().zip(row) {
-            *s += v;
-        }
-    }
-    sums
 }
 
 /// One chunk's convolutions: what the forward pass computed, kept for the backward pass, and the
@@ -448,8 +315,16 @@ impl ConvGradients {
     }
 }
 
-/// The dense layers forward and back on the whole batch, with the loss.
+/// The dense layers forward and back on the whole batch, with the loss: their inputs, values
+/// and gradients, in buffers kept from step to step.
+#[derive(Default)]
 struct Dense {
+    /// The flattened features, `[N, 4096]` (written by the convolutions' chunks).
+    flat: Vec<f32>,
+    hidden: Vec<f32>,
+    logits: Vec<f32>,
+    d_logits: Vec<f32>,
+    d_hidden: Vec<f32>,
     d_dense_w: Vec<f32>,
     d_dense_b: Vec<f32>,
     d_output_w: Vec<f32>,
@@ -461,27 +336,29 @@ struct Dense {
 }
 
 impl Dense {
-    /// `flat` `[N, 4096]`, one-hot `targets` `[N, classes]`, and the dense layers' weight,
-    /// bias, output weight and output bias.
-    fn run(flat: &[f32], targets: &[f32], classes: usize, [wd, bd, wo, bo]: [&[f32]; 4]) -> Self {
-        let n = flat.len() / FLAT;
+    /// From [`Self::flat`] and one-hot `targets` `[N, classes]`, with the dense layers' weight,
+    /// bias, output weight and output bias: every value above.
+    fn run(&mut self, targets: &[f32], classes: usize, [wd, bd, wo, bo]: [&[f32]; 4]) {
+        let n = self.flat.len() / FLAT;
         let width = bd.len();
-        let mut hidden = Vec::new();
-        affine_relu(flat, wd, bd, true, &mut hidden);
-        let mut logits = vec![0.0; n * classes];
+        let flat = &self.flat;
+        affine_relu(flat, wd, bd, true, &mut self.hidden);
+        let hidden = &self.hidden;
+        self.logits.resize(n * classes, 0.0);
         product(
-            Strided::dense(&hidden, width),
+            Strided::dense(hidden, width),
             Strided::dense(wo, classes),
-            &mut logits,
+            &mut self.logits,
             false,
         );
         // Softmax cross-entropy, mean over the batch: d logits = (softmax - target) / N.
         let (mut loss_sum, mut correct) = (0.0f32, 0);
-        let mut d_logits = vec![0.0; logits.len()];
-        for ((z, t), d) in logits
+        self.d_logits.resize(self.logits.len(), 0.0);
+        for ((z, t), d) in self
+            .logits
             .chunks_exact_mut(classes)
             .zip(targets.chunks_exact(classes))
-            .zip(d_logits.chunks_exact_mut(classes))
+            .zip(self.d_logits.chunks_exact_mut(classes))
         {
             for (z, b) in z.iter_mut().zip(bo) {
                 *z += b;
@@ -500,48 +377,44 @@ impl Dense {
                 *d = (log_p.exp() * total - t) / n as f32;
             }
         }
-        let mut d_output_w = vec![0.0; width * classes];
+        let d_logits = &self.d_logits;
+        self.d_output_w.resize(width * classes, 0.0);
         product(
-            Strided::dense(&hidden, width).t(),
-            Strided::dense(&d_logits, classes),
-            &mut d_output_w,
+            Strided::dense(hidden, width).t(),
+            Strided::dense(d_logits, classes),
+            &mut self.d_output_w,
             false,
         );
-        let mut d_hidden = vec![0.0; n * width];
+        self.d_hidden.resize(n * width, 0.0);
         product(
-            Strided::dense(&d_logits, classes),
+            Strided::dense(d_logits, classes),
             Strided::dense(wo, classes).t(),
-            &mut d_hidden,
+            &mut self.d_hidden,
             false,
         );
-        for (d, h) in d_hidden.iter_mut().zip(&hidden) {
+        for (d, h) in self.d_hidden.iter_mut().zip(hidden) {
             if *h <= 0.0 {
                 *d = 0.0;
             }
         }
-        let mut d_dense_w = vec![0.0; FLAT * width];
+        let d_hidden = &self.d_hidden;
+        self.d_dense_w.resize(FLAT * width, 0.0);
         product(
             Strided::dense(flat, FLAT).t(),
-            Strided::dense(&d_hidden, width),
-            &mut d_dense_w,
+            Strided::dense(d_hidden, width),
+            &mut self.d_dense_w,
             true,
         );
-        let mut d_flat = vec![0.0; n * FLAT];
+        self.d_flat.resize(n * FLAT, 0.0);
         product(
-            Strided::dense(&d_hidden, width),
+            Strided::dense(d_hidden, width),
             Strided::dense(wd, width).t(),
-            &mut d_flat,
+            &mut self.d_flat,
             true,
         );
-        Self {
-            d_dense_w,
-            d_dense_b: column_sums(&d_hidden, width),
-            d_output_w,
-            d_output_b: column_sums(&d_logits, classes),
-            d_flat,
-            loss_sum,
-            correct,
-        }
+        self.d_dense_b = column_sums(d_hidden, width);
+        self.d_output_b = column_sums(d_logits, classes);
+        (self.loss_sum, self.correct) = (loss_sum, correct);
     }
 }
 
@@ -649,12 +522,23 @@ mod tests {
     }
 
     #[test]
-    fn kernels_round_trip_through_the_patch_layout() {
-        let w: Vec<f32> = (0..C2 * C1 * TAPS).map(|i| i as f32).collect();
-        let for_patches = relayout_kernel(&w, C2, C1, Toward::Patches);
-        assert_eq!(relayout_kernel(&for_patches, C2, C1, Toward::Kernel), w);
-        // Output 1, input channel 2, tap (0, 1) is row (1 * 32 + 2) of the patch matrix.
-        assert_eq!(for_patches[(C1 + 2) * C2 + 1], w[(C1 + 2) * TAPS + 1]);
+    fn the_test_pass_answers_through_the_host_forward() {
+        let device = Device::flex();
+        let w = cnn::init_weights(CLASSES, 5);
+        let zeros = AdamState::zeros_like(&w);
+        let mut trainer =
+            CnnCpuTrainer::new(CLASSES, &w, &zeros, AdamConfig::new(0.01), &device).unwrap();
+        let (x, y, _) = random_batch(4, CLASSES, 1, &device);
+        trainer.step_host(&read_f32(x.clone()).unwrap(), &read_f32(y).unwrap(), 4);
+        let model = TrainStep::model(&trainer).unwrap();
+        assert!(format!("{model:?}").contains("HostCnn"), "{model:?}");
+        // The weights after the step, through burn's forward.
+        let burn = read_f32(CnnCpuTrainer::model(&trainer).unwrap().forward(x.clone())).unwrap();
+        let host = read_f32(model.forward(x)).unwrap();
+        let scale = burn.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (b, h) in burn.iter().zip(&host) {
+            assert!((b - h).abs() <= 1e-4 * scale, "logits {b} and {h}");
+        }
     }
 
     #[test]
