@@ -180,6 +180,34 @@ impl Tiling {
     }
 }
 
+/// Tiles `first..first + count`, held in a buffer of planes of `rows` tiles from its row 0.
+#[derive(Clone, Copy)]
+struct Span {
+    first: usize,
+    count: usize,
+    rows: usize,
+}
+
+impl Span {
+    fn tiles(self) -> std::ops::Range<usize> {
+        self.first..self.first + self.count
+    }
+}
+
+/// Tiles whose products, transformed gradients and so on a pass holds at once: their planes
+/// (16 x 128 x 64 values at most, 512 KiB) stay in the core's L2 cache between the transforms and
+/// the products, instead of a whole chunk's going out to memory and back.
+const BLOCK: usize = 128;
+
+/// The [`Span`]s of `tiles` tiles, [`BLOCK`] at a time.
+fn spans(tiles: usize) -> impl Iterator<Item = Span> {
+    (0..tiles).step_by(BLOCK).map(move |first| Span {
+        first,
+        count: BLOCK.min(tiles - first),
+        rows: BLOCK,
+    })
+}
+
 /// `V = Bᵀ d B` of every tile's 4x4 window (zeros outside the images) of channels-last `x`:
 /// `v` `[16][tiles][ch]`.
 #[inline(always)]
@@ -209,18 +237,15 @@ fn transform_input(x: &[f32], tiling: Tiling, ch: usize, v: &mut Vec<f32>) {
 /// `Σ B dV Bᵀ` over the windows that cover each pixel, from `dv` `[16][tiles][ch]`: the
 /// gradient of the images that [`transform_input`] read, into `dx`.
 #[inline(always)]
-fn transform_input_gradient(dv: &[f32], tiling: Tiling, ch: usize, dx: &mut Vec<f32>) {
-    let tiles = tiling.count();
-    let stride = plane_stride(tiles * ch);
-    dx.clear();
-    dx.resize(tiling.n * tiling.size * tiling.size * ch, 0.0);
-    for t in 0..tiles {
+fn transform_input_gradient(dv: &[f32], tiling: Tiling, span: Span, ch: usize, dx: &mut [f32]) {
+    let stride = plane_stride(span.rows * ch);
+    for (at, t) in span.tiles().enumerate() {
         let corner = tiling.corner(t);
         for (c0, len) in blocks(ch) {
             let mut grad = [[ZERO; 4]; 4];
             for (r, row) in grad.iter_mut().enumerate() {
                 for (c, lane) in row.iter_mut().enumerate() {
-                    *lane = load(&dv[(r * 4 + c) * stride + t * ch + c0..][..len]);
+                    *lane = load(&dv[(r * 4 + c) * stride + at * ch + c0..][..len]);
                 }
             }
             let window = both_sides(grad, b);
@@ -284,16 +309,22 @@ fn kernel_gradient(du: &[f32], cout: usize, cin: usize, dw: &mut Vec<f32>) {
 /// `relu(Aᵀ M A + bias)` of every tile's products `m` `[16][tiles][cout]`: the output pixels,
 /// channels-last, into `out`.
 #[inline(always)]
-fn transform_output(m: &[f32], tiling: Tiling, cout: usize, bias: &[f32], out: &mut [f32]) {
-    let tiles = tiling.count();
-    let stride = plane_stride(tiles * cout);
-    for t in 0..tiles {
+fn transform_output(
+    m: &[f32],
+    tiling: Tiling,
+    span: Span,
+    cout: usize,
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    let stride = plane_stride(span.rows * cout);
+    for (at, t) in span.tiles().enumerate() {
         let corner = tiling.corner(t);
         for (o0, len) in blocks(cout) {
             let mut products = [[ZERO; 4]; 4];
             for (r, row) in products.iter_mut().enumerate() {
                 for (c, lane) in row.iter_mut().enumerate() {
-                    *lane = load(&m[(r * 4 + c) * stride + t * cout + o0..][..len]);
+                    *lane = load(&m[(r * 4 + c) * stride + at * cout + o0..][..len]);
                 }
             }
             let bias = load(&bias[o0..o0 + len]);
@@ -313,10 +344,9 @@ fn transform_output(m: &[f32], tiling: Tiling, cout: usize, bias: &[f32], out: &
 /// `dM = A dY Aᵀ` of every tile of the output's gradient `dy` (channels-last): `dm`
 /// `[16][tiles][cout]`.
 #[inline(always)]
-fn transform_output_gradient(dy: &[f32], tiling: Tiling, cout: usize, dm: &mut [f32]) {
-    let tiles = tiling.count();
-    let stride = plane_stride(tiles * cout);
-    for t in 0..tiles {
+fn transform_output_gradient(dy: &[f32], tiling: Tiling, span: Span, cout: usize, dm: &mut [f32]) {
+    let stride = plane_stride(span.rows * cout);
+    for (at, t) in span.tiles().enumerate() {
         let corner = tiling.corner(t);
         for (o0, len) in blocks(cout) {
             let mut grad = [[ZERO; 2]; 2];
@@ -329,7 +359,7 @@ fn transform_output_gradient(dy: &[f32], tiling: Tiling, cout: usize, dm: &mut [
             }
             let products = both_sides(grad, a);
             for (point, lane) in products.iter().flatten().enumerate() {
-                store(lane, &mut dm[point * stride + t * cout + o0..][..len]);
+                store(lane, &mut dm[point * stride + at * cout + o0..][..len]);
             }
         }
     }
@@ -339,7 +369,7 @@ fn transform_output_gradient(dy: &[f32], tiling: Tiling, cout: usize, dm: &mut [
 /// the same arithmetic (they have no multiply-add to fuse).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::Tiling;
+    use super::{Span, Tiling};
 
     #[target_feature(enable = "avx2")]
     pub(super) fn transform_input(x: &[f32], tiling: Tiling, ch: usize, v: &mut Vec<f32>) {
@@ -349,29 +379,32 @@ mod avx2 {
     pub(super) fn transform_input_gradient(
         dv: &[f32],
         tiling: Tiling,
+        span: Span,
         ch: usize,
-        dx: &mut Vec<f32>,
+        dx: &mut [f32],
     ) {
-        super::transform_input_gradient(dv, tiling, ch, dx)
+        super::transform_input_gradient(dv, tiling, span, ch, dx)
     }
     #[target_feature(enable = "avx2")]
     pub(super) fn transform_output(
         m: &[f32],
         tiling: Tiling,
+        span: Span,
         cout: usize,
         bias: &[f32],
         out: &mut [f32],
     ) {
-        super::transform_output(m, tiling, cout, bias, out)
+        super::transform_output(m, tiling, span, cout, bias, out)
     }
     #[target_feature(enable = "avx2")]
     pub(super) fn transform_output_gradient(
         dy: &[f32],
         tiling: Tiling,
+        span: Span,
         cout: usize,
         dm: &mut [f32],
     ) {
-        super::transform_output_gradient(dy, tiling, cout, dm)
+        super::transform_output_gradient(dy, tiling, span, cout, dm)
     }
 }
 
@@ -420,12 +453,14 @@ pub(crate) struct Conv3x3 {
     v: Vec<f32>,
     /// The kernel transformed, `[16][cin][cout]`.
     u: Vec<f32>,
-    /// The products `[16][tiles][cout]`; in the backward pass the output's gradient transformed.
+    /// One block's products `[16][BLOCK][cout]`; in the backward pass its output gradient
+    /// transformed.
     m: Vec<f32>,
-    /// The gradient of `v`.
+    /// One block's gradient of `v`, `[16][BLOCK][cin]`.
     dv: Vec<f32>,
-    /// The gradient of `u`.
+    /// The gradient of `u`, and one block of tiles' share of it.
     du: Vec<f32>,
+    du_block: Vec<f32>,
 }
 
 impl Conv3x3 {
@@ -447,17 +482,20 @@ impl Conv3x3 {
         let tiles = tiling.count();
         fast!(transform_input(x, tiling, cin, &mut self.v));
         transform_kernel(w, cout, cin, &mut self.u);
-        self.m.resize(POINTS * plane_stride(tiles * cout), 0.0);
-        for point in 0..POINTS {
-            product(
-                Strided::dense(plane(&self.v, point, tiles * cin), cin),
-                Strided::dense(plane(&self.u, point, cin * cout), cout),
-                plane_mut(&mut self.m, point, tiles * cout),
-                false,
-            );
-        }
         out.resize(n * size * size * cout, 0.0);
-        fast!(transform_output(&self.m, tiling, cout, bias, out));
+        self.m.resize(POINTS * plane_stride(BLOCK * cout), 0.0);
+        for span in spans(tiles) {
+            for point in 0..POINTS {
+                let v = plane(&self.v, point, tiles * cin);
+                product(
+                    Strided::dense(&v[span.first * cin..][..span.count * cin], cin),
+                    Strided::dense(plane(&self.u, point, cin * cout), cout),
+                    &mut plane_mut(&mut self.m, point, BLOCK * cout)[..span.count * cout],
+                    false,
+                );
+            }
+            fast!(transform_output(&self.m, tiling, span, cout, bias, out));
+        }
     }
 
     /// From `dy`, the gradient before the ReLU of the last [`Self::forward_relu`]'s output
@@ -466,29 +504,54 @@ impl Conv3x3 {
     pub(crate) fn backward(&mut self, dy: &[f32], dw: &mut Vec<f32>, dx: Option<&mut Vec<f32>>) {
         let (tiling, cin, cout) = (self.tiling, self.cin, self.cout);
         let tiles = tiling.count();
-        // dM = A dY Aᵀ, into `m`, whose products are no longer needed.
-        fast!(transform_output_gradient(dy, tiling, cout, &mut self.m));
-        self.du.resize(POINTS * plane_stride(cin * cout), 0.0);
-        for point in 0..POINTS {
-            product(
-                Strided::dense(plane(&self.v, point, tiles * cin), cin).t(),
-                Strided::dense(plane(&self.m, point, tiles * cout), cout),
-                plane_mut(&mut self.du, point, cin * cout),
-                false,
-            );
+        let mut dx = dx;
+        if let Some(dx) = dx.as_deref_mut() {
+            dx.clear();
+            dx.resize(tiling.n * tiling.size * tiling.size * cin, 0.0);
+        }
+        let weights = POINTS * plane_stride(cin * cout);
+        self.du.clear();
+        self.du.resize(weights, 0.0);
+        self.du_block.resize(weights, 0.0);
+        self.dv.resize(POINTS * plane_stride(BLOCK * cin), 0.0);
+        // A block of tiles at a time: dM = A dY Aᵀ into `m` (whose products are spent), its
+        // share of dU added to `du`, and dV = dM Uᵀ back to the pixels.
+        for span in spans(tiles) {
+            fast!(transform_output_gradient(
+                dy,
+                tiling,
+                span,
+                cout,
+                &mut self.m
+            ));
+            for point in 0..POINTS {
+                let v = plane(&self.v, point, tiles * cin);
+                let dm = &plane(&self.m, point, BLOCK * cout)[..span.count * cout];
+                product(
+                    Strided::dense(&v[span.first * cin..][..span.count * cin], cin).t(),
+                    Strided::dense(dm, cout),
+                    plane_mut(&mut self.du_block, point, cin * cout),
+                    false,
+                );
+            }
+            for (sum, part) in self.du.iter_mut().zip(&self.du_block) {
+                *sum += part;
+            }
+            let Some(dx) = dx.as_deref_mut() else {
+                continue;
+            };
+            for point in 0..POINTS {
+                let dm = &plane(&self.m, point, BLOCK * cout)[..span.count * cout];
+                product(
+                    Strided::dense(dm, cout),
+                    Strided::dense(plane(&self.u, point, cin * cout), cout).t(),
+                    &mut plane_mut(&mut self.dv, point, BLOCK * cin)[..span.count * cin],
+                    false,
+                );
+            }
+            fast!(transform_input_gradient(&self.dv, tiling, span, cin, dx));
         }
         kernel_gradient(&self.du, cout, cin, dw);
-        let Some(dx) = dx else { return };
-        self.dv.resize(POINTS * plane_stride(tiles * cin), 0.0);
-        for point in 0..POINTS {
-            product(
-                Strided::dense(plane(&self.m, point, tiles * cout), cout),
-                Strided::dense(plane(&self.u, point, cin * cout), cout).t(),
-                plane_mut(&mut self.dv, point, tiles * cin),
-                false,
-            );
-        }
-        fast!(transform_input_gradient(&self.dv, tiling, cin, dx));
     }
 }
 
