@@ -13,6 +13,4 @@ pub(crate) mod layout;
 #[allow(unsafe_code)]
 pub(crate) mod matmul;
 pub(crate) mod pool;
-// Tile transforms compiled for AVX2, called where the CPU has it.
-#[allow(unsafe_code)]
 pub(crate) mod winograd;

@@ -13,7 +13,8 @@
 //! over the overlapping windows. Only sums are taken in another order than a direct convolution.
 //!
 //! The transforms run on lanes of [`LANES`] channels (contiguous in channels-last images), which
-//! the compiler keeps in vector registers.
+//! the compiler keeps in vector registers. (Compiled for AVX2 behind a runtime check they were
+//! no faster in a training step: they wait on memory more than on arithmetic.)
 
 use crate::kernels::matmul::{Strided, product};
 
@@ -210,7 +211,6 @@ fn spans(tiles: usize) -> impl Iterator<Item = Span> {
 
 /// `V = Bᵀ d B` of every tile's 4x4 window (zeros outside the images) of channels-last `x`:
 /// `v` `[16][tiles][ch]`.
-#[inline(always)]
 fn transform_input(x: &[f32], tiling: Tiling, ch: usize, v: &mut Vec<f32>) {
     let tiles = tiling.count();
     let stride = plane_stride(tiles * ch);
@@ -236,7 +236,6 @@ fn transform_input(x: &[f32], tiling: Tiling, ch: usize, v: &mut Vec<f32>) {
 
 /// `Σ B dV Bᵀ` over the windows that cover each pixel, from `dv` `[16][tiles][ch]`: the
 /// gradient of the images that [`transform_input`] read, into `dx`.
-#[inline(always)]
 fn transform_input_gradient(dv: &[f32], tiling: Tiling, span: Span, ch: usize, dx: &mut [f32]) {
     let stride = plane_stride(span.rows * ch);
     for (at, t) in span.tiles().enumerate() {
@@ -308,7 +307,6 @@ fn kernel_gradient(du: &[f32], cout: usize, cin: usize, dw: &mut Vec<f32>) {
 
 /// `relu(Aᵀ M A + bias)` of every tile's products `m` `[16][tiles][cout]`: the output pixels,
 /// channels-last, into `out`.
-#[inline(always)]
 fn transform_output(
     m: &[f32],
     tiling: Tiling,
@@ -343,7 +341,6 @@ fn transform_output(
 
 /// `dM = A dY Aᵀ` of every tile of the output's gradient `dy` (channels-last): `dm`
 /// `[16][tiles][cout]`.
-#[inline(always)]
 fn transform_output_gradient(dy: &[f32], tiling: Tiling, span: Span, cout: usize, dm: &mut [f32]) {
     let stride = plane_stride(span.rows * cout);
     for (at, t) in span.tiles().enumerate() {
@@ -363,64 +360,6 @@ fn transform_output_gradient(dy: &[f32], tiling: Tiling, span: Span, cout: usize
             }
         }
     }
-}
-
-/// The tile transforms compiled for AVX2, where a lane is one register: the same functions, so
-/// the same arithmetic (they have no multiply-add to fuse).
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{Span, Tiling};
-
-    #[target_feature(enable = "avx2")]
-    pub(super) fn transform_input(x: &[f32], tiling: Tiling, ch: usize, v: &mut Vec<f32>) {
-        super::transform_input(x, tiling, ch, v)
-    }
-    #[target_feature(enable = "avx2")]
-    pub(super) fn transform_input_gradient(
-        dv: &[f32],
-        tiling: Tiling,
-        span: Span,
-        ch: usize,
-        dx: &mut [f32],
-    ) {
-        super::transform_input_gradient(dv, tiling, span, ch, dx)
-    }
-    #[target_feature(enable = "avx2")]
-    pub(super) fn transform_output(
-        m: &[f32],
-        tiling: Tiling,
-        span: Span,
-        cout: usize,
-        bias: &[f32],
-        out: &mut [f32],
-    ) {
-        super::transform_output(m, tiling, span, cout, bias, out)
-    }
-    #[target_feature(enable = "avx2")]
-    pub(super) fn transform_output_gradient(
-        dy: &[f32],
-        tiling: Tiling,
-        span: Span,
-        cout: usize,
-        dm: &mut [f32],
-    ) {
-        super::transform_output_gradient(dy, tiling, span, cout, dm)
-    }
-}
-
-/// Calls a tile transform: its [`avx2`] build where the CPU has AVX2, else the portable one.
-macro_rules! fast {
-    ($name:ident($($arg:expr),*)) => {{
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, checked just above.
-            unsafe { avx2::$name($($arg),*) }
-        } else {
-            $name($($arg),*)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        $name($($arg),*)
-    }};
 }
 
 /// Where each point's plane of `len` values starts after the previous one's: a few cache lines
@@ -480,7 +419,7 @@ impl Conv3x3 {
         let tiling = Tiling { n, size };
         (self.tiling, self.cin, self.cout) = (tiling, cin, cout);
         let tiles = tiling.count();
-        fast!(transform_input(x, tiling, cin, &mut self.v));
+        transform_input(x, tiling, cin, &mut self.v);
         transform_kernel(w, cout, cin, &mut self.u);
         out.resize(n * size * size * cout, 0.0);
         self.m.resize(POINTS * plane_stride(BLOCK * cout), 0.0);
@@ -494,7 +433,7 @@ impl Conv3x3 {
                     false,
                 );
             }
-            fast!(transform_output(&self.m, tiling, span, cout, bias, out));
+            transform_output(&self.m, tiling, span, cout, bias, out);
         }
     }
 
@@ -517,13 +456,7 @@ impl Conv3x3 {
         // A block of tiles at a time: dM = A dY Aᵀ into `m` (whose products are spent), its
         // share of dU added to `du`, and dV = dM Uᵀ back to the pixels.
         for span in spans(tiles) {
-            fast!(transform_output_gradient(
-                dy,
-                tiling,
-                span,
-                cout,
-                &mut self.m
-            ));
+            transform_output_gradient(dy, tiling, span, cout, &mut self.m);
             for point in 0..POINTS {
                 let v = plane(&self.v, point, tiles * cin);
                 let dm = &plane(&self.m, point, BLOCK * cout)[..span.count * cout];
@@ -549,7 +482,7 @@ impl Conv3x3 {
                     false,
                 );
             }
-            fast!(transform_input_gradient(&self.dv, tiling, span, cin, dx));
+            transform_input_gradient(&self.dv, tiling, span, cin, dx);
         }
         kernel_gradient(&self.du, cout, cin, dw);
     }
