@@ -39,20 +39,6 @@ pub(crate) fn patches(x: &[f32], n: usize, size: usize, ch: usize, cols: &mut Ve
     }
 }
 
-/// The gradient of the images from the gradient of their [`patches`]: each patch value added
-/// back to the pixel it was copied from. Into `dx`.
-pub(crate) fn unpatch(d_cols: &[f32], n: usize, size: usize, ch: usize, dx: &mut Vec<f32>) {
-    dx.clear();
-    dx.resize(n * size * size * ch, 0.0);
-    for (pixel, row) in d_cols.chunks_exact(TAPS * ch).enumerate() {
-        for (start, at, len) in patch_runs(pixel, size, ch) {
-            for (d, s) in dx[at..at + len].iter_mut().zip(&row[start..start + len]) {
-                *d += s;
-            }
-        }
-    }
-}
-
 /// `rows @ weight + bias`, then ReLU, into `out`: a convolution over its patches, or a dense
 /// layer.
 pub(crate) fn affine_relu(

@@ -13,3 +13,4 @@ pub(crate) mod layout;
 #[allow(unsafe_code)]
 pub(crate) mod matmul;
 pub(crate) mod pool;
+pub(crate) mod winograd;

@@ -2,10 +2,12 @@
 //!
 //! Why: through burn's autodiff the CNN trained at a fifth of PyTorch's speed on the CPU
 //! (`bench/README.md`): most of a step went to burn-flex rearranging patches for its
-//! convolutions, forward and backward, one operation and one core at a time. Here each
+//! convolutions, forward and backward, one operation and one core at a time. Here the first
 //! convolution is one matrix product over a whole chunk of the batch (`im2col`, images kept
-//! channels-last so that a patch is a few contiguous runs), max-pooling remembers where each
-//! maximum came from, and the backward pass reuses the forward's patches. The batch is cut into
+//! channels-last so that a patch is a few contiguous runs), and the second, eleven times its
+//! arithmetic, Winograd's F(2x2, 3x3) ([`Conv3x3`]: 16 products of a quarter of the size);
+//! max-pooling remembers where each maximum came from, and the backward passes reuse the
+//! forward's patches and transformed tiles. The batch is cut into
 //! one chunk per core for the convolutions; the dense layers, whose products are large enough to
 //! share, run on the whole batch; then Adam ([`fused::adam_apply`], the arithmetic of
 //! [`crate::train::adam::update`]).
@@ -21,10 +23,11 @@ use burn::tensor::TensorData;
 use rayon::prelude::*;
 
 use crate::data::preprocess::INPUT_LEN;
-use crate::kernels::conv::{TAPS, affine_relu, patches, unpatch};
+use crate::kernels::conv::{TAPS, affine_relu, patches};
 use crate::kernels::layout::{Toward, column_sums, relayout_kernel, transpose_images};
 use crate::kernels::matmul::{Strided, product};
 use crate::kernels::pool::{max_pool, unpool};
+use crate::kernels::winograd::Conv3x3;
 use crate::model::cnn::{self, Cnn};
 use crate::model::load_weights;
 use crate::model::{Model, StepStats, Weights};
@@ -132,7 +135,6 @@ impl CnnCpuTrainer {
         let params = &self.params;
         let p = |i: usize| params[i].value.as_slice();
         let w1 = relayout_kernel(p(CONV1_W), C1, COLOURS, Toward::Patches);
-        let w2 = relayout_kernel(p(CONV2_W), C2, C1, Toward::Patches);
 
         // The convolutions, one chunk of images per core.
         let count = rayon::current_num_threads().clamp(1, n.max(1));
@@ -143,7 +145,7 @@ impl CnnCpuTrainer {
         let workspaces = &mut self.workspaces;
         workspaces.par_iter_mut().zip(&chunks).for_each(|(w, r)| {
             let x = &x[r.start * INPUT_LEN..r.end * INPUT_LEN];
-            w.forward(x, &w1, p(CONV1_B), &w2, p(CONV2_B));
+            w.forward(x, &w1, p(CONV1_B), p(CONV2_W), p(CONV2_B));
         });
         let dense = &mut self.dense;
         dense.flat.resize(n * FLAT, 0.0);
@@ -160,7 +162,7 @@ impl CnnCpuTrainer {
 
         // Back through the convolutions, chunk by chunk; their gradients summed in chunk order.
         workspaces.par_iter_mut().zip(&chunks).for_each(|(w, r)| {
-            w.backward(&dense.d_flat[r.start * FLAT..r.end * FLAT], &w2);
+            w.backward(&dense.d_flat[r.start * FLAT..r.end * FLAT]);
         });
         let mut conv = ConvGradients::zeros();
         for w in workspaces.iter() {
@@ -168,7 +170,6 @@ impl CnnCpuTrainer {
         }
         ConvGradients {
             w1: relayout_kernel(&conv.w1, C1, COLOURS, Toward::Kernel),
-            w2: relayout_kernel(&conv.w2, C2, C1, Toward::Kernel),
             ..conv
         }
     }
@@ -213,8 +214,8 @@ struct Workspace {
     a1: Vec<f32>,
     from1: Vec<u8>,
     pooled1: Vec<f32>,
-    /// Patches of the first pooling `[n * 256, 288]`.
-    cols2: Vec<f32>,
+    /// The second convolution (by Winograd's F(2x2, 3x3)), with what its backward pass needs.
+    conv2: Conv3x3,
     /// Second convolution after ReLU, `[n, 16, 16, 64]`.
     a2: Vec<f32>,
     from2: Vec<u8>,
@@ -223,14 +224,15 @@ struct Workspace {
     /// Gradients of the values above, in the backward pass.
     d_pooled2: Vec<f32>,
     d2: Vec<f32>,
-    d_cols2: Vec<f32>,
     d_pooled1: Vec<f32>,
     d1: Vec<f32>,
     grads: ConvGradients,
 }
 
 impl Workspace {
-    /// Both convolutions and poolings of the images `x` (rows of 3072, channel-major).
+    /// Both convolutions and poolings of the images `x` (rows of 3072, channel-major); `w1` is
+    /// the first kernel as [`relayout_kernel`] lays it out for patches, `w2` the second as the
+    /// module holds it.
     fn forward(&mut self, x: &[f32], w1: &[f32], b1: &[f32], w2: &[f32], b2: &[f32]) {
         let n = x.len() / INPUT_LEN;
         self.input.resize(x.len(), 0.0);
@@ -238,8 +240,8 @@ impl Workspace {
         patches(&self.input, n, SIZE, COLOURS, &mut self.cols1);
         affine_relu(&self.cols1, w1, b1, false, &mut self.a1);
         max_pool(&self.a1, SIZE, C1, &mut self.pooled1, &mut self.from1);
-        patches(&self.pooled1, n, SIZE / 2, C1, &mut self.cols2);
-        affine_relu(&self.cols2, w2, b2, false, &mut self.a2);
+        self.conv2
+            .forward_relu(&self.pooled1, SIZE / 2, w2, b2, &mut self.a2);
         max_pool(&self.a2, SIZE / 2, C2, &mut self.pooled2, &mut self.from2);
     }
 
@@ -250,29 +252,15 @@ impl Workspace {
     }
 
     /// The convolutions' gradients ([`Self::grads`]) from the gradient of [`Self::flat`]
-    /// `d_flat`; `w2` is the second kernel as [`relayout_kernel`] lays it out for patches.
-    fn backward(&mut self, d_flat: &[f32], w2: &[f32]) {
-        let n = self.input.len() / INPUT_LEN;
+    /// `d_flat`.
+    fn backward(&mut self, d_flat: &[f32]) {
         self.d_pooled2.resize(d_flat.len(), 0.0);
         transpose_images(d_flat, C2, 64, &mut self.d_pooled2);
         let (from2, a2) = (&self.from2, &self.a2);
         unpool(&self.d_pooled2, from2, a2, SIZE / 2, C2, &mut self.d2);
         let grads = &mut self.grads;
-        grads.w2.resize(TAPS * C1 * C2, 0.0);
-        product(
-            Strided::dense(&self.cols2, TAPS * C1).t(),
-            Strided::dense(&self.d2, C2),
-            &mut grads.w2,
-            false,
-        );
-        self.d_cols2.resize(self.cols2.len(), 0.0);
-        product(
-            Strided::dense(&self.d2, C2),
-            Strided::dense(w2, C2).t(),
-            &mut self.d_cols2,
-            false,
-        );
-        unpatch(&self.d_cols2, n, SIZE / 2, C1, &mut self.d_pooled1);
+        let (d2, d_pooled1) = (&self.d2, &mut self.d_pooled1);
+        self.conv2.backward(d2, &mut grads.w2, Some(d_pooled1));
         unpool(
             &self.d_pooled1,
             &self.from1,
@@ -293,7 +281,8 @@ impl Workspace {
     }
 }
 
-/// The convolutions' gradients, kernels laid out for patches ([`relayout_kernel`]).
+/// The convolutions' gradients: the first kernel's laid out for patches ([`relayout_kernel`]),
+/// the second's as the module holds it.
 #[derive(Default)]
 struct ConvGradients {
     w1: Vec<f32>,
