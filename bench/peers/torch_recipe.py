@@ -38,9 +38,12 @@ if a.keras_init:
             nn.init.xavier_uniform_(layer.weight); nn.init.zeros_(layer.bias)
 opt = torch.optim.Adam(model.parameters(), a.lr, eps=1e-7 if a.keras_init else 1e-8)
 steps = a.epochs * ((len(xtr) + a.batch - 1) // a.batch)
-sched = {"constant": None,
-         "cosine": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
-         "onecycle": torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=steps)}[a.schedule]
+# Only the chosen schedule is made: making a scheduler rewrites the optimizer's rate (OneCycleLR
+# also its momentum) at once, so building all of them in a dict trained every "constant" run at
+# OneCycleLR's starting rate, lr/25 with beta1 0.95 (the bug of the first version of this file).
+sched = {"constant": lambda: None,
+         "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
+         "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=steps)}[a.schedule]()
 lossf = nn.CrossEntropyLoss()
 
 def augment(x):
