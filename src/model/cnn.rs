@@ -118,18 +118,11 @@ impl Architecture for CnnArchitecture {
         device: &Device,
     ) -> Result<Box<dyn Trainable>> {
         let module = load_weights(Cnn::new(weights.classes(), device), weights)?;
-        for_inference(module, weights)
-    }
-}
-
-/// `module`, on `device` and holding `weights`, as inference runs it: with its host forward
-/// ([`CnnModel`]) on the plain CPU device, alone elsewhere. The weights are laid out for the
-/// host here, once.
-pub fn for_inference(module: Cnn, weights: &Weights) -> Result<Box<dyn Trainable>> {
-    if plain_cpu(&module.conv1.weight.val().device()) {
-        Ok(Box::new(CnnModel::new(Box::new(module), weights)?))
-    } else {
-        Ok(Box::new(module))
+        if plain_cpu(device) {
+            Ok(Box::new(CnnModel::new(Box::new(module), weights)?))
+        } else {
+            Ok(Box::new(module))
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 //! share, run on the whole batch; then Adam ([`fused::adam_apply`], the arithmetic of
 //! [`crate::train::adam::update`]).
 //!
-//! The network and the arithmetic are [`Cnn`]'s and [`crate::train::autodiff`]'s: the weights keep
+//! The network and the arithmetic are [`cnn::Cnn`]'s and [`crate::train::autodiff`]'s: the weights keep
 //! the module's names and layouts, so checkpoints, `--resume` and every other command are
 //! unchanged, and the step is tested against the autodiff one. Only sums are taken in another
 //! order. On a GPU the CNN still trains through autodiff.
@@ -28,9 +28,8 @@ use crate::kernels::layout::{Toward, column_sums, relayout_kernel, transpose_ima
 use crate::kernels::matmul::{Strided, product};
 use crate::kernels::pool::{max_pool, unpool};
 use crate::kernels::winograd::Conv3x3;
-use crate::model::cnn::{self, Cnn};
-use crate::model::load_weights;
-use crate::model::{Model, StepStats, Weights};
+use crate::model::cnn::{self, CnnArchitecture};
+use crate::model::{Architecture, Model, StepStats, Weights};
 use crate::train::adam::{AdamConfig, AdamState};
 use crate::train::cpu::fused;
 use crate::train::step::{AdamClock, Batch, ParamState, TrainStep};
@@ -174,12 +173,6 @@ impl CnnCpuTrainer {
         }
     }
 
-    /// The model as it stands, on the trainer's device.
-    pub fn model(&self) -> Result<Cnn> {
-        let cnn = Cnn::new(self.classes, &self.device);
-        load_weights(cnn, &self.state().0)
-    }
-
     /// The weights and Adam's state, to be saved.
     pub fn state(&self) -> (Weights, AdamState) {
         ParamState::save_all(&self.params, self.adam.step)
@@ -192,10 +185,11 @@ impl TrainStep for CnnCpuTrainer {
         Ok(self.step_host(&batch.inputs, &batch.one_hot(), batch.len()))
     }
     fn model(&self) -> Result<Model> {
-        // With its host forward on the CPU: the test pass of every epoch runs through it.
+        // As every command loads a cnn: with its host forward on the CPU, through which the test
+        // pass of every epoch runs.
         let weights = self.state().0;
-        let module = load_weights(Cnn::new(self.classes, &self.device), &weights)?;
-        Ok(Model::from_module(cnn::for_inference(module, &weights)?))
+        let model = CnnArchitecture.load(cnn::DENSE, &weights, &self.device)?;
+        Ok(Model::from_module(model))
     }
     fn state(&self) -> Result<(Weights, AdamState)> {
         Ok(CnnCpuTrainer::state(self))
@@ -452,7 +446,7 @@ mod tests {
     ) -> (Weights, AdamState, Vec<f32>) {
         let device = Device::flex();
         let zeros = AdamState::zeros_like(weights);
-        let model = Cnn::new(CLASSES, &device);
+        let model = cnn::Cnn::new(CLASSES, &device);
         let mut trainer = AutodiffTrainer::new(
             Box::new(model),
             weights,
