@@ -57,6 +57,18 @@ def maas_train(data, batch, epochs, out, extra=()):
             "test_loss": [round(h["test_loss"], 4) for h in summary["history"]]}
 
 
+def best_of_pairs(repeat, theirs, ours):
+    """`repeat` runs of the peer's training and of maas's, interleaved so that both see the same
+    machine: the fastest of each (by samples/s) and maas's ratio to the peer's."""
+    t_runs, m_runs = [], []
+    for _ in range(repeat):
+        t_runs.append(theirs())
+        m_runs.append(ours())
+    t = max(t_runs, key=lambda r: r["samples_per_s"])
+    m = max(m_runs, key=lambda r: r["samples_per_s"])
+    return t, m, m["samples_per_s"] / t["samples_per_s"]
+
+
 def peer_train(py, script, data, batch, epochs):
     res = run([py, os.path.join(PEERS, script), "--data", data, "--epochs", str(epochs),
                "--batch", str(batch)])
@@ -72,13 +84,8 @@ def bench_train(py, work, args, results):
           f"last epoch, best of {args.repeat}")
     print(f"{'batch':>5} {'torch':>9} {'maas':>9} {'ratio':>6}   test acc torch / maas   maas train loss per epoch")
     for batch in (32, 128):
-        t_runs, m_runs = [], []
-        for _ in range(args.repeat):  # interleaved, so both see the same machine
-            t_runs.append(peer_train(py, "torch_mlp.py", bin_dir, batch, args.epochs))
-            m_runs.append(maas_train(data, batch, args.epochs, os.path.join(work, f"ck{batch}")))
-        t = max(t_runs, key=lambda r: r["samples_per_s"])
-        m = max(m_runs, key=lambda r: r["samples_per_s"])
-        ratio = m["samples_per_s"] / t["samples_per_s"]
+        t, m, ratio = best_of_pairs(args.repeat, lambda: peer_train(py, "torch_mlp.py", bin_dir, batch, args.epochs),
+                                    lambda: maas_train(data, batch, args.epochs, os.path.join(work, f"ck{batch}")))
         print(f"{batch:>5} {t['samples_per_s']:>9.0f} {m['samples_per_s']:>9.0f} {ratio:>5.2f}x"
               f"   {t['test_acc']:.4f} / {m['test_acc']:.4f}        {m['train_loss']}")
         results[f"train_batch_{batch}"] = {"torch": t, "maas": m, "ratio": ratio}
@@ -305,13 +312,8 @@ def bench_cnn(py, work, args, results):
           f"best of {args.repeat}")
     checkpoints = os.path.join(work, "ckcnn")
     for batch in (32, 128):
-        t_runs, m_runs = [], []
-        for _ in range(args.repeat):  # interleaved, so both see the same machine
-            t_runs.append(peer_train(py, "torch_cnn.py", bin_dir, batch, 2))
-            m_runs.append(maas_train(data, batch, 2, checkpoints, ["--arch", "cnn"]))
-        t = max(t_runs, key=lambda r: r["samples_per_s"])
-        m = max(m_runs, key=lambda r: r["samples_per_s"])
-        ratio = m["samples_per_s"] / t["samples_per_s"]
+        t, m, ratio = best_of_pairs(args.repeat, lambda: peer_train(py, "torch_cnn.py", bin_dir, batch, 2),
+                                    lambda: maas_train(data, batch, 2, checkpoints, ["--arch", "cnn"]))
         print(f"  batch {batch:>3}: torch {t['samples_per_s']:.0f}, maas {m['samples_per_s']:.0f} samples/s: "
               f"{ratio:.2f}x   test acc torch / maas {t['test_acc']:.4f} / {m['test_acc']:.4f}")
         results[f"cnn_train_batch_{batch}"] = {"torch": t, "maas": m, "ratio": ratio}
@@ -366,7 +368,7 @@ def bench_cnn_serve(py, work, args, results, model):
     clients, requests = 64, args.cnn_requests
     server, url = start_server(model)
     try:
-        ab_rps(url, one, clients, requests // 10)  # warm up
+        ab_rps(url, one, clients, max(clients, requests // 10))  # warm up
         ours = ab_rps(url, one, clients, requests)
     finally:
         server.terminate()
@@ -384,7 +386,7 @@ def bench_cnn_serve(py, work, args, results, model):
                 break
             except (subprocess.CalledProcessError, SystemExit):
                 time.sleep(0.1)
-        ab_rps(peer_url, one, clients, requests // 10)
+        ab_rps(peer_url, one, clients, max(clients, requests // 10))
         theirs = ab_rps(peer_url, one, clients, requests)
     finally:
         peer.terminate()

@@ -111,9 +111,9 @@ impl Classifier {
     pub fn probabilities(&self, inputs: &[f32]) -> Result<Vec<f32>> {
         let n = inputs.len() / INPUT_LEN;
         let mut out = Vec::with_capacity(n * self.num_classes());
+        let host = self.model.as_ref().is_ok_and(Model::answers_on_host);
         for chunk in inputs.chunks(CHUNK * INPUT_LEN) {
             let rows = chunk.len() / INPUT_LEN;
-            let host = self.model.as_ref().is_ok_and(Model::answers_on_host);
             if rows == 1 && !host {
                 // A lone image goes through burn's matrix product as a pair with a copy of
                 // itself: the CPU backend's product for one row takes a path about five times
