@@ -7,6 +7,9 @@
 //! forward (`model::cnn_host`) are compositions of them; the MLP's fused first layer uses
 //! [`matmul::product`].
 
+// Raw-pointer AVX-512 kernels behind a runtime check.
+#[allow(unsafe_code)]
+pub(crate) mod avx512;
 pub(crate) mod conv;
 pub(crate) mod layout;
 // The one raw-pointer call into `gemm`.
