@@ -68,6 +68,9 @@ pub struct CnnCpuTrainer {
     device: Device,
 }
 
+/// Most images in one chunk of the convolutions.
+const CHUNK: usize = 16;
+
 impl CnnCpuTrainer {
     /// The CNN of `classes` outputs from `weights` and Adam's `state`, on the host, handing its
     /// model and statistics out on `device`. An error names an array that is missing or of the
@@ -135,8 +138,12 @@ impl CnnCpuTrainer {
         let p = |i: usize| params[i].value.as_slice();
         let w1 = relayout_kernel(p(CONV1_W), C1, COLOURS, Toward::Patches);
 
-        // The convolutions, one chunk of images per core.
-        let count = rayon::current_num_threads().clamp(1, n.max(1));
+        // The convolutions, a chunk of images per core, and none above CHUNK images: a chunk's
+        // activations pass from layer to layer through the core's cache (`step_bench 128`: 2-3%
+        // faster than two chunks of 64).
+        let count = rayon::current_num_threads()
+            .max(n.div_ceil(CHUNK))
+            .clamp(1, n.max(1));
         let chunks: Vec<std::ops::Range<usize>> = (0..count)
             .map(|k| k * n / count..(k + 1) * n / count)
             .collect();
