@@ -16,4 +16,6 @@ pub(crate) mod layout;
 #[allow(unsafe_code)]
 pub(crate) mod matmul;
 pub(crate) mod pool;
+// Its transforms' AVX-512 lanes (intrinsics, behind a runtime check).
+#[allow(unsafe_code)]
 pub(crate) mod winograd;
