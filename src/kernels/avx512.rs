@@ -68,7 +68,6 @@ impl Operands {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn product(o: Operands) {
-    debug_assert!(o.n % 16 == 0);
     // A long sum in slices of DEPTH, each added to the last's: the slice of `b` under a column
     // of tiles stays in the cache for every row of the result (a dense layer's 4096 x 64
     // columns, 1 MiB, were read once per 6 rows).

@@ -80,7 +80,7 @@ pub(crate) fn product(a: Strided, b: Strided, out: &mut [f32], parallel: bool) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if b.cols % 16 == 0 && (b.col_stride == 1 || small(b)) && avx512::available() {
+    if b.cols.is_multiple_of(16) && (b.col_stride == 1 || small(b)) && avx512::available() {
         // A small right-hand side read through other strides (a kernel, transposed) is first
         // copied row-major; a large one (a dense layer's weights, transposed) stays with `gemm`,
         // which packs it better than a copy here did (measured: 9% of a step).
