@@ -44,6 +44,13 @@ pub fn main() -> ExitCode {
         eprintln!("maas: internal error: {message} (please report this)");
     }));
     let cli = Cli::parse();
+    if let Err(err) = crate::kernels::isa::check_env() {
+        eprintln!(
+            "maas: error: {}",
+            crate::terminal::escape(&format!("{err:#}"))
+        );
+        return ExitCode::from(2);
+    }
     quiet_the_vulkan_loader();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);

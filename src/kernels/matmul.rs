@@ -1,7 +1,8 @@
 //! The matrix product on host slices: `gemm` with burn's strides and settings, into the caller's
 //! buffer.
 
-use super::avx512;
+use super::isa::{Isa, isa};
+use super::tiled;
 
 /// A matrix read through strides from a slice: element `(i, j)` is
 /// `data[offset + i * row_stride + j * col_stride]`.
@@ -80,40 +81,51 @@ pub(crate) fn product(a: Strided, b: Strided, out: &mut [f32], parallel: bool) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if b.cols.is_multiple_of(16) && (b.col_stride == 1 || small(b)) && avx512::available() {
-        // A small right-hand side read through other strides (a kernel, transposed) is first
-        // copied row-major; a large one (a dense layer's weights, transposed) stays with `gemm`,
-        // which packs it better than a copy here did (measured: 9% of a step).
-        let packed;
-        let b = if b.col_stride == 1 {
-            b
-        } else {
-            packed = row_major(b);
-            Strided::dense(&packed, b.cols)
+    {
+        let ours: Option<unsafe fn(tiled::Operands)> = match isa() {
+            Isa::Avx512 => Some(tiled::product_avx512),
+            Isa::Avx2 => Some(tiled::product_avx2),
+            Isa::Portable => None,
         };
-        let operands = avx512::Operands {
-            m: a.rows,
-            n: b.cols,
-            k: a.cols,
-            a: a.data[a.offset..].as_ptr(),
-            a_rs: a.row_stride,
-            a_cs: a.col_stride,
-            b: b.data[b.offset..].as_ptr(),
-            b_rs: b.row_stride,
-            c: out.as_mut_ptr(),
-            c_rs: b.cols,
-        };
-        // SAFETY: AVX-512 is there (checked just above); the bounds were checked above through
-        // the strides, b's rows are contiguous and hold a multiple of 16 columns, and `out` is
-        // a separate mutable borrow of exactly `a.rows * b.cols` elements.
-        unsafe {
-            if parallel {
-                avx512::product_parallel(operands)
+        if let Some(ours) = ours
+            && b.cols.is_multiple_of(tiled::COLUMNS)
+            && (b.col_stride == 1 || small(b))
+        {
+            // A small right-hand side read through other strides (a kernel, transposed) is
+            // first copied row-major; a large one (a dense layer's weights, transposed) stays
+            // with `gemm`, which packs it better than a copy here did (measured: 9% of a step).
+            let packed;
+            let b = if b.col_stride == 1 {
+                b
             } else {
-                avx512::product(operands)
+                packed = row_major(b);
+                Strided::dense(&packed, b.cols)
+            };
+            let operands = tiled::Operands {
+                m: a.rows,
+                n: b.cols,
+                k: a.cols,
+                a: a.data[a.offset..].as_ptr(),
+                a_rs: a.row_stride,
+                a_cs: a.col_stride,
+                b: b.data[b.offset..].as_ptr(),
+                b_rs: b.row_stride,
+                c: out.as_mut_ptr(),
+                c_rs: b.cols,
+            };
+            // SAFETY: `ours` is built for an instruction set the CPU runs (`isa`); the bounds
+            // were checked above through the strides, b's rows are contiguous and hold a
+            // multiple of COLUMNS, and `out` is a separate mutable borrow of exactly
+            // `a.rows * b.cols` elements.
+            unsafe {
+                if parallel {
+                    tiled::in_parallel(operands, ours)
+                } else {
+                    ours(operands)
+                }
             }
+            return;
         }
-        return;
     }
     let stride = |s: usize| s as isize;
     // SAFETY: every element of `a` and `b` that gemm reads lies inside its slice (checked above
@@ -168,6 +180,7 @@ fn row_major(b: Strided) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::isa::TEST_CAP;
 
     /// `a @ b` in f64, element by element.
     fn reference(a: Strided, b: Strided) -> Vec<f64> {
@@ -222,14 +235,21 @@ mod tests {
                 } else {
                     Strided::dense(&b_data, n)
                 };
-                let mut out = vec![f32::NAN; m * n];
-                product(a, b, &mut out, parallel);
-                for (got, want) in out.iter().zip(reference(a, b)) {
-                    assert!(
-                        (f64::from(*got) - want).abs() <= 1e-5 * (k as f64).sqrt() * 4.0,
-                        "{m}x{k}x{n} (a^T {transpose_a}, b^T {transpose_b}): {got} against {want}"
-                    );
+                // Our tiles on each instruction set this CPU runs, and gemm's.
+                for cap in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+                    TEST_CAP.with(|c| c.set(cap));
+                    let mut out = vec![f32::NAN; m * n];
+                    product(a, b, &mut out, parallel);
+                    let lanes = isa();
+                    for (got, want) in out.iter().zip(reference(a, b)) {
+                        assert!(
+                            (f64::from(*got) - want).abs() <= 1e-5 * (k as f64).sqrt() * 4.0,
+                            "{m}x{k}x{n} (a^T {transpose_a}, b^T {transpose_b}, {lanes:?}): \
+                             {got} against {want}"
+                        );
+                    }
                 }
+                TEST_CAP.with(|c| c.set(Isa::Avx512));
             }
         }
         // A large transposed right-hand side goes to gemm, a small one is copied.

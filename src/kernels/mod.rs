@@ -7,15 +7,16 @@
 //! forward (`model::cnn_host`) are compositions of them; the MLP's fused first layer uses
 //! [`matmul::product`].
 
-// Raw-pointer AVX-512 kernels behind a runtime check.
-#[allow(unsafe_code)]
-pub(crate) mod avx512;
 pub(crate) mod conv;
+pub(crate) mod isa;
 pub(crate) mod layout;
 // The one raw-pointer call into `gemm`.
 #[allow(unsafe_code)]
 pub(crate) mod matmul;
 pub(crate) mod pool;
+// Raw-pointer AVX-512 and AVX2 kernels behind a runtime check.
+#[allow(unsafe_code)]
+pub(crate) mod tiled;
 // Its transforms' AVX-512 lanes (intrinsics, behind a runtime check).
 #[allow(unsafe_code)]
 pub(crate) mod winograd;

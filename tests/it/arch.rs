@@ -183,3 +183,52 @@ fn serve_answers_with_a_cnn_model_as_predict_does() {
         "{answer}"
     );
 }
+
+#[test]
+fn the_cnn_trains_alike_on_every_instruction_set_and_a_bad_cap_is_refused() {
+    // MAAS_MAX_ISA caps the host kernels: AVX-512's tiles and lanes, AVX2's, or the portable
+    // code and gemm. Each is a different order of the same sums, so one epoch's losses agree
+    // closely, and each learns the bars (on a CPU without AVX-512 the wider caps run the same
+    // narrower code, and the comparison still holds).
+    let ws = bars_workspace(150, 25);
+    let args = ["--arch", "cnn", "--epochs", "1", "--seed", "3"];
+    let losses: Vec<(String, f64, f64)> = ["avx512", "avx2", "portable"]
+        .iter()
+        .map(|cap| {
+            let mut cmd = ws.maas(
+                &[
+                    &["train", "--data", "bars", "--checkpoints", cap, "--json"][..],
+                    &args[..],
+                ]
+                .concat(),
+            );
+            let out = cmd.env("MAAS_MAX_ISA", cap).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{cap}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let epoch = &run["history"][0];
+            let loss = |key: &str| epoch[key].as_f64().unwrap();
+            (cap.to_string(), loss("train_loss"), loss("test_loss"))
+        })
+        .collect();
+    eprintln!("one epoch's train / test loss by instruction set: {losses:?}");
+    let (_, train0, test0) = &losses[0];
+    for (cap, train, test) in &losses[1..] {
+        assert!(
+            (train - train0).abs() <= 1e-3 * train0 && (test - test0).abs() <= 1e-3 * test0,
+            "{cap}: {train} / {test} against avx512's {train0} / {test0}"
+        );
+    }
+    let mut cmd = ws.maas(&["train", "--data", "bars", "--arch", "cnn", "--epochs", "1"]);
+    let out = cmd.env("MAAS_MAX_ISA", "sse9").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("MAAS_MAX_ISA=\"sse9\" is not one of avx512, avx2, portable"),
+        "{err}"
+    );
+    assert!(!ws.path("checkpoints").exists());
+}
