@@ -187,9 +187,9 @@ fn serve_answers_with_a_cnn_model_as_predict_does() {
 #[test]
 fn the_cnn_trains_alike_on_every_instruction_set_and_a_bad_cap_is_refused() {
     // MAAS_MAX_ISA caps the host kernels: AVX-512's tiles and lanes, AVX2's, or the portable
-    // code and gemm. Each is a different order of the same sums, so one epoch's losses agree
-    // closely, and each learns the bars (on a CPU without AVX-512 the wider caps run the same
-    // narrower code, and the comparison still holds).
+    // code and gemm. Each takes the same sums in another order, so one epoch's losses agree
+    // closely (on a CPU without AVX-512 the wider caps run the narrower code, and the
+    // comparison still holds).
     let ws = bars_workspace(150, 25);
     let args = ["--arch", "cnn", "--epochs", "1", "--seed", "3"];
     let losses: Vec<(String, f64, f64)> = ["avx512", "avx2", "portable"]
