@@ -611,6 +611,23 @@ pub(crate) struct Conv3x3 {
     du_block: Vec<f32>,
 }
 
+/// A kernel transformed once (`U = G g Gᵀ`), for forward passes with fixed weights (inference).
+pub(crate) struct Kernel {
+    u: Vec<f32>,
+    cin: usize,
+    cout: usize,
+}
+
+impl Kernel {
+    /// The kernel `w` `[cout, cin, 3, 3]` (the module's layout), transformed.
+    pub(crate) fn new(w: &[f32], cout: usize) -> Self {
+        let cin = w.len() / (9 * cout);
+        let mut u = Vec::new();
+        transform_kernel(w, cout, cin, &mut u);
+        Self { u, cin, cout }
+    }
+}
+
 impl Conv3x3 {
     /// `relu(conv(x, w) + bias)` of `n` channels-last images `x` `[n, size, size, cin]` with the
     /// kernel `w` `[cout, cin, 3, 3]`: `out` `[n, size, size, cout]`.
@@ -624,12 +641,40 @@ impl Conv3x3 {
     ) {
         let cout = bias.len();
         let cin = w.len() / (9 * cout);
+        let mut u = std::mem::take(&mut self.u);
+        transform_kernel(w, cout, cin, &mut u);
+        self.forward_transformed(x, size, &u, cin, bias, out);
+        self.u = u;
+    }
+
+    /// [`Self::forward_relu`] with a kernel transformed before ([`Kernel`]).
+    pub(crate) fn forward_relu_with(
+        &mut self,
+        x: &[f32],
+        size: usize,
+        kernel: &Kernel,
+        bias: &[f32],
+        out: &mut Vec<f32>,
+    ) {
+        assert_eq!(kernel.cout, bias.len(), "a bias per output channel");
+        self.forward_transformed(x, size, &kernel.u, kernel.cin, bias, out);
+    }
+
+    fn forward_transformed(
+        &mut self,
+        x: &[f32],
+        size: usize,
+        u: &[f32],
+        cin: usize,
+        bias: &[f32],
+        out: &mut Vec<f32>,
+    ) {
+        let cout = bias.len();
         let n = x.len() / (size * size * cin);
         let tiling = Tiling { n, size };
         (self.tiling, self.cin, self.cout) = (tiling, cin, cout);
         let tiles = tiling.count();
         transform_input(x, tiling, cin, &mut self.v);
-        transform_kernel(w, cout, cin, &mut self.u);
         out.resize(n * size * size * cout, 0.0);
         self.m.resize(POINTS * plane_stride(BLOCK * cout), 0.0);
         for span in spans(tiles) {
@@ -637,7 +682,7 @@ impl Conv3x3 {
                 let v = plane(&self.v, point, tiles * cin);
                 product(
                     Strided::dense(&v[span.first * cin..][..span.count * cin], cin),
-                    Strided::dense(plane(&self.u, point, cin * cout), cout),
+                    Strided::dense(plane(u, point, cin * cout), cout),
                     &mut plane_mut(&mut self.m, point, BLOCK * cout)[..span.count * cout],
                     false,
                 );

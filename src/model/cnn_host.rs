@@ -29,6 +29,7 @@ use crate::kernels::conv::{affine_relu, patches};
 use crate::kernels::layout::{Toward, relayout_kernel, transpose_images};
 use crate::kernels::matmul::{Strided, product};
 use crate::kernels::pool::max_pool;
+use crate::kernels::winograd::{Conv3x3, Kernel};
 
 /// Side of the input pictures.
 const SIZE: usize = 32;
@@ -41,10 +42,11 @@ const MAX_BLOCK: usize = 16;
 
 /// The cnn's weights laid out for the host kernels, and buffers kept between calls.
 pub struct HostCnn {
-    /// Kernels as matrices that multiply patches ([`relayout_kernel`]), and biases.
+    /// The first kernel as a matrix that multiplies patches ([`relayout_kernel`]), and its bias.
     w1: Vec<f32>,
     b1: Vec<f32>,
-    w2: Vec<f32>,
+    /// The second kernel transformed for Winograd's convolution.
+    w2: Kernel,
     b2: Vec<f32>,
     /// The dense layers as the module holds them (`[in, out]`).
     wd: Vec<f32>,
@@ -94,7 +96,7 @@ impl HostCnn {
         Ok(Self {
             w1: relayout_kernel(&w1, c1, COLOURS, Toward::Patches),
             b1,
-            w2: relayout_kernel(&w2, c2, c1, Toward::Patches),
+            w2: Kernel::new(&w2, c2),
             b2,
             wd,
             bd,
@@ -144,8 +146,8 @@ impl HostCnn {
         patches(&b.input, n, SIZE, COLOURS, &mut b.cols1);
         affine_relu(&b.cols1, &self.w1, &self.b1, false, &mut b.a1);
         max_pool(&b.a1, SIZE, c1, &mut b.pooled1, &mut b.from);
-        patches(&b.pooled1, n, SIZE / 2, c1, &mut b.cols2);
-        affine_relu(&b.cols2, &self.w2, &self.b2, false, &mut b.a2);
+        b.conv2
+            .forward_relu_with(&b.pooled1, SIZE / 2, &self.w2, &self.b2, &mut b.a2);
         max_pool(&b.a2, SIZE / 2, c2, &mut b.pooled2, &mut b.from);
         // The module flattens channel-major.
         b.flat.resize(n * (SIZE / 4) * (SIZE / 4) * c2, 0.0);
@@ -174,7 +176,8 @@ struct Block {
     /// Where each maximum came from: the pooling writes it, the forward pass has no use for it.
     from: Vec<u8>,
     pooled1: Vec<f32>,
-    cols2: Vec<f32>,
+    /// The second convolution (Winograd's), with its buffers.
+    conv2: Conv3x3,
     a2: Vec<f32>,
     pooled2: Vec<f32>,
     flat: Vec<f32>,
