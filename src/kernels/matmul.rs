@@ -1,5 +1,6 @@
-//! The matrix product on host slices: `gemm` with burn's strides and settings, into the caller's
-//! buffer.
+//! The matrix product on host slices, into the caller's buffer: our register tiles
+//! ([`super::tiled`]) where the instruction set and the shapes allow, else `gemm` with burn's
+//! strides and settings.
 
 use super::isa::{Isa, isa};
 use super::tiled;
@@ -65,11 +66,14 @@ impl<'a> Strided<'a> {
 
 /// `out` (row-major `[a.rows, b.cols]`) = `a @ b`.
 ///
-/// It calls the matrix product burn's CPU backend uses (the `gemm` crate) with the strides and
-/// settings `burn_flex`'s matmul would pass for the same views, so the sums are the same, but
-/// into a buffer of the caller's: burn's matmul allocates its output and then copies it once
-/// more to align it, for every call. On one thread, or on rayon's pool when `parallel` (for a
-/// product that is alone on the machine at that moment).
+/// On AVX-512 or AVX2 ([`isa`]), a right-hand side of a multiple of 16 columns whose rows are
+/// contiguous (or which is small enough to copy so) goes through our register tiles, the sums in
+/// another order than `gemm`'s. Otherwise it calls the matrix product burn's CPU backend uses
+/// (the `gemm` crate) with the strides and settings `burn_flex`'s matmul would pass for the same
+/// views, so the sums are burn's. Either way into a buffer of the caller's: burn's matmul
+/// allocates its output and then copies it once more to align it, for every call. On one
+/// thread, or on rayon's pool when `parallel` (for a product that is alone on the machine at
+/// that moment).
 pub(crate) fn product(a: Strided, b: Strided, out: &mut [f32], parallel: bool) {
     // The bounds the raw-pointer call relies on.
     assert!(

@@ -2,9 +2,10 @@
 //! `f32` slices.
 //!
 //! Below `model` and everything else: they know nothing of tensors, devices or models, only of
-//! row-major matrices and channels-last images, and use only std, `gemm` (the matrix product
-//! burn's CPU backend uses) and rayon. The cnn's training step (`train::cpu::cnn`) and its host
-//! forward (`model::cnn_host`) are compositions of them; the MLP's fused first layer uses
+//! row-major matrices and channels-last images, and use only std (its AVX-512 and AVX2
+//! intrinsics behind [`isa`]'s runtime choice), `gemm` (the matrix product burn's CPU backend
+//! uses) and rayon. The cnn's training step (`train::cpu::cnn`) and its host forward
+//! (`model::cnn_host`) are compositions of them; the MLP's fused first layer uses
 //! [`matmul::product`].
 
 pub(crate) mod conv;
