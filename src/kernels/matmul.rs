@@ -67,7 +67,7 @@ impl<'a> Strided<'a> {
 /// `out` (row-major `[a.rows, b.cols]`) = `a @ b`.
 ///
 /// On AVX-512 or AVX2 ([`isa`]), a right-hand side of a multiple of 16 columns whose rows are
-/// contiguous (or which is small enough to copy so) goes through our register tiles, the sums in
+/// contiguous goes through our register tiles, the sums in
 /// another order than `gemm`'s. Otherwise it calls the matrix product burn's CPU backend uses
 /// (the `gemm` crate) with the strides and settings `burn_flex`'s matmul would pass for the same
 /// views, so the sums are burn's. Either way into a buffer of the caller's: burn's matmul
@@ -91,20 +91,12 @@ pub(crate) fn product(a: Strided, b: Strided, out: &mut [f32], parallel: bool) {
             Isa::Avx2 => Some(tiled::product_avx2),
             Isa::Portable => None,
         };
+        // A right-hand side read across its rows (a dense layer's weights, transposed) stays
+        // with `gemm`, which packs it: a copy here was slower (9% of a step).
         if let Some(ours) = ours
             && b.cols.is_multiple_of(tiled::COLUMNS)
-            && (b.col_stride == 1 || small(b))
+            && b.col_stride == 1
         {
-            // A small right-hand side read through other strides (a kernel, transposed) is
-            // first copied row-major; a large one (a dense layer's weights, transposed) stays
-            // with `gemm`, which packs it better than a copy here did (measured: 9% of a step).
-            let packed;
-            let b = if b.col_stride == 1 {
-                b
-            } else {
-                packed = row_major(b);
-                Strided::dense(&packed, b.cols)
-            };
             let operands = tiled::Operands {
                 m: a.rows,
                 n: b.cols,
@@ -165,22 +157,6 @@ pub(crate) fn product(a: Strided, b: Strided, out: &mut [f32], parallel: bool) {
     }
 }
 
-/// Whether `b` is small enough to copy row-major for each product (the cnn's Winograd planes,
-/// 64 x 32, are).
-fn small(b: Strided) -> bool {
-    b.rows * b.cols <= 1 << 14
-}
-
-/// `b`'s elements, row-major.
-fn row_major(b: Strided) -> Vec<f32> {
-    let mut out = Vec::with_capacity(b.rows * b.cols);
-    for i in 0..b.rows {
-        let row = b.offset + i * b.row_stride;
-        out.extend((0..b.cols).map(|j| b.data[row + j * b.col_stride]));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,8 +180,8 @@ mod tests {
     fn products_of_every_shape_and_layout_agree_with_a_direct_sum() {
         // Rows that fill no tile, one tile, tiles and a remainder; columns of every tile width
         // (16, 32, 64 and their sums) and none (10, the classes: gemm's); right-hand sides
-        // row-major, transposed small (copied) and transposed large (gemm's); left-hand sides
-        // row-major and transposed; one thread and rayon's.
+        // row-major (ours) and transposed (gemm's); left-hand sides row-major and transposed;
+        // one thread and rayon's.
         let values = |len: usize, seed: usize| -> Vec<f32> {
             (0..len)
                 .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0 - 1.0)
@@ -256,10 +232,6 @@ mod tests {
                 TEST_CAP.with(|c| c.set(Isa::Avx512));
             }
         }
-        // A large transposed right-hand side goes to gemm, a small one is copied.
-        let big = vec![0.0; 200 * 128];
-        assert!(!small(Strided::dense(&big, 200).t()));
-        assert!(small(Strided::dense(&big[..64 * 32], 64).t()));
     }
 
     #[test]

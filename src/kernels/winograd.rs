@@ -30,6 +30,7 @@ use std::arch::x86_64::{
 };
 
 use crate::kernels::isa::{Isa, isa};
+use crate::kernels::layout::transpose_images;
 use crate::kernels::matmul::{Strided, product};
 
 /// Points of a transformed tile (4x4).
@@ -602,6 +603,9 @@ pub(crate) struct Conv3x3 {
     v: Vec<f32>,
     /// The kernel transformed, `[16][cin][cout]`.
     u: Vec<f32>,
+    /// Its planes transposed, `[16][cout][cin]`, for the input gradient's products (once a
+    /// backward pass, where the products read them once a block).
+    ut: Vec<f32>,
     /// One block's products `[16][BLOCK][cout]`; in the backward pass its output gradient
     /// transformed.
     m: Vec<f32>,
@@ -708,6 +712,13 @@ impl Conv3x3 {
         self.du.resize(weights, 0.0);
         self.du_block.resize(weights, 0.0);
         self.dv.resize(POINTS * plane_stride(BLOCK * cin), 0.0);
+        if dx.is_some() {
+            self.ut.resize(weights, 0.0);
+            for point in 0..POINTS {
+                let u = plane(&self.u, point, cin * cout);
+                transpose_images(u, cin, cout, plane_mut(&mut self.ut, point, cin * cout));
+            }
+        }
         // A block of tiles at a time: dM = A dY Aᵀ into `m` (whose products are spent), its
         // share of dU added to `du`, and dV = dM Uᵀ back to the pixels.
         for span in spans(tiles) {
@@ -732,7 +743,7 @@ impl Conv3x3 {
                 let dm = &plane(&self.m, point, BLOCK * cout)[..span.count * cout];
                 product(
                     Strided::dense(dm, cout),
-                    Strided::dense(plane(&self.u, point, cin * cout), cout).t(),
+                    Strided::dense(plane(&self.ut, point, cin * cout), cin),
                     &mut plane_mut(&mut self.dv, point, BLOCK * cin)[..span.count * cin],
                     false,
                 );
