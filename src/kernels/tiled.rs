@@ -48,6 +48,16 @@ impl Operands {
             ..self
         }
     }
+
+    /// Columns `first..` of the product.
+    #[inline(always)]
+    fn columns(self, first: usize) -> Self {
+        Self {
+            b: self.b.wrapping_add(first),
+            c: self.c.wrapping_add(first),
+            ..self
+        }
+    }
 }
 
 /// Columns a product's right-hand side must have a multiple of.
@@ -169,18 +179,6 @@ pub(crate) unsafe fn product_avx2(o: Operands) {
         for j in (0..slice.n).step_by(16) {
             // SAFETY: the caller's contract, for these columns.
             unsafe { tiles::<__m256, 2, 6>(slice.columns(j), add) };
-        }
-    }
-}
-
-impl Operands {
-    /// Columns `first..` of the product.
-    #[inline(always)]
-    fn columns(self, first: usize) -> Self {
-        Self {
-            b: self.b.wrapping_add(first),
-            c: self.c.wrapping_add(first),
-            ..self
         }
     }
 }
